@@ -1,0 +1,10 @@
+from services.classification.settings import ClassificationSettings
+from shared.lifecycle import main
+from shared.worker import InferenceWorker
+
+
+class ClassificationWorker(InferenceWorker):
+    name = "classification"
+
+
+main(ClassificationWorker, ClassificationSettings)

@@ -1,0 +1,130 @@
+"""Event semantics, free of I/O: which detections open, extend and close an event.
+
+An event is one watched label in one source (for one model) while it keeps being seen with gaps
+no longer than `gap` seconds of stream time. Stream time, not wall time: a file processed faster
+than real time must give the same events as the same footage live.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from shared.contracts import Detection, Event, EventState, InferenceResult
+
+
+@dataclass
+class OpenEvent:
+    id: str
+    source_id: str
+    model: str
+    label: str
+    start: float
+    end: float
+    start_wall: float
+    state: EventState = EventState.CREATED
+    frames: int = 0
+    label_counts: Counter[str] = field(default_factory=Counter)
+    best_score: float = 0.0
+    best_frame_seq: int = -1
+    best_frame_url: str = ""
+    best_detections: list[Detection] = field(default_factory=list)
+
+    def add(self, pts: float, seq: int, url: str, matches: list[Detection]) -> None:
+        self.end = max(self.end, pts)
+        self.frames += 1
+        self.label_counts.update(d.label for d in matches)
+        top = max(d.score for d in matches)
+        if top > self.best_score:
+            self.best_score, self.best_frame_seq, self.best_frame_url = top, seq, url
+            self.best_detections = matches
+
+    def record(self, **proofs: object) -> Event:
+        """The persisted form; `proofs` fills clip and key-frame fields once they exist."""
+        fields: dict[str, object] = dict(
+            id=self.id,
+            source_id=self.source_id,
+            model=self.model,
+            label=self.label_counts.most_common(1)[0][0] if self.label_counts else self.label,
+            label_counts=dict(self.label_counts),
+            state=self.state,
+            start=round(self.start, 3),
+            end=round(self.end, 3),
+            start_wall=self.start_wall,
+            frames=self.frames,
+            best_score=round(self.best_score, 4),
+            best_frame_seq=self.best_frame_seq,
+            updated_at=time.time(),
+        )
+        fields.update(proofs)
+        return Event(**fields)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class EventRules:
+    watch_labels: frozenset[str]
+    min_score: float
+    gap: float
+    max_duration: float
+
+
+class EventTracker:
+    """Open events per (source, model, label); feed it results, it tells what opened, changed and closed."""
+
+    def __init__(self, rules: EventRules) -> None:
+        self.rules = rules
+        self.open: dict[tuple[str, str, str], OpenEvent] = {}
+
+    def _matches(self, result: InferenceResult) -> dict[str, list[Detection]]:
+        found: dict[str, list[Detection]] = {}
+        for det in result.detections:
+            if det.label in self.rules.watch_labels and det.score >= self.rules.min_score:
+                found.setdefault(det.label, []).append(det)
+        return found
+
+    def observe(self, result: InferenceResult) -> tuple[list[OpenEvent], list[OpenEvent]]:
+        """Apply one result; returns (events whose state changed to CREATED/PENDING, events closed)."""
+        frame = result.frame
+        changed: list[OpenEvent] = []
+        closed = self.expire(frame.source_id, result.model, frame.pts)
+        for label, matches in self._matches(result).items():
+            key = (frame.source_id, result.model, label)
+            event = self.open.get(key)
+            if event is not None and frame.pts - event.start > self.rules.max_duration:
+                closed.append(self.open.pop(key))
+                event = None
+            if event is None:
+                event = OpenEvent(
+                    id=f"{frame.source_id}-{label}-{uuid.uuid4().hex[:12]}",
+                    source_id=frame.source_id,
+                    model=result.model,
+                    label=label,
+                    start=frame.pts,
+                    end=frame.pts,
+                    start_wall=frame.wall_time,
+                )
+                self.open[key] = event
+                changed.append(event)
+            elif event.state is EventState.CREATED:
+                event.state = EventState.PENDING
+                changed.append(event)
+            event.add(frame.pts, frame.seq, frame.url, matches)
+        return changed, closed
+
+    def expire(self, source_id: str, model: str, now_pts: float) -> list[OpenEvent]:
+        """Close the source's events not seen for longer than the gap at stream time `now_pts`."""
+        closed = []
+        for key, event in list(self.open.items()):
+            if key[0] == source_id and key[1] == model and now_pts - event.end > self.rules.gap:
+                closed.append(self.open.pop(key))
+        return closed
+
+    def close_source(self, source_id: str) -> list[OpenEvent]:
+        closed = [self.open.pop(key) for key in list(self.open) if key[0] == source_id]
+        return closed
+
+    def oldest_start(self, source_id: str) -> float | None:
+        starts = [e.start for k, e in self.open.items() if k[0] == source_id]
+        return min(starts) if starts else None

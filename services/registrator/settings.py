@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from shared.settings import VigilSettings
+from shared.ttl import parse_ttl
+
+# Time for the reader to be ahead of the results and for the clip to be cut, beyond the event itself.
+TTL_MARGIN_SECONDS = 30.0
+
+
+class RegistratorSettings(VigilSettings):
+    service_name: str = "registrator"
+
+    watch_labels: list[str] = Field(default_factory=lambda: ["person"], min_length=1)
+    min_score: float = Field(default=0.5, ge=0, le=1)
+    event_gap: float = Field(default=2.0, gt=0, description="seconds of stream time without the label that close an event")
+    max_event_duration: float = Field(default=120.0, gt=0, description="an event is split after this many seconds")
+    pre_roll: float = Field(default=2.0, ge=0)
+    post_roll: float = Field(default=2.0, ge=0)
+    clip_fps: int = Field(default=10, ge=1, le=60)
+    ring_max_frames: int = Field(default=20_000, ge=100, description="most frame references kept per source")
+    drain_timeout: float = Field(default=90.0, gt=0, description="seconds an ended source waits for missing results")
+    finalise_concurrency: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _frames_outlive_events(self) -> "RegistratorSettings":
+        # A clip is cut from frames stored with ttl_bucket: they must still exist when the event closes.
+        needed = self.max_event_duration + self.pre_roll + self.post_roll + TTL_MARGIN_SECONDS
+        if parse_ttl(self.ttl_bucket) < needed:
+            raise ValueError(
+                f"ttl_bucket {self.ttl_bucket} is shorter than max_event_duration + pre_roll + post_roll + "
+                f"{TTL_MARGIN_SECONDS:.0f} s = {needed:.0f} s: frames would expire before their clip is cut"
+            )
+        return self

@@ -1,0 +1,35 @@
+"""Event records in Redis: the sorted set `events` (score = start time) holds one JSON record per event."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from shared.contracts import Event
+from shared.keys import RedisKeys
+
+# The member of a sorted set is its value, so an update must remove the previous JSON and add
+# the new one in one step; the index hash remembers which JSON is current.
+_REPLACE = """
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old then redis.call('ZREM', KEYS[1], old) end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"""
+
+
+class EventStore:
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._replace = redis.register_script(_REPLACE)
+
+    async def save(self, event: Event) -> None:
+        await self._replace(keys=[self.keys.events, self.keys.event_index], args=[event.id, event.start_wall, event.model_dump_json()])
+
+    async def get(self, event_id: str) -> Event | None:
+        raw = await self.redis.hget(self.keys.event_index, event_id)
+        return Event.from_bytes(raw) if raw else None
+
+    async def all(self) -> list[Event]:
+        return [Event.from_bytes(raw) for raw in await self.redis.zrange(self.keys.events, 0, -1)]

@@ -1,0 +1,210 @@
+"""NATS and JetStream for every service: reconnect forever, typed publish/consume, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from shared.contracts import Contract, ContractError
+from shared.metrics import Metrics
+from shared.retry import InfrastructureUnavailable, backoff_delays
+from shared.settings import VigilSettings
+from shared.subjects import Subjects
+
+C = TypeVar("C", bound=Contract)
+
+_STREAM_NAME_IN_USE = 10058
+
+
+class Bus:
+    """One NATS connection per service, with the counters that make its health visible."""
+
+    def __init__(self, settings: VigilSettings, service: str, instance: str, metrics: Metrics) -> None:
+        self.settings = settings
+        self.service = service
+        self.instance = instance
+        self.subjects = Subjects.from_settings(settings)
+        self.log = logging.getLogger(f"vigil.{service}.bus")
+        self.nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._connected_once = False
+        self._closing = False
+        self.disconnects = metrics.counter("nats_disconnects", "NATS disconnections")
+        self.reconnects = metrics.counter("nats_reconnects", "NATS reconnections")
+        self.dead_letters = metrics.counter("dead_letters", "invalid messages sent to the dead-letter subject", ("subject",))
+        self.publish_retries = metrics.counter("publish_retries", "JetStream publishes retried", ("subject",))
+
+    @property
+    def js(self) -> JetStreamContext:
+        assert self._js is not None, "Bus.connect() first"
+        return self._js
+
+    async def connect(self) -> None:
+        async def on_error(exc: Exception) -> None:
+            if self._connected_once:
+                self.log.warning("NATS error: %r", exc)
+
+        async def on_disconnect() -> None:
+            if self._closing:
+                return
+            self.disconnects.inc()
+            self.log.warning("disconnected from NATS; reconnecting")
+
+        async def on_reconnect() -> None:
+            self.reconnects.inc()
+            self.log.info("reconnected to NATS")
+
+        self.log.info("connecting to NATS")
+        try:
+            # max_reconnect_attempts=-1 makes nats-py retry the first connect forever too;
+            # the startup timeout turns that into one clear error instead of a silent hang.
+            self.nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=[self.settings.nats_host],
+                    name=f"{self.service}-{self.instance}",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1.0,
+                    connect_timeout=2.0,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                ),
+                timeout=self.settings.startup_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise InfrastructureUnavailable(
+                f"NATS unreachable after {self.settings.startup_timeout:.0f} s (nats_host is set; is nats-server running?)"
+            ) from None
+        self._connected_once = True
+        self._js = self.nc.jetstream(timeout=5.0)
+
+    async def close(self) -> None:
+        if self.nc is None or self.nc.is_closed:
+            return
+        self._closing = True
+        # Flush, not drain: our consumers are pull subscriptions whose loops have already ended,
+        # so there is nothing pending to drain, and nats-py's drain of an idle pull subscription
+        # waits out its whole timeout. Unacked JetStream messages are redelivered anyway.
+        try:
+            await asyncio.wait_for(self.nc.flush(), timeout=2.0)
+        except Exception as exc:  # noqa: BLE001 - shutdown must go on
+            self.log.warning("NATS flush at shutdown failed: %r", exc)
+        await self.nc.close()
+
+    async def ensure_stream(self, config: StreamConfig) -> None:
+        """Create or update a stream this service owns; safe to run from every replica."""
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                raise
+            await self.js.update_stream(config)
+
+    async def publish(self, subject: str, message: Contract, *, timeout: float | None = None) -> None:
+        """JetStream publish, retried while the stream is missing or NATS is away, until `timeout`."""
+        data = message.to_bytes()
+        type(message).from_bytes(data)  # validate on publish too: never put a bad message on the bus
+        deadline = time.monotonic() + (timeout if timeout is not None else self.settings.startup_timeout)
+        delays = backoff_delays(0.05, 2.0)
+        while True:
+            try:
+                await self.js.publish(subject, data, timeout=2.0)
+                return
+            except (NoRespondersError, NatsTimeoutError, nats.errors.ConnectionClosedError) as exc:
+                if time.monotonic() >= deadline:
+                    raise InfrastructureUnavailable(f"could not publish on {subject}: {exc!r}") from exc
+                self.publish_retries.labels(subject=subject).inc()
+                await asyncio.sleep(next(delays))
+
+    async def publish_core(self, subject: str, message: Contract) -> None:
+        assert self.nc is not None
+        await self.nc.publish(subject, message.to_bytes())
+
+    async def decode(self, msg: Msg, cls: type[C]) -> C | None:
+        """The contract in `msg`, or None after dead-lettering it: a bad message never stops a service."""
+        try:
+            return cls.from_bytes(msg.data)
+        except ContractError as exc:
+            await self.dead_letter(msg.subject, msg.data, str(exc))
+            return None
+
+    async def dead_letter(self, subject: str, data: bytes, reason: str) -> None:
+        self.dead_letters.labels(subject=subject).inc()
+        self.log.warning("dead-lettered a message: %s", reason[:300], extra={"subject": subject})
+        assert self.nc is not None
+        headers = {"Vigil-Reason": reason[:1000], "Vigil-Subject": subject}
+        try:
+            await self.nc.publish(self.subjects.dead_letter(self.service), data[:65536], headers=headers)
+        except Exception as exc:  # noqa: BLE001 - the counter above already recorded it
+            self.log.warning("could not publish a dead letter: %r", exc)
+
+    async def durable_pull(
+        self,
+        stream: str,
+        durable: str,
+        *,
+        filter_subject: str | None = None,
+        ack_wait: float = 30.0,
+        max_ack_pending: int = 1000,
+        max_deliver: int = 5,
+    ) -> JetStreamContext.PullSubscription:
+        """Bind to a durable pull consumer shared by every replica, creating it if needed."""
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_ack_pending=max_ack_pending,
+            max_deliver=max_deliver,
+            filter_subject=filter_subject,
+        )
+        await self.js.add_consumer(stream, config)
+        return await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+
+    async def bind_when_ready(
+        self, stream: str, durable: str, stop: asyncio.Event, **consumer: Any
+    ) -> JetStreamContext.PullSubscription | None:
+        """Bind to a consumer of a stream another service owns, waiting as long as that service is absent.
+
+        A consumer that starts before the producer is normal (the reader may start last), so
+        this waits without a deadline; None means the service was asked to stop meanwhile.
+        """
+        warned = False
+        while not stop.is_set():
+            try:
+                return await self.durable_pull(stream, durable, **consumer)
+            except NotFoundError:
+                if not warned:
+                    self.log.info("waiting for stream %s (its owner has not started yet)", stream)
+                    warned = True
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            except asyncio.TimeoutError:
+                pass
+        return None
+
+    async def backlog(self, stream: str, durable: str) -> int:
+        """Messages waiting for or held by a consumer; 0 when it does not exist yet."""
+        try:
+            info = await self.js.consumer_info(stream, durable)
+        except NotFoundError:
+            return 0
+        return (info.num_pending or 0) + (info.num_ack_pending or 0)
+
+
+async def fetch(sub: JetStreamContext.PullSubscription, batch: int, timeout: float = 1.0) -> list[Msg]:
+    """Up to `batch` messages; an empty list when none came within `timeout`."""
+    try:
+        return await sub.fetch(batch, timeout=timeout)
+    except (NatsTimeoutError, asyncio.TimeoutError):  # nats-py raises either, depending on the path
+        return []

@@ -1,0 +1,218 @@
+"""Typed, versioned message contracts: the only shapes that travel between services.
+
+Every contract has a `v` field and forbids unknown fields, so a message from a newer or
+foreign producer fails loudly at the consumer instead of being half-understood.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+# A source id is a NATS subject token and part of file names, so it is kept plain.
+SOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+# Frame references carry a URL and a few numbers; anything near this size is not ours.
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls: type[C], data: bytes) -> C:
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise ContractError(f"{cls.__name__}: message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise ContractError(f"{cls.__name__}: {exc.error_count()} invalid field(s): {_short(exc)}") from exc
+
+
+C = TypeVar("C", bound=Contract)
+
+
+class ContractError(ValueError):
+    """A message that does not match its contract."""
+
+
+def _short(exc: ValidationError) -> str:
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:3]]
+    return "; ".join(parts)
+
+
+class DropPolicy(str, enum.Enum):
+    """What a full queue does: WAIT holds the producer back, DROP_OLDEST sheds stale frames."""
+
+    WAIT = "WAIT"
+    DROP_OLDEST = "DROP_OLDEST"
+
+
+class FrameRef(Contract):
+    """A frame stored in SeaweedFS (claim check): the bytes never travel over NATS."""
+
+    source_id: str = Field(pattern=SOURCE_ID_PATTERN)
+    seq: int = Field(ge=0)
+    pts: float = Field(ge=0, description="stream time of the frame, seconds from the source's start")
+    wall_time: float = Field(description="unix time when the frame was read")
+    url: str = Field(min_length=1, max_length=2048)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    policy: DropPolicy = DropPolicy.DROP_OLDEST
+
+    @property
+    def frame_id(self) -> str:
+        return f"{self.source_id}:{self.seq}"
+
+
+class SourceState(str, enum.Enum):
+    STARTED = "started"
+    ENDED = "ended"
+    FAILED = "failed"
+
+
+class SourceStatus(Contract):
+    """A source's lifecycle on the bus; ENDED/FAILED carry the totals the drain check needs."""
+
+    source_id: str = Field(pattern=SOURCE_ID_PATTERN)
+    state: SourceState
+    wall_time: float
+    frames_read: int = Field(default=0, ge=0)
+    frames_published: int = Field(default=0, ge=0)
+    frames_dropped: int = Field(default=0, ge=0)
+    last_seq: int = Field(default=-1, ge=-1)
+    error: str | None = None
+
+
+class InferenceTask(Contract):
+    frame: FrameRef
+    model: str = Field(min_length=1, max_length=128)
+    routed_at: float
+
+
+class BBox(BaseModel):
+    """A box in normalised coordinates (0..1), x to the right, y down."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    x1: float = Field(ge=0, le=1)
+    y1: float = Field(ge=0, le=1)
+    x2: float = Field(ge=0, le=1)
+    y2: float = Field(ge=0, le=1)
+
+    def to_pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
+        return (round(self.x1 * width), round(self.y1 * height), round(self.x2 * width), round(self.y2 * height))
+
+
+class Detection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str
+    class_id: int
+    score: float = Field(ge=0, le=1)
+    box: BBox
+
+
+class Classification(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str
+    class_id: int
+    score: float = Field(ge=0, le=1)
+
+
+class ModelKind(str, enum.Enum):
+    DETECTION = "detection"
+    CLASSIFICATION = "classification"
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    download_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    infer_ms: float = 0.0
+    postprocess_ms: float = 0.0
+
+
+class InferenceResult(Contract):
+    frame: FrameRef
+    model: str
+    kind: ModelKind
+    instance: str
+    detections: list[Detection] = Field(default_factory=list)
+    classifications: list[Classification] = Field(default_factory=list)
+    error: str | None = None
+    timings: Timings = Field(default_factory=Timings)
+    finished_at: float
+
+
+class RoutingSummary(Contract):
+    """Published by the router once every frame of an ended source is routed: how many tasks each model got."""
+
+    source_id: str = Field(pattern=SOURCE_ID_PATTERN)
+    frames_routed: int = Field(ge=0)
+    tasks: dict[str, int]
+    wall_time: float
+
+
+class Heartbeat(Contract):
+    model: str
+    kind: ModelKind
+    subject: str
+    instance: str
+    started_at: float
+    processed: int = Field(ge=0)
+    in_flight: int = Field(ge=0)
+    fps: float = Field(ge=0)
+
+
+class EventState(str, enum.Enum):
+    CREATED = "CREATED"
+    PENDING = "PENDING"
+    DONE = "DONE"
+    FINISHED = "FINISHED"
+    ERROR = "ERROR"
+
+
+class Event(Contract):
+    """One occurrence of a watched label in one source, with its proofs once finalised."""
+
+    id: str
+    source_id: str
+    model: str
+    label: str = Field(description="the most common label among the event's detections")
+    label_counts: dict[str, int]
+    state: EventState
+    start: float = Field(description="stream time of the first detection, seconds")
+    end: float = Field(description="stream time of the last detection, seconds")
+    start_wall: float
+    frames: int = Field(ge=0, description="frames with a watched detection")
+    best_score: float
+    best_frame_seq: int
+    clip_frames: int = 0
+    video_proofs: str | None = Field(default=None, description="SeaweedFS URL of the MP4 clip")
+    video_proof_path: str | None = Field(default=None, description="local path of the MP4 clip")
+    image_proofs: str | None = Field(default=None, description="SeaweedFS URL of the key frame JPEG")
+    image_proof_path: str | None = Field(default=None, description="local path of the key frame JPEG")
+    error: str | None = None
+    updated_at: float
+
+
+class SourceDrained(Contract):
+    """Published by the registrator once an ended source's results are in and its events are final."""
+
+    source_id: str = Field(pattern=SOURCE_ID_PATTERN)
+    frames_routed: int = Field(ge=0)
+    tasks: dict[str, int]
+    results: dict[str, int]
+    events: int = Field(ge=0)
+    wall_time: float

@@ -1,0 +1,24 @@
+"""Redis key names, declared in one place like the subjects."""
+
+from __future__ import annotations
+
+from shared.settings import VigilSettings
+
+
+class RedisKeys:
+    def __init__(self, settings: VigilSettings) -> None:
+        # A prefix lets several test runs share one Redis, as subject_prefix does for NATS.
+        self._ns = f"vigil:{settings.subject_prefix}:" if settings.subject_prefix else "vigil:"
+        self.events = f"{settings.subject_prefix}:events" if settings.subject_prefix else "events"
+
+    def heartbeat(self, model: str, instance: str) -> str:
+        return f"{self._ns}svc:{model}:{instance}"
+
+    @property
+    def heartbeat_pattern(self) -> str:
+        return f"{self._ns}svc:*"
+
+    @property
+    def event_index(self) -> str:
+        """Hash event id -> current record, so an update can replace the sorted-set member in place."""
+        return f"{self._ns}event-index"

@@ -1,0 +1,124 @@
+"""The one service lifecycle: start resources, run stages, stop on SIGTERM/SIGINT through one path."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from contextlib import AsyncExitStack
+from typing import Any, Generic, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+
+from shared.bus import Bus
+from shared.logs import setup_logging
+from shared.metrics import Metrics, start_http
+from shared.retry import InfrastructureUnavailable, retry_until
+from shared.settings import VigilSettings, load_settings
+from shared.storage import SeaweedStorage
+
+S = TypeVar("S", bound=VigilSettings)
+
+
+class StartupError(RuntimeError):
+    """A problem that makes starting pointless (bad input file, missing model): one clear line, exit 1."""
+
+
+class Service(abc.ABC, Generic[S]):
+    name: str = "service"
+
+    def __init__(self, settings: S) -> None:
+        self.settings = settings
+        self.instance = settings.instance or f"{socket.gethostname()}-{os.getpid()}"
+        self.metrics = Metrics(self.name)
+        self.log = logging.getLogger(f"vigil.{self.name}")
+        self.stop_event = asyncio.Event()
+        self.bus = Bus(settings, self.name, self.instance, self.metrics)
+
+    # Resources -----------------------------------------------------------------------------
+
+    async def open_bus(self, stack: AsyncExitStack) -> Bus:
+        await self.bus.connect()
+        stack.push_async_callback(self.bus.close)
+        return self.bus
+
+    async def open_redis(self, stack: AsyncExitStack) -> Redis:
+        redis = Redis(
+            host=self.settings.redis_host,
+            port=self.settings.redis_port,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=5),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            socket_connect_timeout=2.0,
+            health_check_interval=10,
+        )
+        stack.push_async_callback(redis.aclose)
+        await retry_until("Redis", redis.ping, timeout=self.settings.startup_timeout, log=self.log)
+        return redis
+
+    async def open_storage(self, stack: AsyncExitStack, *, max_connections: int = 16) -> SeaweedStorage:
+        storage = await stack.enter_async_context(SeaweedStorage(self.settings, max_connections=max_connections))
+        await storage.wait_ready()
+        return storage
+
+    # What each service provides ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Acquire resources (entered into `stack`, released in reverse order)."""
+
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """Run until done or until `stop_event` is set, then return after draining in-flight work."""
+
+    def health(self) -> dict[str, Any]:
+        nc = self.bus.nc
+        return {"ok": bool(nc and nc.is_connected), "service": self.name, "instance": self.instance}
+
+    # Driving ------------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        signals_seen = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen > 1:
+                self.log.warning("second %s: exiting now", signal.Signals(signum).name)
+                os._exit(130)
+            self.log.info("%s: stopping (send again to force)", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        async with AsyncExitStack() as stack:
+            runner = await start_http(self.metrics, self.health, self.settings.metrics_host, self.settings.metrics_port)
+            if runner is not None:
+                stack.push_async_callback(runner.cleanup)
+            await self.start(stack)
+            self.log.info("started (instance %s)", self.instance)
+            await self.run()
+        self.log.info("stopped")
+
+
+def main(service_cls: type[Service[S]], settings_cls: type[S], argv: list[str] | None = None) -> None:
+    settings = load_settings(settings_cls, argv)
+    log = setup_logging(service_cls.name, settings.log_level, settings.log_json)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is optional on platforms without it
+        runner = asyncio.run
+    try:
+        runner(service_cls(settings).serve())
+    except (InfrastructureUnavailable, StartupError) as exc:
+        log.error("%s", exc)
+        sys.exit(1)

@@ -1,0 +1,47 @@
+"""One logging setup for every service: `vigil.<service>.<part>` loggers, source and frame ids on records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+_CONTEXT_FIELDS = ("source_id", "frame_id", "model", "subject")
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        ctx = " ".join(f"{k}={getattr(record, k)}" for k in _CONTEXT_FIELDS if getattr(record, k, None) is not None)
+        return f"{base} {ctx}" if ctx else base
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        doc.update({k: getattr(record, k) for k in _CONTEXT_FIELDS if getattr(record, k, None) is not None})
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(service: str, level: str = "INFO", as_json: bool = False) -> logging.Logger:
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        formatter = _TextFormatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S")
+        formatter.converter = time.localtime
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # nats-py logs every reconnect attempt at ERROR; our callbacks already say it once, clearly.
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+    return logging.getLogger(f"vigil.{service}")

@@ -1,0 +1,76 @@
+"""Settings shared by every service, read from the environment and `.env` (the seed's key names)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.ttl import parse_ttl
+
+
+class VigilSettings(BaseSettings):
+    # One .env feeds every service, so each ignores the keys that belong to the others.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    service_name: str = "vigil"
+    instance: str = Field(default="", description="instance id; empty means host-pid")
+
+    nats_host: str = "nats://127.0.0.1:4222"
+    redis_host: str = "127.0.0.1"
+    redis_port: int = Field(default=6379, gt=0, lt=65536)
+    master_url: str = "http://127.0.0.1:9333"
+    volume_url: str = "http://127.0.0.1:8080"
+    filer_url: str = "http://127.0.0.1:8888"
+    # Hosts a worker may download frames from, besides the ones of volume_url and master_url
+    # (several volume servers in a multi-machine fleet).
+    storage_allowed_hosts: list[str] = Field(default_factory=list)
+    ttl_bucket: str = "5m"
+
+    topic_stream: str = "frames-stream"
+    results_subject: str = "inference.results"
+    subject_prefix: str = Field(default="", description="prefix of every subject and stream; lets test runs share a server")
+    routing_ttl: int = Field(default=10, ge=2, description="heartbeat TTL in seconds")
+
+    TMP_PATH: Path = Path("/tmp/vigil")
+    log_level: str = "INFO"
+    log_json: bool = False
+    metrics_port: int = Field(default=0, ge=0, lt=65536, description="port of /metrics and /healthz; 0 disables")
+    metrics_host: str = "127.0.0.1"
+    startup_timeout: float = Field(default=60.0, gt=0, description="seconds to wait for NATS/Redis/SeaweedFS at start")
+
+    @field_validator("ttl_bucket")
+    @classmethod
+    def _ttl_parses(cls, value: str) -> str:
+        parse_ttl(value)
+        return value
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.redis_host}:{self.redis_port}/0"
+
+
+S = TypeVar("S", bound=VigilSettings)
+
+
+def load_settings(cls: type[S], argv: list[str] | None = None) -> S:
+    """Parse the command line (`--check-config`, `--env-file`) and load settings, exiting with a clear message."""
+    parser = argparse.ArgumentParser(prog=f"python -m services.{cls.model_fields['service_name'].default}")
+    parser.add_argument("--check-config", action="store_true", help="validate the settings and exit")
+    parser.add_argument("--env-file", default=".env", help="dotenv file to read (default: .env)")
+    args = parser.parse_args(argv)
+    try:
+        settings = cls(_env_file=args.env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        # Field names only: values may be secrets.
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"invalid configuration for {cls.__name__}: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.check_config:
+        print(f"configuration OK: {cls.__name__} ({len(cls.model_fields)} settings)")
+        raise SystemExit(0)
+    return settings

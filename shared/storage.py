@@ -1,0 +1,132 @@
+"""SeaweedFS client: batched fid assignment with TTL, volume uploads, filer paths, guarded downloads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from shared.retry import retry_until
+from shared.settings import VigilSettings
+
+
+class StorageError(RuntimeError):
+    """SeaweedFS refused or failed a request."""
+
+
+class ForbiddenURL(StorageError):
+    """A URL outside the configured SeaweedFS hosts: never fetched (SSRF guard)."""
+
+
+@dataclass
+class _FidPool:
+    fids: deque[tuple[str, str]] = field(default_factory=deque)  # (volume host, fid)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _netloc(url: str) -> str:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    return parts.netloc.lower()
+
+
+class SeaweedStorage:
+    ASSIGN_BATCH = 64
+
+    def __init__(self, settings: VigilSettings, *, max_connections: int = 16) -> None:
+        self.master_url = settings.master_url.rstrip("/")
+        self.filer_url = settings.filer_url.rstrip("/")
+        self.allowed_hosts = {_netloc(settings.volume_url), _netloc(settings.filer_url)} | {
+            _netloc(h) for h in settings.storage_allowed_hosts
+        }
+        self.startup_timeout = settings.startup_timeout
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._pools: dict[str, _FidPool] = {}
+        self.log = logging.getLogger("vigil.storage")
+
+    async def __aenter__(self) -> "SeaweedStorage":
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._max_connections),
+            timeout=aiohttp.ClientTimeout(total=30, connect=3),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "use SeaweedStorage as an async context manager"
+        return self._session
+
+    async def wait_ready(self) -> None:
+        async def probe() -> None:
+            async with self.session.get(f"{self.master_url}/cluster/status") as resp:
+                if resp.status != 200:
+                    raise StorageError(f"master answered {resp.status}")
+
+        await retry_until("SeaweedFS master", probe, timeout=self.startup_timeout, log=self.log)
+
+    def check_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or parts.netloc.lower() not in self.allowed_hosts:
+            raise ForbiddenURL(f"URL host {parts.netloc!r} is not a configured SeaweedFS host")
+
+    async def _next_fid(self, ttl: str) -> tuple[str, str]:
+        pool = self._pools.setdefault(ttl, _FidPool())
+        async with pool.lock:
+            if not pool.fids:
+                # One assign call hands out a whole batch (fid, fid_1, ...): the master is not
+                # asked once per frame, which is what limits a naive uploader.
+                params = {"count": str(self.ASSIGN_BATCH)}
+                if ttl:
+                    params["ttl"] = ttl
+                async with self.session.get(f"{self.master_url}/dir/assign", params=params) as resp:
+                    doc = await resp.json(content_type=None)
+                if "fid" not in doc:
+                    raise StorageError(f"assign failed: {doc.get('error', doc)}")
+                count = int(doc.get("count", 1))
+                base = doc["fid"]
+                host = doc["url"]
+                pool.fids.extend((host, base if i == 0 else f"{base}_{i}") for i in range(count))
+            return pool.fids.popleft()
+
+    async def upload(self, data: bytes, *, ttl: str = "", content_type: str = "image/jpeg", name: str = "frame.jpg") -> str:
+        """Store bytes on a volume server; returns the URL to fetch them from."""
+        host, fid = await self._next_fid(ttl)
+        url = f"http://{host}/{fid}"
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename=name, content_type=content_type)
+        params = {"ttl": ttl} if ttl else None
+        async with self.session.post(url, data=form, params=params) as resp:
+            if resp.status not in (200, 201):
+                raise StorageError(f"upload to {url} failed: {resp.status} {(await resp.text())[:200]}")
+        return url
+
+    async def put_path(self, path: str, data: bytes, *, content_type: str) -> str:
+        """Store bytes under a persistent filer path (proof clips, key frames); returns its URL."""
+        url = f"{self.filer_url}/{path.lstrip('/')}"
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename=path.rsplit("/", 1)[-1], content_type=content_type)
+        async with self.session.post(url, data=form) as resp:
+            if resp.status not in (200, 201):
+                raise StorageError(f"filer upload to {path} failed: {resp.status} {(await resp.text())[:200]}")
+        return url
+
+    async def download(self, url: str) -> bytes:
+        self.check_url(url)
+        async with self.session.get(url) as resp:
+            if resp.status != 200:
+                raise StorageError(f"download of {url} failed: {resp.status}")
+            return await resp.read()
+
+    async def delete(self, url: str) -> None:
+        self.check_url(url)
+        async with self.session.delete(url) as resp:
+            if resp.status not in (200, 202, 204, 404):
+                raise StorageError(f"delete of {url} failed: {resp.status}")

@@ -1,0 +1,119 @@
+"""Every subject, stream and durable consumer name, declared in one place.
+
+Each stream has exactly one owning service, which creates or updates it; everyone else only
+publishes into it or consumes from it. The seed's services each re-declared the streams and
+overwrote one another's configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from shared.settings import VigilSettings
+from shared.ttl import parse_ttl
+
+
+@dataclass(frozen=True)
+class Subjects:
+    frames: str
+    results: str
+    _prefix: str
+
+    @classmethod
+    def from_settings(cls, settings: VigilSettings) -> "Subjects":
+        prefix = f"{settings.subject_prefix}." if settings.subject_prefix else ""
+        return cls(frames=prefix + settings.topic_stream, results=prefix + settings.results_subject, _prefix=prefix)
+
+    def task(self, subject: str) -> str:
+        return self._prefix + subject
+
+    def source_status(self, source_id: str) -> str:
+        return f"{self._prefix}vigil.sources.{source_id}"
+
+    @property
+    def source_status_all(self) -> str:
+        return f"{self._prefix}vigil.sources.>"
+
+    def routed(self, source_id: str) -> str:
+        return f"{self._prefix}vigil.routed.{source_id}"
+
+    @property
+    def routed_all(self) -> str:
+        return f"{self._prefix}vigil.routed.>"
+
+    def drained(self, source_id: str) -> str:
+        return f"{self._prefix}vigil.drained.{source_id}"
+
+    def dead_letter(self, service: str) -> str:
+        return f"{self._prefix}vigil.dlq.{service}"
+
+    def is_source_status(self, subject: str) -> bool:
+        return subject.startswith(f"{self._prefix}vigil.sources.")
+
+    def is_routed(self, subject: str) -> bool:
+        return subject.startswith(f"{self._prefix}vigil.routed.")
+
+
+def _stream_name(settings: VigilSettings, base: str) -> str:
+    prefix = settings.subject_prefix.upper().replace(".", "_").replace("-", "_")
+    return f"{prefix}_{base}" if prefix else base
+
+
+# Durable consumers: one per role, shared by all replicas of it (work stealing).
+ROUTER_DURABLE = "router"
+REGISTRATOR_FRAMES_DURABLE = "registrator-frames"
+REGISTRATOR_RESULTS_DURABLE = "registrator-results"
+
+
+def worker_durable(model: str) -> str:
+    return f"worker-{model}"
+
+
+def frames_stream(settings: VigilSettings) -> StreamConfig:
+    """Owned by the reader. Frame references and source lifecycle share one stream so that a
+    consumer sees a source's ENDED status after its last frame, in order."""
+    subjects = Subjects.from_settings(settings)
+    return StreamConfig(
+        name=_stream_name(settings, "FRAMES"),
+        subjects=[subjects.frames, subjects.source_status_all],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        # A reference outliving its JPEG's TTL points at nothing.
+        max_age=float(parse_ttl(settings.ttl_bucket)),
+        max_msgs=500_000,
+        discard=DiscardPolicy.OLD,
+    )
+
+
+def task_stream_name(settings: VigilSettings, model: str) -> str:
+    return _stream_name(settings, f"TASKS_{model.upper().replace('-', '_')}")
+
+
+def task_stream(settings: VigilSettings, model: str, subject: str, *, max_age: float, cap: int) -> StreamConfig:
+    """Owned by the workers of `model`: a work queue in memory, capped per subject, dropping the oldest task."""
+    return StreamConfig(
+        name=task_stream_name(settings, model),
+        subjects=[Subjects.from_settings(settings).task(subject)],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.MEMORY,
+        max_age=max_age,
+        max_msgs_per_subject=cap,
+        max_msgs=cap,
+        discard=DiscardPolicy.OLD,
+    )
+
+
+def results_stream(settings: VigilSettings) -> StreamConfig:
+    """Owned by the registrator: results and routing summaries are durable, on disk."""
+    subjects = Subjects.from_settings(settings)
+    return StreamConfig(
+        name=_stream_name(settings, "RESULTS"),
+        subjects=[subjects.results, subjects.routed_all],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=24 * 3600.0,
+        max_msgs=2_000_000,
+        discard=DiscardPolicy.OLD,
+    )

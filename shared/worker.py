@@ -1,0 +1,205 @@
+"""The generic inference worker: pull tasks, download, decode, infer in batches, publish results, ack.
+
+Detection and classification differ only in their settings' defaults and the model folder;
+everything model-specific lives in `models/<name>/model.yaml` and `shared.model_registry`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nats.aio.msg import Msg
+from pydantic import Field
+from redis.asyncio import Redis
+
+from shared.bus import fetch
+from shared.contracts import Heartbeat, InferenceResult, InferenceTask, ModelKind, Timings
+from shared.discovery import HeartbeatPublisher
+from shared.jpeg import decode_jpeg
+from shared.keys import RedisKeys
+from shared.lifecycle import Service, StartupError
+from shared.model_registry import LoadedModel, ModelError, load_model
+from shared.settings import VigilSettings
+from shared.storage import SeaweedStorage
+from shared.subjects import task_stream, worker_durable
+
+
+class WorkerSettings(VigilSettings):
+    model_dir: Path
+    task_subject: str
+    batch_size: int = Field(default=1, ge=1, le=64, description="tasks fetched and inferred together")
+    intra_op_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 lets it choose")
+    providers: list[str] = Field(default_factory=list, description="onnxruntime providers in order; empty = best available")
+    ack_wait: float = Field(default=30.0, gt=0, description="seconds before an unacked task goes to another replica")
+    task_max_age: float = Field(default=30.0, gt=0, description="seconds a task may wait before it is worthless")
+    task_queue_cap: int = Field(default=1000, ge=1, description="most tasks queued for this model; the oldest go first")
+
+
+class _Job:
+    """One task on its way through a batch."""
+
+    def __init__(self, msg: Msg, task: InferenceTask) -> None:
+        self.msg = msg
+        self.task = task
+        self.image: np.ndarray | None = None
+        self.error: str | None = None
+        self.output: list[Any] | None = None  # detections or classifications
+        self.download_ms = 0.0
+
+
+class InferenceWorker(Service[WorkerSettings]):
+    name = "worker"
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        super().__init__(settings)
+        self.keys = RedisKeys(settings)
+        self.model: LoadedModel | None = None
+        self.storage: SeaweedStorage | None = None
+        self.redis: Redis | None = None
+        self.started_at = time.time()
+        self.processed = 0
+        self.in_flight = 0
+        self._fps = 0.0
+        labels = ("model",)
+        self.m_results = self.metrics.counter("results", "results published", labels)
+        self.m_errors = self.metrics.counter("error_results", "error results (download, decode, inference)", ("model", "reason"))
+        self.m_infer = self.metrics.histogram("infer", "onnxruntime time per batch", labels)
+
+    @property
+    def model_name(self) -> str:
+        assert self.model is not None
+        return self.model.spec.name
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        s = self.settings
+        # The model first: a missing or corrupt model is a clear error before any connection is made.
+        try:
+            self.model = await asyncio.to_thread(
+                load_model, s.model_dir, providers=s.providers or None, intra_op_threads=s.intra_op_threads
+            )
+        except ModelError as exc:
+            raise StartupError(str(exc)) from None
+        await self.open_bus(stack)
+        await self.bus.ensure_stream(
+            task_stream(s, self.model_name, s.task_subject, max_age=s.task_max_age, cap=s.task_queue_cap)
+        )
+        self.redis = await self.open_redis(stack)
+        self.storage = await self.open_storage(stack)
+
+    def heartbeat(self) -> Heartbeat:
+        assert self.model is not None
+        return Heartbeat(
+            model=self.model_name,
+            kind=self.model.spec.kind,
+            subject=self.settings.task_subject,
+            instance=self.instance,
+            started_at=self.started_at,
+            processed=self.processed,
+            in_flight=self.in_flight,
+            fps=round(self._fps, 2),
+        )
+
+    def health(self) -> dict[str, Any]:
+        return super().health() | {"model": self.model_name, "processed": self.processed, "fps": round(self._fps, 2)}
+
+    async def run(self) -> None:
+        s = self.settings
+        assert self.redis is not None
+        stream = task_stream(s, self.model_name, s.task_subject, max_age=s.task_max_age, cap=s.task_queue_cap).name
+        # max_ack_pending bounds what all replicas together hold; each replica fetches one batch at a time.
+        sub = await self.bus.durable_pull(stream, worker_durable(self.model_name), ack_wait=s.ack_wait, max_ack_pending=256)
+        beats = HeartbeatPublisher(self.redis, self.keys, s.routing_ttl, self.heartbeat)
+        await beats.publish_once()  # live at once: the router may route to us now
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(beats.run(self.stop_event))
+            while not self.stop_event.is_set():
+                msgs = await fetch(sub, s.batch_size, timeout=0.5)
+                if msgs:
+                    await self._process(msgs)
+        await beats.remove()
+
+    async def _process(self, msgs: list[Msg]) -> None:
+        started = time.perf_counter()
+        jobs: list[_Job] = []
+        for msg in msgs:
+            task = await self.bus.decode(msg, InferenceTask)
+            if task is None:
+                await msg.term()
+            else:
+                jobs.append(_Job(msg, task))
+        self.in_flight = len(jobs)
+        await asyncio.gather(*(self._fetch_image(job) for job in jobs))
+        ready = [job for job in jobs if job.error is None]
+        timings = Timings()
+        if ready:
+            try:
+                outputs, timings = await asyncio.to_thread(self._infer, [job.image for job in ready])  # type: ignore[misc]
+                for job, output in zip(ready, outputs):
+                    job.output = output
+            except Exception as exc:  # noqa: BLE001 - a bad batch gives error results, the worker goes on
+                self.log.exception("inference failed", extra={"model": self.model_name})
+                for job in ready:
+                    job.error = f"inference failed: {exc!r}"
+        await asyncio.gather(*(self._finish(job, timings) for job in jobs))
+        self.in_flight = 0
+        elapsed = time.perf_counter() - started
+        if elapsed > 0:
+            self._fps = 0.8 * self._fps + 0.2 * (len(jobs) / elapsed)
+
+    async def _fetch_image(self, job: _Job) -> None:
+        assert self.storage is not None
+        t0 = time.perf_counter()
+        try:
+            data = await self.storage.download(job.task.frame.url)
+            job.image = await asyncio.to_thread(decode_jpeg, data)
+        except Exception as exc:  # noqa: BLE001 - becomes an error result
+            job.error = f"frame unavailable: {exc}"
+        job.download_ms = (time.perf_counter() - t0) * 1000
+
+    def _infer(self, images: list[np.ndarray]) -> tuple[list[Any], Timings]:
+        assert self.model is not None
+        t0 = time.perf_counter()
+        batch = self.model.preprocess(images)
+        t1 = time.perf_counter()
+        raw = self.model.run(batch)
+        t2 = time.perf_counter()
+        outputs = self.model.postprocess(raw, [(img.shape[1], img.shape[0]) for img in images])
+        t3 = time.perf_counter()
+        n = len(images)
+        self.m_infer.labels(model=self.model_name).observe(t2 - t1)
+        return outputs, Timings(
+            preprocess_ms=(t1 - t0) * 1000 / n, infer_ms=(t2 - t1) * 1000 / n, postprocess_ms=(t3 - t2) * 1000 / n
+        )
+
+    async def _finish(self, job: _Job, timings: Timings) -> None:
+        assert self.model is not None
+        output = job.output or []
+        kind = self.model.spec.kind
+        result = InferenceResult(
+            frame=job.task.frame,
+            model=self.model_name,
+            kind=kind,
+            instance=self.instance,
+            detections=output if kind is ModelKind.DETECTION else [],
+            classifications=output if kind is ModelKind.CLASSIFICATION else [],
+            error=job.error,
+            timings=timings.model_copy(update={"download_ms": job.download_ms}),
+            finished_at=time.time(),
+        )
+        if job.error:
+            reason = job.error.split(":", 1)[0]
+            self.m_errors.labels(model=self.model_name, reason=reason).inc()
+            self.log.warning("%s", job.error, extra={"model": self.model_name, "frame_id": job.task.frame.frame_id})
+        try:
+            await self.bus.publish(self.bus.subjects.results, result)
+        except Exception as exc:  # noqa: BLE001 - not acked, so the task is redelivered after ack_wait
+            self.log.warning("result not published, task left for redelivery: %r", exc)
+            return
+        await job.msg.ack()
+        self.processed += 1
+        self.m_results.labels(model=self.model_name).inc()
