@@ -64,6 +64,7 @@ class Bus:
             self.reconnects.inc()
             self.log.info("reconnected to NATS")
 
+        self._closing = False
         self.log.info("connecting to NATS")
         try:
             # max_reconnect_attempts=-1 makes nats-py retry the first connect forever too;

@@ -98,6 +98,10 @@ class Service(abc.ABC, Generic[S]):
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
+        await self.execute()
+
+    async def execute(self) -> None:
+        """Start, run and release resources; `stop_event` ends it (tests drive services this way)."""
         async with AsyncExitStack() as stack:
             runner = await start_http(self.metrics, self.health, self.settings.metrics_host, self.settings.metrics_port)
             if runner is not None:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from shared.retry import retry_until
 from shared.settings import VigilSettings
+
+
+_ASSIGN_GROW_SECONDS = 10.0
 
 
 class StorageError(RuntimeError):
@@ -83,18 +88,28 @@ class SeaweedStorage:
             if not pool.fids:
                 # One assign call hands out a whole batch (fid, fid_1, ...): the master is not
                 # asked once per frame, which is what limits a naive uploader.
-                params = {"count": str(self.ASSIGN_BATCH)}
-                if ttl:
-                    params["ttl"] = ttl
-                async with self.session.get(f"{self.master_url}/dir/assign", params=params) as resp:
-                    doc = await resp.json(content_type=None)
-                if "fid" not in doc:
-                    raise StorageError(f"assign failed: {doc.get('error', doc)}")
+                doc = await self._assign(ttl)
                 count = int(doc.get("count", 1))
                 base = doc["fid"]
                 host = doc["url"]
                 pool.fids.extend((host, base if i == 0 else f"{base}_{i}") for i in range(count))
             return pool.fids.popleft()
+
+    async def _assign(self, ttl: str) -> dict[str, Any]:
+        params = {"count": str(self.ASSIGN_BATCH)}
+        if ttl:
+            params["ttl"] = ttl
+        deadline = time.monotonic() + _ASSIGN_GROW_SECONDS
+        while True:
+            async with self.session.get(f"{self.master_url}/dir/assign", params=params) as resp:
+                doc = await resp.json(content_type=None)
+            if "fid" in doc:
+                return doc
+            # The first assign for a TTL the master has not seen answers "No writable volumes"
+            # while it grows volumes for it: a pause, not a failure.
+            if "writable" not in str(doc.get("error", "")) or time.monotonic() >= deadline:
+                raise StorageError(f"assign failed: {doc.get('error', doc)}")
+            await asyncio.sleep(0.2)
 
     async def upload(self, data: bytes, *, ttl: str = "", content_type: str = "image/jpeg", name: str = "frame.jpg") -> str:
         """Store bytes on a volume server; returns the URL to fetch them from."""

@@ -1,0 +1,3 @@
+from fleet.run import main
+
+main()

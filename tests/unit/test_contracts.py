@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from shared.contracts import MAX_MESSAGE_BYTES, ContractError, FrameRef, InferenceResult, ModelKind, SourceStatus
+
+
+def frame(**over: object) -> FrameRef:
+    fields = dict(source_id="cam0", seq=3, pts=0.3, wall_time=1.0, url="http://127.0.0.1:8080/3,01", width=768, height=576)
+    fields.update(over)
+    return FrameRef(**fields)  # type: ignore[arg-type]
+
+
+def test_round_trip_keeps_every_field() -> None:
+    ref = frame()
+    again = FrameRef.from_bytes(ref.to_bytes())
+    assert again == ref
+    assert again.frame_id == "cam0:3"
+    assert json.loads(ref.to_bytes())["v"] == 1
+
+
+def test_unknown_field_is_rejected() -> None:
+    doc = json.loads(frame().to_bytes())
+    doc["surprise"] = 1
+    with pytest.raises(ContractError, match="surprise"):
+        FrameRef.from_bytes(json.dumps(doc).encode())
+
+
+def test_other_version_is_rejected() -> None:
+    doc = json.loads(frame().to_bytes())
+    doc["v"] = 2
+    with pytest.raises(ContractError, match="v"):
+        FrameRef.from_bytes(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("source_id", ["", "cam.0", "cam 0", "a" * 65, "cam>"])
+def test_source_ids_that_would_break_subjects_are_rejected(source_id: str) -> None:
+    with pytest.raises(ValueError):
+        frame(source_id=source_id)
+
+
+def test_garbage_and_oversize_messages_raise_contract_errors() -> None:
+    with pytest.raises(ContractError):
+        FrameRef.from_bytes(b"\x00not json")
+    with pytest.raises(ContractError, match="exceeds"):
+        SourceStatus.from_bytes(b" " * (MAX_MESSAGE_BYTES + 1))
+
+
+def test_result_nests_the_frame_it_answers() -> None:
+    result = InferenceResult(frame=frame(), model="m", kind=ModelKind.DETECTION, instance="i", finished_at=2.0)
+    assert InferenceResult.from_bytes(result.to_bytes()).frame.frame_id == "cam0:3"

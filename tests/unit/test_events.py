@@ -1,0 +1,56 @@
+from shared.contracts import BBox, Detection, EventState, FrameRef, InferenceResult, ModelKind
+from services.registrator.events import EventRules, EventTracker
+
+RULES = EventRules(watch_labels=frozenset({"person"}), min_score=0.5, gap=2.0, max_duration=30.0)
+
+
+def result(seq: int, *labels: tuple[str, float], source: str = "cam0", fps: float = 10.0) -> InferenceResult:
+    dets = [
+        Detection(label=label, class_id=0, score=score, box=BBox(x1=0.1, y1=0.1, x2=0.2 + 0.01 * i, y2=0.4))
+        for i, (label, score) in enumerate(labels)
+    ]
+    ref = FrameRef(source_id=source, seq=seq, pts=seq / fps, wall_time=1000 + seq / fps, url=f"http://h/{seq}", width=10, height=10)
+    return InferenceResult(frame=ref, model="ssd", kind=ModelKind.DETECTION, instance="i", detections=dets, finished_at=0)
+
+
+def test_an_event_opens_extends_and_closes_after_the_gap() -> None:
+    tracker = EventTracker(RULES)
+    changed, closed = tracker.observe(result(0, ("person", 0.9)))
+    assert [e.state for e in changed] == [EventState.CREATED] and not closed
+    changed, _ = tracker.observe(result(1, ("person", 0.8)))
+    assert [e.state for e in changed] == [EventState.PENDING]
+    tracker.observe(result(15, ("person", 0.95)))  # 1.4 s gap: still the same event
+    _, closed = tracker.observe(result(30))  # 1.5 s after the last sighting
+    assert not closed
+    _, closed = tracker.observe(result(36))  # 2.1 s: closed
+    assert len(closed) == 1
+    event = closed[0]
+    assert (event.start, event.end, event.frames) == (0.0, 1.5, 3)
+    assert event.best_score == 0.95 and event.best_frame_seq == 15
+
+
+def test_two_people_in_one_frame_make_one_event() -> None:
+    tracker = EventTracker(RULES)
+    for seq in range(20):
+        tracker.observe(result(seq, ("person", 0.9), ("person", 0.7)))
+    closed = tracker.close_source("cam0")
+    assert len(closed) == 1
+    assert closed[0].label_counts["person"] == 40 and closed[0].frames == 20
+
+
+def test_low_scores_and_unwatched_labels_open_nothing() -> None:
+    tracker = EventTracker(RULES)
+    changed, _ = tracker.observe(result(0, ("person", 0.3), ("car", 0.99)))
+    assert not changed and not tracker.open
+
+
+def test_sources_are_separate_and_long_events_split() -> None:
+    tracker = EventTracker(RULES)
+    tracker.observe(result(0, ("person", 0.9), source="a"))
+    tracker.observe(result(0, ("person", 0.9), source="b"))
+    assert len(tracker.open) == 2
+    closed = []
+    for seq in range(1, 320):
+        closed += tracker.observe(result(seq, ("person", 0.9), source="a"))[1]
+    assert len(closed) == 1 and closed[0].source_id == "a"  # split at 30 s, a new event continues
+    assert len(tracker.open) == 2
