@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 import nats
+from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
 from fleet.servers import LocalServers, ServerError, ServerSet
@@ -122,20 +123,20 @@ class Fleet:
     # -- bus watching ----------------------------------------------------------------------------
 
     async def watch(self, nc: nats.NATS, subjects: Subjects) -> None:
-        async def on_frame(msg: nats.aio.msg.Msg) -> None:
+        async def on_frame(msg: Msg) -> None:
             self.progress.frames["published"] += 1
 
-        async def on_result(msg: nats.aio.msg.Msg) -> None:
+        async def on_result(msg: Msg) -> None:
             result = InferenceResult.from_bytes(msg.data)
             self.progress.results[result.model] += 1
             if result.error:
                 self.progress.errors[result.model] += 1
 
-        async def on_status(msg: nats.aio.msg.Msg) -> None:
+        async def on_status(msg: Msg) -> None:
             status = SourceStatus.from_bytes(msg.data)
             self.progress.status[status.source_id] = status
 
-        async def on_drained(msg: nats.aio.msg.Msg) -> None:
+        async def on_drained(msg: Msg) -> None:
             drained = SourceDrained.from_bytes(msg.data)
             self.progress.drained[drained.source_id] = drained
 
@@ -222,9 +223,10 @@ async def run_fleet(server_set: ServerSet, options: FleetOptions, stop: asyncio.
             await asyncio.sleep(0.2)
             if time.monotonic() - last >= 2.0:
                 last = time.monotonic()
-                events = await redis.zcard(keys.events)
+                event_count = await redis.zcard(keys.events)
                 inferred = ", ".join(f"{m} {n}" for m, n in sorted(p.results.items())) or "0"
-                print(f"[progress] frames published {p.frames['published']}, inferred: {inferred}, events {events}", flush=True)
+                published = p.frames["published"]
+                print(f"[progress] frames published {published}, inferred: {inferred}, events {event_count}", flush=True)
             crashed = [x.name for x in fleet.procs if x.process.returncode not in (None, 0) and x.name != "reader"]
             if crashed:
                 print(f"service(s) exited with an error: {', '.join(crashed)}", flush=True)

@@ -11,7 +11,6 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-
 # A source id is a NATS subject token and part of file names, so it is kept plain.
 SOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -28,7 +27,7 @@ class Contract(BaseModel):
         return self.model_dump_json().encode()
 
     @classmethod
-    def from_bytes(cls: type[C], data: bytes) -> C:
+    def from_bytes(cls: type[C], data: bytes | str) -> C:
         if len(data) > MAX_MESSAGE_BYTES:
             raise ContractError(f"{cls.__name__}: message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
         try:

@@ -15,7 +15,8 @@ from typing import Any, Generic, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.bus import Bus
 from shared.logs import setup_logging
@@ -40,6 +41,7 @@ class Service(abc.ABC, Generic[S]):
         self.metrics = Metrics(self.name)
         self.log = logging.getLogger(f"vigil.{self.name}")
         self.stop_event = asyncio.Event()
+        self.exit_code = 0  # a service that ran but failed at its job (a source that broke) says so here
         self.bus = Bus(settings, self.name, self.instance, self.metrics)
 
     # Resources -----------------------------------------------------------------------------
@@ -116,13 +118,13 @@ def main(service_cls: type[Service[S]], settings_cls: type[S], argv: list[str] |
     settings = load_settings(settings_cls, argv)
     log = setup_logging(service_cls.name, settings.log_level, settings.log_json)
     try:
-        import uvloop
-
-        runner = uvloop.run
+        from uvloop import run
     except ImportError:  # uvloop is optional on platforms without it
-        runner = asyncio.run
+        from asyncio import run  # type: ignore[assignment]
+    service = service_cls(settings)
     try:
-        runner(service_cls(settings).serve())
+        run(service.serve())
     except (InfrastructureUnavailable, StartupError) as exc:
         log.error("%s", exc)
         sys.exit(1)
+    sys.exit(service.exit_code)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -16,7 +16,7 @@ class InfrastructureUnavailable(RuntimeError):
     """A server did not answer within the startup timeout."""
 
 
-def backoff_delays(initial: float = 0.2, maximum: float = 5.0) -> "iter[float]":  # type: ignore[valid-type]
+def backoff_delays(initial: float = 0.2, maximum: float = 5.0) -> Iterator[float]:
     """Exponential backoff with full jitter, so a restarted fleet does not reconnect in lockstep."""
     delay = initial
     while True:

@@ -15,7 +15,6 @@ import aiohttp
 from shared.retry import retry_until
 from shared.settings import VigilSettings
 
-
 _ASSIGN_GROW_SECONDS = 10.0
 
 

@@ -71,12 +71,20 @@ def worker_durable(model: str) -> str:
     return f"worker-{model}"
 
 
+def frames_stream_name(settings: VigilSettings) -> str:
+    return _stream_name(settings, "FRAMES")
+
+
+def results_stream_name(settings: VigilSettings) -> str:
+    return _stream_name(settings, "RESULTS")
+
+
 def frames_stream(settings: VigilSettings) -> StreamConfig:
     """Owned by the reader. Frame references and source lifecycle share one stream so that a
     consumer sees a source's ENDED status after its last frame, in order."""
     subjects = Subjects.from_settings(settings)
     return StreamConfig(
-        name=_stream_name(settings, "FRAMES"),
+        name=frames_stream_name(settings),
         subjects=[subjects.frames, subjects.source_status_all],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
@@ -109,7 +117,7 @@ def results_stream(settings: VigilSettings) -> StreamConfig:
     """Owned by the registrator: results and routing summaries are durable, on disk."""
     subjects = Subjects.from_settings(settings)
     return StreamConfig(
-        name=_stream_name(settings, "RESULTS"),
+        name=results_stream_name(settings),
         subjects=[subjects.results, subjects.routed_all],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,

@@ -26,7 +26,7 @@ from shared.lifecycle import Service, StartupError
 from shared.model_registry import LoadedModel, ModelError, load_model
 from shared.settings import VigilSettings
 from shared.storage import SeaweedStorage
-from shared.subjects import task_stream, worker_durable
+from shared.subjects import task_stream, task_stream_name, worker_durable
 
 
 class WorkerSettings(VigilSettings):
@@ -110,7 +110,7 @@ class InferenceWorker(Service[WorkerSettings]):
     async def run(self) -> None:
         s = self.settings
         assert self.redis is not None
-        stream = task_stream(s, self.model_name, s.task_subject, max_age=s.task_max_age, cap=s.task_queue_cap).name
+        stream = task_stream_name(s, self.model_name)
         # max_ack_pending bounds what all replicas together hold; each replica fetches one batch at a time.
         sub = await self.bus.durable_pull(stream, worker_durable(self.model_name), ack_wait=s.ack_wait, max_ack_pending=256)
         beats = HeartbeatPublisher(self.redis, self.keys, s.routing_ttl, self.heartbeat)
@@ -139,7 +139,7 @@ class InferenceWorker(Service[WorkerSettings]):
         if ready:
             try:
                 outputs, timings = await asyncio.to_thread(self._infer, [job.image for job in ready])  # type: ignore[misc]
-                for job, output in zip(ready, outputs):
+                for job, output in zip(ready, outputs, strict=True):
                     job.output = output
             except Exception as exc:  # noqa: BLE001 - a bad batch gives error results, the worker goes on
                 self.log.exception("inference failed", extra={"model": self.model_name})

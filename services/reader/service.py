@@ -18,7 +18,7 @@ from shared.lifecycle import Service, StartupError
 from shared.queues import PolicyQueue
 from shared.retry import retry_until
 from shared.storage import SeaweedStorage
-from shared.subjects import ROUTER_DURABLE, frames_stream
+from shared.subjects import ROUTER_DURABLE, frames_stream, frames_stream_name
 
 _BACKLOG_CHECK_EVERY = 8
 
@@ -47,7 +47,7 @@ class ReaderService(Service[ReaderSettings]):
         self.last_seq = -1
         self.error: str | None = None
         self.storage: SeaweedStorage | None = None
-        self.stream_name = frames_stream(settings).name
+        self.stream_name = frames_stream_name(settings)
 
     async def start(self, stack: AsyncExitStack) -> None:
         await self.open_bus(stack)
@@ -103,6 +103,7 @@ class ReaderService(Service[ReaderSettings]):
         finally:
             await asyncio.to_thread(source.close)
         state = SourceState.FAILED if self.error else SourceState.ENDED
+        self.exit_code = 1 if self.error else 0
         await self._publish_status(state)
         self.log.info(
             "source %s: read %d, published %d, dropped %d, skipped %d%s",

@@ -33,7 +33,13 @@ from shared.jpeg import decode_jpeg, encode_jpeg
 from shared.keys import RedisKeys
 from shared.lifecycle import Service
 from shared.storage import SeaweedStorage
-from shared.subjects import REGISTRATOR_FRAMES_DURABLE, REGISTRATOR_RESULTS_DURABLE, frames_stream, results_stream
+from shared.subjects import (
+    REGISTRATOR_FRAMES_DURABLE,
+    REGISTRATOR_RESULTS_DURABLE,
+    frames_stream_name,
+    results_stream,
+    results_stream_name,
+)
 
 _FRAME_WAIT_SECONDS = 10.0
 
@@ -98,12 +104,12 @@ class RegistratorService(Service[RegistratorSettings]):
         }
 
     async def run(self) -> None:
-        results_sub = await self.bus.durable_pull(results_stream(self.settings).name, REGISTRATOR_RESULTS_DURABLE)
+        results_sub = await self.bus.durable_pull(results_stream_name(self.settings), REGISTRATOR_RESULTS_DURABLE)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._consume(results_sub, self._on_results_msg))
             tg.create_task(self._watch_drain_timeouts())
             frames_sub = await self.bus.bind_when_ready(
-                frames_stream(self.settings).name, REGISTRATOR_FRAMES_DURABLE, self.stop_event
+                frames_stream_name(self.settings), REGISTRATOR_FRAMES_DURABLE, self.stop_event
             )
             if frames_sub is not None:
                 tg.create_task(self._consume(frames_sub, self._on_frames_msg))
@@ -233,7 +239,8 @@ class RegistratorService(Service[RegistratorSettings]):
         chosen = pick_frames(self.ring.window(event.source_id, start, end), clip_ticks(start, end, s.clip_fps))
         urls = list(dict.fromkeys(ref.url for ref in chosen))
         blobs = await asyncio.gather(*(storage.download(url) for url in urls))
-        images = dict(zip(urls, await asyncio.gather(*(asyncio.to_thread(decode_jpeg, b) for b in blobs))))
+        decoded = await asyncio.gather(*(asyncio.to_thread(decode_jpeg, b) for b in blobs))
+        images = dict(zip(urls, decoded, strict=True))
         key_jpeg = await storage.download(event.best_frame_url)
 
         folder = Path(s.TMP_PATH) / event.id
@@ -301,5 +308,6 @@ class RegistratorService(Service[RegistratorSettings]):
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for source_id, progress in list(self.sources.items()):
-                if progress.summary is not None and not progress.draining and now - progress.summary_at > self.settings.drain_timeout:
+                waited = now - progress.summary_at
+                if progress.summary is not None and not progress.draining and waited > self.settings.drain_timeout:
                     self._check_drained(source_id, timed_out=True)

@@ -25,7 +25,9 @@ class EventStore:
         self._replace = redis.register_script(_REPLACE)
 
     async def save(self, event: Event) -> None:
-        await self._replace(keys=[self.keys.events, self.keys.event_index], args=[event.id, event.start_wall, event.model_dump_json()])
+        await self._replace(
+            keys=[self.keys.events, self.keys.event_index], args=[event.id, event.start_wall, event.model_dump_json()]
+        )
 
     async def get(self, event_id: str) -> Event | None:
         raw = await self.redis.hget(self.keys.event_index, event_id)

@@ -17,7 +17,7 @@ from shared.contracts import DropPolicy, FrameRef, Heartbeat, InferenceTask, Rou
 from shared.discovery import live_instances
 from shared.keys import RedisKeys
 from shared.lifecycle import Service
-from shared.subjects import ROUTER_DURABLE, frames_stream, task_stream_name, worker_durable
+from shared.subjects import ROUTER_DURABLE, frames_stream_name, task_stream_name, worker_durable
 
 
 class RouterService(Service[RouterSettings]):
@@ -40,7 +40,7 @@ class RouterService(Service[RouterSettings]):
         await self.open_bus(stack)
         self.redis = await self.open_redis(stack)
         # The reader owns the frames stream: the router binds to it once it exists (see run).
-        self.frames_stream = frames_stream(self.settings).name
+        self.frames_stream = frames_stream_name(self.settings)
         await self._refresh_live()
 
     def health(self) -> dict[str, Any]:

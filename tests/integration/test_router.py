@@ -1,7 +1,9 @@
 import time
 
+import aiohttp
 from redis.asyncio import Redis
 
+from fleet.servers import free_ports
 from services.router.service import RouterService
 from services.router.settings import RouterSettings
 from shared.bus import Bus, fetch
@@ -13,7 +15,8 @@ from tests.integration.helpers import running, wait_for
 
 
 async def test_router_routes_every_frame_to_each_live_model_and_summarises(service_env: dict[str, str]) -> None:
-    settings = RouterSettings(_env_file=None, **service_env)  # type: ignore[arg-type]
+    port = free_ports(1)[0]
+    settings = RouterSettings(_env_file=None, **service_env, metrics_port=port)  # type: ignore[arg-type]
     keys = RedisKeys(settings)
     redis = Redis(host=settings.redis_host, port=settings.redis_port)
     test_bus = Bus(settings, "test", "t", Metrics("test"))
@@ -51,10 +54,21 @@ async def test_router_routes_every_frame_to_each_live_model_and_summarises(servi
             # The model's last instance goes away: its frames get no task.
             await redis.delete(keys.heartbeat("m1", "w1"))
             await wait_for(lambda: not router.live, 5, "router to see the model gone")
-            ref = FrameRef(source_id="cam1", seq=0, pts=0, wall_time=time.time(), url="http://127.0.0.1:8080/1,02", width=4, height=4)
+            ref = FrameRef(
+                source_id="cam1", seq=0, pts=0, wall_time=time.time(), url="http://127.0.0.1:8080/1,02", width=4, height=4
+            )
             await test_bus.publish(test_bus.subjects.frames, ref)
             await wait_for(lambda: counter_value(router.m_unrouted, source_id="cam1") == 1, 5, "unrouted frame")
             assert await fetch(sub, 10, timeout=0.5) == []
+
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    health = await resp.json()
+            assert 'vigil_router_tasks_routed_total{model="m1",source_id="cam0"} 5.0' in text
+            assert 'vigil_router_frames_without_models_total{source_id="cam1"} 1.0' in text
+            assert health["ok"] is True and health["live_models"] == []
     finally:
         await test_bus.close()
         await redis.aclose()

@@ -1,5 +1,5 @@
-from shared.contracts import BBox, Detection, EventState, FrameRef, InferenceResult, ModelKind
 from services.registrator.events import EventRules, EventTracker
+from shared.contracts import BBox, Detection, EventState, FrameRef, InferenceResult, ModelKind
 
 RULES = EventRules(watch_labels=frozenset({"person"}), min_score=0.5, gap=2.0, max_duration=30.0)
 
@@ -9,7 +9,9 @@ def result(seq: int, *labels: tuple[str, float], source: str = "cam0", fps: floa
         Detection(label=label, class_id=0, score=score, box=BBox(x1=0.1, y1=0.1, x2=0.2 + 0.01 * i, y2=0.4))
         for i, (label, score) in enumerate(labels)
     ]
-    ref = FrameRef(source_id=source, seq=seq, pts=seq / fps, wall_time=1000 + seq / fps, url=f"http://h/{seq}", width=10, height=10)
+    ref = FrameRef(
+        source_id=source, seq=seq, pts=seq / fps, wall_time=1000 + seq / fps, url=f"http://h/{seq}", width=10, height=10
+    )
     return InferenceResult(frame=ref, model="ssd", kind=ModelKind.DETECTION, instance="i", detections=dets, finished_at=0)
 
 

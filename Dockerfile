@@ -1,0 +1,111 @@
+# syntax=docker/dockerfile:1
+# Vigil images, one target per role; each carries only its role's extras from pyproject.toml.
+#   docker compose build                      (every role)
+#   docker build --target worker -t vigil-worker .
+# Targets: reader, router, worker (detection and classification), worker-gpu, registrator.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- dependencies ----------------------------------------------------------------------------
+# Only pyproject.toml goes in, so the slow layers (opencv, av, onnxruntime) are rebuilt when the
+# dependencies change, not on every code edit. With no packages beside it, the project builds as an
+# empty wheel; it is removed again because the code runs from /app, where shared/model_registry.py
+# finds models/ next to it (an installed copy in site-packages would look for site-packages/models).
+# No compiler or -dev packages: every dependency ships manylinux wheels for CPython 3.11.
+FROM ${PYTHON_IMAGE} AS deps
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml ./
+
+FROM deps AS deps-reader
+RUN --mount=type=cache,target=/root/.cache/pip pip install ".[reader]" && pip uninstall -y vigil
+
+FROM deps AS deps-router
+RUN --mount=type=cache,target=/root/.cache/pip pip install . && pip uninstall -y vigil
+
+FROM deps AS deps-worker
+RUN --mount=type=cache,target=/root/.cache/pip pip install ".[worker]" && pip uninstall -y vigil
+
+FROM deps AS deps-worker-gpu
+# onnxruntime and onnxruntime-gpu install the same `onnxruntime` module, so the GPU image must not
+# get the `worker` extra. The [cuda,cudnn] extras pull CUDA 12 and cuDNN 9 from PyPI, so a slim base
+# works; 1.27 and later are built for CUDA 13 (host driver >= 580): raise the bound with the driver.
+ARG ONNXRUNTIME_GPU="onnxruntime-gpu[cuda,cudnn]>=1.21,<1.27"
+RUN --mount=type=cache,target=/root/.cache/pip pip install . "${ONNXRUNTIME_GPU}" && pip uninstall -y vigil
+
+FROM deps AS deps-registrator
+RUN --mount=type=cache,target=/root/.cache/pip pip install ".[registrator]" && pip uninstall -y vigil
+
+# ---- common runtime --------------------------------------------------------------------------
+# No apt packages: the wheels bundle FFmpeg (av), their image libraries (opencv-python-headless)
+# and OpenBLAS (numpy); what they link against beyond that (glibc, libstdc++, libgcc_s, zlib) is in
+# the slim base.
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    metrics_host=0.0.0.0 \
+    metrics_port=9100
+RUN groupadd --system --gid 10001 vigil \
+ && useradd --system --uid 10001 --gid vigil --home-dir /app --no-create-home --shell /usr/sbin/nologin vigil
+# Code and data stay root-owned (the services only read them); nothing below /app is writable.
+WORKDIR /app
+# Stdlib only, so it works in every target. metrics_port=0 switches the endpoint off, and then there
+# is nothing to ask: report healthy rather than hold back every service that depends on this one.
+# pydantic-settings reads names case-insensitively, so both spellings of the port are honoured.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --start-interval=1s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; port = int(os.environ.get('metrics_port') or os.environ.get('METRICS_PORT') or 0); port == 0 or urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2); sys.exit(0)"]
+
+FROM runtime AS reader
+COPY --from=deps-reader /opt/venv /opt/venv
+COPY shared ./shared
+COPY services ./services
+COPY video ./video
+RUN python -m compileall -q shared services
+USER vigil
+CMD ["python", "-m", "services.reader"]
+
+FROM runtime AS router
+COPY --from=deps-router /opt/venv /opt/venv
+COPY shared ./shared
+COPY services ./services
+RUN python -m compileall -q shared services
+USER vigil
+CMD ["python", "-m", "services.router"]
+
+# One image for every model: compose picks the service with `command:`.
+FROM runtime AS worker
+COPY --from=deps-worker /opt/venv /opt/venv
+COPY shared ./shared
+COPY services ./services
+COPY models ./models
+RUN python -m compileall -q shared services
+USER vigil
+CMD ["python", "-m", "services.detection"]
+
+FROM runtime AS worker-gpu
+# The NVIDIA runtime mounts only what these capabilities name; the driver's libcuda comes from the host.
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
+COPY --from=deps-worker-gpu /opt/venv /opt/venv
+# The CUDA and cuDNN libraries live in the nvidia-* wheels, outside the loader's default path.
+RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' > /etc/ld.so.conf.d/vigil-nvidia-wheels.conf \
+ && ldconfig
+COPY shared ./shared
+COPY services ./services
+COPY models ./models
+RUN python -m compileall -q shared services
+USER vigil
+CMD ["python", "-m", "services.detection"]
+
+FROM runtime AS registrator
+COPY --from=deps-registrator /opt/venv /opt/venv
+COPY shared ./shared
+COPY services ./services
+RUN python -m compileall -q shared services
+# Created here, owned by the service user, so an empty named volume mounted on it inherits both.
+RUN mkdir -p /data/events && chown vigil:vigil /data/events
+ENV TMP_PATH=/data/events
+USER vigil
+CMD ["python", "-m", "services.registrator"]
