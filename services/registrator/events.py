@@ -31,6 +31,7 @@ class OpenEvent:
     best_frame_seq: int = -1
     best_frame_url: str = ""
     best_detections: list[Detection] = field(default_factory=list)
+    saved_at: float = 0.0  # wall time of the last persisted record
 
     def add(self, pts: float, seq: int, url: str, matches: list[Detection]) -> None:
         self.end = max(self.end, pts)
@@ -85,7 +86,7 @@ class EventTracker:
         return found
 
     def observe(self, result: InferenceResult) -> tuple[list[OpenEvent], list[OpenEvent]]:
-        """Apply one result; returns (events whose state changed to CREATED/PENDING, events closed)."""
+        """Apply one result; returns (events it extended, new ones first in CREATED, and events it closed)."""
         frame = result.frame
         changed: list[OpenEvent] = []
         closed = self.expire(frame.source_id, result.model, frame.pts)
@@ -107,8 +108,9 @@ class EventTracker:
                 )
                 self.open[key] = event
                 changed.append(event)
-            elif event.state is EventState.CREATED:
-                event.state = EventState.PENDING
+            else:
+                if event.state is EventState.CREATED:
+                    event.state = EventState.PENDING
                 changed.append(event)
             event.add(frame.pts, frame.seq, frame.url, matches)
         return changed, closed

@@ -42,6 +42,7 @@ from shared.subjects import (
 )
 
 _FRAME_WAIT_SECONDS = 10.0
+_RECORD_REFRESH_SECONDS = 1.0
 
 
 @dataclass
@@ -165,11 +166,16 @@ class RegistratorService(Service[RegistratorSettings]):
         if result.kind is ModelKind.DETECTION and result.error is None:
             changed, closed = self.tracker.observe(result)
             assert self.store is not None
+            now = time.time()
             for event in changed:
-                if event.state is EventState.CREATED:
+                first = event.state is EventState.CREATED
+                if first:
                     progress.events += 1
                     self.log.info("event %s opened at %.1f s", event.id, event.start, extra={"source_id": frame.source_id})
-                await self.store.save(event.record())
+                # Every transition is saved; a growing event's record is refreshed at most once a second.
+                if first or event.frames == 2 or now - event.saved_at >= _RECORD_REFRESH_SECONDS:
+                    event.saved_at = now
+                    await self.store.save(event.record())
             for event in closed:
                 await self._close(event)
         self._prune(frame.source_id)

@@ -21,7 +21,9 @@ def test_an_event_opens_extends_and_closes_after_the_gap() -> None:
     assert [e.state for e in changed] == [EventState.CREATED] and not closed
     changed, _ = tracker.observe(result(1, ("person", 0.8)))
     assert [e.state for e in changed] == [EventState.PENDING]
-    tracker.observe(result(15, ("person", 0.95)))  # 1.4 s gap: still the same event
+    changed, _ = tracker.observe(result(2))
+    assert changed == []  # nothing seen: nothing extended
+    tracker.observe(result(15, ("person", 0.95)))  # 1.3 s gap: still the same event
     _, closed = tracker.observe(result(30))  # 1.5 s after the last sighting
     assert not closed
     _, closed = tracker.observe(result(36))  # 2.1 s: closed
