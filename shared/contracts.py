@@ -78,6 +78,35 @@ class SourceState(str, enum.Enum):
     FAILED = "failed"
 
 
+class SourceRunState(str, enum.Enum):
+    """Where a source is now: shown by the api, and the reason a live source is not producing."""
+
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    STALLED = "stalled"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+    FAILED = "failed"
+
+
+class SourceHealth(Contract):
+    """A source's state and rates, published on every change and every few seconds (Redis key + NATS)."""
+
+    source_id: str = Field(pattern=SOURCE_ID_PATTERN)
+    state: SourceRunState
+    url: str = Field(description="the source with any credentials removed")
+    live: bool
+    fps: float = Field(ge=0)
+    frames_read: int = Field(ge=0)
+    frames_published: int = Field(ge=0)
+    frames_dropped: dict[str, int] = Field(description="dropped frames by reason")
+    reconnects: int = Field(ge=0)
+    last_error: str | None = None
+    state_since: float
+    updated_at: float
+    instance: str
+
+
 class SourceStatus(Contract):
     """A source's lifecycle on the bus; ENDED/FAILED carry the totals the drain check needs."""
 

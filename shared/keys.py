@@ -18,6 +18,9 @@ class RedisKeys:
     def heartbeat_pattern(self) -> str:
         return f"{self._ns}svc:*"
 
+    def source_health(self, source_id: str) -> str:
+        return f"{self._ns}source:{source_id}"
+
     @property
     def event_index(self) -> str:
         """Hash event id -> current record, so an update can replace the sorted-set member in place."""

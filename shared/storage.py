@@ -110,14 +110,13 @@ class SeaweedStorage:
                 raise StorageError(f"assign failed: {doc.get('error', doc)}")
             await asyncio.sleep(0.2)
 
-    async def upload(self, data: bytes, *, ttl: str = "", content_type: str = "image/jpeg", name: str = "frame.jpg") -> str:
+    async def upload(self, data: bytes, *, ttl: str = "", content_type: str = "image/jpeg") -> str:
         """Store bytes on a volume server; returns the URL to fetch them from."""
         host, fid = await self._next_fid(ttl)
         url = f"http://{host}/{fid}"
-        form = aiohttp.FormData()
-        form.add_field("file", data, filename=name, content_type=content_type)
         params = {"ttl": ttl} if ttl else None
-        async with self.session.post(url, data=form, params=params) as resp:
+        # A raw body, not multipart: the frame is sent as it is, with nothing to encode or parse around it.
+        async with self.session.put(url, data=data, params=params, headers={"Content-Type": content_type}) as resp:
             if resp.status not in (200, 201):
                 raise StorageError(f"upload to {url} failed: {resp.status} {(await resp.text())[:200]}")
         return url

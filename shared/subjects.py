@@ -36,6 +36,13 @@ class Subjects:
     def source_status_all(self) -> str:
         return f"{self._prefix}vigil.sources.>"
 
+    def source_health(self, source_id: str) -> str:
+        return f"{self._prefix}vigil.health.{source_id}"
+
+    @property
+    def source_health_all(self) -> str:
+        return f"{self._prefix}vigil.health.>"
+
     def routed(self, source_id: str) -> str:
         return f"{self._prefix}vigil.routed.{source_id}"
 

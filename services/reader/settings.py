@@ -1,22 +1,112 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.contracts import SOURCE_ID_PATTERN
 from shared.settings import VigilSettings
+
+ReaderType = Literal["av", "opencv"]
+
+
+class SourceConfig(BaseModel):
+    """One source and how to read it. A reader serves a list of these."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source_id: str = Field(pattern=SOURCE_ID_PATTERN)
+    url: str = Field(min_length=1, description="file path, rtsp://, http(s)://, an HLS .m3u8, or a USB camera (0, /dev/video0)")
+    reader_type: ReaderType = "av"
+    skip_frames: int = Field(default=0, ge=0, description="frames skipped after each one taken")
+    target_fps: float = Field(default=0.0, ge=0, description="most frames per second taken; 0 takes all")
+    stream_index: int = Field(default=0, ge=0, description="which video stream of the container")
+    max_width: int = Field(default=0, ge=0, description="downscale wider frames before JPEG; 0 keeps the size")
+    jpeg_quality: int = Field(default=85, ge=10, le=100)
+    loop: bool = Field(default=False, description="files: start again at the end (stream time keeps counting)")
+    realtime: bool = Field(default=False, description="files: pace at the file's own frame rate")
+    live: bool | None = Field(default=None, description="None decides from the URL: rtsp, rtmp, udp, srt and USB are live")
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
 
 
 class ReaderSettings(VigilSettings):
     service_name: str = "reader"
 
+    # One source from the seed's keys...
     video_source: str = "video/vtest.mp4"
-    source_id: str = Field(default="cam0", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    reader_type: Literal["av", "opencv"] = "av"
-    video_skip_frames: int = Field(default=0, ge=0, description="frames skipped after each one taken")
-    stream_index: int = Field(default=0, ge=0, description="which video stream of the container")
-    video_realtime: bool = Field(default=False, description="pace a file at its own frame rate (live sources always are)")
+    source_id: str = Field(default="cam0", pattern=SOURCE_ID_PATTERN)
+    reader_type: ReaderType = "av"
+    video_skip_frames: int = Field(default=0, ge=0)
+    stream_index: int = Field(default=0, ge=0)
+    target_fps: float = Field(default=0.0, ge=0)
+    max_width: int = Field(default=0, ge=0)
     jpeg_quality: int = Field(default=85, ge=10, le=100)
-    max_width: int = Field(default=0, ge=0, description="downscale wider frames before JPEG; 0 keeps the size")
-    upload_concurrency: int = Field(default=8, ge=1, le=64)
-    frames_ahead: int = Field(default=100, ge=1, description="WAIT mode: most frames published but not yet routed")
+    video_loop: bool = False
+    video_realtime: bool = False
+    video_live: bool | None = None
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    # ...or many: a JSON list of SourceConfig objects, or a YAML file holding that list.
+    sources: list[SourceConfig] = Field(default_factory=list)
+    sources_file: Path | None = None
+
+    upload_concurrency: int = Field(default=8, ge=1, le=64, description="per source: frames encoding or uploading at once")
+    frames_ahead: int = Field(default=100, ge=1, description="files: most frames published but not yet routed")
+    open_timeout: float = Field(default=10.0, gt=0, description="seconds to open a source")
+    read_timeout: float = Field(default=5.0, gt=0, description="seconds a blocked read may wait inside the decoder")
+    stall_timeout: float = Field(default=10.0, gt=0, description="seconds without a frame before a live source reconnects")
+    reconnect_initial: float = Field(default=1.0, gt=0)
+    reconnect_max: float = Field(default=30.0, gt=0)
+    max_reconnects: int = Field(default=0, ge=0, description="consecutive failed reconnects before a source fails; 0 = never")
+    status_interval: float = Field(default=2.0, gt=0, description="seconds between source health reports")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_sources(self) -> "ReaderSettings":
+        if self.sources and self.sources_file:
+            raise ValueError("set either sources or sources_file, not both")
+        return self
+
+    def source_configs(self) -> list[SourceConfig]:
+        if self.sources_file is not None:
+            configs = load_sources_file(self.sources_file)
+        elif self.sources:
+            configs = list(self.sources)
+        else:
+            configs = [
+                SourceConfig(
+                    source_id=self.source_id,
+                    url=self.video_source,
+                    reader_type=self.reader_type,
+                    skip_frames=self.video_skip_frames,
+                    target_fps=self.target_fps,
+                    stream_index=self.stream_index,
+                    max_width=self.max_width,
+                    jpeg_quality=self.jpeg_quality,
+                    loop=self.video_loop,
+                    realtime=self.video_realtime,
+                    live=self.video_live,
+                    rtsp_transport=self.rtsp_transport,
+                )
+            ]
+        ids = [c.source_id for c in configs]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"source ids must be unique: {', '.join(duplicates)} repeated")
+        return configs
+
+
+def load_sources_file(path: Path) -> list[SourceConfig]:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read sources_file {path}: {exc}") from None
+    if isinstance(doc, dict):
+        doc = doc.get("sources")
+    if not isinstance(doc, list) or not doc:
+        raise ValueError(f"sources_file {path} must hold a non-empty list of sources")
+    try:
+        return [SourceConfig.model_validate(item) for item in doc]
+    except ValidationError as exc:
+        raise ValueError(f"sources_file {path}: {json.dumps([e['msg'] for e in exc.errors()][:3])}") from None
