@@ -9,7 +9,7 @@ DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit test-integration test-e2e check-config up down logs ps scale-workers clean
+.PHONY: install run test test-deps test-unit test-integration test-e2e check-config bench bench-reader soak-reader lint up down logs ps scale-workers clean
 
 install: $(STAMP)
 
@@ -24,8 +24,13 @@ $(STAMP): pyproject.toml
 run: install
 	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE))
 
-test: install
+test: install test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Debian's GStreamer RTSP server for the test camera: installed when root, else those tests skip and say why.
+test-deps:
+	@if [ "$$(id -u)" = 0 ]; then bash scripts/install-test-deps.sh; \
+	else echo "not root: the RTSP tests need scripts/install-test-deps.sh run as root, else they are skipped"; fi
 
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -35,6 +40,19 @@ test-integration: install
 
 test-e2e: install
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+# Benchmarks print a table and write JSON under bench/results/.
+bench: bench-reader
+
+bench-reader: install
+	$(PY) -m bench.reader $(or $(REPEATS),3)
+
+# RSS of a reader looping the sample as fast as it can, sampled over DURATION seconds (default 600).
+soak-reader: install
+	$(PY) -m bench.reader_soak $(or $(DURATION),600)
+
+lint: install
+	$(PY) -m ruff check shared services fleet bench tests
 
 check-config: install
 	@for s in reader router detection classification registrator; do $(PY) -m services.$$s --check-config || exit 1; done

@@ -45,12 +45,14 @@ async def bare_loop(servers: ServerSet, video: Path) -> dict[str, float]:
                 await storage.upload(encode_jpeg(frame.to_ndarray(format="bgr24"), 85), ttl="5m")
                 frames += 1
         elapsed = time.perf_counter() - started
-        return {"frames": frames, "seconds": elapsed, "fps": frames / elapsed, "cpu_ms_per_frame": 1000 * (time.process_time() - cpu0) / frames}
+        cpu_ms = 1000 * (time.process_time() - cpu0) / frames
+        return {"frames": frames, "seconds": elapsed, "fps": frames / elapsed, "cpu_ms_per_frame": cpu_ms}
 
 
 async def reader_process(servers: ServerSet, video: Path, extra: dict[str, str] | None = None) -> dict[str, float]:
     prefix = f"b{secrets.token_hex(3)}"
-    env = os.environ | servers.env() | {"subject_prefix": prefix, "video_source": str(video), "source_id": "bench"} | (extra or {})
+    env = os.environ | servers.env() | {"subject_prefix": prefix, "video_source": str(video), "source_id": "bench"}
+    env |= extra or {}
     subjects = Subjects.from_settings(VigilSettings(_env_file=None, subject_prefix=prefix))  # type: ignore[call-arg]
     nc = await nats.connect(servers.nats_url)
     statuses: dict[SourceState, SourceStatus] = {}
@@ -95,7 +97,8 @@ async def reader_process(servers: ServerSet, video: Path, extra: dict[str, str] 
         "seconds": seconds,
         "fps": end.frames_published / seconds,
         # Between STARTED and ENDED: the steady state, without the imports at start-up.
-        "cpu_ms_per_frame": 1000 * (cpu_at.get(SourceState.ENDED, cpu) - cpu_at.get(SourceState.STARTED, 0.0)) / end.frames_published,
+        "cpu_ms_per_frame": 1000 * (cpu_at.get(SourceState.ENDED, cpu) - cpu_at.get(SourceState.STARTED, 0.0))
+        / end.frames_published,
         "peak_rss_mb": peak_rss / 2**20,
     }
 
@@ -117,7 +120,8 @@ async def main(repeats: int) -> None:
             for i in range(repeats):
                 bare.append(await with_storage_cpu(bare_loop(server_set, VIDEO)))
                 reader.append(await with_storage_cpu(reader_process(server_set, VIDEO)))
-                print(f"run {i + 1}/{repeats}: bare {bare[-1]['fps']:.1f} frames/s, reader {reader[-1]['fps']:.1f} frames/s", flush=True)
+                b, r = bare[-1]["fps"], reader[-1]["fps"]
+                print(f"run {i + 1}/{repeats}: bare {b:.1f} frames/s, reader {r:.1f} frames/s", flush=True)
         finally:
             servers.stop()
     bare_fps, reader_fps = median([r["fps"] for r in bare]), median([r["fps"] for r in reader])

@@ -53,3 +53,8 @@ def test_check_config(service: str, tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "redis_port" in bad.stderr and "ttl_bucket" in bad.stderr
     assert "not-a-port" not in bad.stderr  # values are never echoed: they may be secrets
+    example = subprocess.run(
+        [sys.executable, "-m", f"services.{service}", "--check-config", "--env-file", str(ROOT / ".env.example")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert example.returncode == 0, example.stderr  # the documented example is a valid configuration
