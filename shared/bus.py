@@ -128,6 +128,29 @@ class Bus:
                 self.publish_retries.labels(subject=subject).inc()
                 await asyncio.sleep(next(delays))
 
+    async def publish_many(self, items: list[tuple[str, Contract]], *, timeout: float = 5.0) -> list[BaseException | None]:
+        """JetStream publishes sent back to back, their acks awaited together: one round trip for a batch.
+
+        Returns, per item, None when the stream stored it, else the error. Failed items fall back to
+        `publish`, which retries until `timeout`: a blip of NATS costs time, not tasks.
+        """
+        futures = [await self.js.publish_async(subject, message.to_bytes()) for subject, message in items]
+        if futures:
+            await asyncio.wait(futures, timeout=timeout)
+        outcomes: list[BaseException | None] = []
+        for (subject, message), future in zip(items, futures, strict=True):
+            if future.done() and not future.cancelled() and future.exception() is None:
+                outcomes.append(None)
+                continue
+            if not future.done():
+                future.cancel()
+            try:
+                await self.publish(subject, message, timeout=timeout)
+                outcomes.append(None)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, per item
+                outcomes.append(exc)
+        return outcomes
+
     async def publish_core(self, subject: str, message: Contract) -> None:
         assert self.nc is not None
         await self.nc.publish(subject, message.to_bytes())

@@ -18,6 +18,10 @@ class RedisKeys:
     def heartbeat_pattern(self) -> str:
         return f"{self._ns}svc:*"
 
+    def routed(self, source_id: str) -> str:
+        """Hash of what the router replicas routed for a source: frames, and tasks per model."""
+        return f"{self._ns}routed:{source_id}"
+
     def source_health(self, source_id: str) -> str:
         return f"{self._ns}source:{source_id}"
 

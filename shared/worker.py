@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from nats.aio.msg import Msg
@@ -23,10 +24,26 @@ from shared.discovery import HeartbeatPublisher
 from shared.jpeg import decode_jpeg
 from shared.keys import RedisKeys
 from shared.lifecycle import Service, StartupError
-from shared.model_registry import LoadedModel, ModelError, load_model
+from shared.model_registry import ModelError, load_model
 from shared.settings import VigilSettings
 from shared.storage import SeaweedStorage
 from shared.subjects import task_stream, task_stream_name, worker_durable
+
+
+class InferenceModel(Protocol):
+    """What a worker runs: `LoadedModel` for ONNX models; anything with these stages works (tests, benchmarks)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> ModelKind: ...
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Any: ...
+
+    def run(self, batch: Any) -> Any: ...
+
+    def postprocess(self, outputs: Any, original_sizes: Sequence[tuple[int, int]]) -> list[Any]: ...
 
 
 class WorkerSettings(VigilSettings):
@@ -58,7 +75,7 @@ class InferenceWorker(Service[WorkerSettings]):
     def __init__(self, settings: WorkerSettings) -> None:
         super().__init__(settings)
         self.keys = RedisKeys(settings)
-        self.model: LoadedModel | None = None
+        self.model: InferenceModel | None = None
         self.storage: SeaweedStorage | None = None
         self.redis: Redis | None = None
         self.started_at = time.time()
@@ -69,19 +86,22 @@ class InferenceWorker(Service[WorkerSettings]):
         self.m_results = self.metrics.counter("results", "results published", labels)
         self.m_errors = self.metrics.counter("error_results", "error results (download, decode, inference)", ("model", "reason"))
         self.m_infer = self.metrics.histogram("infer", "onnxruntime time per batch", labels)
+        self.m_redelivered = self.metrics.counter("tasks_redelivered", "tasks delivered again (a replica died)", labels)
+
+    def load_model(self) -> InferenceModel:
+        s = self.settings
+        return load_model(s.model_dir, providers=s.providers or None, intra_op_threads=s.intra_op_threads)
 
     @property
     def model_name(self) -> str:
         assert self.model is not None
-        return self.model.spec.name
+        return self.model.name
 
     async def start(self, stack: AsyncExitStack) -> None:
         s = self.settings
         # The model first: a missing or corrupt model is a clear error before any connection is made.
         try:
-            self.model = await asyncio.to_thread(
-                load_model, s.model_dir, providers=s.providers or None, intra_op_threads=s.intra_op_threads
-            )
+            self.model = await asyncio.to_thread(self.load_model)
         except ModelError as exc:
             raise StartupError(str(exc)) from None
         await self.open_bus(stack)
@@ -95,7 +115,7 @@ class InferenceWorker(Service[WorkerSettings]):
         assert self.model is not None
         return Heartbeat(
             model=self.model_name,
-            kind=self.model.spec.kind,
+            kind=self.model.kind,
             subject=self.settings.task_subject,
             instance=self.instance,
             started_at=self.started_at,
@@ -130,8 +150,10 @@ class InferenceWorker(Service[WorkerSettings]):
             task = await self.bus.decode(msg, InferenceTask)
             if task is None:
                 await msg.term()
-            else:
-                jobs.append(_Job(msg, task))
+                continue
+            if msg.metadata.num_delivered and msg.metadata.num_delivered > 1:
+                self.m_redelivered.labels(model=self.model_name).inc()
+            jobs.append(_Job(msg, task))
         self.in_flight = len(jobs)
         await asyncio.gather(*(self._fetch_image(job) for job in jobs))
         ready = [job for job in jobs if job.error is None]
@@ -179,7 +201,7 @@ class InferenceWorker(Service[WorkerSettings]):
     async def _finish(self, job: _Job, timings: Timings) -> None:
         assert self.model is not None
         output = job.output or []
-        kind = self.model.spec.kind
+        kind = self.model.kind
         result = InferenceResult(
             frame=job.task.frame,
             model=self.model_name,

@@ -1,16 +1,22 @@
-"""Router: one inference task per live model for every frame reference."""
+"""Router: one inference task per live model (subject to the routing rules) for every frame reference.
+
+Any number of router replicas share one durable consumer of the frames stream, so each frame is
+routed once. What they routed per source is counted in Redis, written before the frames are acked,
+so the summary of an ended source is exact whichever replica writes it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from contextlib import AsyncExitStack
 from typing import Any
 
 from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
+from services.router.rules import RoutingRules
 from services.router.settings import RouterSettings
 from shared.bus import fetch
 from shared.contracts import DropPolicy, FrameRef, Heartbeat, InferenceTask, RoutingSummary, SourceState, SourceStatus
@@ -18,6 +24,13 @@ from shared.discovery import live_instances
 from shared.keys import RedisKeys
 from shared.lifecycle import Service
 from shared.subjects import ROUTER_DURABLE, frames_stream_name, task_stream_name, worker_durable
+
+_BACKLOG_FRESH_SECONDS = 0.05
+_FRAMES = "frames"
+_TASK = "task:"
+_SKIPPED = "skipped:"  # counted in metrics only
+# Routed counts outlive any router restart, and then go.
+_COUNTS_TTL = 7 * 24 * 3600
 
 
 class RouterService(Service[RouterSettings]):
@@ -27,14 +40,17 @@ class RouterService(Service[RouterSettings]):
         super().__init__(settings)
         self.keys = RedisKeys(settings)
         self.redis: Redis | None = None
+        self.rules = RoutingRules(settings.routing_rules)
         self.live: dict[str, Heartbeat] = {}  # model -> one live instance's heartbeat (subject, kind)
-        self.frames_routed: Counter[str] = Counter()
-        self.tasks_routed: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._backlog: dict[str, tuple[int, float]] = {}  # model -> (tasks queued, valid until)
+        self.frames_total = 0
         self.m_frames = self.metrics.counter("frames_routed", "frame references routed", ("source_id",))
         self.m_tasks = self.metrics.counter("tasks_routed", "tasks published", ("source_id", "model"))
         self.m_unrouted = self.metrics.counter("frames_without_models", "frames seen while no model was live", ("source_id",))
+        self.m_skipped = self.metrics.counter("frames_skipped_by_rule", "frames a routing rule kept from a model", ("model",))
         self.m_failed = self.metrics.counter("tasks_failed", "tasks that could not be published", ("model",))
         self.m_waits = self.metrics.counter("backpressure_waits", "times a WAIT frame waited for a model's backlog", ("model",))
+        self.m_backlog = self.metrics.gauge("task_backlog", "tasks queued or in flight for a model", ("model",))
 
     async def start(self, stack: AsyncExitStack) -> None:
         await self.open_bus(stack)
@@ -44,7 +60,9 @@ class RouterService(Service[RouterSettings]):
         await self._refresh_live()
 
     def health(self) -> dict[str, Any]:
-        return super().health() | {"live_models": sorted(self.live), "frames_routed": sum(self.frames_routed.values())}
+        return super().health() | {"live_models": sorted(self.live), "frames_routed": self.frames_total}
+
+    # -- live models -----------------------------------------------------------------------------
 
     async def _refresh_live(self) -> None:
         assert self.redis is not None
@@ -64,8 +82,12 @@ class RouterService(Service[RouterSettings]):
                 pass
             try:
                 await self._refresh_live()
-            except Exception as exc:  # noqa: BLE001 - keep the last view while Redis is away
+                for model in self.live:
+                    await self._queued(model, fresh=True)
+            except Exception as exc:  # noqa: BLE001 - keep the last view while Redis or NATS is away
                 self.log.warning("could not refresh live models: %r", exc)
+
+    # -- routing ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -74,56 +96,120 @@ class RouterService(Service[RouterSettings]):
                 self.frames_stream, ROUTER_DURABLE, self.stop_event, max_ack_pending=4 * self.settings.route_batch
             )
             while sub is not None and not self.stop_event.is_set():
-                for msg in await fetch(sub, self.settings.route_batch, timeout=0.5):
-                    await self._handle(msg)
+                await self._route_batch(await fetch(sub, self.settings.route_batch, timeout=0.5))
 
-    async def _handle(self, msg: Msg) -> None:
-        if self.bus.subjects.is_source_status(msg.subject):
-            status = await self.bus.decode(msg, SourceStatus)
-            if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
-                await self._summarise(status.source_id)
-        else:
-            frame = await self.bus.decode(msg, FrameRef)
-            if frame is not None:
-                await self._route(frame)
-        await msg.ack()
+    async def _route_batch(self, msgs: list[Msg]) -> None:
+        """Frames between two lifecycle messages go out together; a lifecycle message waits for what came before it."""
+        run: list[Msg] = []
+        for msg in msgs:
+            if self.bus.subjects.is_source_status(msg.subject):
+                await self._route_frames(run)
+                run = []
+                status = await self.bus.decode(msg, SourceStatus)
+                if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
+                    await self._summarise(status)
+                await msg.ack()
+            else:
+                run.append(msg)
+        await self._route_frames(run)
 
-    async def _route(self, frame: FrameRef) -> None:
-        self.frames_routed[frame.source_id] += 1
-        self.m_frames.labels(source_id=frame.source_id).inc()
-        if not self.live:
-            self.m_unrouted.labels(source_id=frame.source_id).inc()
+    async def _route_frames(self, msgs: list[Msg]) -> None:
+        if not msgs:
             return
+        counts: dict[str, Counter[str]] = {}
+        plans: list[tuple[str, str, InferenceTask]] = []  # (model, subject, task)
         now = time.time()
-        for model, hb in list(self.live.items()):
-            if frame.policy is DropPolicy.WAIT:
-                await self._wait_for_backlog(model)
-            task = InferenceTask(frame=frame, model=model, routed_at=now)
-            try:
-                await self.bus.publish(self.bus.subjects.task(hb.subject), task, timeout=5.0)
-            except Exception as exc:  # noqa: BLE001 - counted; the frame still goes to the other models
-                self.m_failed.labels(model=model).inc()
-                self.log.warning("task not published: %r", exc, extra={"model": model, "frame_id": frame.frame_id})
+        for msg in msgs:
+            frame = await self.bus.decode(msg, FrameRef)
+            if frame is None:
                 continue
-            self.tasks_routed[frame.source_id][model] += 1
-            self.m_tasks.labels(source_id=frame.source_id, model=model).inc()
+            count = counts.setdefault(frame.source_id, Counter())
+            count[_FRAMES] += 1
+            if not self.live:
+                self.m_unrouted.labels(source_id=frame.source_id).inc()
+            for model, hb in list(self.live.items()):
+                if not self.rules.wants(model, frame):
+                    count[_SKIPPED + model] += 1
+                    continue
+                if frame.policy is DropPolicy.WAIT:
+                    await self._wait_for_room(model)
+                plans.append((model, hb.subject, InferenceTask(frame=frame, model=model, routed_at=now)))
+        # Published together: the acks come back pipelined instead of one round trip per task.
+        outcomes = await self.bus.publish_many([(self.bus.subjects.task(subject), task) for _, subject, task in plans])
+        for (model, _, task), outcome in zip(plans, outcomes, strict=True):
+            if outcome is not None:
+                self.m_failed.labels(model=model).inc()
+                self.log.warning("task not published: %r", outcome, extra={"model": model, "frame_id": task.frame.frame_id})
+                continue
+            counts[task.frame.source_id][_TASK + model] += 1
+        await self._count(counts)
+        self.frames_total += sum(c[_FRAMES] for c in counts.values())
+        for msg in msgs:
+            await msg.ack()
 
-    async def _wait_for_backlog(self, model: str) -> None:
+    async def _count(self, counts: dict[str, Counter[str]]) -> None:
+        """Add to the shared per-source counts before the frames are acked: no replica's work goes uncounted."""
+        assert self.redis is not None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for source_id, count in counts.items():
+                key = self.keys.routed(source_id)
+                for field, n in count.items():
+                    if field.startswith(_SKIPPED):
+                        self.m_skipped.labels(model=field[len(_SKIPPED):]).inc(n)
+                        continue
+                    pipe.hincrby(key, field, n)
+                    # Metrics per batch, not per frame: the labels lookup is a measurable share of routing.
+                    if field == _FRAMES:
+                        self.m_frames.labels(source_id=source_id).inc(n)
+                    else:
+                        self.m_tasks.labels(source_id=source_id, model=field[len(_TASK):]).inc(n)
+                pipe.expire(key, _COUNTS_TTL)
+            await pipe.execute()
+
+    async def _queued(self, model: str, *, fresh: bool = False) -> int:
+        value, until = self._backlog.get(model, (0, 0.0))
+        if fresh or time.monotonic() >= until:
+            value = await self.bus.backlog(task_stream_name(self.settings, model), worker_durable(model))
+            self._backlog[model] = (value, time.monotonic() + _BACKLOG_FRESH_SECONDS)
+            self.m_backlog.labels(model=model).set(value)
+        return value
+
+    async def _wait_for_room(self, model: str) -> None:
         """A file in as-fast-as-possible mode waits here instead of overflowing the capped task queue."""
-        stream, durable = task_stream_name(self.settings, model), worker_durable(model)
         waited = False
-        while model in self.live and await self.bus.backlog(stream, durable) >= self.settings.task_backlog_limit:
+        while model in self.live and await self._queued(model) >= self.settings.task_backlog_limit:
             if not waited:
                 self.m_waits.labels(model=model).inc()
                 waited = True
             await asyncio.sleep(0.02)
+            self._backlog.pop(model, None)
+        if waited:
+            self._backlog.pop(model, None)
 
-    async def _summarise(self, source_id: str) -> None:
+    async def _summarise(self, status: SourceStatus) -> None:
+        """Once every replica has counted the source's frames, say how many tasks each model got."""
+        assert self.redis is not None
+        key = self.keys.routed(status.source_id)
+        deadline = time.monotonic() + self.settings.summary_timeout
+        while True:
+            counts = {k.decode(): int(v) for k, v in (await self.redis.hgetall(key)).items()}
+            if counts.get(_FRAMES, 0) >= status.frames_published:
+                break
+            if time.monotonic() >= deadline:
+                self.log.warning(
+                    "routed %d of the %d frames the reader published; summarising what was routed",
+                    counts.get(_FRAMES, 0), status.frames_published, extra={"source_id": status.source_id},
+                )
+                break
+            await asyncio.sleep(0.05)
         summary = RoutingSummary(
-            source_id=source_id,
-            frames_routed=self.frames_routed.pop(source_id, 0),
-            tasks=dict(self.tasks_routed.pop(source_id, Counter())),
+            source_id=status.source_id,
+            frames_routed=counts.get(_FRAMES, 0),
+            tasks={k[len(_TASK):]: v for k, v in counts.items() if k.startswith(_TASK)},
             wall_time=time.time(),
         )
-        await self.bus.publish(self.bus.subjects.routed(source_id), summary)
-        self.log.info("source routed: %d frames, tasks %s", summary.frames_routed, summary.tasks, extra={"source_id": source_id})
+        await self.bus.publish(self.bus.subjects.routed(status.source_id), summary)
+        await self.redis.delete(key)
+        self.log.info(
+            "source routed: %d frames, tasks %s", summary.frames_routed, summary.tasks, extra={"source_id": status.source_id}
+        )

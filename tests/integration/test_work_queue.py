@@ -1,0 +1,222 @@
+"""Routing, discovery and the task work queue under load and failure (real NATS JetStream and Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import cv2
+import nats
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+from services.router.service import RouterService
+from services.router.settings import RouterSettings
+from shared.bus import Bus
+from shared.contracts import DropPolicy, FrameRef, InferenceResult, RoutingSummary, SourceState, SourceStatus
+from shared.keys import RedisKeys
+from shared.metrics import Metrics, counter_value
+from shared.settings import VigilSettings
+from shared.storage import SeaweedStorage
+from shared.subjects import frames_stream, results_stream, task_stream_name, worker_durable
+from tests.integration.helpers import running, wait_for
+from tests.support.noop_worker import NoopSettings, NoopWorker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Rig:
+    """The streams a reader and a registrator would own, one stored JPEG, and every result published."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.settings = VigilSettings(_env_file=None, **env)  # type: ignore[arg-type]
+        self.bus = Bus(self.settings, "rig", "rig", Metrics("rig"))
+        self.results: list[InferenceResult] = []
+        self.url = ""
+        self._watch: nats.NATS | None = None
+
+    async def __aenter__(self) -> "Rig":
+        await self.bus.connect()
+        await self.bus.ensure_stream(frames_stream(self.settings))
+        await self.bus.ensure_stream(results_stream(self.settings))
+        async with SeaweedStorage(self.settings) as storage:
+            ok, jpeg = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))
+            self.url = await storage.upload(jpeg.tobytes(), ttl="5m")
+        self._watch = await nats.connect(self.env["nats_host"])
+
+        async def on_result(msg: nats.aio.msg.Msg) -> None:
+            self.results.append(InferenceResult.from_bytes(msg.data))
+
+        await self._watch.subscribe(self.bus.subjects.results, cb=on_result)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._watch is not None:
+            await self._watch.close()
+        await self.bus.close()
+
+    def frame(self, seq: int, policy: DropPolicy = DropPolicy.WAIT) -> FrameRef:
+        return FrameRef(source_id="cam0", seq=seq, pts=seq / 10, wall_time=time.time(), url=self.url, width=64, height=48,
+                        policy=policy)
+
+    async def publish_frames(self, count: int, policy: DropPolicy = DropPolicy.WAIT, fps: float = 0.0) -> None:
+        for seq in range(count):
+            await self.bus.publish(self.bus.subjects.frames, self.frame(seq, policy))
+            if fps:
+                await asyncio.sleep(1 / fps)
+
+
+def worker_env(env: dict[str, str], model: str, **extra: object) -> dict[str, str]:
+    return env | {"noop_model": model, "task_subject": f"{model}Inference"} | {k: str(v) for k, v in extra.items()}
+
+
+@asynccontextmanager
+async def worker_process(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.noop_worker", "--env-file", os.devnull, cwd=ROOT, env=os.environ | env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_two_replicas_share_the_work(service_env: dict[str, str]) -> None:
+    async with Rig(service_env) as rig:
+        workers = [
+            NoopWorker(NoopSettings(_env_file=None, **worker_env(service_env, "split", instance=name, batch_size=4,  # type: ignore[arg-type]
+                                                                 noop_delay_ms=2)))
+            for name in ("a", "b")
+        ]
+        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
+        async with running(workers[0]), running(workers[1]), running(router, lambda r: "split" in r.live):
+            await rig.publish_frames(1000)
+            await wait_for(lambda: len(rig.results) >= 1000, 60, "1000 results")
+    share = Counter(r.instance for r in rig.results)
+    assert sorted(share) == ["a", "b"] and sum(share.values()) == 1000
+    assert all(400 <= n <= 600 for n in share.values()), share  # within +-20 % of an even split
+    assert len({r.frame.seq for r in rig.results}) == 1000
+
+
+async def test_a_killed_replica_loses_no_task(service_env: dict[str, str]) -> None:
+    env = worker_env(service_env, "kill", batch_size=4, noop_delay_ms=30, ack_wait=3)
+    async with Rig(service_env) as rig:
+        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
+        async with worker_process(env | {"instance": "doomed"}) as doomed, worker_process(env | {"instance": "survivor"}):
+            async with running(router, lambda r: "kill" in r.live, timeout=30):
+                await wait_for(lambda: len(router.live) == 1, 5, "router view")
+                publisher = asyncio.create_task(rig.publish_frames(400))
+                await wait_for(lambda: sum(r.instance == "doomed" for r in rig.results) >= 40, 60, "work on both")
+                doomed.send_signal(signal.SIGKILL)
+                killed_at = len(rig.results)
+                await publisher
+                await wait_for(lambda: len({r.frame.seq for r in rig.results}) >= 400, 90, "every frame answered")
+    seqs = Counter(r.frame.seq for r in rig.results)
+    assert set(seqs) == set(range(400))  # nothing lost
+    twice = [seq for seq, n in seqs.items() if n > 1]
+    # A task answered twice was in the killed replica's hands, unacked: answered by it, then redelivered.
+    assert len(twice) <= 4, twice
+    for seq in twice:
+        assert [r.instance for r in rig.results if r.frame.seq == seq] == ["doomed", "survivor"]
+    assert Counter(r.instance for r in rig.results[killed_at:])["survivor"] > 0
+
+
+async def test_a_dead_model_gets_no_tasks_and_a_new_one_gets_them_at_once(service_env: dict[str, str]) -> None:
+    ttl = 2
+    env = worker_env(service_env, "flaky", routing_ttl=ttl)
+    async with Rig(service_env) as rig:
+        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
+        tasks = lambda: counter_value(router.m_tasks, source_id="cam0", model="flaky")  # noqa: E731
+        async with running(router):
+            feeder = asyncio.create_task(rig.publish_frames(100_000, DropPolicy.DROP_OLDEST, fps=20))
+            try:
+                async with worker_process(env | {"instance": "first"}) as first:
+                    await wait_for(lambda: len(rig.results) >= 20, 30, "results from the first instance")
+                    first.send_signal(signal.SIGKILL)
+                    died = time.monotonic()
+                await wait_for(lambda: "flaky" not in router.live, ttl + 3, "the router to drop the model")
+                noticed = time.monotonic() - died
+                after = tasks()
+                await asyncio.sleep(2.0)
+                assert tasks() == after  # frames keep coming; none is routed to the dead model
+                backlog = await rig.bus.backlog(task_stream_name(rig.settings, "flaky"), worker_durable("flaky"))
+                assert backlog <= after  # and nothing piles up for it
+
+                redis = Redis(host=service_env["redis_host"], port=int(service_env["redis_port"]))
+                key = RedisKeys(rig.settings).heartbeat("flaky", "second")
+                async with worker_process(env | {"instance": "second"}):
+                    deadline = time.monotonic() + 30
+                    while not await redis.exists(key):
+                        assert time.monotonic() < deadline, "no heartbeat from the second instance"
+                        await asyncio.sleep(0.02)
+                    born = time.monotonic()
+                    await wait_for(lambda: tasks() > after, 5, "tasks for the model that came back")
+                    adopted = time.monotonic() - born
+                await redis.aclose()
+            finally:
+                feeder.cancel()
+    assert noticed <= ttl + 1 + 0.5, noticed  # routing_ttl + 1 s, and the test's own polling
+    assert adopted <= 2.0, adopted
+
+
+@pytest.mark.timeout(120)
+async def test_overload_sheds_the_oldest_tasks_and_keeps_latency_bounded(
+    service_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cap, age = 16, 5.0
+    env = worker_env(service_env, "slow", noop_delay_ms=100, task_queue_cap=cap, task_max_age=age)
+    backlog: list[int] = []
+    async with Rig(service_env) as rig:
+        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
+        async with worker_process(env), running(router, lambda r: "slow" in r.live, timeout=30):
+            stream, durable = task_stream_name(rig.settings, "slow"), worker_durable("slow")
+            feeder = asyncio.create_task(rig.publish_frames(320, DropPolicy.DROP_OLDEST, fps=40))  # 4x what it can do
+            while not feeder.done():
+                backlog.append(await rig.bus.backlog(stream, durable))
+                await asyncio.sleep(0.2)
+            routed = counter_value(router.m_tasks, source_id="cam0", model="slow")
+            await asyncio.sleep(cap * 0.1 + 1.5)  # the last queued tasks are answered
+    latencies = sorted(r.finished_at - r.frame.wall_time for r in rig.results)
+    dropped = routed - len(rig.results)
+    p50, p95 = statistics.median(latencies), latencies[int(0.95 * (len(latencies) - 1))]
+    with capsys.disabled():
+        print(f"\noverload: routed {routed:.0f} tasks at 40/s to a 10/s worker; answered {len(rig.results)}, shed {dropped:.0f}; "
+              f"backlog max {max(backlog)} (cap {cap}); latency p50 {p50:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s")
+    assert routed == 320
+    assert max(backlog) <= cap + 1  # the queue plus the one task in the worker's hands
+    assert dropped > 150  # the oldest were shed...
+    assert latencies[-1] < (cap + 2) * 0.1 + 1.0  # ...so what is answered is fresh: no queue without bound
+
+
+async def test_router_replicas_route_each_frame_once_and_summarise_together(service_env: dict[str, str]) -> None:
+    async with Rig(service_env) as rig:
+        worker = NoopWorker(NoopSettings(_env_file=None, **worker_env(service_env, "dual", batch_size=16)))  # type: ignore[arg-type]
+        routers = [
+            RouterService(RouterSettings(_env_file=None, **service_env, route_batch=16, instance=f"r{i}"))  # type: ignore[arg-type]
+            for i in range(2)
+        ]
+        summaries = await rig.bus.nc.subscribe(rig.bus.subjects.routed("cam0"))  # type: ignore[union-attr]
+        live = lambda r: "dual" in r.live  # noqa: E731
+        async with running(worker), running(routers[0], live), running(routers[1], live):
+            await rig.publish_frames(500)
+            ended = SourceStatus(source_id="cam0", state=SourceState.ENDED, wall_time=time.time(),
+                                 frames_read=500, frames_published=500, last_seq=499)
+            await rig.bus.publish(rig.bus.subjects.source_status("cam0"), ended)
+            summary = RoutingSummary.from_bytes((await summaries.next_msg(timeout=30)).data)
+            await wait_for(lambda: len(rig.results) >= 500, 30, "500 results")
+    assert all(r.frames_total > 0 for r in routers) and sum(r.frames_total for r in routers) == 500
+    assert Counter(r.frame.seq for r in rig.results) == Counter(range(500))  # every frame once, none twice
+    assert summary.frames_routed == 500 and summary.tasks == {"dual": 500}  # one summary, both replicas' work
