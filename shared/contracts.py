@@ -140,6 +140,17 @@ class BBox(BaseModel):
         return (round(self.x1 * width), round(self.y1 * height), round(self.x2 * width), round(self.y2 * height))
 
 
+class PixelBox(BaseModel):
+    """The same box in pixels of the source image (the frame as stored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    x1: int = Field(ge=0)
+    y1: int = Field(ge=0)
+    x2: int = Field(ge=0)
+    y2: int = Field(ge=0)
+
+
 class Detection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -147,6 +158,12 @@ class Detection(BaseModel):
     class_id: int
     score: float = Field(ge=0, le=1)
     box: BBox
+    box_px: PixelBox
+
+    @classmethod
+    def on_image(cls, label: str, class_id: int, score: float, box: BBox, width: int, height: int) -> "Detection":
+        x1, y1, x2, y2 = box.to_pixels(width, height)
+        return cls(label=label, class_id=class_id, score=score, box=box, box_px=PixelBox(x1=x1, y1=y1, x2=x2, y2=y2))
 
 
 class Classification(BaseModel):
@@ -176,6 +193,7 @@ class InferenceResult(Contract):
     model: str
     kind: ModelKind
     instance: str
+    model_version: str = ""
     detections: list[Detection] = Field(default_factory=list)
     classifications: list[Classification] = Field(default_factory=list)
     error: str | None = None

@@ -206,6 +206,10 @@ class LoadedModel:
     def kind(self) -> ModelKind:
         return self.spec.kind
 
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """BGR uint8 HxWx3 images -> one input batch."""
         return _preprocess(images, self.spec.input)
@@ -231,7 +235,9 @@ class LoadedModel:
         return f"LoadedModel({self.spec.name} v{self.spec.version}, {self.spec.kind.value}, {self.providers[0]})"
 
 
-def load_model(model_dir: Path, *, providers: list[str] | None = None, intra_op_threads: int = 0) -> LoadedModel:
+def load_model(
+    model_dir: Path, *, providers: list[str] | None = None, intra_op_threads: int = 0, allow_spinning: bool = True
+) -> LoadedModel:
     model_dir = Path(model_dir)
     spec = load_spec(model_dir)
     model_path = model_dir / spec.file
@@ -249,6 +255,10 @@ def load_model(model_dir: Path, *, providers: list[str] | None = None, intra_op_
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(0, intra_op_threads)
+    if not allow_spinning:
+        # Idle ORT threads spin for work by default; beside other busy threads (a worker downloading and
+        # decoding the next frames) that spinning takes the cores they need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     chosen = resolve_providers(providers)
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)

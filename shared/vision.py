@@ -200,7 +200,7 @@ def _detections(
         if not p.keep(label) or x2[i] <= x1[i] or y2[i] <= y1[i]:
             continue
         box = BBox(x1=float(x1[i]), y1=float(y1[i]), x2=float(x2[i]), y2=float(y2[i]))
-        out.append(Detection(label=label, class_id=cid, score=min(1.0, float(scores[i])), box=box))
+        out.append(Detection.on_image(label, cid, min(1.0, float(scores[i])), box, *g.original))
     return out
 
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from pydantic import Field
 from redis.asyncio import Redis
 
@@ -39,6 +40,9 @@ class InferenceModel(Protocol):
     @property
     def kind(self) -> ModelKind: ...
 
+    @property
+    def version(self) -> str: ...
+
     def preprocess(self, images: Sequence[np.ndarray]) -> Any: ...
 
     def run(self, batch: Any) -> Any: ...
@@ -51,6 +55,7 @@ class WorkerSettings(VigilSettings):
     task_subject: str
     batch_size: int = Field(default=1, ge=1, le=64, description="tasks fetched and inferred together")
     intra_op_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 lets it choose")
+    ort_allow_spinning: bool = Field(default=False, description="let idle onnxruntime threads spin (faster only on idle cores)")
     providers: list[str] = Field(default_factory=list, description="onnxruntime providers in order; empty = best available")
     ack_wait: float = Field(default=30.0, gt=0, description="seconds before an unacked task goes to another replica")
     task_max_age: float = Field(default=30.0, gt=0, description="seconds a task may wait before it is worthless")
@@ -90,7 +95,9 @@ class InferenceWorker(Service[WorkerSettings]):
 
     def load_model(self) -> InferenceModel:
         s = self.settings
-        return load_model(s.model_dir, providers=s.providers or None, intra_op_threads=s.intra_op_threads)
+        return load_model(
+            s.model_dir, providers=s.providers or None, intra_op_threads=s.intra_op_threads, allow_spinning=s.ort_allow_spinning
+        )
 
     @property
     def model_name(self) -> str:
@@ -135,16 +142,28 @@ class InferenceWorker(Service[WorkerSettings]):
         sub = await self.bus.durable_pull(stream, worker_durable(self.model_name), ack_wait=s.ack_wait, max_ack_pending=256)
         beats = HeartbeatPublisher(self.redis, self.keys, s.routing_ttl, self.heartbeat)
         await beats.publish_once()  # live at once: the router may route to us now
+        # Two stages: the next batch downloads and decodes while this one infers. One batch waits
+        # between them at most, so a worker holds at most three batches (fetching, ready, running).
+        ready: asyncio.Queue[list[_Job] | None] = asyncio.Queue(maxsize=1)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(beats.run(self.stop_event))
-            while not self.stop_event.is_set():
-                msgs = await fetch(sub, s.batch_size, timeout=0.5)
-                if msgs:
-                    await self._process(msgs)
+            tg.create_task(self._prepare(sub, ready))
+            while (jobs := await ready.get()) is not None:
+                await self._run_batch(jobs)
         await beats.remove()
 
-    async def _process(self, msgs: list[Msg]) -> None:
-        started = time.perf_counter()
+    async def _prepare(self, sub: JetStreamContext.PullSubscription, ready: asyncio.Queue[list[_Job] | None]) -> None:
+        try:
+            while not self.stop_event.is_set():
+                msgs = await fetch(sub, self.settings.batch_size, timeout=0.5)
+                jobs = await self._load(msgs)
+                if jobs:
+                    await ready.put(jobs)
+        finally:
+            # On stop, what was fetched is still run and answered: nothing waits for ack_wait.
+            await ready.put(None)
+
+    async def _load(self, msgs: list[Msg]) -> list[_Job]:
         jobs: list[_Job] = []
         for msg in msgs:
             task = await self.bus.decode(msg, InferenceTask)
@@ -154,8 +173,12 @@ class InferenceWorker(Service[WorkerSettings]):
             if msg.metadata.num_delivered and msg.metadata.num_delivered > 1:
                 self.m_redelivered.labels(model=self.model_name).inc()
             jobs.append(_Job(msg, task))
-        self.in_flight = len(jobs)
+        self.in_flight += len(jobs)
         await asyncio.gather(*(self._fetch_image(job) for job in jobs))
+        return jobs
+
+    async def _run_batch(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
         ready = [job for job in jobs if job.error is None]
         timings = Timings()
         if ready:
@@ -167,8 +190,8 @@ class InferenceWorker(Service[WorkerSettings]):
                 self.log.exception("inference failed", extra={"model": self.model_name})
                 for job in ready:
                     job.error = f"inference failed: {exc!r}"
-        await asyncio.gather(*(self._finish(job, timings) for job in jobs))
-        self.in_flight = 0
+        await self._finish(jobs, timings)
+        self.in_flight -= len(jobs)
         elapsed = time.perf_counter() - started
         if elapsed > 0:
             self._fps = 0.8 * self._fps + 0.2 * (len(jobs) / elapsed)
@@ -198,30 +221,35 @@ class InferenceWorker(Service[WorkerSettings]):
             preprocess_ms=(t1 - t0) * 1000 / n, infer_ms=(t2 - t1) * 1000 / n, postprocess_ms=(t3 - t2) * 1000 / n
         )
 
-    async def _finish(self, job: _Job, timings: Timings) -> None:
+    def _result(self, job: _Job, timings: Timings) -> InferenceResult:
         assert self.model is not None
         output = job.output or []
         kind = self.model.kind
-        result = InferenceResult(
+        if job.error:
+            reason = job.error.split(":", 1)[0]
+            self.m_errors.labels(model=self.model_name, reason=reason).inc()
+            self.log.warning("%s", job.error, extra={"model": self.model_name, "frame_id": job.task.frame.frame_id})
+        return InferenceResult(
             frame=job.task.frame,
             model=self.model_name,
             kind=kind,
             instance=self.instance,
+            model_version=self.model.version,
             detections=output if kind is ModelKind.DETECTION else [],
             classifications=output if kind is ModelKind.CLASSIFICATION else [],
             error=job.error,
             timings=timings.model_copy(update={"download_ms": job.download_ms}),
             finished_at=time.time(),
         )
-        if job.error:
-            reason = job.error.split(":", 1)[0]
-            self.m_errors.labels(model=self.model_name, reason=reason).inc()
-            self.log.warning("%s", job.error, extra={"model": self.model_name, "frame_id": job.task.frame.frame_id})
-        try:
-            await self.bus.publish(self.bus.subjects.results, result)
-        except Exception as exc:  # noqa: BLE001 - not acked, so the task is redelivered after ack_wait
-            self.log.warning("result not published, task left for redelivery: %r", exc)
-            return
-        await job.msg.ack()
-        self.processed += 1
-        self.m_results.labels(model=self.model_name).inc()
+
+    async def _finish(self, jobs: list[_Job], timings: Timings) -> None:
+        """Publish the batch's results together; ack each task only once its result is stored."""
+        results = [(self.bus.subjects.results, self._result(job, timings)) for job in jobs]
+        outcomes = await self.bus.publish_many(results)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if outcome is not None:  # not acked, so the task is redelivered after ack_wait
+                self.log.warning("result not published, task left for redelivery: %r", outcome)
+                continue
+            await job.msg.ack()
+            self.processed += 1
+            self.m_results.labels(model=self.model_name).inc()

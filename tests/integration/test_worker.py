@@ -68,7 +68,10 @@ async def test_worker_detects_reports_errors_and_keeps_serving(
             assert sorted(got) == [1, 2, 3, 5]
             persons = [d for d in got[1].detections if d.label == "person"]
             assert len(persons) >= 3 and all(0 <= d.box.x1 < d.box.x2 <= 1 for d in persons)
-            assert got[1].error is None and got[1].timings.infer_ms > 0
+            assert got[1].error is None and got[1].timings.infer_ms > 0 and got[1].model_version == "1"
+            for d in persons:  # pixels of the stored frame, and the same box normalised
+                assert (d.box_px.x1, d.box_px.y1, d.box_px.x2, d.box_px.y2) == d.box.to_pixels(768, 576)
+                assert 0 <= d.box_px.x1 < d.box_px.x2 <= 768 and 0 <= d.box_px.y1 < d.box_px.y2 <= 576
             assert "frame unavailable" in (got[2].error or "") and not got[2].detections
             assert "not a configured SeaweedFS host" in (got[3].error or "")
             assert got[5].detections == got[1].detections  # still serving after the bad ones

@@ -32,6 +32,10 @@ class NoopModel:
     def kind(self) -> ModelKind:
         return ModelKind.DETECTION
 
+    @property
+    def version(self) -> str:
+        return "0"
+
     def preprocess(self, images: Sequence[np.ndarray]) -> Any:
         return len(images)
 

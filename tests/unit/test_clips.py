@@ -55,7 +55,7 @@ def test_clip_is_h264_at_the_rate_with_every_frame(tmp_path: Path) -> None:
 
 def test_boxes_are_drawn_where_the_detection_is() -> None:
     image = np.zeros((100, 200, 3), np.uint8)
-    det = Detection(label="person", class_id=0, score=0.9, box=BBox(x1=0.25, y1=0.2, x2=0.75, y2=0.8))
+    det = Detection.on_image("person", 0, 0.9, BBox(x1=0.25, y1=0.2, x2=0.75, y2=0.8), 200, 100)
     out = draw_detections(image, [det])
     assert out[20, 50:150].any() and not out[50, 100].any()  # the edge is drawn, the inside is not filled
     assert not image.any()  # the original is left alone

@@ -6,7 +6,7 @@ RULES = EventRules(watch_labels=frozenset({"person"}), min_score=0.5, gap=2.0, m
 
 def result(seq: int, *labels: tuple[str, float], source: str = "cam0", fps: float = 10.0) -> InferenceResult:
     dets = [
-        Detection(label=label, class_id=0, score=score, box=BBox(x1=0.1, y1=0.1, x2=0.2 + 0.01 * i, y2=0.4))
+        Detection.on_image(label, 0, score, BBox(x1=0.1, y1=0.1, x2=0.2 + 0.01 * i, y2=0.4), 10, 10)
         for i, (label, score) in enumerate(labels)
     ]
     ref = FrameRef(

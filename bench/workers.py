@@ -1,0 +1,173 @@
+"""Worker throughput end to end (NATS task in, SeaweedFS download, JPEG decode, inference, result out)
+next to a bare ONNX Runtime loop over the same decoded frames with the same threads, in the same run.
+
+For each model and batch size: the frames are stored in SeaweedFS, the tasks published all at once to the
+model's work queue, and `python -m services.<role>` is timed from its first result to its last. The bare
+loop runs the model's own preprocess, session and postprocess over the decoded JPEGs, one batch at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+from redis.asyncio import Redis
+
+from bench.common import ROOT, median, print_table, write_result
+from fleet.servers import LocalServers, ServerSet
+from shared.bus import Bus
+from shared.contracts import FrameRef, InferenceResult, InferenceTask
+from shared.discovery import live_instances
+from shared.jpeg import decode_jpeg, encode_jpeg
+from shared.keys import RedisKeys
+from shared.metrics import Metrics
+from shared.model_registry import load_model, load_spec
+from shared.settings import VigilSettings
+from shared.storage import SeaweedStorage
+from shared.subjects import results_stream
+
+FRAMES = 160
+THREADS = 2
+CASES = [  # (service, model folder, task subject, batch size, worker replicas sharing the THREADS)
+    ("detection", "ssd_mobilenet_v2_coco", "DetectionInference", 1, 1),
+    ("detection", "ssd_mobilenet_v2_coco", "DetectionInference", 1, 2),
+    ("classification", "efficientnet_lite0", "ClassificationInference", 1, 1),
+    ("classification", "efficientnet_lite0", "ClassificationInference", 8, 1),
+    ("classification", "efficientnet_lite0", "ClassificationInference", 8, 2),
+]
+
+
+def sample_jpegs(count: int) -> list[bytes]:
+    cap = cv2.VideoCapture(str(ROOT / "video" / "vtest.mp4"))
+    out = []
+    while len(out) < count:
+        ok, image = cap.read()
+        if not ok:
+            break
+        out.append(encode_jpeg(image, 85))
+    cap.release()
+    return out
+
+
+def bare_loop(model_dir: Path, images: list[Any], batch: int) -> dict[str, float]:
+    model = load_model(model_dir, intra_op_threads=THREADS)
+    model.infer(images[:batch])  # warm-up: the first run allocates
+    started = time.perf_counter()
+    for i in range(0, len(images), batch):
+        model.infer(images[i:i + batch])
+    seconds = time.perf_counter() - started
+    return {"per_s": len(images) / seconds}
+
+
+async def worker_run(
+    servers: ServerSet, service: str, folder: str, subject: str, batch: int, replicas: int, urls: list[str]
+) -> dict[str, float]:
+    prefix = f"w{secrets.token_hex(3)}"
+    settings = VigilSettings(_env_file=None, **servers.env(), subject_prefix=prefix)  # type: ignore[arg-type]
+    bus = Bus(settings, "bench", "bench", Metrics("bench"))
+    await bus.connect()
+    await bus.ensure_stream(results_stream(settings))
+    times: list[float] = []
+    stages: list[Any] = []
+    errors = 0
+
+    async def on_result(msg: Any) -> None:
+        nonlocal errors
+        result = InferenceResult.from_bytes(msg.data)
+        errors += result.error is not None
+        times.append(time.perf_counter())
+        stages.append(result.timings)
+
+    await bus.nc.subscribe(bus.subjects.results, cb=on_result)  # type: ignore[union-attr]
+    env = os.environ | servers.env() | {
+        "subject_prefix": prefix, "batch_size": str(batch), "intra_op_threads": str(THREADS // replicas),
+        "model_dir": str(ROOT / "models" / folder),
+    }
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", f"services.{service}", "--env-file", os.devnull, cwd=ROOT, env=env | {"instance": f"w{i}"},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        for i in range(replicas)
+    ]
+    redis = Redis(host=servers.redis_host, port=servers.redis_port)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(len(v) for v in (await live_instances(redis, RedisKeys(settings))).values()) < replicas:
+            if time.monotonic() > deadline or any(p.returncode is not None for p in processes):
+                raise RuntimeError(f"the {service} workers did not come up")
+            await asyncio.sleep(0.05)
+        model = load_spec(ROOT / "models" / folder).name
+        tasks = [
+            (bus.subjects.task(subject), InferenceTask(
+                frame=FrameRef(source_id="bench", seq=i, pts=i / 10, wall_time=time.time(), url=url, width=768, height=576),
+                model=model, routed_at=time.time()))
+            for i, url in enumerate(urls)
+        ]
+        await bus.publish_many(tasks)
+        while len(times) < len(urls):
+            if time.monotonic() > deadline + 120:
+                raise RuntimeError(f"only {len(times)} of {len(urls)} results")
+            await asyncio.sleep(0.05)
+    finally:
+        for process in processes:
+            process.terminate()
+            await process.wait()
+        await redis.aclose()
+        await bus.close()
+    # From the first result to the last: the steady state, without the model's load and first run.
+    keys = ("download_ms", "preprocess_ms", "infer_ms", "postprocess_ms")
+    stage_ms = {k: median([getattr(t, k) for t in stages]) for k in keys}
+    return {"per_s": (len(times) - 1) / (times[-1] - times[0]), "errors": errors} | stage_ms
+
+
+async def main(repeats: int) -> None:
+    jpegs = sample_jpegs(FRAMES)
+    images = [decode_jpeg(j) for j in jpegs]
+    rows: list[list[Any]] = []
+    doc: dict[str, Any] = {"frames": len(jpegs), "threads": THREADS, "repeats": repeats, "cases": []}
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
+        servers = LocalServers(Path(tmp))
+        server_set = servers.start()
+        try:
+            settings = VigilSettings(_env_file=None, **server_set.env())  # type: ignore[arg-type]
+            async with SeaweedStorage(settings) as storage:
+                urls = [await storage.upload(j, ttl="30m") for j in jpegs]
+            for service, folder, subject, batch, replicas in CASES:
+                bare, worker = [], []
+                for _ in range(repeats):
+                    bare.append(await asyncio.to_thread(bare_loop, ROOT / "models" / folder, images, batch))
+                    worker.append(await worker_run(server_set, service, folder, subject, batch, replicas, urls))
+                ratio = median([w["per_s"] / b["per_s"] for w, b in zip(worker, bare, strict=True)])
+                row = [folder, batch, f"{replicas} x {THREADS // replicas}", median([b["per_s"] for b in bare]),
+                       median([w["per_s"] for w in worker]), ratio]
+                rows.append(row)
+                stage = {k: round(v, 1) for k, v in worker[-1].items() if k.endswith("_ms")}
+                print(f"{folder} batch {batch} x{replicas}: bare {row[3]:.1f}/s, worker {row[4]:.1f}/s, ratio {ratio:.2f}; "
+                      f"worker ms {stage}", flush=True)
+                doc["cases"].append({"model": folder, "batch": batch, "replicas": replicas, "bare": bare, "worker": worker,
+                                     "ratio": ratio})
+        finally:
+            servers.stop()
+    eff = {r[1]: r for r in rows if r[0] == "efficientnet_lite0" and r[2] == f"1 x {THREADS}"}
+    doc["efficientnet_batch8_over_batch1"] = {"bare": eff[8][3] / eff[1][3], "worker": eff[8][4] / eff[1][4]}
+    print_table(
+        f"inference on CPU, {len(jpegs)} vtest frames, {THREADS} ONNX Runtime threads; medians of {repeats} alternating runs",
+        ["model", "batch", "workers x threads", "bare ORT frames/s (1 x 2 threads)", "workers tasks/s (NATS+SeaweedFS+JPEG)",
+         "ratio (goal SSD >= 0.9)"],
+        rows,
+    )
+    print(f"EfficientNet-Lite0 batch 8 over batch 1: bare x{doc['efficientnet_batch8_over_batch1']['bare']:.2f}, "
+          f"worker x{doc['efficientnet_batch8_over_batch1']['worker']:.2f}")
+    write_result("workers", doc)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 2))
