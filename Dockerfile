@@ -14,30 +14,31 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # No compiler or -dev packages: every dependency ships manylinux wheels for CPython 3.11.
 FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore
+    PIP_ROOT_USER_ACTION=ignore \
+    PIP_CACHE_DIR=/pip-cache
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml ./
 
 FROM deps AS deps-reader
-RUN --mount=type=cache,target=/root/.cache/pip pip install ".[reader]" && pip uninstall -y vigil
+RUN --mount=type=cache,target=/pip-cache pip install ".[reader]" && pip uninstall -y vigil
 
 FROM deps AS deps-router
-RUN --mount=type=cache,target=/root/.cache/pip pip install . && pip uninstall -y vigil
+RUN --mount=type=cache,target=/pip-cache pip install . && pip uninstall -y vigil
 
 FROM deps AS deps-worker
-RUN --mount=type=cache,target=/root/.cache/pip pip install ".[worker]" && pip uninstall -y vigil
+RUN --mount=type=cache,target=/pip-cache pip install ".[worker]" && pip uninstall -y vigil
 
 FROM deps AS deps-worker-gpu
 # onnxruntime and onnxruntime-gpu install the same `onnxruntime` module, so the GPU image must not
 # get the `worker` extra. The [cuda,cudnn] extras pull CUDA 12 and cuDNN 9 from PyPI, so a slim base
 # works; 1.27 and later are built for CUDA 13 (host driver >= 580): raise the bound with the driver.
 ARG ONNXRUNTIME_GPU="onnxruntime-gpu[cuda,cudnn]>=1.21,<1.27"
-RUN --mount=type=cache,target=/root/.cache/pip pip install . "${ONNXRUNTIME_GPU}" && pip uninstall -y vigil
+RUN --mount=type=cache,target=/pip-cache pip install . "${ONNXRUNTIME_GPU}" && pip uninstall -y vigil
 
 FROM deps AS deps-registrator
-RUN --mount=type=cache,target=/root/.cache/pip pip install ".[registrator]" && pip uninstall -y vigil
+RUN --mount=type=cache,target=/pip-cache pip install ".[registrator]" && pip uninstall -y vigil
 
 # ---- common runtime --------------------------------------------------------------------------
 # No apt packages: the wheels bundle FFmpeg (av), their image libraries (opencv-python-headless)

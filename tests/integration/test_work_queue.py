@@ -134,7 +134,9 @@ async def test_a_killed_replica_loses_no_task(service_env: dict[str, str]) -> No
     assert Counter(r.instance for r in rig.results[killed_at:])["survivor"] > 0
 
 
-async def test_a_dead_model_gets_no_tasks_and_a_new_one_gets_them_at_once(service_env: dict[str, str]) -> None:
+async def test_a_dead_model_gets_no_tasks_and_a_new_one_gets_them_at_once(
+    service_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     ttl = 2
     env = worker_env(service_env, "flaky", routing_ttl=ttl)
     async with Rig(service_env) as rig:
@@ -168,6 +170,9 @@ async def test_a_dead_model_gets_no_tasks_and_a_new_one_gets_them_at_once(servic
                 await redis.aclose()
             finally:
                 feeder.cancel()
+    with capsys.disabled():
+        print(f"\ndiscovery: a killed model was dropped after {noticed:.2f} s (routing_ttl {ttl} s); "
+              f"a new instance got tasks {adopted:.2f} s after its first heartbeat")
     assert noticed <= ttl + 1 + 0.5, noticed  # routing_ttl + 1 s, and the test's own polling
     assert adopted <= 2.0, adopted
 
