@@ -31,7 +31,7 @@ from shared.settings import VigilSettings
 from shared.subjects import frames_stream, task_stream, task_stream_name, worker_durable
 
 MODELS = ("m1", "m2")
-FRAMES = 5000
+FRAMES = 20000
 BATCH = 64
 
 

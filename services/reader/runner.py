@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections import Counter as Tally
@@ -32,6 +33,9 @@ Publish = Callable[[FrameRef], Awaitable[None]]
 # A file that ends before this share of the frames its container declares was cut short.
 _COMPLETE_FILE = 0.98
 _FILE_BATCH = 4
+# Encoding threads for every source of the process: about one per core. More only take turns on the GIL
+# and the cores with the decoder and the event loop.
+_ENCODERS = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="encode")
 
 
 class Outcome(Enum):
@@ -365,7 +369,9 @@ class SourceRunner:
 
     async def _store(self, seq: int, pts: float, wall: float, frame: DecodedFrame) -> FrameRef | None:
         cfg = self.config
-        data, width, height = await asyncio.to_thread(shrink_and_encode, frame, cfg.jpeg_quality, cfg.max_width)
+        data, width, height = await asyncio.get_running_loop().run_in_executor(
+            _ENCODERS, shrink_and_encode, frame, cfg.jpeg_quality, cfg.max_width
+        )
         storage = self.storage
 
         async def upload() -> str:
