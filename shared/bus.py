@@ -112,10 +112,12 @@ class Bus:
                 raise
             await self.js.update_stream(config)
 
-    async def publish(self, subject: str, message: Contract, *, timeout: float | None = None) -> None:
-        """JetStream publish, retried while the stream is missing or NATS is away, until `timeout`."""
-        # Contracts are validated when built and frozen after, so what is serialised here is valid.
-        data = message.to_bytes()
+    async def publish(self, subject: str, message: Contract | bytes, *, timeout: float | None = None) -> None:
+        """JetStream publish, retried while the stream is missing or NATS is away, until `timeout`.
+
+        Bytes are a contract someone encoded already (InferenceTask.encode); contracts are validated
+        when built and frozen after, so what is serialised here is valid."""
+        data = message if isinstance(message, bytes) else message.to_bytes()
         deadline = time.monotonic() + (timeout if timeout is not None else self.settings.startup_timeout)
         delays = backoff_delays(0.05, 2.0)
         while True:
@@ -128,13 +130,18 @@ class Bus:
                 self.publish_retries.labels(subject=subject).inc()
                 await asyncio.sleep(next(delays))
 
-    async def publish_many(self, items: list[tuple[str, Contract]], *, timeout: float = 5.0) -> list[BaseException | None]:
+    async def publish_many(
+        self, items: list[tuple[str, Contract | bytes]], *, timeout: float = 5.0
+    ) -> list[BaseException | None]:
         """JetStream publishes sent back to back, their acks awaited together: one round trip for a batch.
 
         Returns, per item, None when the stream stored it, else the error. Failed items fall back to
         `publish`, which retries until `timeout`: a blip of NATS costs time, not tasks.
         """
-        futures = [await self.js.publish_async(subject, message.to_bytes()) for subject, message in items]
+        futures = [
+            await self.js.publish_async(subject, message if isinstance(message, bytes) else message.to_bytes())
+            for subject, message in items
+        ]
         if futures:
             await asyncio.wait(futures, timeout=timeout)
         outcomes: list[BaseException | None] = []

@@ -7,6 +7,7 @@ foreign producer fails loudly at the consumer instead of being half-understood.
 from __future__ import annotations
 
 import enum
+import json
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -124,6 +125,14 @@ class InferenceTask(Contract):
     frame: FrameRef
     model: str = Field(min_length=1, max_length=128)
     routed_at: float
+
+    @staticmethod
+    def encode(frame_json: bytes, model: str, routed_at: float) -> bytes:
+        """The task's JSON around the frame reference's own, already validated, JSON: the router does not
+        rebuild and re-serialise the frame for every model of every frame. Decodes to the same task."""
+        return b'{"v":1,"frame":%s,"model":%s,"routed_at":%s}' % (
+            frame_json, json.dumps(model).encode(), repr(float(routed_at)).encode()
+        )
 
 
 class BBox(BaseModel):

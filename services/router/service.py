@@ -117,7 +117,7 @@ class RouterService(Service[RouterSettings]):
         if not msgs:
             return
         counts: dict[str, Counter[str]] = {}
-        plans: list[tuple[str, str, InferenceTask]] = []  # (model, subject, task)
+        plans: list[tuple[str, str, FrameRef, bytes]] = []  # (model, subject, frame, encoded task)
         now = time.time()
         for msg in msgs:
             frame = await self.bus.decode(msg, FrameRef)
@@ -133,15 +133,15 @@ class RouterService(Service[RouterSettings]):
                     continue
                 if frame.policy is DropPolicy.WAIT:
                     await self._wait_for_room(model)
-                plans.append((model, hb.subject, InferenceTask(frame=frame, model=model, routed_at=now)))
+                plans.append((model, hb.subject, frame, InferenceTask.encode(msg.data, model, now)))
         # Published together: the acks come back pipelined instead of one round trip per task.
-        outcomes = await self.bus.publish_many([(self.bus.subjects.task(subject), task) for _, subject, task in plans])
-        for (model, _, task), outcome in zip(plans, outcomes, strict=True):
+        outcomes = await self.bus.publish_many([(self.bus.subjects.task(subject), task) for _, subject, _, task in plans])
+        for (model, _, frame, _), outcome in zip(plans, outcomes, strict=True):
             if outcome is not None:
                 self.m_failed.labels(model=model).inc()
-                self.log.warning("task not published: %r", outcome, extra={"model": model, "frame_id": task.frame.frame_id})
+                self.log.warning("task not published: %r", outcome, extra={"model": model, "frame_id": frame.frame_id})
                 continue
-            counts[task.frame.source_id][_TASK + model] += 1
+            counts[frame.source_id][_TASK + model] += 1
         await self._count(counts)
         self.frames_total += sum(c[_FRAMES] for c in counts.values())
         for msg in msgs:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from shared.contracts import MAX_MESSAGE_BYTES, ContractError, FrameRef, InferenceResult, ModelKind, SourceStatus
+from shared.contracts import MAX_MESSAGE_BYTES, ContractError, FrameRef, InferenceResult, InferenceTask, ModelKind, SourceStatus
 
 
 def frame(**over: object) -> FrameRef:
@@ -49,3 +49,9 @@ def test_garbage_and_oversize_messages_raise_contract_errors() -> None:
 def test_result_nests_the_frame_it_answers() -> None:
     result = InferenceResult(frame=frame(), model="m", kind=ModelKind.DETECTION, instance="i", finished_at=2.0)
     assert InferenceResult.from_bytes(result.to_bytes()).frame.frame_id == "cam0:3"
+
+
+def test_a_task_encoded_around_the_frame_json_is_the_same_task() -> None:
+    ref = frame()
+    encoded = InferenceTask.encode(ref.to_bytes(), 'ssd "v2"', 1795821315.5661154)
+    assert InferenceTask.from_bytes(encoded) == InferenceTask(frame=ref, model='ssd "v2"', routed_at=1795821315.5661154)
