@@ -34,6 +34,8 @@ class OpenEvent:
     saved_at: float = 0.0  # wall time of the last persisted record
 
     def add(self, pts: float, seq: int, url: str, matches: list[Detection]) -> None:
+        # Results arrive a little out of order when several replicas answer: the span only grows.
+        self.start = min(self.start, pts)
         self.end = max(self.end, pts)
         self.frames += 1
         self.label_counts.update(d.label for d in matches)
@@ -77,6 +79,9 @@ class EventTracker:
     def __init__(self, rules: EventRules) -> None:
         self.rules = rules
         self.open: dict[tuple[str, str, str], OpenEvent] = {}
+        # Where the last closed event of each key ended: a late result from inside it must not open another.
+        self.closed_until: dict[tuple[str, str, str], float] = {}
+        self.late = 0
 
     def _matches(self, result: InferenceResult) -> dict[str, list[Detection]]:
         found: dict[str, list[Detection]] = {}
@@ -93,8 +98,11 @@ class EventTracker:
         for label, matches in self._matches(result).items():
             key = (frame.source_id, result.model, label)
             event = self.open.get(key)
+            if event is None and frame.pts <= self.closed_until.get(key, -1.0):
+                self.late += 1
+                continue
             if event is not None and frame.pts - event.start > self.rules.max_duration:
-                closed.append(self.open.pop(key))
+                closed.append(self._close(key))
                 event = None
             if event is None:
                 event = OpenEvent(
@@ -120,12 +128,19 @@ class EventTracker:
         closed = []
         for key, event in list(self.open.items()):
             if key[0] == source_id and key[1] == model and now_pts - event.end > self.rules.gap:
-                closed.append(self.open.pop(key))
+                closed.append(self._close(key))
         return closed
 
     def close_source(self, source_id: str) -> list[OpenEvent]:
         closed = [self.open.pop(key) for key in list(self.open) if key[0] == source_id]
+        for key in [k for k in self.closed_until if k[0] == source_id]:
+            del self.closed_until[key]
         return closed
+
+    def _close(self, key: tuple[str, str, str]) -> OpenEvent:
+        event = self.open.pop(key)
+        self.closed_until[key] = event.end
+        return event
 
     def oldest_start(self, source_id: str) -> float | None:
         starts = [e.start for k, e in self.open.items() if k[0] == source_id]

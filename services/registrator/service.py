@@ -13,9 +13,11 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from services.registrator.clips import clip_ticks, draw_detections, pick_frames, write_clip
+from services.registrator.clips import clip_ticks, pick_frames
 from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.frames import FrameRing
+from services.registrator.proofs import make_proofs
+from services.registrator.retention import sweep
 from services.registrator.settings import RegistratorSettings
 from services.registrator.store import EventStore
 from shared.bus import fetch
@@ -29,7 +31,6 @@ from shared.contracts import (
     SourceState,
     SourceStatus,
 )
-from shared.jpeg import decode_jpeg, encode_jpeg
 from shared.keys import RedisKeys
 from shared.lifecycle import Service
 from shared.storage import SeaweedStorage
@@ -109,6 +110,8 @@ class RegistratorService(Service[RegistratorSettings]):
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._consume(results_sub, self._on_results_msg))
             tg.create_task(self._watch_drain_timeouts())
+            if self.settings.event_retention_days > 0:
+                tg.create_task(self._retention())
             frames_sub = await self.bus.bind_when_ready(
                 frames_stream_name(self.settings), REGISTRATOR_FRAMES_DURABLE, self.stop_event
             )
@@ -207,31 +210,63 @@ class RegistratorService(Service[RegistratorSettings]):
         task.add_done_callback(self._tasks.discard)
 
     async def _finalise(self, event: OpenEvent) -> None:
+        """First attempt, awaited by a draining source; if storage fails, the event says ERROR and retries go on."""
         assert self.store is not None
+        try:
+            chosen = await self._select_frames(event)
+        except Exception as exc:  # noqa: BLE001 - nothing to cut: no retry can help
+            await self._failed(event, exc)
+            self.finalising.pop(event.id, None)
+            return
+        if not await self._attempt(event, chosen):
+            retry = asyncio.create_task(self._retry(event, chosen))
+            self._tasks.add(retry)
+            retry.add_done_callback(self._tasks.discard)
+
+    async def _retry(self, event: OpenEvent, chosen: list[FrameRef]) -> None:
+        delay = 1.0
+        for _ in range(self.settings.finalise_retries):
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
+                return  # stopping: the record keeps saying ERROR with its reason
+            except asyncio.TimeoutError:
+                pass
+            if await self._attempt(event, chosen):
+                return
+            delay = min(delay * 2, 30.0)
+        self.finalising.pop(event.id, None)
+
+    async def _attempt(self, event: OpenEvent, chosen: list[FrameRef]) -> bool:
+        assert self.store is not None and self.storage is not None
         started = time.perf_counter()
         try:
             async with self._finalise_slots:
-                proofs = await self._cut_proofs(event)
-            event.state = EventState.FINISHED
-            await self.store.save(event.record(**proofs))
-            self.log.info(
-                "event %s FINISHED: %s, %.1f-%.1f s, %d frames, clip of %d frames",
-                event.id, event.label, event.start, event.end, event.frames, proofs["clip_frames"],
-                extra={"source_id": event.source_id},
-            )
-        except Exception as exc:  # noqa: BLE001 - the event records why it has no proofs
-            event.state = EventState.ERROR
-            self.log.error("event %s has no proofs: %r", event.id, exc, extra={"source_id": event.source_id})
-            await self.store.save(event.record(error=f"{type(exc).__name__}: {exc}"[:500]))
-        finally:
-            self.finalising.pop(event.id, None)
-            self.m_events.labels(source_id=event.source_id, state=event.state.value).inc()
-            self.m_finalise.observe(time.perf_counter() - started)
+                proofs = await make_proofs(self.storage, Path(self.settings.TMP_PATH), event, chosen, self.settings.clip_fps)
+        except Exception as exc:  # noqa: BLE001 - recorded on the event, retried
+            await self._failed(event, exc)
+            return False
+        event.state = EventState.FINISHED
+        await self.store.save(event.record(**proofs))
+        self.finalising.pop(event.id, None)
+        self.m_events.labels(source_id=event.source_id, state=EventState.FINISHED.value).inc()
+        self.m_finalise.observe(time.perf_counter() - started)
+        self.log.info(
+            "event %s FINISHED: %s, %.1f-%.1f s, %d frames, clip of %d frames",
+            event.id, event.label, event.start, event.end, event.frames, proofs["clip_frames"],
+            extra={"source_id": event.source_id},
+        )
+        return True
 
-    async def _cut_proofs(self, event: OpenEvent) -> dict[str, Any]:
+    async def _failed(self, event: OpenEvent, exc: BaseException) -> None:
+        assert self.store is not None
+        event.state = EventState.ERROR
+        self.m_events.labels(source_id=event.source_id, state=EventState.ERROR.value).inc()
+        self.log.error("event %s has no proofs yet: %r", event.id, exc, extra={"source_id": event.source_id})
+        await self.store.save(event.record(error=f"{type(exc).__name__}: {exc}"[:500]))
+
+    async def _select_frames(self, event: OpenEvent) -> list[FrameRef]:
+        """The frame shown at each clip tick, chosen once: retries reuse it even after the ring has moved on."""
         s = self.settings
-        storage = self.storage
-        assert storage is not None
         progress = self.sources[event.source_id]
         start, end = max(0.0, event.start - s.pre_roll), event.end + s.post_roll
         # Live sources: the post-roll frames may not have arrived yet.
@@ -242,35 +277,7 @@ class RegistratorService(Service[RegistratorSettings]):
         if latest is None:
             raise RuntimeError("no frames of the source are buffered")
         end = min(end, latest)
-        chosen = pick_frames(self.ring.window(event.source_id, start, end), clip_ticks(start, end, s.clip_fps))
-        urls = list(dict.fromkeys(ref.url for ref in chosen))
-        blobs = await asyncio.gather(*(storage.download(url) for url in urls))
-        decoded = await asyncio.gather(*(asyncio.to_thread(decode_jpeg, b) for b in blobs))
-        images = dict(zip(urls, decoded, strict=True))
-        key_jpeg = await storage.download(event.best_frame_url)
-
-        folder = Path(s.TMP_PATH) / event.id
-        clip_path, key_path, boxes_path = folder / f"{event.id}.mp4", folder / f"{event.id}.jpg", folder / f"{event.id}_boxes.jpg"
-
-        def render() -> bytes:
-            write_clip([images[ref.url] for ref in chosen], clip_path, s.clip_fps)
-            key_path.write_bytes(key_jpeg)
-            boxes = encode_jpeg(draw_detections(decode_jpeg(key_jpeg), event.best_detections), 90)
-            boxes_path.write_bytes(boxes)
-            return boxes
-
-        boxes_jpeg = await asyncio.to_thread(render)
-        remote = f"vigil/events/{event.id}"
-        clip_url = await storage.put_path(f"{remote}/{clip_path.name}", clip_path.read_bytes(), content_type="video/mp4")
-        key_url = await storage.put_path(f"{remote}/{key_path.name}", key_jpeg, content_type="image/jpeg")
-        await storage.put_path(f"{remote}/{boxes_path.name}", boxes_jpeg, content_type="image/jpeg")
-        return {
-            "clip_frames": len(chosen),
-            "video_proofs": clip_url,
-            "video_proof_path": str(clip_path),
-            "image_proofs": key_url,
-            "image_proof_path": str(key_path),
-        }
+        return pick_frames(self.ring.window(event.source_id, start, end), clip_ticks(start, end, s.clip_fps))
 
     # -- draining ended sources ------------------------------------------------------------------
 
@@ -308,6 +315,19 @@ class RegistratorService(Service[RegistratorSettings]):
         self.log.info("source drained: %d event(s), results %s", progress.events, results, extra={"source_id": source_id})
         self.ring.forget(source_id)
         del self.sources[source_id]
+
+    async def _retention(self) -> None:
+        assert self.store is not None and self.storage is not None
+        max_age = self.settings.event_retention_days * 86400
+        while not self.stop_event.is_set():
+            try:
+                await sweep(self.store, self.storage, Path(self.settings.TMP_PATH), max_age)
+            except Exception as exc:  # noqa: BLE001 - Redis or storage away: the next sweep tries again
+                self.log.warning("retention sweep failed: %r", exc)
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), timeout=self.settings.retention_interval)
+            except asyncio.TimeoutError:
+                pass
 
     async def _watch_drain_timeouts(self) -> None:
         while not self.stop_event.is_set():

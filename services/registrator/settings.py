@@ -22,6 +22,9 @@ class RegistratorSettings(VigilSettings):
     ring_max_frames: int = Field(default=20_000, ge=100, description="most frame references kept per source")
     drain_timeout: float = Field(default=90.0, gt=0, description="seconds an ended source waits for missing results")
     finalise_concurrency: int = Field(default=2, ge=1)
+    finalise_retries: int = Field(default=12, ge=0, description="retries of proofs while storage is away (1 s doubling to 30 s)")
+    event_retention_days: float = Field(default=0.0, ge=0, description="events older than this go, with their files; 0 keeps all")
+    retention_interval: float = Field(default=300.0, gt=0, description="seconds between retention sweeps")
 
     @model_validator(mode="after")
     def _frames_outlive_events(self) -> "RegistratorSettings":

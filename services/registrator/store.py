@@ -33,5 +33,16 @@ class EventStore:
         raw = await self.redis.hget(self.keys.event_index, event_id)
         return Event.from_bytes(raw) if raw else None
 
+    async def started_before(self, unix_time: float, limit: int = 500) -> list[tuple[bytes, Event]]:
+        """Oldest first, each with its member as stored (what `delete` removes)."""
+        raws = await self.redis.zrangebyscore(self.keys.events, "-inf", f"({unix_time}", start=0, num=limit)
+        return [(raw, Event.from_bytes(raw)) for raw in raws]
+
+    async def delete(self, member: bytes, event_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.events, member)
+            pipe.hdel(self.keys.event_index, event_id)
+            await pipe.execute()
+
     async def all(self) -> list[Event]:
         return [Event.from_bytes(raw) for raw in await self.redis.zrange(self.keys.events, 0, -1)]

@@ -58,3 +58,17 @@ def test_sources_are_separate_and_long_events_split() -> None:
         closed += tracker.observe(result(seq, ("person", 0.9), source="a"))[1]
     assert len(closed) == 1 and closed[0].source_id == "a"  # split at 30 s, a new event continues
     assert len(tracker.open) == 2
+
+
+def test_results_out_of_order_grow_the_span_and_a_late_one_opens_nothing() -> None:
+    tracker = EventTracker(RULES)
+    tracker.observe(result(5, ("person", 0.9)))
+    tracker.observe(result(3, ("person", 0.9)))  # answered late by another replica
+    event = tracker.open[("cam0", "ssd", "person")]
+    assert (event.start, event.end) == (0.3, 0.5)
+    _, closed = tracker.observe(result(40))  # 3.5 s later: closed
+    assert len(closed) == 1
+    changed, _ = tracker.observe(result(4, ("person", 0.9)))  # a straggler from inside the closed event
+    assert changed == [] and not tracker.open and tracker.late == 1
+    changed, _ = tracker.observe(result(60, ("person", 0.9)))  # a real new sighting
+    assert [e.state for e in changed] == [EventState.CREATED]

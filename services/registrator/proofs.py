@@ -1,0 +1,57 @@
+"""Cutting an event's proofs: download its frames, encode the clip and key frames, store them twice."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from services.registrator.clips import draw_detections, write_clip
+from services.registrator.events import OpenEvent
+from shared.contracts import FrameRef
+from shared.jpeg import decode_jpeg, encode_jpeg
+from shared.storage import SeaweedStorage
+
+
+def proof_paths(tmp_path: Path, event_id: str) -> tuple[Path, Path, Path]:
+    """The clip, the raw key frame and the key frame with boxes, under TMP_PATH/<event_id>/."""
+    folder = tmp_path / event_id
+    return folder / f"{event_id}.mp4", folder / f"{event_id}.jpg", folder / f"{event_id}_boxes.jpg"
+
+
+def remote_folder(event_id: str) -> str:
+    """Where the proofs live in the SeaweedFS filer, without TTL."""
+    return f"vigil/events/{event_id}"
+
+
+async def make_proofs(
+    storage: SeaweedStorage, tmp_path: Path, event: OpenEvent, chosen: list[FrameRef], fps: int
+) -> dict[str, Any]:
+    """Every step can fail while SeaweedFS is away; the caller retries the whole, which is idempotent."""
+    urls = list(dict.fromkeys(ref.url for ref in chosen))
+    blobs = await asyncio.gather(*(storage.download(url) for url in urls))
+    decoded = await asyncio.gather(*(asyncio.to_thread(decode_jpeg, b) for b in blobs))
+    images = dict(zip(urls, decoded, strict=True))
+    key_jpeg = await storage.download(event.best_frame_url)
+    clip_path, key_path, boxes_path = proof_paths(tmp_path, event.id)
+
+    def render() -> bytes:
+        write_clip([images[ref.url] for ref in chosen], clip_path, fps)
+        key_path.write_bytes(key_jpeg)
+        boxes = encode_jpeg(draw_detections(decode_jpeg(key_jpeg), event.best_detections), 90)
+        boxes_path.write_bytes(boxes)
+        return boxes
+
+    boxes_jpeg = await asyncio.to_thread(render)
+    remote = remote_folder(event.id)
+    clip_url = await storage.put_path(f"{remote}/{clip_path.name}", clip_path.read_bytes(), content_type="video/mp4")
+    key_url = await storage.put_path(f"{remote}/{key_path.name}", key_jpeg, content_type="image/jpeg")
+    await storage.put_path(f"{remote}/{boxes_path.name}", boxes_jpeg, content_type="image/jpeg")
+    return {
+        "clip_frames": len(chosen),
+        "video_proofs": clip_url,
+        "video_proof_path": str(clip_path),
+        "image_proofs": key_url,
+        "image_proof_path": str(key_path),
+        "error": None,
+    }

@@ -1,0 +1,189 @@
+"""The registrator against real NATS, Redis and SeaweedFS: disorder, duplicates, a storage outage, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import aiohttp
+import av
+import cv2
+import pytest
+from redis.asyncio import Redis
+
+from fleet.servers import LocalServers
+from services.registrator.retention import sweep
+from services.registrator.service import RegistratorService
+from services.registrator.settings import RegistratorSettings
+from services.registrator.store import EventStore
+from shared.bus import Bus
+from shared.contracts import (
+    BBox,
+    Detection,
+    Event,
+    EventState,
+    FrameRef,
+    InferenceResult,
+    ModelKind,
+    RoutingSummary,
+    SourceDrained,
+    SourceState,
+    SourceStatus,
+)
+from shared.jpeg import encode_jpeg
+from shared.keys import RedisKeys
+from shared.storage import SeaweedStorage
+from shared.subjects import frames_stream
+from tests.integration.helpers import running, wait_for
+
+FRAMES = 40  # 4 s of vtest at 10 fps
+PERSON = range(5, 31)  # frames with a person: 0.5 s to 3.0 s
+
+
+def registrator(env: dict[str, str]) -> RegistratorService:
+    settings = RegistratorSettings(  # type: ignore[call-arg]
+        _env_file=None, **env, pre_roll=1.0, post_roll=1.0, event_gap=1.0, finalise_retries=20,
+    )
+    return RegistratorService(settings)
+
+
+async def store_frames(env: dict[str, str], repo_root: Path) -> list[FrameRef]:
+    settings = RegistratorSettings(_env_file=None, **env)  # type: ignore[call-arg]
+    cap = cv2.VideoCapture(str(repo_root / "video" / "vtest.mp4"))
+    refs = []
+    async with SeaweedStorage(settings) as storage:
+        for seq in range(FRAMES):
+            ok, image = cap.read()
+            assert ok
+            url = await storage.upload(encode_jpeg(image), ttl="5m")
+            refs.append(FrameRef(source_id="cam0", seq=seq, pts=seq / 10, wall_time=time.time(), url=url, width=768, height=576))
+    cap.release()
+    return refs
+
+
+def result(ref: FrameRef, person: bool) -> InferenceResult:
+    dets = [Detection.on_image("person", 0, 0.9, BBox(x1=0.4, y1=0.5, x2=0.6, y2=0.95), ref.width, ref.height)] if person else []
+    return InferenceResult(
+        frame=ref, model="ssd", kind=ModelKind.DETECTION, instance="t", detections=dets, finished_at=time.time()
+    )
+
+
+async def feed(bus: Bus, refs: list[FrameRef], *, shuffle: bool) -> None:
+    """Frames, then results (shuffled in small windows, some twice, as replicas and redelivery do), then the end."""
+    for ref in refs:
+        await bus.publish(bus.subjects.frames, ref)
+    results = [result(ref, ref.seq in PERSON) for ref in refs]
+    if shuffle:
+        rng = random.Random(7)
+        for start in range(0, len(results), 4):
+            window = results[start:start + 4]
+            rng.shuffle(window)
+            results[start:start + 4] = window
+        results += [results[i] for i in (3, 10, 11, 29)]  # redelivered
+    for res in results:
+        await bus.publish(bus.subjects.results, res)
+
+
+async def end_source(bus: Bus) -> None:
+    status = SourceStatus(source_id="cam0", state=SourceState.ENDED, wall_time=time.time(),
+                          frames_read=FRAMES, frames_published=FRAMES, last_seq=FRAMES - 1)
+    await bus.publish(bus.subjects.source_status("cam0"), status)
+    summary = RoutingSummary(source_id="cam0", frames_routed=FRAMES, tasks={"ssd": FRAMES}, wall_time=time.time())
+    await bus.publish(bus.subjects.routed("cam0"), summary)
+
+
+async def events_of(env: dict[str, str]) -> list[Event]:
+    settings = RegistratorSettings(_env_file=None, **env)  # type: ignore[call-arg]
+    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    try:
+        return await EventStore(redis, RedisKeys(settings)).all()
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.timeout(90)
+async def test_disorder_duplicates_and_a_stranger_make_no_duplicate_event(service_env: dict[str, str], repo_root: Path) -> None:
+    refs = await store_frames(service_env, repo_root)
+    reg = registrator(service_env)
+    async with running(reg, lambda s: s.storage is not None) as service:
+        bus = service.bus
+        await bus.ensure_stream(frames_stream(bus.settings))  # the reader's stream
+        drained = await bus.nc.subscribe(bus.subjects.drained("cam0"))  # type: ignore[union-attr]
+        await feed(bus, refs, shuffle=True)
+        stranger = FrameRef(source_id="ghost", seq=0, pts=0, wall_time=time.time(), url=refs[0].url, width=768, height=576)
+        await bus.publish(bus.subjects.results, result(stranger, True))  # a source nobody announced
+        await end_source(bus)
+        done = SourceDrained.from_bytes((await drained.next_msg(timeout=60)).data)
+    assert done.results == {"ssd": FRAMES} and done.events == 1
+    events = await events_of(service_env)
+    cam = [e for e in events if e.source_id == "cam0"]
+    assert len(cam) == 1 and len([e for e in events if e.source_id == "ghost"]) == 1
+    event = cam[0]
+    assert event.state is EventState.FINISHED and event.frames == len(PERSON)
+    assert (event.start, event.end) == (0.5, 3.0)
+    with av.open(event.video_proof_path or "") as clip:
+        frames = sum(1 for _ in clip.decode(video=0))
+    assert frames == event.clip_frames == 40  # 0.0 s (0.5 - pre-roll 1 s, cut at 0) to 3.9 s (the last frame) at 10 fps
+    # the key frame's box is where the detection was: the annotated copy differs from the raw one there
+    raw = cv2.imread(event.image_proof_path or "")
+    boxed = cv2.imread((event.image_proof_path or "").replace(".jpg", "_boxes.jpg"))
+    x1, y1 = round(0.4 * 768), round(0.5 * 576)
+    assert abs(int(boxed[y1 + 20, x1, 1]) - int(raw[y1 + 20, x1, 1])) > 60  # the green edge of the box
+
+
+@pytest.mark.timeout(120)
+async def test_storage_outage_during_finalisation_gives_error_then_finished(
+    service_env: dict[str, str], repo_root: Path, local_servers: LocalServers
+) -> None:
+    refs = await store_frames(service_env, repo_root)
+    reg = registrator(service_env)
+    try:
+        async with running(reg, lambda s: s.storage is not None) as service:
+            bus = service.bus
+            await bus.ensure_stream(frames_stream(bus.settings))
+            await feed(bus, refs, shuffle=False)
+            await wait_for(lambda: len(service.tracker.open) == 1 and len(service.ring) == FRAMES, 30, "the event to be open")
+            await asyncio.to_thread(local_servers.stop_one, "weed")
+            await end_source(bus)
+            deadline = time.monotonic() + 30
+            while not (events := await events_of(service_env)) or events[0].state is not EventState.ERROR:
+                assert time.monotonic() < deadline, events
+                await asyncio.sleep(0.2)
+            assert events[0].error and ("Connect" in events[0].error or "refused" in events[0].error.lower())
+            await asyncio.to_thread(local_servers.start_one, "weed")
+            deadline = time.monotonic() + 60
+            while (events := await events_of(service_env))[0].state is not EventState.FINISHED:
+                assert time.monotonic() < deadline, events
+                await asyncio.sleep(0.2)
+    finally:
+        if not local_servers.running("weed"):
+            await asyncio.to_thread(local_servers.start_one, "weed")
+    assert events[0].error is None and Path(events[0].video_proof_path or "").stat().st_size > 0
+
+
+async def test_retention_removes_old_events_with_their_files(service_env: dict[str, str], tmp_path: Path) -> None:
+    settings = RegistratorSettings(_env_file=None, **service_env)  # type: ignore[call-arg]
+    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    store = EventStore(redis, RedisKeys(settings))
+    now = time.time()
+    try:
+        async with SeaweedStorage(settings) as storage, aiohttp.ClientSession() as http:
+            for event_id, started in (("old", now - 3 * 86400), ("new", now - 3600)):
+                folder = tmp_path / event_id
+                folder.mkdir()
+                (folder / f"{event_id}.mp4").write_bytes(b"clip")
+                url = await storage.put_path(f"vigil/events/{event_id}/{event_id}.mp4", b"clip", content_type="video/mp4")
+                await store.save(Event(id=event_id, source_id="cam0", model="ssd", label="person", label_counts={"person": 1},
+                                       state=EventState.FINISHED, start=0, end=1, start_wall=started, frames=1, best_score=0.9,
+                                       best_frame_seq=0, video_proofs=url, updated_at=now))
+            assert await sweep(store, storage, tmp_path, max_age_seconds=2 * 86400) == 1
+            assert [e.id for e in await store.all()] == ["new"]
+            assert not (tmp_path / "old").exists() and (tmp_path / "new").exists()
+            async with http.get(f"{settings.filer_url}/vigil/events/old/old.mp4") as resp:
+                assert resp.status == 404
+            async with http.get(f"{settings.filer_url}/vigil/events/new/new.mp4") as resp:
+                assert resp.status == 200
+    finally:
+        await redis.aclose()
