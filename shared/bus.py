@@ -14,7 +14,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from shared.contracts import Contract, ContractError
 from shared.metrics import Metrics
@@ -124,7 +124,7 @@ class Bus:
             try:
                 await self.js.publish(subject, data, timeout=2.0)
                 return
-            except (NoRespondersError, NatsTimeoutError, nats.errors.ConnectionClosedError) as exc:
+            except (NoRespondersError, NoStreamResponseError, NatsTimeoutError, nats.errors.ConnectionClosedError) as exc:
                 if time.monotonic() >= deadline:
                     raise InfrastructureUnavailable(f"could not publish on {subject}: {exc!r}") from exc
                 self.publish_retries.labels(subject=subject).inc()

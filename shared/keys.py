@@ -25,6 +25,23 @@ class RedisKeys:
     def source_health(self, source_id: str) -> str:
         return f"{self._ns}source:{source_id}"
 
+    # The registrator's own memory (services/registrator/state.py).
+    @property
+    def registrator_open(self) -> str:
+        return f"{self._ns}registrator:open"
+
+    @property
+    def registrator_summaries(self) -> str:
+        return f"{self._ns}registrator:summary"
+
+    @property
+    def registrator_ended(self) -> str:
+        return f"{self._ns}registrator:ended"
+
+    @property
+    def registrator_seen_prefix(self) -> str:
+        return f"{self._ns}registrator:seen:"
+
     @property
     def event_index(self) -> str:
         """Hash event id -> current record, so an update can replace the sorted-set member in place."""

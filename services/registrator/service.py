@@ -7,11 +7,13 @@ import time
 from collections import defaultdict
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.registrator.clips import clip_ticks, pick_frames
 from services.registrator.events import EventRules, EventTracker, OpenEvent
@@ -19,6 +21,7 @@ from services.registrator.frames import FrameRing
 from services.registrator.proofs import make_proofs
 from services.registrator.retention import sweep
 from services.registrator.settings import RegistratorSettings
+from services.registrator.state import RegistratorState
 from services.registrator.store import EventStore
 from shared.bus import fetch
 from shared.contracts import (
@@ -44,6 +47,7 @@ from shared.subjects import (
 
 _FRAME_WAIT_SECONDS = 10.0
 _RECORD_REFRESH_SECONDS = 1.0
+_REBUILD_MARGIN = 30.0
 
 
 @dataclass
@@ -83,6 +87,9 @@ class RegistratorService(Service[RegistratorSettings]):
         self.sources: defaultdict[str, SourceProgress] = defaultdict(SourceProgress)
         self.finalising: dict[str, OpenEvent] = {}
         self.store: EventStore | None = None
+        self.state: RegistratorState  # set in start(), with Redis
+        self._resumed = False
+        self._owed: list[OpenEvent] = []
         self.storage: SeaweedStorage | None = None
         self._finalise_slots = asyncio.Semaphore(settings.finalise_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -96,7 +103,9 @@ class RegistratorService(Service[RegistratorSettings]):
         await self.bus.ensure_stream(results_stream(self.settings))
         redis = await self.open_redis(stack)
         self.store = EventStore(redis, self.keys)
+        self.state = RegistratorState(redis, self.keys)
         self.storage = await self.open_storage(stack)
+        self._owed = await self._restore()
 
     def health(self) -> dict[str, Any]:
         return super().health() | {
@@ -108,7 +117,6 @@ class RegistratorService(Service[RegistratorSettings]):
     async def run(self) -> None:
         results_sub = await self.bus.durable_pull(results_stream_name(self.settings), REGISTRATOR_RESULTS_DURABLE)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._consume(results_sub, self._on_results_msg))
             tg.create_task(self._watch_drain_timeouts())
             if self.settings.event_retention_days > 0:
                 tg.create_task(self._retention())
@@ -116,7 +124,12 @@ class RegistratorService(Service[RegistratorSettings]):
                 frames_stream_name(self.settings), REGISTRATOR_FRAMES_DURABLE, self.stop_event
             )
             if frames_sub is not None:
+                if self._resumed:
+                    await self._rebuild_ring()
+                    for event in self._owed:
+                        await self._close(event)
                 tg.create_task(self._consume(frames_sub, self._on_frames_msg))
+                tg.create_task(self._consume_results(results_sub))
         # Events still open at shutdown keep their PENDING record; finalising ones are finished first.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=20)
@@ -132,6 +145,9 @@ class RegistratorService(Service[RegistratorSettings]):
         if self.bus.subjects.is_source_status(msg.subject):
             status = await self.bus.decode(msg, SourceStatus)
             if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
+                async with self.state.redis.pipeline(transaction=False) as pipe:
+                    self.state.ended(pipe, status.source_id)
+                    await pipe.execute()
                 self.sources[status.source_id].ended = True
                 self._check_drained(status.source_id)
         else:
@@ -142,47 +158,76 @@ class RegistratorService(Service[RegistratorSettings]):
 
     # -- results ---------------------------------------------------------------------------------
 
-    async def _on_results_msg(self, msg: Msg) -> None:
-        if self.bus.subjects.is_routed(msg.subject):
-            summary = await self.bus.decode(msg, RoutingSummary)
-            if summary is not None:
-                progress = self.sources[summary.source_id]
-                progress.summary, progress.summary_at = summary, time.monotonic()
-                self._check_drained(summary.source_id)
-        else:
-            result = await self.bus.decode(msg, InferenceResult)
-            if result is not None:
-                await self._absorb(result)
-        # Acked only after its effect (event records) is in Redis: a restart loses nothing.
-        await msg.ack()
+    async def _consume_results(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self.stop_event.is_set():
+            msgs = await fetch(sub, 256, timeout=0.5)
+            if msgs:
+                await self._on_results(msgs)
 
-    async def _absorb(self, result: InferenceResult) -> None:
+    async def _on_results(self, msgs: list[Msg]) -> None:
+        """Apply a batch, write its effects (records and the registrator's own state) in one pipeline,
+        and only then ack it: a registrator killed at any point loses no result and counts none twice."""
+        assert self.store is not None
+        touched: dict[str, OpenEvent] = {}
+        closed: list[OpenEvent] = []
+        seen: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
+        summaries: list[RoutingSummary] = []
+        for msg in msgs:
+            if self.bus.subjects.is_routed(msg.subject):
+                summary = await self.bus.decode(msg, RoutingSummary)
+                if summary is not None:
+                    summaries.append(summary)
+                continue
+            result = await self.bus.decode(msg, InferenceResult)
+            if result is None:
+                continue
+            if self._absorb(result, touched, closed):
+                seen[(result.frame.source_id, result.model)].add(result.frame.seq)
+        now = time.time()
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for event in touched.values():
+                if event.state is not EventState.DONE:
+                    self.state.keep(pipe, event)
+                # Every transition is saved; a growing event's record is refreshed at most once a second.
+                if event.saved_at == 0.0 or event.frames == 2 or now - event.saved_at >= _RECORD_REFRESH_SECONDS:
+                    event.saved_at = now
+                    await self.store.save_in(pipe, event.record())
+            for (source_id, model), seqs in seen.items():
+                self.state.seen(pipe, source_id, model, seqs)
+            for summary in summaries:
+                self.state.summary(pipe, summary)
+            await pipe.execute()
+        for msg in msgs:
+            await msg.ack()
+        for event in closed:
+            await self._close(event)
+        for summary in summaries:
+            progress = self.sources[summary.source_id]
+            progress.summary, progress.summary_at = summary, time.monotonic()
+        for source_id in {s for s, _ in seen} | {s.source_id for s in summaries}:
+            self._prune(source_id)
+            self._check_drained(source_id)
+
+    def _absorb(self, result: InferenceResult, touched: dict[str, OpenEvent], closed: list[OpenEvent]) -> bool:
+        """Apply one result in memory; False for one seen before (redelivered)."""
         frame = result.frame
         progress = self.sources[frame.source_id]
         seen = progress.seen[result.model]
         if frame.seq in seen:
             self.m_duplicates.labels(model=result.model).inc()
-            return
+            return False
         seen.add(frame.seq)
         self.m_results.labels(source_id=frame.source_id, model=result.model).inc()
         progress.result_pts[result.model] = max(progress.result_pts.get(result.model, 0.0), frame.pts)
         if result.kind is ModelKind.DETECTION and result.error is None:
-            changed, closed = self.tracker.observe(result)
-            assert self.store is not None
-            now = time.time()
+            changed, ended = self.tracker.observe(result)
             for event in changed:
-                first = event.state is EventState.CREATED
-                if first:
+                if event.state is EventState.CREATED and event.id not in touched:
                     progress.events += 1
                     self.log.info("event %s opened at %.1f s", event.id, event.start, extra={"source_id": frame.source_id})
-                # Every transition is saved; a growing event's record is refreshed at most once a second.
-                if first or event.frames == 2 or now - event.saved_at >= _RECORD_REFRESH_SECONDS:
-                    event.saved_at = now
-                    await self.store.save(event.record())
-            for event in closed:
-                await self._close(event)
-        self._prune(frame.source_id)
-        self._check_drained(frame.source_id)
+                touched[event.id] = event
+            closed.extend(ended)
+        return True
 
     def _prune(self, source_id: str) -> None:
         """Keep the frames any open or finalising event, or one about to open, may still need."""
@@ -202,7 +247,10 @@ class RegistratorService(Service[RegistratorSettings]):
     async def _close(self, event: OpenEvent) -> None:
         assert self.store is not None
         event.state = EventState.DONE
-        await self.store.save(event.record())
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            await self.store.save_in(pipe, event.record())
+            self.state.keep(pipe, event)  # a restart finds it and cuts its proofs
+            await pipe.execute()
         self.finalising[event.id] = event
         task = asyncio.create_task(self._finalise(event))
         self.sources[event.source_id].finalising.add(task)
@@ -216,7 +264,7 @@ class RegistratorService(Service[RegistratorSettings]):
             chosen = await self._select_frames(event)
         except Exception as exc:  # noqa: BLE001 - nothing to cut: no retry can help
             await self._failed(event, exc)
-            self.finalising.pop(event.id, None)
+            await self._forget(event)
             return
         if not await self._attempt(event, chosen):
             retry = asyncio.create_task(self._retry(event, chosen))
@@ -234,7 +282,7 @@ class RegistratorService(Service[RegistratorSettings]):
             if await self._attempt(event, chosen):
                 return
             delay = min(delay * 2, 30.0)
-        self.finalising.pop(event.id, None)
+        await self._forget(event)
 
     async def _attempt(self, event: OpenEvent, chosen: list[FrameRef]) -> bool:
         assert self.store is not None and self.storage is not None
@@ -247,7 +295,7 @@ class RegistratorService(Service[RegistratorSettings]):
             return False
         event.state = EventState.FINISHED
         await self.store.save(event.record(**proofs))
-        self.finalising.pop(event.id, None)
+        await self._forget(event)
         self.m_events.labels(source_id=event.source_id, state=EventState.FINISHED.value).inc()
         self.m_finalise.observe(time.perf_counter() - started)
         self.log.info(
@@ -256,6 +304,12 @@ class RegistratorService(Service[RegistratorSettings]):
             extra={"source_id": event.source_id},
         )
         return True
+
+    async def _forget(self, event: OpenEvent) -> None:
+        self.finalising.pop(event.id, None)
+        async with self.state.redis.pipeline(transaction=False) as pipe:
+            self.state.drop(pipe, event.id)
+            await pipe.execute()
 
     async def _failed(self, event: OpenEvent, exc: BaseException) -> None:
         assert self.store is not None
@@ -315,6 +369,51 @@ class RegistratorService(Service[RegistratorSettings]):
         self.log.info("source drained: %d event(s), results %s", progress.events, results, extra={"source_id": source_id})
         self.ring.forget(source_id)
         del self.sources[source_id]
+        await self.state.forget_source(source_id, list(results))
+
+    async def _restore(self) -> list[OpenEvent]:
+        """Pick up where a previous registrator stopped; returns the closed events still owed their proofs."""
+        events = await self.state.open_events()
+        for (source_id, model), seqs in (await self.state.seen_results()).items():
+            self.sources[source_id].seen[model] = seqs
+        for summary in await self.state.summaries():
+            progress = self.sources[summary.source_id]
+            progress.summary, progress.summary_at = summary, time.monotonic()
+        for source_id in await self.state.ended_sources():
+            self.sources[source_id].ended = True
+        owed = []
+        for event in events:
+            if event.state in (EventState.CREATED, EventState.PENDING):
+                self.tracker.open[(event.source_id, event.model, event.label)] = event
+            else:
+                owed.append(event)
+            self.sources[event.source_id].events += 1
+        self._resumed = bool(events or self.sources)
+        if self._resumed:
+            self.log.info("resumed: %d open event(s), %d owed proofs, %d source(s) in progress",
+                          len(events) - len(owed), len(owed), len(self.sources))
+        return owed
+
+    async def _rebuild_ring(self) -> None:
+        """The frames seen before the restart were acked: read them again from the stream, which keeps them."""
+        s = self.settings
+        since = datetime.fromtimestamp(time.time() - s.max_event_duration - s.pre_roll - s.event_gap - _REBUILD_MARGIN, UTC)
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since.isoformat().replace("+00:00", "Z"),
+            ack_policy=AckPolicy.NONE, filter_subject=self.bus.subjects.frames, inactive_threshold=60.0,
+        )
+        sub = await self.bus.js.pull_subscribe(self.bus.subjects.frames, stream=frames_stream_name(s), config=config)
+        count = 0
+        try:
+            while msgs := await fetch(sub, 1000, timeout=1.0):
+                for msg in msgs:
+                    ref = await self.bus.decode(msg, FrameRef)
+                    if ref is not None:
+                        self.ring.add(ref)
+                        count += 1
+        finally:
+            await sub.unsubscribe()
+        self.log.info("frame buffer rebuilt from the stream: %d frame references", count)
 
     async def _retention(self) -> None:
         assert self.store is not None and self.storage is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared.contracts import Event
 from shared.keys import RedisKeys
@@ -28,6 +29,11 @@ class EventStore:
         await self._replace(
             keys=[self.keys.events, self.keys.event_index], args=[event.id, event.start_wall, event.model_dump_json()]
         )
+
+    async def save_in(self, pipe: Pipeline, event: Event) -> None:
+        """The same, queued in the caller's pipeline (written together with what it depends on)."""
+        keys, args = [self.keys.events, self.keys.event_index], [event.id, event.start_wall, event.model_dump_json()]
+        await self._replace(keys=keys, args=args, client=pipe)  # on a pipeline this queues, it does not send
 
     async def get(self, event_id: str) -> Event | None:
         raw = await self.redis.hget(self.keys.event_index, event_id)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +22,7 @@ from fleet.servers import LocalServers
 from services.registrator.retention import sweep
 from services.registrator.service import RegistratorService
 from services.registrator.settings import RegistratorSettings
+from services.registrator.state import RegistratorState
 from services.registrator.store import EventStore
 from shared.bus import Bus
 from shared.contracts import (
@@ -34,6 +40,7 @@ from shared.contracts import (
 )
 from shared.jpeg import encode_jpeg
 from shared.keys import RedisKeys
+from shared.metrics import Metrics
 from shared.storage import SeaweedStorage
 from shared.subjects import frames_stream
 from tests.integration.helpers import running, wait_for
@@ -187,3 +194,61 @@ async def test_retention_removes_old_events_with_their_files(service_env: dict[s
                 assert resp.status == 200
     finally:
         await redis.aclose()
+
+
+@asynccontextmanager
+async def registrator_process(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.registrator", "--env-file", os.devnull, cwd=repo(), env=os.environ | env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+def repo() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(150)
+async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
+    service_env: dict[str, str], repo_root: Path
+) -> None:
+    refs = await store_frames(service_env, repo_root)
+    env = service_env | {"pre_roll": "1", "post_roll": "1", "event_gap": "1"}
+    settings = RegistratorSettings(_env_file=None, **service_env)  # type: ignore[call-arg]
+    bus = Bus(settings, "test", "t", Metrics("test"))
+    await bus.connect()
+    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    state = RegistratorState(redis, RedisKeys(settings))
+    try:
+        await bus.ensure_stream(frames_stream(settings))
+        drained = await bus.nc.subscribe(bus.subjects.drained("cam0"))  # type: ignore[union-attr]
+        for ref in refs:
+            await bus.publish(bus.subjects.frames, ref)
+        async with registrator_process(env) as first:
+            for ref in refs[:20]:  # the event is open, 15 frames in, when the registrator dies
+                await bus.publish(bus.subjects.results, result(ref, ref.seq in PERSON))
+            deadline = time.monotonic() + 60
+            while not (open_now := await state.open_events()) or open_now[0].frames < 15:
+                assert time.monotonic() < deadline and first.returncode is None, open_now
+                await asyncio.sleep(0.1)
+            first.send_signal(signal.SIGKILL)
+        for ref in refs[20:]:
+            await bus.publish(bus.subjects.results, result(ref, ref.seq in PERSON))
+        async with registrator_process(env):
+            await end_source(bus)
+            done = SourceDrained.from_bytes((await drained.next_msg(timeout=90)).data)
+    finally:
+        await redis.aclose()
+        await bus.close()
+    assert done.results == {"ssd": FRAMES}  # every result counted once, across the restart
+    events = await events_of(service_env)
+    assert len(events) == 1, events  # the event went on; no second one
+    event = events[0]
+    assert event.state is EventState.FINISHED and event.frames == len(PERSON) and (event.start, event.end) == (0.5, 3.0)
+    assert event.clip_frames == 40  # the frames from before the restart were found again for the clip

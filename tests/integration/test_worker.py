@@ -17,7 +17,7 @@ from shared.settings import VigilSettings
 from shared.storage import SeaweedStorage
 from shared.subjects import results_stream
 from shared.worker import InferenceWorker
-from tests.integration.helpers import running
+from tests.integration.helpers import running, wait_for
 
 
 def vtest_frame(repo_root: Path, index: int = 10) -> bytes:
@@ -78,7 +78,8 @@ async def test_worker_detects_reports_errors_and_keeps_serving(
             assert counter_value(worker.bus.dead_letters, subject=subject) == 1
             hb = (await live_instances(redis, keys))["ssd_mobilenet_v2_coco"][0]
             assert hb.subject == settings.task_subject and hb.kind.value == "detection"
-            assert worker.processed == 4  # error results count as processed: their tasks are answered
+            # error results count as processed: their tasks are answered (counted just after the result goes out)
+            await wait_for(lambda: worker.processed == 4, 5, "four tasks answered")
         assert await live_instances(redis, keys) == {}  # removed on graceful stop, not left to the TTL
     finally:
         await redis.aclose()

@@ -1,0 +1,74 @@
+"""What the registrator must not forget across a restart: open events, results seen, how sources ended.
+
+Written in the same Redis pipeline as the event records, before the results behind it are acked, so a
+registrator killed at any moment resumes where the acked results left it: nothing lost, nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from pydantic import TypeAdapter
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from services.registrator.events import OpenEvent
+from shared.contracts import RoutingSummary
+from shared.keys import RedisKeys
+
+_OPEN = TypeAdapter(OpenEvent)
+
+
+class RegistratorState:
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self.redis = redis
+        self.open_key = keys.registrator_open
+        self.summary_key = keys.registrator_summaries
+        self.ended_key = keys.registrator_ended
+        self._seen_prefix = keys.registrator_seen_prefix
+
+    def _seen(self, source_id: str, model: str) -> str:
+        return f"{self._seen_prefix}{source_id}:{model}"
+
+    # -- writes, into the caller's pipeline ------------------------------------------------------
+
+    def keep(self, pipe: Pipeline, event: OpenEvent) -> None:
+        pipe.hset(self.open_key, event.id, _OPEN.dump_json(event))
+
+    def drop(self, pipe: Pipeline, event_id: str) -> None:
+        pipe.hdel(self.open_key, event_id)
+
+    def seen(self, pipe: Pipeline, source_id: str, model: str, seqs: set[int]) -> None:
+        pipe.sadd(self._seen(source_id, model), *seqs)
+
+    def summary(self, pipe: Pipeline, summary: RoutingSummary) -> None:
+        pipe.hset(self.summary_key, summary.source_id, summary.to_bytes())
+
+    def ended(self, pipe: Pipeline, source_id: str) -> None:
+        pipe.sadd(self.ended_key, source_id)
+
+    async def forget_source(self, source_id: str, models: list[str]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(self.summary_key, source_id)
+            pipe.srem(self.ended_key, source_id)
+            for model in models:
+                pipe.delete(self._seen(source_id, model))
+            await pipe.execute()
+
+    # -- reading back at start -------------------------------------------------------------------
+
+    async def open_events(self) -> list[OpenEvent]:
+        return [_OPEN.validate_json(raw) for raw in (await self.redis.hgetall(self.open_key)).values()]
+
+    async def summaries(self) -> list[RoutingSummary]:
+        return [RoutingSummary.from_bytes(raw) for raw in (await self.redis.hgetall(self.summary_key)).values()]
+
+    async def ended_sources(self) -> set[str]:
+        return {raw.decode() for raw in await self.redis.smembers(self.ended_key)}
+
+    async def seen_results(self) -> dict[tuple[str, str], set[int]]:
+        found: dict[tuple[str, str], set[int]] = defaultdict(set)
+        async for key in self.redis.scan_iter(match=f"{self._seen_prefix}*", count=500):
+            source_id, model = key.decode()[len(self._seen_prefix):].split(":", 1)
+            found[(source_id, model)] = {int(m) for m in await self.redis.smembers(key)}
+        return found
