@@ -9,7 +9,7 @@ DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers soak-reader lint up down logs ps scale-workers clean
+.PHONY: install run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator soak-reader lint up down logs ps scale-workers clean
 
 install: $(STAMP)
 
@@ -42,13 +42,16 @@ test-e2e: install
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # Benchmarks print a table and write JSON under bench/results/.
-bench: bench-reader bench-router bench-workers
+bench: bench-reader bench-router bench-workers bench-registrator
 
 bench-reader: install
 	$(PY) -m bench.reader $(or $(REPEATS),3)
 
 bench-router: install
 	$(PY) -m bench.router $(or $(REPEATS),3)
+
+bench-registrator: install
+	$(PY) -m bench.registrator $(or $(REPEATS),3)
 
 bench-workers: install
 	$(PY) -m bench.workers $(or $(REPEATS),2)

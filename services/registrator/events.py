@@ -71,6 +71,17 @@ class EventRules:
     min_score: float
     gap: float
     max_duration: float
+    # Overrides, most specific first: (model, source) then model -> {label: minimum score}. A model or
+    # source named here watches exactly the labels it lists.
+    per_model: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_source: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+
+    def threshold(self, model: str, source_id: str, label: str) -> float | None:
+        """The minimum score for `label` here, or None when it is not watched here."""
+        scores = self.per_source.get((model, source_id)) or self.per_model.get(model)
+        if scores is not None:
+            return scores.get(label)
+        return self.min_score if label in self.watch_labels else None
 
 
 class EventTracker:
@@ -86,7 +97,8 @@ class EventTracker:
     def _matches(self, result: InferenceResult) -> dict[str, list[Detection]]:
         found: dict[str, list[Detection]] = {}
         for det in result.detections:
-            if det.label in self.rules.watch_labels and det.score >= self.rules.min_score:
+            threshold = self.rules.threshold(result.model, result.frame.source_id, det.label)
+            if threshold is not None and det.score >= threshold:
                 found.setdefault(det.label, []).append(det)
         return found
 

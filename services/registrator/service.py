@@ -81,6 +81,12 @@ class RegistratorService(Service[RegistratorSettings]):
                 min_score=settings.min_score,
                 gap=settings.event_gap,
                 max_duration=settings.max_event_duration,
+                per_model={model: rule.labels for model, rule in settings.event_rules.items() if rule.labels},
+                per_source={
+                    (model, source): scores
+                    for model, rule in settings.event_rules.items()
+                    for source, scores in rule.sources.items()
+                },
             )
         )
         self.ring = FrameRing(settings.ring_max_frames)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.settings import VigilSettings
 from shared.ttl import parse_ttl
@@ -9,11 +9,21 @@ from shared.ttl import parse_ttl
 TTL_MARGIN_SECONDS = 30.0
 
 
+class ModelEventRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: dict[str, float] = Field(default_factory=dict, description="label -> minimum score")
+    sources: dict[str, dict[str, float]] = Field(default_factory=dict, description="source id -> {label: minimum score}")
+
+
 class RegistratorSettings(VigilSettings):
     service_name: str = "registrator"
 
     watch_labels: list[str] = Field(default_factory=lambda: ["person"], min_length=1)
     min_score: float = Field(default=0.5, ge=0, le=1)
+    # Per model, and per model and source, the labels watched with their minimum scores, e.g.
+    # {"ssd_mobilenet_v2_coco": {"labels": {"person": 0.5, "car": 0.6}, "sources": {"gate": {"person": 0.7}}}}
+    event_rules: dict[str, ModelEventRule] = Field(default_factory=dict)
     event_gap: float = Field(default=2.0, gt=0, description="seconds of stream time without the label that close an event")
     max_event_duration: float = Field(default=120.0, gt=0, description="an event is split after this many seconds")
     pre_roll: float = Field(default=2.0, ge=0)

@@ -72,3 +72,19 @@ def test_results_out_of_order_grow_the_span_and_a_late_one_opens_nothing() -> No
     assert changed == [] and not tracker.open and tracker.late == 1
     changed, _ = tracker.observe(result(60, ("person", 0.9)))  # a real new sighting
     assert [e.state for e in changed] == [EventState.CREATED]
+
+
+def test_labels_and_scores_per_model_and_per_source() -> None:
+    rules = EventRules(
+        watch_labels=frozenset({"person"}), min_score=0.5, gap=2.0, max_duration=30.0,
+        per_model={"ssd": {"person": 0.5, "car": 0.6}},
+        per_source={("ssd", "gate"): {"person": 0.8}},
+    )
+    assert rules.threshold("ssd", "cam0", "car") == 0.6 and rules.threshold("ssd", "cam0", "dog") is None
+    assert rules.threshold("ssd", "gate", "person") == 0.8 and rules.threshold("ssd", "gate", "car") is None
+    assert rules.threshold("other", "cam0", "person") == 0.5  # a model not named: the global watch list
+    tracker = EventTracker(rules)
+    changed, _ = tracker.observe(result(0, ("car", 0.7), ("person", 0.7), source="gate"))
+    assert changed == []  # at the gate only people at 0.8 and above count
+    changed, _ = tracker.observe(result(0, ("car", 0.7), ("person", 0.7)))
+    assert sorted(e.label for e in changed) == ["car", "person"]
