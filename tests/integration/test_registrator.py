@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -43,7 +39,7 @@ from shared.keys import RedisKeys
 from shared.metrics import Metrics
 from shared.storage import SeaweedStorage
 from shared.subjects import frames_stream
-from tests.integration.helpers import running, wait_for
+from tests.integration.helpers import running, service_process, wait_for
 
 FRAMES = 40  # 4 s of vtest at 10 fps
 PERSON = range(5, 31)  # frames with a person: 0.5 s to 3.0 s
@@ -196,24 +192,6 @@ async def test_retention_removes_old_events_with_their_files(service_env: dict[s
         await redis.aclose()
 
 
-@asynccontextmanager
-async def registrator_process(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.registrator", "--env-file", os.devnull, cwd=repo(), env=os.environ | env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-
-
-def repo() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 @pytest.mark.timeout(150)
 async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
     service_env: dict[str, str], repo_root: Path
@@ -230,7 +208,7 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
         drained = await bus.nc.subscribe(bus.subjects.drained("cam0"))  # type: ignore[union-attr]
         for ref in refs:
             await bus.publish(bus.subjects.frames, ref)
-        async with registrator_process(env) as first:
+        async with service_process("services.registrator", env) as first:
             for ref in refs[:20]:  # the event is open, 15 frames in, when the registrator dies
                 await bus.publish(bus.subjects.results, result(ref, ref.seq in PERSON))
             deadline = time.monotonic() + 60
@@ -240,7 +218,7 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
             first.send_signal(signal.SIGKILL)
         for ref in refs[20:]:
             await bus.publish(bus.subjects.results, result(ref, ref.seq in PERSON))
-        async with registrator_process(env):
+        async with service_process("services.registrator", env):
             await end_source(bus)
             done = SourceDrained.from_bytes((await drained.next_msg(timeout=90)).data)
     finally:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import statistics
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import cv2
@@ -28,7 +25,7 @@ from shared.metrics import Metrics, counter_value
 from shared.settings import VigilSettings
 from shared.storage import SeaweedStorage
 from shared.subjects import frames_stream, results_stream, task_stream_name, worker_durable
-from tests.integration.helpers import running, wait_for
+from tests.integration.helpers import running, service_process, wait_for
 from tests.support.noop_worker import NoopSettings, NoopWorker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,18 +77,8 @@ def worker_env(env: dict[str, str], model: str, **extra: object) -> dict[str, st
     return env | {"noop_model": model, "task_subject": f"{model}Inference"} | {k: str(v) for k, v in extra.items()}
 
 
-@asynccontextmanager
-async def worker_process(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.support.noop_worker", "--env-file", os.devnull, cwd=ROOT, env=os.environ | env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+def worker_process(env: dict[str, str]) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    return service_process("tests.support.noop_worker", env)
 
 
 async def test_two_replicas_share_the_work(service_env: dict[str, str]) -> None:
