@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ import nats
 from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
-from fleet.servers import LocalServers, ServerError, ServerSet
+from fleet.servers import LocalServers, ServerError, ServerSet, free_ports
 from shared.contracts import Event, InferenceResult, SourceDrained, SourceState, SourceStatus
 from shared.keys import RedisKeys
 from shared.model_registry import load_spec
@@ -34,12 +33,6 @@ from shared.subjects import Subjects
 
 ROOT = Path(__file__).resolve().parent.parent
 COLOURS = {"reader": 36, "router": 35, "detection": 33, "classification": 34, "registrator": 32}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -69,7 +62,7 @@ class Fleet:
     # -- processes -------------------------------------------------------------------------------
 
     async def spawn(self, service: str, label: str, extra: dict[str, str] | None = None) -> Proc:
-        port = free_port()
+        port = free_ports(1)[0]
         env = os.environ | self.env_base | {"metrics_port": str(port), "instance": label} | (extra or {})
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{service}",
