@@ -49,10 +49,9 @@ async def bare_loop(servers: ServerSet, video: Path) -> dict[str, float]:
         return {"frames": frames, "seconds": elapsed, "fps": frames / elapsed, "cpu_ms_per_frame": cpu_ms}
 
 
-async def reader_process(servers: ServerSet, video: Path, extra: dict[str, str] | None = None) -> dict[str, float]:
+async def reader_process(servers: ServerSet, video: Path) -> dict[str, float]:
     prefix = f"b{secrets.token_hex(3)}"
     env = os.environ | servers.env() | {"subject_prefix": prefix, "video_source": str(video), "source_id": "bench"}
-    env |= extra or {}
     subjects = Subjects.from_settings(VigilSettings(_env_file=None, subject_prefix=prefix))  # type: ignore[call-arg]
     nc = await nats.connect(servers.nats_url)
     statuses: dict[SourceState, SourceStatus] = {}

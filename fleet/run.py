@@ -171,6 +171,7 @@ class FleetReport:
     sources: dict[str, SourceStatus]
     drained: dict[str, SourceDrained]
     events: list[Event]
+    error_results: dict[str, int]  # per model: frames a worker could not download, decode or infer
 
     def to_json(self) -> str:
         return json.dumps(
@@ -180,6 +181,7 @@ class FleetReport:
                 "sources": {k: v.model_dump() for k, v in self.sources.items()},
                 "drained": {k: v.model_dump() for k, v in self.drained.items()},
                 "events": [e.model_dump() for e in self.events],
+                "error_results": self.error_results,
             },
             indent=2,
         )
@@ -233,7 +235,7 @@ async def run_fleet(server_set: ServerSet, options: FleetOptions, stop: asyncio.
         await nc.drain()
     if any(status.state is SourceState.FAILED for status in p.status.values()):
         code = 1
-    return FleetReport(code, wall, dict(p.status), dict(p.drained), events)
+    return FleetReport(code, wall, dict(p.status), dict(p.drained), events, dict(p.errors))
 
 
 def print_report(report: FleetReport, data: Path) -> None:
@@ -247,7 +249,8 @@ def print_report(report: FleetReport, data: Path) -> None:
         )
     for source_id, d in report.drained.items():
         print(f"source {source_id}: routed {d.frames_routed} frames, tasks {d.tasks}, results {d.results}, events {d.events}")
-    print(f"wall time {report.wall_seconds:.1f} s; logs, clips and summary.json under {data}")
+    print(f"error results {report.error_results or 0}; wall time {report.wall_seconds:.1f} s; "
+          f"logs, clips and summary.json under {data}")
 
 
 async def run(args: argparse.Namespace) -> int:

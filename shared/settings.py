@@ -49,10 +49,6 @@ class VigilSettings(BaseSettings):
         parse_ttl(value)
         return value
 
-    @property
-    def redis_url(self) -> str:
-        return f"redis://{self.redis_host}:{self.redis_port}/0"
-
 
 S = TypeVar("S", bound=VigilSettings)
 

@@ -101,7 +101,9 @@ class RegistratorService(Service[RegistratorSettings]):
         self._tasks: set[asyncio.Task[None]] = set()
         self.m_results = self.metrics.counter("results", "results absorbed", ("source_id", "model"))
         self.m_duplicates = self.metrics.counter("duplicate_results", "results seen before (redelivery)", ("model",))
-        self.m_events = self.metrics.counter("events", "events by final state", ("source_id", "state"))
+        self.m_events = self.metrics.counter(
+            "events", "events reaching FINISHED, or ERROR (once per failed attempt)", ("source_id", "state")
+        )
         self.m_finalise = self.metrics.histogram("finalise", "time to cut and store an event's proofs")
 
     async def start(self, stack: AsyncExitStack) -> None:
@@ -151,9 +153,7 @@ class RegistratorService(Service[RegistratorSettings]):
         if self.bus.subjects.is_source_status(msg.subject):
             status = await self.bus.decode(msg, SourceStatus)
             if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
-                async with self.state.redis.pipeline(transaction=False) as pipe:
-                    self.state.ended(pipe, status.source_id)
-                    await pipe.execute()
+                await self.state.mark_ended(status.source_id)
                 self.sources[status.source_id].ended = True
                 self._check_drained(status.source_id)
         else:

@@ -44,8 +44,8 @@ class RegistratorState:
     def summary(self, pipe: Pipeline, summary: RoutingSummary) -> None:
         pipe.hset(self.summary_key, summary.source_id, summary.to_bytes())
 
-    def ended(self, pipe: Pipeline, source_id: str) -> None:
-        pipe.sadd(self.ended_key, source_id)
+    async def mark_ended(self, source_id: str) -> None:
+        await self.redis.sadd(self.ended_key, source_id)
 
     async def forget_source(self, source_id: str, models: list[str]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

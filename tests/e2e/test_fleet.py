@@ -41,6 +41,7 @@ async def test_sample_video_gives_finished_person_events_with_proofs(
     drained = report.drained["cam0"]
     assert drained.tasks == {"ssd_mobilenet_v2_coco": 398, "efficientnet_lite0": 398}
     assert drained.results == drained.tasks  # every routed task answered: nothing lost
+    assert report.error_results == {}  # and every frame could be fetched, decoded and inferred
 
     redis = Redis(host=servers.redis_host, port=servers.redis_port)
     keys = RedisKeys(VigilSettings(_env_file=None, subject_prefix=unique))  # type: ignore[call-arg]

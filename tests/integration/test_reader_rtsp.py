@@ -38,16 +38,24 @@ class HealthLog:
         return [r.state for r in self.reports]
 
 
+async def streaming_reader(
+    env: dict[str, str], url: str, **settings: object
+) -> tuple[ReaderService, HealthLog, nats.NATS, asyncio.Task[None]]:
+    """A reader on the camera, its health reports recorded, returned once its first 20 frames are out."""
+    reader = reader_for(env, video_source=url, **settings, **LIVE)
+    health = HealthLog()
+    nc = await health.attach(env["nats_host"], reader)
+    task = asyncio.create_task(reader.execute())
+    await wait_for(lambda: bool(reader.runners) and reader.runners[0].frames_published >= 20, 40, "first frames")
+    return reader, health, nc, task
+
+
 @pytest.mark.timeout(150)
 async def test_camera_outage_is_reported_and_survived_without_a_restart(
     service_env: dict[str, str], repo_root: Path
 ) -> None:
     with RtspServer(repo_root / "video" / "vtest.mp4") as server:
-        reader = reader_for(service_env, video_source=server.url, stall_timeout=5, read_timeout=3, **LIVE)
-        health = HealthLog()
-        nc = await health.attach(service_env["nats_host"], reader)
-        task = asyncio.create_task(reader.execute())
-        await wait_for(lambda: bool(reader.runners) and reader.runners[0].frames_published >= 20, 40, "first frames")
+        reader, health, nc, task = await streaming_reader(service_env, server.url, stall_timeout=5, read_timeout=3)
         runner = reader.runners[0]
         assert runner.live and runner.policy.value == "DROP_OLDEST"
 
@@ -84,11 +92,7 @@ async def test_camera_outage_is_reported_and_survived_without_a_restart(
 async def test_a_camera_that_goes_silent_trips_the_watchdog(service_env: dict[str, str], repo_root: Path) -> None:
     with RtspServer(repo_root / "video" / "vtest.mp4") as server:
         # The decoder's own read timeout is set long, so the reader's watchdog is what must notice.
-        reader = reader_for(service_env, video_source=server.url, stall_timeout=3, read_timeout=30, **LIVE)
-        health = HealthLog()
-        nc = await health.attach(service_env["nats_host"], reader)
-        task = asyncio.create_task(reader.execute())
-        await wait_for(lambda: bool(reader.runners) and reader.runners[0].frames_published >= 20, 40, "first frames")
+        reader, health, nc, task = await streaming_reader(service_env, server.url, stall_timeout=3, read_timeout=30)
         runner = reader.runners[0]
 
         server.pause()  # the connection stays open; no frame comes

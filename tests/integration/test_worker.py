@@ -4,6 +4,7 @@ from pathlib import Path
 
 import cv2
 import nats
+import pytest
 from redis.asyncio import Redis
 
 from services.detection.settings import DetectionSettings
@@ -12,6 +13,7 @@ from shared.contracts import FrameRef, InferenceResult, InferenceTask
 from shared.discovery import live_instances
 from shared.jpeg import encode_jpeg
 from shared.keys import RedisKeys
+from shared.lifecycle import StartupError
 from shared.metrics import Metrics, counter_value
 from shared.settings import VigilSettings
 from shared.storage import SeaweedStorage
@@ -89,10 +91,5 @@ async def test_worker_detects_reports_errors_and_keeps_serving(
 
 async def test_missing_model_is_a_clear_start_error(service_env: dict[str, str], tmp_path: Path) -> None:
     settings = DetectionSettings(_env_file=None, **(service_env | {"model_dir": str(tmp_path / "absent")}))  # type: ignore[arg-type]
-    worker = InferenceWorker(settings)
-    try:
-        await worker.execute()
-    except Exception as exc:  # noqa: BLE001
-        assert "absent" in str(exc) and "model.yaml" in str(exc)
-    else:
-        raise AssertionError("a worker without a model started")
+    with pytest.raises(StartupError, match=r"absent.*model\.yaml|model\.yaml.*absent"):
+        await InferenceWorker(settings).execute()
