@@ -2,7 +2,7 @@
 # Vigil images, one target per role; each carries only its role's extras from pyproject.toml.
 #   docker compose build                      (every role)
 #   docker build --target worker -t vigil-worker .
-# Targets: reader, router, worker (detection and classification), worker-gpu, registrator.
+# Targets: reader, router, worker (detection and classification), worker-gpu, registrator, api.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -40,6 +40,9 @@ RUN --mount=type=cache,target=/pip-cache pip install . "${ONNXRUNTIME_GPU}" && p
 FROM deps AS deps-registrator
 RUN --mount=type=cache,target=/pip-cache pip install ".[registrator]" && pip uninstall -y vigil
 
+FROM deps AS deps-api
+RUN --mount=type=cache,target=/pip-cache pip install ".[api]" && pip uninstall -y vigil
+
 # ---- common runtime --------------------------------------------------------------------------
 # No apt packages: the wheels bundle FFmpeg (av), their image libraries (opencv-python-headless)
 # and OpenBLAS (numpy); what they link against beyond that (glibc, libstdc++, libgcc_s, zlib) is in
@@ -53,11 +56,13 @@ RUN groupadd --system --gid 10001 vigil \
  && useradd --system --uid 10001 --gid vigil --home-dir /app --no-create-home --shell /usr/sbin/nologin vigil
 # Code and data stay root-owned (the services only read them); nothing below /app is writable.
 WORKDIR /app
-# Stdlib only, so it works in every target. metrics_port=0 switches the endpoint off, and then there
-# is nothing to ask: report healthy rather than hold back every service that depends on this one.
-# pydantic-settings reads names case-insensitively, so both spellings of the port are honoured.
+# Stdlib only, so it works in every target. It asks /healthz on the port held by each setting named in
+# VIGIL_HEALTHZ_PORT_SETTINGS (the api adds its own port). A port of 0 switches that endpoint off, and then
+# there is nothing to ask: report healthy rather than hold back every service that depends on this one.
+# pydantic-settings reads names case-insensitively, so the environment is too.
+ENV VIGIL_HEALTHZ_PORT_SETTINGS=metrics_port
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --start-interval=1s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; port = int(os.environ.get('metrics_port') or os.environ.get('METRICS_PORT') or 0); port == 0 or urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2); sys.exit(0)"]
+    CMD ["python", "-c", "import os, urllib.request; env = {k.lower(): v for k, v in os.environ.items()}; ports = [int(env.get(name) or 0) for name in env.get('vigil_healthz_port_settings', 'metrics_port').split()]; [urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2) for port in ports if port]"]
 
 FROM runtime AS reader
 COPY --from=deps-reader /opt/venv /opt/venv
@@ -110,3 +115,17 @@ RUN mkdir -p /data/events && chown vigil:vigil /data/events
 ENV TMP_PATH=/data/events
 USER vigil
 CMD ["python", "-m", "services.registrator"]
+
+# Reads events from Redis and their proofs from SeaweedFS: no models, no video, no codecs.
+FROM runtime AS api
+COPY --from=deps-api /opt/venv /opt/venv
+COPY shared ./shared
+COPY services ./services
+RUN python -m compileall -q shared services
+# Listening on every interface of the container; compose decides what the host publishes.
+ENV api_host=0.0.0.0 \
+    api_port=8080 \
+    VIGIL_HEALTHZ_PORT_SETTINGS="metrics_port api_port"
+EXPOSE 8080
+USER vigil
+CMD ["python", "-m", "services.api"]

@@ -66,17 +66,39 @@ lint: install
 check-config: install
 	@for s in reader router detection classification registrator; do $(PY) -m services.$$s --check-config || exit 1; done
 
-# Docker (needs a Docker engine).
+# Docker: the fleet as containers (docker-compose.yml; README, "Docker"). GPU=1 runs the workers on
+# onnxruntime-gpu (the gpu profile) instead of the CPU ones. `.env` may set COMPOSE_FILE (multi-machine)
+# and COMPOSE_PROFILES; docker compose reads both from it. down, logs and ps always name the gpu
+# profile, so they also reach GPU workers started without GPU=1 in the command.
+COMPOSE := docker compose
+GPU_ON  := $(filter 1 yes true,$(GPU))
+WORKERS := $(if $(GPU_ON),detection-gpu classification-gpu,detection classification)
+# Every Docker target checks first, so that a machine without Docker hears what to run instead.
+define need-compose
+@docker compose version >/dev/null 2>&1 || { \
+  echo "make $@ needs Docker with the compose plugin, which this machine does not have."; \
+  echo "Without Docker, the same fleet runs as local processes: make run DETECTION=$(DETECTION) CLASSIFICATION=$(CLASSIFICATION)"; \
+  exit 1; }
+endef
+
 up:
-	docker compose up -d --build
+	$(need-compose)
+	$(COMPOSE) $(if $(GPU_ON),--profile gpu) up -d --build $(if $(GPU_ON),--scale detection=0 --scale classification=0)
 down:
-	docker compose down
+	$(need-compose)
+	$(COMPOSE) --profile gpu down
 logs:
-	docker compose logs -f --tail=100
+	$(need-compose)
+	$(COMPOSE) --profile gpu logs -f --tail=100
 ps:
-	docker compose ps
+	$(need-compose)
+	$(COMPOSE) --profile gpu ps
+# Only the named worker services are touched (--no-deps): running replicas stay (--no-recreate), and the
+# other services are neither recreated nor started again (an ended file reader would replay its file).
 scale-workers:
-	docker compose up -d --no-recreate --scale detection=$(DETECTION) --scale classification=$(CLASSIFICATION)
+	$(need-compose)
+	$(COMPOSE) $(if $(GPU_ON),--profile gpu) up -d --no-recreate --no-deps \
+	  --scale $(word 1,$(WORKERS))=$(DETECTION) --scale $(word 2,$(WORKERS))=$(CLASSIFICATION) $(WORKERS)
 
 clean:
 	rm -rf .data .pytest_cache

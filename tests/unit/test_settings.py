@@ -1,3 +1,5 @@
+import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -6,9 +8,50 @@ import pytest
 from pydantic import ValidationError
 
 from services.registrator.settings import RegistratorSettings
+from shared.settings import VigilSettings
 from shared.ttl import parse_ttl
+from shared.worker import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+ENV_EXAMPLE = ROOT / ".env.example"
+# `key=value`, or `# key=value` for a documented key left unset (its default applies).
+ENV_KEY = re.compile(r"^#?\s*([A-Za-z_][A-Za-z0-9_]*)=")
+# Each class names its own service; one .env feeds every service, so setting it there would rename them all.
+NOT_IN_ENV_EXAMPLE = {"service_name"}
+# Read by `docker compose` from .env, not by the services: its own COMPOSE_*, and the VIGIL_* variables
+# that the compose files interpolate.
+COMPOSE_OWN_KEYS = {"COMPOSE_FILE", "COMPOSE_PROFILES"}
+# The api's settings; services/api is written beside this work, so its keys are checked once it exists.
+API_KEYS = {"api_host", "api_port", "api_token", "api_cors_origins", "api_page_limit", "api_clip_cache_mb"}
+API_SETTINGS = ROOT / "services" / "api" / "settings.py"
+
+
+def env_example_keys() -> set[str]:
+    return {m.group(1) for line in ENV_EXAMPLE.read_text().splitlines() if (m := ENV_KEY.match(line.strip()))}
+
+
+def compose_variables() -> set[str]:
+    """The ${VARIABLES} the compose files interpolate."""
+    return {v for f in ROOT.glob("docker-compose*.yml") for v in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", f.read_text())}
+
+
+def settings_classes() -> set[type[VigilSettings]]:
+    """VigilSettings and every subclass that a service's settings module defines or imports."""
+    classes: set[type[VigilSettings]] = {VigilSettings, WorkerSettings}
+    for path in sorted((ROOT / "services").glob("*/settings.py")):
+        module = importlib.import_module(f"services.{path.parent.name}.settings")
+        classes |= {obj for obj in vars(module).values() if isinstance(obj, type) and issubclass(obj, VigilSettings)}
+    return classes
+
+
+def setting_names() -> set[str]:
+    """Every setting any service reads, lower-cased: pydantic-settings matches names case-insensitively."""
+    return {name.lower() for cls in settings_classes() for name in cls.model_fields}
+
+
+def readable_keys() -> set[str]:
+    """The settings, with the api's counted while services/api is not written yet (test_api_keys_are_api_settings skips)."""
+    return setting_names() | (set() if API_SETTINGS.exists() else API_KEYS)
 
 
 @pytest.mark.parametrize(("ttl", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("2d", 172800)])
@@ -58,3 +101,40 @@ def test_check_config(service: str, tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert example.returncode == 0, example.stderr  # the documented example is a valid configuration
+
+
+# -- .env.example covers every setting, and holds nothing else -------------------------------------
+
+
+def test_every_service_has_a_settings_module() -> None:
+    # A service without one would hide its settings from the two checks below.
+    for main in sorted((ROOT / "services").glob("*/__main__.py")):
+        assert (main.parent / "settings.py").is_file(), f"services/{main.parent.name} has no settings.py"
+
+
+def test_every_setting_is_in_env_example() -> None:
+    documented = {key.lower() for key in env_example_keys()}
+    missing = setting_names() - NOT_IN_ENV_EXAMPLE - documented
+    assert not missing, f"settings missing from .env.example: {sorted(missing)}"
+
+
+def test_every_env_example_key_is_read() -> None:
+    keys = env_example_keys()
+    settings = readable_keys()
+    unread = {k for k in keys - COMPOSE_OWN_KEYS - compose_variables() if k.lower() not in settings}
+    assert not unread, f".env.example keys no settings class or compose file reads: {sorted(unread)}"
+    assert not keys & NOT_IN_ENV_EXAMPLE
+
+
+def test_api_keys_are_api_settings() -> None:
+    if not API_SETTINGS.exists():
+        pytest.skip("services/api/settings.py is not written yet: its keys in .env.example are checked once it is")
+    from services.api.settings import ApiSettings  # type: ignore[import-not-found]
+
+    assert API_KEYS <= set(ApiSettings.model_fields)
+
+
+def test_compose_variables_are_documented() -> None:
+    # Every ${VAR} the compose files take is explained in .env.example (commented out, at its default).
+    missing = compose_variables() - env_example_keys()
+    assert not missing, f"compose variables missing from .env.example: {sorted(missing)}"
