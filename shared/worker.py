@@ -142,14 +142,21 @@ class InferenceWorker(Service[WorkerSettings]):
         sub = await self.bus.durable_pull(stream, worker_durable(self.model_name), ack_wait=s.ack_wait, max_ack_pending=256)
         beats = HeartbeatPublisher(self.redis, self.keys, s.routing_ttl, self.heartbeat)
         await beats.publish_once()  # live at once: the router may route to us now
-        # Two stages: the next batch downloads and decodes while this one infers. One batch waits
-        # between them at most, so a worker holds at most three batches (fetching, ready, running).
+        # Three stages: the next batch downloads and decodes, and the last one's results publish, while
+        # this one infers. One batch waits between stages at most, so a worker holds at most five
+        # batches (fetching, ready, running, answered, publishing).
         ready: asyncio.Queue[list[_Job] | None] = asyncio.Queue(maxsize=1)
+        answered: asyncio.Queue[tuple[list[_Job], Timings] | None] = asyncio.Queue(maxsize=1)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(beats.run(self.stop_event))
             tg.create_task(self._prepare(sub, ready))
-            while (jobs := await ready.get()) is not None:
-                await self._run_batch(jobs)
+            publisher = tg.create_task(self._publish(answered))
+            try:
+                while (jobs := await ready.get()) is not None:
+                    await answered.put((jobs, await self._run_batch(jobs)))
+            finally:
+                await answered.put(None)
+            await publisher
         await beats.remove()
 
     async def _prepare(self, sub: JetStreamContext.PullSubscription, ready: asyncio.Queue[list[_Job] | None]) -> None:
@@ -177,7 +184,14 @@ class InferenceWorker(Service[WorkerSettings]):
         await asyncio.gather(*(self._fetch_image(job) for job in jobs))
         return jobs
 
-    async def _run_batch(self, jobs: list[_Job]) -> None:
+    async def _publish(self, answered: asyncio.Queue[tuple[list[_Job], Timings] | None]) -> None:
+        while (item := await answered.get()) is not None:
+            jobs, timings = item
+            await self._finish(jobs, timings)
+            self.in_flight -= len(jobs)
+
+    async def _run_batch(self, jobs: list[_Job]) -> Timings:
+        """Infer the jobs that have an image; the others keep their error."""
         started = time.perf_counter()
         ready = [job for job in jobs if job.error is None]
         timings = Timings()
@@ -190,11 +204,10 @@ class InferenceWorker(Service[WorkerSettings]):
                 self.log.exception("inference failed", extra={"model": self.model_name})
                 for job in ready:
                     job.error = f"inference failed: {exc!r}"
-        await self._finish(jobs, timings)
-        self.in_flight -= len(jobs)
         elapsed = time.perf_counter() - started
         if elapsed > 0:
             self._fps = 0.8 * self._fps + 0.2 * (len(jobs) / elapsed)
+        return timings
 
     async def _fetch_image(self, job: _Job) -> None:
         assert self.storage is not None
