@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: install
-	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE))
+	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve)
 
 test: install test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -64,7 +64,7 @@ lint: install
 	$(PY) -m ruff check shared services fleet bench tests
 
 check-config: install
-	@for s in reader router detection classification registrator; do $(PY) -m services.$$s --check-config || exit 1; done
+	@for s in reader router detection classification registrator api; do $(PY) -m services.$$s --check-config || exit 1; done
 
 # Docker: the fleet as containers (docker-compose.yml; README, "Docker"). GPU=1 runs the workers on
 # onnxruntime-gpu (the gpu profile) instead of the CPU ones. `.env` may set COMPOSE_FILE (multi-machine)

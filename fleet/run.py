@@ -32,7 +32,7 @@ from shared.settings import VigilSettings
 from shared.subjects import Subjects
 
 ROOT = Path(__file__).resolve().parent.parent
-COLOURS = {"reader": 36, "router": 35, "detection": 33, "classification": 34, "registrator": 32}
+COLOURS = {"reader": 36, "router": 35, "detection": 33, "classification": 34, "registrator": 32, "api": 37}
 
 
 @dataclass
@@ -162,6 +162,8 @@ class FleetOptions:
     classification: int = 1
     # Settings for every service (e.g. video_source, subject_prefix), over .env and the environment.
     settings: dict[str, str] = field(default_factory=dict)
+    api_port: int = 0  # the dashboard's port; 0 takes a free one
+    keep_serving: bool = False  # after a file source has drained, keep the api up until Ctrl-C
 
 
 @dataclass
@@ -172,6 +174,7 @@ class FleetReport:
     drained: dict[str, SourceDrained]
     events: list[Event]
     error_results: dict[str, int]  # per model: frames a worker could not download, decode or infer
+    dashboard: str
 
     def to_json(self) -> str:
         return json.dumps(
@@ -182,6 +185,7 @@ class FleetReport:
                 "drained": {k: v.model_dump() for k, v in self.drained.items()},
                 "events": [e.model_dump() for e in self.events],
                 "error_results": self.error_results,
+                "dashboard": self.dashboard,
             },
             indent=2,
         )
@@ -200,9 +204,13 @@ async def run_fleet(server_set: ServerSet, options: FleetOptions, stop: asyncio.
     redis = Redis(host=server_set.redis_host, port=server_set.redis_port)
     code = 0
     p = fleet.progress
+    api_port = options.api_port or free_ports(1)[0]
+    dashboard = f"http://127.0.0.1:{api_port}/"
     try:
         await fleet.watch(nc, subjects)
         await fleet.spawn("registrator", "registrator")
+        await fleet.spawn("api", "api", {"api_port": str(api_port), "api_host": "127.0.0.1"})
+        print(f"dashboard: {dashboard}", flush=True)
         for i in range(options.detection):
             await fleet.spawn("detection", f"detection-{i + 1}")
         for i in range(options.classification):
@@ -227,6 +235,9 @@ async def run_fleet(server_set: ServerSet, options: FleetOptions, stop: asyncio.
                 print(f"service(s) exited with an error: {', '.join(crashed)}", flush=True)
                 code = 1
                 break
+        if options.keep_serving and code == 0 and not stop.is_set():
+            print(f"the sources have drained; the dashboard stays up at {dashboard} until Ctrl-C", flush=True)
+            await stop.wait()
     finally:
         await fleet.stop_all()
         wall = time.monotonic() - started
@@ -235,7 +246,7 @@ async def run_fleet(server_set: ServerSet, options: FleetOptions, stop: asyncio.
         await nc.drain()
     if any(status.state is SourceState.FAILED for status in p.status.values()):
         code = 1
-    return FleetReport(code, wall, dict(p.status), dict(p.drained), events, dict(p.errors))
+    return FleetReport(code, wall, dict(p.status), dict(p.drained), events, dict(p.errors), dashboard)
 
 
 def print_report(report: FleetReport, data: Path) -> None:
@@ -270,7 +281,10 @@ async def run(args: argparse.Namespace) -> int:
     except ServerError as exc:
         print(f"could not start the servers: {exc}", file=sys.stderr)
         return 1
-    options = FleetOptions(data, args.detection, args.classification, {"video_source": args.source} if args.source else {})
+    options = FleetOptions(
+        data, args.detection, args.classification, {"video_source": args.source} if args.source else {},
+        api_port=args.api_port, keep_serving=args.serve,
+    )
     try:
         report = await run_fleet(server_set, options, stop)
     finally:
@@ -286,6 +300,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(ROOT / ".data" / "run"), help="where servers keep data, logs and clips")
     parser.add_argument("--detection", type=int, default=1, help="detection worker processes")
     parser.add_argument("--classification", type=int, default=1, help="classification worker processes")
+    parser.add_argument("--api-port", type=int, default=8080, help="port of the api and dashboard (0: a free one)")
+    parser.add_argument("--serve", action="store_true", help="keep the dashboard up after a file source has drained")
     args = parser.parse_args()
     sys.exit(asyncio.run(run(args)))
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests need beyond the Python venv: GStreamer's RTSP server, driven by Debian's
-# own /usr/bin/python3 (tests/support/rtsp_server.py). Idempotent: when everything already imports,
-# it only checks (a few seconds) and installs nothing.
+# own /usr/bin/python3 (tests/support/rtsp_server.py), and Chromium with its WebDriver for the dashboard
+# test. Idempotent: when everything is already there, it only checks (a few seconds) and installs nothing.
 set -euo pipefail
 
 PACKAGES=(
@@ -12,6 +12,8 @@ PACKAGES=(
   gstreamer1.0-plugins-base       # appsrc, appsink
   gstreamer1.0-plugins-good       # qtdemux, rtph264pay
   gstreamer1.0-plugins-bad        # h264parse
+  chromium                        # the dashboard test's browser (browsers cannot be downloaded by the tests)
+  chromium-driver                 # chromedriver, driven by Selenium
 )
 
 # Checks the elements as well as the typelibs: a missing plugin package only shows when a pipeline is built.
@@ -27,8 +29,8 @@ raise SystemExit(1 if missing else 0)
 PY
 }
 
-if [[ -x /usr/bin/python3 ]] && check; then
-  echo "install-test-deps: GStreamer RTSP server already available"
+if [[ -x /usr/bin/python3 ]] && check && command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+  echo "install-test-deps: GStreamer RTSP server and Chromium already available"
   exit 0
 fi
 
@@ -43,4 +45,5 @@ export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get install -y -qq --no-install-recommends python3 "${PACKAGES[@]}"
 
 check || { echo "install-test-deps: packages installed but the GStreamer RTSP server still does not import" >&2; exit 1; }
+command -v chromedriver >/dev/null || { echo "install-test-deps: chromium-driver installed but chromedriver is not on PATH" >&2; exit 1; }
 echo "install-test-deps: installed ${PACKAGES[*]}"

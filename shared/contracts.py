@@ -258,6 +258,7 @@ class Event(Contract):
     video_proof_path: str | None = Field(default=None, description="local path of the MP4 clip")
     image_proofs: str | None = Field(default=None, description="SeaweedFS URL of the key frame JPEG")
     image_proof_path: str | None = Field(default=None, description="local path of the key frame JPEG")
+    image_annotated_proofs: str | None = Field(default=None, description="SeaweedFS URL of the key frame with its boxes")
     error: str | None = None
     updated_at: float
 

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from shared.settings import VigilSettings
 
+# Fields of the `routed` hash (the router's count for the current run of a source, deleted once summarised)
+# and of the `totals` hash (kept: the router adds the same ROUTED_* fields, the registrator the TOTAL_* ones),
+# which the api reads.
+ROUTED_FRAMES = "frames"
+ROUTED_TASKS = "task:"  # + model
+TOTAL_INFERRED = "inferred:"  # + model
+TOTAL_ERRORS = "errors:"  # + model
+TOTAL_EVENTS = "events"
+
 
 class RedisKeys:
     def __init__(self, settings: VigilSettings) -> None:
@@ -24,6 +33,14 @@ class RedisKeys:
 
     def source_health(self, source_id: str) -> str:
         return f"{self._ns}source:{source_id}"
+
+    @property
+    def source_health_pattern(self) -> str:
+        return f"{self._ns}source:*"
+
+    def totals(self, source_id: str) -> str:
+        """Hash of everything counted for a source: routed frames and tasks, inferred, error results, events."""
+        return f"{self._ns}totals:{source_id}"
 
     # The registrator's own memory (services/registrator/state.py).
     @property

@@ -46,12 +46,13 @@ async def make_proofs(
     remote = remote_folder(event.id)
     clip_url = await storage.put_path(f"{remote}/{clip_path.name}", clip_path.read_bytes(), content_type="video/mp4")
     key_url = await storage.put_path(f"{remote}/{key_path.name}", key_jpeg, content_type="image/jpeg")
-    await storage.put_path(f"{remote}/{boxes_path.name}", boxes_jpeg, content_type="image/jpeg")
+    boxes_url = await storage.put_path(f"{remote}/{boxes_path.name}", boxes_jpeg, content_type="image/jpeg")
     return {
         "clip_frames": len(chosen),
         "video_proofs": clip_url,
         "video_proof_path": str(clip_path),
         "image_proofs": key_url,
         "image_proof_path": str(key_path),
+        "image_annotated_proofs": boxes_url,
         "error": None,
     }

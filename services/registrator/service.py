@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +34,7 @@ from shared.contracts import (
     SourceState,
     SourceStatus,
 )
-from shared.keys import RedisKeys
+from shared.keys import TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, RedisKeys
 from shared.lifecycle import Service
 from shared.storage import SeaweedStorage
 from shared.subjects import (
@@ -178,6 +178,7 @@ class RegistratorService(Service[RegistratorSettings]):
         closed: list[OpenEvent] = []
         seen: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
         summaries: list[RoutingSummary] = []
+        tally: Counter[tuple[str, str]] = Counter()
         for msg in msgs:
             if self.bus.subjects.is_routed(msg.subject):
                 summary = await self.bus.decode(msg, RoutingSummary)
@@ -187,7 +188,7 @@ class RegistratorService(Service[RegistratorSettings]):
             result = await self.bus.decode(msg, InferenceResult)
             if result is None:
                 continue
-            if self._absorb(result, touched, closed):
+            if self._absorb(result, touched, closed, tally):
                 seen[(result.frame.source_id, result.model)].add(result.frame.seq)
         now = time.time()
         async with self.store.redis.pipeline(transaction=False) as pipe:
@@ -202,6 +203,7 @@ class RegistratorService(Service[RegistratorSettings]):
                 self.state.seen(pipe, source_id, model, seqs)
             for summary in summaries:
                 self.state.summary(pipe, summary)
+            self.state.count(pipe, tally)
             await pipe.execute()
         for msg in msgs:
             await msg.ack()
@@ -214,8 +216,10 @@ class RegistratorService(Service[RegistratorSettings]):
             self._prune(source_id)
             self._check_drained(source_id)
 
-    def _absorb(self, result: InferenceResult, touched: dict[str, OpenEvent], closed: list[OpenEvent]) -> bool:
-        """Apply one result in memory; False for one seen before (redelivered)."""
+    def _absorb(
+        self, result: InferenceResult, touched: dict[str, OpenEvent], closed: list[OpenEvent], tally: Counter[tuple[str, str]]
+    ) -> bool:
+        """Apply one result in memory, counting it into `tally`; False for one seen before (redelivered)."""
         frame = result.frame
         progress = self.sources[frame.source_id]
         seen = progress.seen[result.model]
@@ -225,11 +229,15 @@ class RegistratorService(Service[RegistratorSettings]):
         seen.add(frame.seq)
         self.m_results.labels(source_id=frame.source_id, model=result.model).inc()
         progress.result_pts[result.model] = max(progress.result_pts.get(result.model, 0.0), frame.pts)
+        tally[(frame.source_id, TOTAL_INFERRED + result.model)] += 1
+        if result.error is not None:
+            tally[(frame.source_id, TOTAL_ERRORS + result.model)] += 1
         if result.kind is ModelKind.DETECTION and result.error is None:
             changed, ended = self.tracker.observe(result)
             for event in changed:
                 if event.state is EventState.CREATED and event.id not in touched:
                     progress.events += 1
+                    tally[(frame.source_id, TOTAL_EVENTS)] += 1
                     self.log.info("event %s opened at %.1f s", event.id, event.start, extra={"source_id": frame.source_id})
                 touched[event.id] = event
             closed.extend(ended)

@@ -6,7 +6,7 @@ registrator killed at any moment resumes where the acked results left it: nothin
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
@@ -22,6 +22,7 @@ _OPEN = TypeAdapter(OpenEvent)
 class RegistratorState:
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
         self.redis = redis
+        self.keys = keys
         self.open_key = keys.registrator_open
         self.summary_key = keys.registrator_summaries
         self.ended_key = keys.registrator_ended
@@ -40,6 +41,11 @@ class RegistratorState:
 
     def seen(self, pipe: Pipeline, source_id: str, model: str, seqs: set[int]) -> None:
         pipe.sadd(self._seen(source_id, model), *seqs)
+
+    def count(self, pipe: Pipeline, tally: Counter[tuple[str, str]]) -> None:
+        """Add to the per-source totals the api serves; in the results' pipeline, so a redelivery counts once."""
+        for (source_id, field), n in tally.items():
+            pipe.hincrby(self.keys.totals(source_id), field, n)
 
     def summary(self, pipe: Pipeline, summary: RoutingSummary) -> None:
         pipe.hset(self.summary_key, summary.source_id, summary.to_bytes())

@@ -21,13 +21,11 @@ from services.router.settings import RouterSettings
 from shared.bus import fetch
 from shared.contracts import DropPolicy, FrameRef, Heartbeat, InferenceTask, RoutingSummary, SourceState, SourceStatus
 from shared.discovery import live_instances
-from shared.keys import RedisKeys
+from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, RedisKeys
 from shared.lifecycle import Service
 from shared.subjects import ROUTER_DURABLE, frames_stream_name, task_stream_name, worker_durable
 
 _BACKLOG_FRESH_SECONDS = 0.05
-_FRAMES = "frames"
-_TASK = "task:"
 _SKIPPED = "skipped:"  # counted in metrics only
 # Routed counts outlive any router restart, and then go.
 _COUNTS_TTL = 7 * 24 * 3600
@@ -124,7 +122,7 @@ class RouterService(Service[RouterSettings]):
             if frame is None:
                 continue
             count = counts.setdefault(frame.source_id, Counter())
-            count[_FRAMES] += 1
+            count[ROUTED_FRAMES] += 1
             if not self.live:
                 self.m_unrouted.labels(source_id=frame.source_id).inc()
             for model, hb in list(self.live.items()):
@@ -141,9 +139,9 @@ class RouterService(Service[RouterSettings]):
                 self.m_failed.labels(model=model).inc()
                 self.log.warning("task not published: %r", outcome, extra={"model": model, "frame_id": frame.frame_id})
                 continue
-            counts[frame.source_id][_TASK + model] += 1
+            counts[frame.source_id][ROUTED_TASKS + model] += 1
         await self._count(counts)
-        self.frames_total += sum(c[_FRAMES] for c in counts.values())
+        self.frames_total += sum(c[ROUTED_FRAMES] for c in counts.values())
         for msg in msgs:
             await msg.ack()
 
@@ -158,11 +156,12 @@ class RouterService(Service[RouterSettings]):
                         self.m_skipped.labels(model=field[len(_SKIPPED):]).inc(n)
                         continue
                     pipe.hincrby(key, field, n)
+                    pipe.hincrby(self.keys.totals(source_id), field, n)  # kept after the summary, for the api
                     # Metrics per batch, not per frame: the labels lookup is a measurable share of routing.
-                    if field == _FRAMES:
+                    if field == ROUTED_FRAMES:
                         self.m_frames.labels(source_id=source_id).inc(n)
                     else:
-                        self.m_tasks.labels(source_id=source_id, model=field[len(_TASK):]).inc(n)
+                        self.m_tasks.labels(source_id=source_id, model=field[len(ROUTED_TASKS):]).inc(n)
                 pipe.expire(key, _COUNTS_TTL)
             await pipe.execute()
 
@@ -193,19 +192,19 @@ class RouterService(Service[RouterSettings]):
         deadline = time.monotonic() + self.settings.summary_timeout
         while True:
             counts = {k.decode(): int(v) for k, v in (await self.redis.hgetall(key)).items()}
-            if counts.get(_FRAMES, 0) >= status.frames_published:
+            if counts.get(ROUTED_FRAMES, 0) >= status.frames_published:
                 break
             if time.monotonic() >= deadline:
                 self.log.warning(
                     "routed %d of the %d frames the reader published; summarising what was routed",
-                    counts.get(_FRAMES, 0), status.frames_published, extra={"source_id": status.source_id},
+                    counts.get(ROUTED_FRAMES, 0), status.frames_published, extra={"source_id": status.source_id},
                 )
                 break
             await asyncio.sleep(0.05)
         summary = RoutingSummary(
             source_id=status.source_id,
-            frames_routed=counts.get(_FRAMES, 0),
-            tasks={k[len(_TASK):]: v for k, v in counts.items() if k.startswith(_TASK)},
+            frames_routed=counts.get(ROUTED_FRAMES, 0),
+            tasks={k[len(ROUTED_TASKS):]: v for k, v in counts.items() if k.startswith(ROUTED_TASKS)},
             wall_time=time.time(),
         )
         await self.bus.publish(self.bus.subjects.routed(status.source_id), summary)

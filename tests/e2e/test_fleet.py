@@ -1,6 +1,5 @@
 """The five services as processes, on the real servers, real models and the sample video."""
 
-import asyncio
 import math
 from pathlib import Path
 
@@ -11,28 +10,18 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-from fleet.run import FleetOptions, run_fleet
 from fleet.servers import ServerSet
 from shared.contracts import Event, EventState
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
+from tests.e2e.conftest import FPS, POST, PRE, SampleRun
 
-PRE, POST, FPS = 2.0, 2.0, 10
 LAST_PTS = 79.4  # vtest: 795 frames at 10 fps; with one frame in two kept, frame 794 is the last
 
 
 @pytest.mark.timeout(400)
-async def test_sample_video_gives_finished_person_events_with_proofs(
-    servers: ServerSet, unique: str, tmp_path: Path
-) -> None:
-    settings = {
-        "subject_prefix": unique,
-        "video_skip_frames": "1",  # half the frames: the same events, half the CI time
-        "max_event_duration": "25",  # people are in every frame: split, so clips stay short
-        "pre_roll": str(PRE),
-        "post_roll": str(POST),
-    }
-    report = await run_fleet(servers, FleetOptions(tmp_path, settings=settings), asyncio.Event())
+async def test_sample_video_gives_finished_person_events_with_proofs(servers: ServerSet, sample_run: SampleRun) -> None:
+    report, unique, tmp_path = sample_run.report, sample_run.prefix, sample_run.data_dir
     assert report.code == 0
 
     status = report.sources["cam0"]

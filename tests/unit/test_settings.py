@@ -79,7 +79,7 @@ def test_seed_keys_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert settings.routing_ttl == 7
 
 
-@pytest.mark.parametrize("service", ["reader", "router", "detection", "classification", "registrator"])
+@pytest.mark.parametrize("service", ["reader", "router", "detection", "classification", "registrator", "api"])
 def test_check_config(service: str, tmp_path: Path) -> None:
     ok = subprocess.run(
         [sys.executable, "-m", f"services.{service}", "--check-config", "--env-file", str(tmp_path / "none")],

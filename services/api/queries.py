@@ -1,0 +1,148 @@
+"""The api's read side: events, sources, live workers and totals, straight from what the fleet keeps in Redis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.contracts import ContractError, Event, EventState, SourceHealth
+from shared.discovery import live_instances
+from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, RedisKeys
+
+_SCAN_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    source_id: str | None = None
+    label: str | None = None
+    state: EventState | None = None
+    since: float | None = None  # unix time, inclusive, on the event's start
+    until: float | None = None  # unix time, inclusive
+
+    def matches(self, event: Event) -> bool:
+        return (
+            (self.source_id is None or event.source_id == self.source_id)
+            and (self.label is None or event.label == self.label)
+            and (self.state is None or event.state is self.state)
+        )
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the last event's start time and id (events sort newest first, then by id)."""
+
+    start_wall: float
+    event_id: str
+
+    def encode(self) -> str:
+        return f"{self.start_wall!r}_{self.event_id}"
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        score, sep, event_id = text.partition("_")
+        try:
+            value = float(score)
+        except ValueError:
+            value = float("nan")
+        if not sep or not event_id or value != value:
+            raise ValueError(f"cursor {text!r} is not one this api gave out")
+        return cls(value, event_id)
+
+    def after(self, event: Event) -> bool:
+        """Whether `event` comes after the cursor in newest-first order."""
+        return (event.start_wall, event.id) < (self.start_wall, self.event_id)
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: list[Event]
+    next_cursor: Cursor | None
+
+
+class FleetView:
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def event(self, event_id: str) -> Event | None:
+        raw = await self.redis.hget(self.keys.event_index, event_id)
+        return Event.from_bytes(raw) if raw else None
+
+    async def events(self, where: EventFilter, limit: int, cursor: Cursor | None = None) -> EventPage:
+        """Newest first. The time range narrows the sorted-set scan; the other filters apply to what it yields,
+        so a page may read several chunks before it has `limit` events."""
+        high: str | float = "+inf" if where.until is None else where.until
+        if cursor is not None:
+            high = cursor.start_wall if where.until is None else min(cursor.start_wall, where.until)
+        low: str | float = "-inf" if where.since is None else where.since
+        found: list[Event] = []
+        offset = 0
+        while True:
+            raws = await self.redis.zrevrangebyscore(self.keys.events, high, low, start=offset, num=_SCAN_CHUNK)
+            for raw in raws:
+                event = Event.from_bytes(raw)
+                if cursor is not None and not cursor.after(event):
+                    continue
+                if where.matches(event):
+                    found.append(event)
+                    if len(found) > limit:  # one more than asked says whether a next page exists
+                        last = found[limit - 1]
+                        return EventPage(found[:limit], Cursor(last.start_wall, last.id))
+            if len(raws) < _SCAN_CHUNK:
+                return EventPage(found, None)
+            offset += len(raws)
+
+    async def sources(self) -> list[SourceHealth]:
+        names = sorted([k async for k in self.redis.scan_iter(match=self.keys.source_health_pattern, count=500)])
+        healths = []
+        for raw in await self.redis.mget(names) if names else []:
+            if raw is None:  # expired between SCAN and MGET
+                continue
+            try:
+                healths.append(SourceHealth.from_bytes(raw))
+            except ContractError:
+                continue
+        return sorted(healths, key=lambda h: h.source_id)
+
+    async def workers(self) -> dict[str, list[dict[str, Any]]]:
+        found = await live_instances(self.redis, self.keys)
+        return {model: [hb.model_dump() for hb in sorted(beats, key=lambda b: b.instance)]
+                for model, beats in sorted(found.items())}
+
+    async def totals(self) -> dict[str, dict[str, Any]]:
+        """Per source: frames read, published and dropped (reader), routed per model (router), inferred,
+        error results and events (registrator)."""
+        health = {h.source_id: h for h in await self.sources()}
+        ids = set(health) | set(await self._ids_of(self.keys.totals("*")))
+        out: dict[str, dict[str, Any]] = {}
+        for source_id in sorted(ids):
+            counted = _decode_hash(await self.redis.hgetall(self.keys.totals(source_id)))
+            h = health.get(source_id)
+            models = sorted({k[len(p):] for p in (ROUTED_TASKS, TOTAL_INFERRED) for k in counted if k.startswith(p)})
+            out[source_id] = {
+                "frames_read": h.frames_read if h else None,
+                "frames_published": h.frames_published if h else None,
+                "frames_dropped": sum(h.frames_dropped.values()) if h else None,
+                "frames_routed": counted.get(ROUTED_FRAMES, 0),
+                "events": counted.get(TOTAL_EVENTS, 0),
+                "models": {
+                    m: {
+                        "routed": counted.get(ROUTED_TASKS + m, 0),
+                        "inferred": counted.get(TOTAL_INFERRED + m, 0),
+                        "errors": counted.get(TOTAL_ERRORS + m, 0),
+                    }
+                    for m in models
+                },
+            }
+        return out
+
+    async def _ids_of(self, pattern: str) -> list[str]:
+        prefix = pattern[:-1]
+        return [k.decode()[len(prefix):] async for k in self.redis.scan_iter(match=pattern, count=500)]
+
+
+def _decode_hash(raw: dict[bytes, bytes]) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in raw.items()}

@@ -1,0 +1,207 @@
+"""The api against real Redis and SeaweedFS holding the events the fleet produced from the sample video."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+
+from fleet.servers import ServerSet
+from services.api.app import ROUTES, public_event
+from shared.contracts import EventState
+from tests.e2e.conftest import SampleRun, api_service
+from tests.integration.helpers import running
+from tests.support.noop_worker import NoopSettings, NoopWorker
+
+pytestmark = pytest.mark.timeout(400)  # the first test to ask for sample_run waits for the fleet's run
+
+
+async def get_json(http: aiohttp.ClientSession, url: str, status: int = 200) -> Any:
+    async with http.get(url) as resp:
+        assert resp.status == status, await resp.text()
+        assert resp.content_type == "application/json"
+        return await resp.json()
+
+
+async def test_events_are_listed_newest_first_filtered_and_paged(api: str, sample_run: SampleRun) -> None:
+    stored = sorted(sample_run.report.events, key=lambda e: (e.start_wall, e.id), reverse=True)
+    assert len(stored) >= 3
+    async with aiohttp.ClientSession() as http:
+        page = await get_json(http, f"{api}/api/v1/events")
+        assert [e["id"] for e in page["events"]] == [e.id for e in stored] and page["next_cursor"] is None
+        first = page["events"][0]
+        assert "video_proof_path" not in first and "video_proofs" not in first  # nothing of the server's insides
+        assert first["links"]["clip"] == f"/api/v1/events/{first['id']}/clip"
+
+        walked: list[str] = []  # two at a time, following the cursor
+        url = f"{api}/api/v1/events?limit=2"
+        while True:
+            page = await get_json(http, url)
+            assert len(page["events"]) <= 2
+            walked += [e["id"] for e in page["events"]]
+            if page["next_cursor"] is None:
+                break
+            url = f"{api}/api/v1/events?limit=2&cursor={page['next_cursor']}"
+        assert walked == [e.id for e in stored]
+
+        finished = [e.id for e in stored if e.state is EventState.FINISHED]
+        assert [e["id"] for e in (await get_json(http, f"{api}/api/v1/events?state=finished"))["events"]] == finished
+        assert len((await get_json(http, f"{api}/api/v1/events?label=person&source=cam0"))["events"]) == len(stored)
+        assert (await get_json(http, f"{api}/api/v1/events?source=elsewhere"))["events"] == []
+        assert (await get_json(http, f"{api}/api/v1/events?label=giraffe"))["events"] == []
+        middle = stored[len(stored) // 2]
+        since = await get_json(http, f"{api}/api/v1/events?since={middle.start_wall!r}")
+        assert [e["id"] for e in since["events"]] == [e.id for e in stored if e.start_wall >= middle.start_wall]
+        until = await get_json(http, f"{api}/api/v1/events?until={middle.start_wall!r}")
+        assert [e["id"] for e in until["events"]] == [e.id for e in stored if e.start_wall <= middle.start_wall]
+
+        one = await get_json(http, f"{api}/api/v1/events/{middle.id}")
+        assert one == public_event(middle)
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("limit=0", "limit must be between"),
+    ("limit=ten", "not a number"),
+    ("state=LOST", "not one of"),
+    ("since=yesterday", "neither unix seconds nor an ISO 8601"),
+    ("since=2030-01-02&until=2030-01-01", "since is after until"),
+    ("cursor=abc", "not one this api gave out"),
+])
+async def test_bad_parameters_get_400_with_a_clear_message(api: str, query: str, message: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        body = await get_json(http, f"{api}/api/v1/events?{query}", status=400)
+    assert message in body["error"]["message"] and body["error"]["status"] == 400
+
+
+async def test_unknown_ids_and_paths_get_json_404s(api: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        assert "no event" in (await get_json(http, f"{api}/api/v1/events/cam0-person-000000000000", 404))["error"]["message"]
+        await get_json(http, f"{api}/api/v1/events/cam0-person-000000000000/clip", 404)
+        await get_json(http, f"{api}/api/v1/nothing-here", 404)
+        await get_json(http, f"{api}/static/settings.py", 404)
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/events/..%2F..%2F..%2Fetc%2Fpasswd/clip",
+    "/api/v1/events/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/static/..%2F..%2Fapi%2Fapp.py",
+    "/static/%2e%2e/%2e%2e/shared/settings.py",
+    "/api/v1/events/x/keyframe?annotated=../../../etc/passwd",
+])
+async def test_path_traversal_is_refused(api: str, path: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(api + path) as resp:
+            body = await resp.read()
+    assert resp.status in (400, 404), (resp.status, body[:200])
+    assert b"root:" not in body and b"import" not in body
+
+
+async def test_clip_serves_range_requests(api: str, sample_run: SampleRun) -> None:
+    event = next(e for e in sample_run.report.events if e.state is EventState.FINISHED)
+    clip = Path(event.video_proof_path or "").read_bytes()
+    size = len(clip)
+    url = f"{api}/api/v1/events/{event.id}/clip"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as resp:
+            assert resp.status == 200 and resp.headers["Accept-Ranges"] == "bytes"
+            assert resp.content_type == "video/mp4" and await resp.read() == clip
+        for header, first, last in [("bytes=0-99", 0, 99), (f"bytes=100-{size + 50}", 100, size - 1),
+                                    ("bytes=1000-", 1000, size - 1), ("bytes=-500", size - 500, size - 1)]:
+            async with http.get(url, headers={"Range": header}) as resp:
+                assert resp.status == 206, header
+                assert resp.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
+                assert await resp.read() == clip[first:last + 1]
+        for header in (f"bytes={size}-", "bytes=50-10", "lines=0-5"):
+            async with http.get(url, headers={"Range": header}) as resp:
+                assert resp.status == 416, header
+                assert resp.headers["Content-Range"] == f"bytes */{size}"
+
+
+async def test_keyframe_raw_and_annotated(api: str, sample_run: SampleRun) -> None:
+    event = next(e for e in sample_run.report.events if e.state is EventState.FINISHED)
+    raw_file = Path(event.image_proof_path or "").read_bytes()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{api}/api/v1/events/{event.id}/keyframe") as resp:
+            assert resp.status == 200 and resp.content_type == "image/jpeg"
+            raw = await resp.read()
+        async with http.get(f"{api}/api/v1/events/{event.id}/keyframe?annotated=true") as resp:
+            assert resp.status == 200
+            annotated = await resp.read()
+        await get_json(http, f"{api}/api/v1/events/{event.id}/keyframe?annotated=maybe", 400)
+    assert raw == raw_file
+    a, b = (cv2.imdecode(np.frombuffer(x, np.uint8), cv2.IMREAD_COLOR) for x in (raw, annotated))
+    assert a.shape == b.shape == (576, 768, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 100  # the boxes are drawn
+
+
+async def test_sources_totals_and_live_workers(api: str, servers: ServerSet, sample_run: SampleRun) -> None:
+    drained = sample_run.report.drained["cam0"]
+    async with aiohttp.ClientSession() as http:
+        sources = (await get_json(http, f"{api}/api/v1/sources"))["sources"]
+        assert [(s["source_id"], s["state"], s["frames_read"]) for s in sources] == [("cam0", "ended", 398)]
+        totals = (await get_json(http, f"{api}/api/v1/totals"))["sources"]["cam0"]
+        assert totals["frames_read"] == 398 and totals["frames_dropped"] == 0
+        assert totals["frames_routed"] == drained.frames_routed == 398
+        assert {m: (t["routed"], t["inferred"], t["errors"]) for m, t in totals["models"].items()} == {
+            m: (n, drained.results[m], 0) for m, n in drained.tasks.items()
+        }
+        assert totals["events"] == len(sample_run.report.events)
+
+        assert (await get_json(http, f"{api}/api/v1/services"))["models"] == {}  # the fleet has stopped
+        settings = NoopSettings(
+            _env_file=None, **servers.env(), subject_prefix=sample_run.prefix, instance="noop-1",  # type: ignore[arg-type]
+        )
+        async with running(NoopWorker(settings)):
+            found: dict[str, Any] = {}
+            for _ in range(50):  # the worker beats once at start; the api reads it at once
+                found = (await get_json(http, f"{api}/api/v1/services"))["models"]
+                if found:
+                    break
+                await asyncio.sleep(0.1)
+            assert [(hb["instance"], hb["kind"]) for hb in found["noop"]] == [("noop-1", "detection")]
+
+
+async def test_openapi_document_describes_every_route(api: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        doc = await get_json(http, f"{api}/api/v1/openapi.json")
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {r.path for r in ROUTES}
+    clip = doc["paths"]["/api/v1/events/{event_id}/clip"]["get"]
+    assert {"200", "206", "404", "416"} <= set(clip["responses"])
+    assert "video_proof_path" not in doc["components"]["schemas"]["Event"]["properties"]
+    params = {p["name"] for p in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
+    assert params == {"source", "label", "state", "since", "until", "limit", "cursor"}
+
+
+async def test_token_auth_and_no_cors_by_default(servers: ServerSet, sample_run: SampleRun, api: str) -> None:
+    async with aiohttp.ClientSession() as http:  # the default api: no token, no CORS headers
+        async with http.get(f"{api}/api/v1/events", headers={"Origin": "http://evil.example"}) as resp:
+            assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
+
+    service = api_service(servers, sample_run.prefix, api_token="s3cret-token", api_cors_origins=["http://ops.example"])
+    jar = aiohttp.CookieJar(unsafe=True)  # keep cookies of an IP address host, as a browser does
+    async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession(cookie_jar=jar) as http:
+        base = service.url.rstrip("/")
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+            async with http.get(f"{base}/api/v1/events", headers=headers) as resp:
+                assert resp.status == 401 and (await resp.json())["error"]["status"] == 401
+        await get_json(http, f"{base}/api/v1/events?token=nope", 401)
+        async with http.get(f"{base}/api/v1/events", headers={"Authorization": "Bearer s3cret-token"}) as resp:
+            assert resp.status == 200
+        async with http.get(f"{base}/healthz") as resp:  # probes need no token
+            assert resp.status == 200
+        async with http.get(f"{base}/?token=s3cret-token") as resp:  # the page keeps the token in a cookie
+            assert resp.status == 200 and "vigil_token" in resp.cookies
+            assert resp.cookies["vigil_token"]["httponly"]
+        async with http.get(f"{base}/api/v1/totals") as resp:  # ... which its own requests then carry
+            assert resp.status == 200
+        async with http.get(f"{base}/api/v1/events", headers={"Origin": "http://ops.example", "Authorization":
+                                                               "Bearer s3cret-token"}) as resp:
+            assert resp.headers["Access-Control-Allow-Origin"] == "http://ops.example"
+        async with http.options(f"{base}/api/v1/events", headers={"Origin": "http://evil.example"}) as resp:
+            assert "Access-Control-Allow-Origin" not in resp.headers

@@ -1,0 +1,93 @@
+"""The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`, driven by Selenium)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.contracts import EventState
+from tests.conftest import REPO_ROOT
+from tests.e2e.conftest import FPS, SampleRun
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+ARTIFACT = REPO_ROOT / ".data" / "artifacts" / "dashboard.png"  # looked at after a run; docs/ holds the committed copy
+
+pytestmark = [
+    pytest.mark.timeout(400),
+    pytest.mark.skipif(
+        CHROMIUM is None or DRIVER is None,
+        reason="needs Debian's chromium and chromium-driver: run scripts/install-test-deps.sh as root",
+    ),
+]
+
+
+def browser() -> Any:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM or ""
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,950",
+                "--autoplay-policy=no-user-gesture-required", "--mute-audio"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(executable_path=DRIVER))
+
+
+def wait_until(driver: Any, script: str, what: str, timeout: float = 30.0) -> Any:
+    """Poll a JavaScript expression until it is truthy; its value is returned."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+        lambda d: d.execute_script(f"return {script};"), message=f"timed out waiting for {what}"
+    )
+
+
+def drive_dashboard(url: str, expected_ids: list[str], chosen: str, screenshot: Path) -> dict[str, Any]:
+    driver = browser()
+    try:
+        driver.get(url)
+        wait_until(driver, f"document.querySelectorAll('#events li').length === {len(expected_ids)}", "the event list")
+        listed = driver.execute_script("return [...document.querySelectorAll('#events li')].map(li => li.dataset.eventId);")
+        # Thumbnails are the events' key frames: wait until each has loaded.
+        wait_until(driver, "[...document.querySelectorAll('#events img')].every(i => i.complete && i.naturalWidth > 0)",
+                   "the thumbnails")
+        driver.find_element("css selector", f"#events li[data-event-id='{chosen}']").click()
+        wait_until(driver, f"document.querySelector('#player').dataset.eventId === '{chosen}'", "the clip to be chosen")
+        wait_until(driver, "document.querySelector('#player').readyState >= 1", "the clip's metadata")
+        driver.execute_script("const v = document.querySelector('#player'); v.muted = true; v.play();")
+        wait_until(driver, "document.querySelector('#player').currentTime > 0.5", "the clip to play")
+        video = driver.execute_script(
+            "const v = document.querySelector('#player');"
+            "return {readyState: v.readyState, duration: v.duration, error: v.error && v.error.code,"
+            " width: v.videoWidth, height: v.videoHeight};"
+        )
+        wait_until(driver, "document.querySelector('#sources tbody tr') !== null", "the live panel")
+        panel = driver.execute_script("return document.querySelector('#sources tbody tr').innerText;")
+        details = driver.execute_script("return document.querySelector('#details').innerText;")
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(screenshot))
+        return {"listed": listed, "video": video, "panel": panel, "details": details}
+    finally:
+        driver.quit()
+
+
+async def test_dashboard_lists_events_and_plays_the_chosen_clip(api: str, sample_run: SampleRun) -> None:
+    events = sorted(sample_run.report.events, key=lambda e: (e.start_wall, e.id), reverse=True)
+    finished = [e for e in events if e.state is EventState.FINISHED]
+    chosen = finished[1] if len(finished) > 1 else finished[0]  # not the first: the page selects that itself
+    clip_seconds = chosen.clip_frames / FPS
+    # Selenium blocks; the api serves from this loop meanwhile.
+    seen = await asyncio.to_thread(drive_dashboard, api + "/", [e.id for e in events], chosen.id, ARTIFACT)
+
+    assert seen["listed"] == [e.id for e in events]  # newest first, all of them
+    video = seen["video"]
+    assert video["error"] is None and video["readyState"] >= 2
+    assert abs(video["duration"] - clip_seconds) < 0.25, (video, clip_seconds)
+    assert (video["width"], video["height"]) == (768, 576)
+    assert chosen.id in seen["details"]
+    assert seen["panel"].split()[:2] == ["cam0", "ended"]
+    assert ARTIFACT.stat().st_size > 10_000
