@@ -38,9 +38,12 @@ COLOURS = {"reader": 36, "router": 35, "detection": 33, "classification": 34, "r
 @dataclass
 class Proc:
     name: str
+    service: str
+    extra: dict[str, str]
     process: asyncio.subprocess.Process
     metrics_port: int
     pump: asyncio.Task[None] | None = None
+    killed: bool = False  # by Fleet.kill: its exit is no failure of the run
 
 
 @dataclass
@@ -53,11 +56,12 @@ class Progress:
 
 
 class Fleet:
-    def __init__(self) -> None:
+    def __init__(self, echo: bool = True) -> None:
         self.procs: list[Proc] = []
         self.env_base: dict[str, str] = {}
         self.progress = Progress()
         self.colour = sys.stdout.isatty()
+        self.echo = echo  # services' log lines to stdout (benchmarks turn it off)
 
     # -- processes -------------------------------------------------------------------------------
 
@@ -70,17 +74,38 @@ class Fleet:
             # Own process group: Ctrl-C reaches the runner, which stops the services in order.
             start_new_session=True,
         )
-        proc = Proc(label, process, port)
+        proc = Proc(label, service, extra or {}, process, port)
         proc.pump = asyncio.create_task(self._pump(proc, COLOURS.get(service, 37)))
         self.procs.append(proc)
         return proc
+
+    def proc(self, label: str) -> Proc:
+        return next(p for p in self.procs if p.name == label)
+
+    async def kill(self, label: str) -> None:
+        """SIGKILL, as a crash would: nothing of the service's own shutdown runs."""
+        proc = self.proc(label)
+        proc.killed = True
+        proc.process.kill()
+        await proc.process.wait()
+
+    async def restart(self, label: str) -> Proc:
+        """Start a killed or stopped service again under the same name and settings."""
+        old = self.proc(label)
+        if old.process.returncode is None:
+            raise RuntimeError(f"{label} is still running")
+        if old.pump:
+            await old.pump
+        self.procs.remove(old)
+        return await self.spawn(old.service, label, old.extra)
 
     async def _pump(self, proc: Proc, colour: int) -> None:
         assert proc.process.stdout is not None
         prefix = f"\x1b[{colour}m{proc.name:>15} |\x1b[0m " if self.colour else f"{proc.name:>15} | "
         async for line in proc.process.stdout:
-            sys.stdout.write(prefix + line.decode(errors="replace"))
-            sys.stdout.flush()
+            if self.echo:
+                sys.stdout.write(prefix + line.decode(errors="replace"))
+                sys.stdout.flush()
 
     async def stop_all(self) -> None:
         # Reverse start order: the reader stops first, the registrator (which finalises events) last.
@@ -191,9 +216,14 @@ class FleetReport:
         )
 
 
-async def run_fleet(server_set: ServerSet, options: FleetOptions, stop: asyncio.Event) -> FleetReport:
-    """Run the services on running servers until the sources drain (files) or `stop` is set (live)."""
-    fleet = Fleet()
+async def run_fleet(
+    server_set: ServerSet, options: FleetOptions, stop: asyncio.Event, fleet: Fleet | None = None
+) -> FleetReport:
+    """Run the services on running servers until the sources drain (files) or `stop` is set (live).
+
+    A caller that passes its own `fleet` can watch and kill or restart its processes meanwhile.
+    """
+    fleet = fleet or Fleet()
     fleet.env_base = (
         server_set.env() | {"TMP_PATH": str(options.data_dir / "events"), "PYTHONUNBUFFERED": "1"} | options.settings
     )
@@ -230,7 +260,9 @@ async def run_fleet(server_set: ServerSet, options: FleetOptions, stop: asyncio.
                 inferred = ", ".join(f"{m} {n}" for m, n in sorted(p.results.items())) or "0"
                 published = p.frames["published"]
                 print(f"[progress] frames published {published}, inferred: {inferred}, events {event_count}", flush=True)
-            crashed = [x.name for x in fleet.procs if x.process.returncode not in (None, 0) and x.name != "reader"]
+            crashed = [
+                x.name for x in fleet.procs if x.process.returncode not in (None, 0) and x.name != "reader" and not x.killed
+            ]
             if crashed:
                 print(f"service(s) exited with an error: {', '.join(crashed)}", flush=True)
                 code = 1

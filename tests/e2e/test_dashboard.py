@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,38 +11,11 @@ import pytest
 from shared.contracts import EventState
 from tests.conftest import REPO_ROOT
 from tests.e2e.conftest import FPS, SampleRun
+from tests.support.browser import CHROMIUM, DRIVER, MISSING, browser, wait_until
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ARTIFACT = REPO_ROOT / ".data" / "artifacts" / "dashboard.png"  # looked at after a run; docs/ holds the committed copy
 
-pytestmark = [
-    pytest.mark.timeout(400),
-    pytest.mark.skipif(
-        CHROMIUM is None or DRIVER is None,
-        reason="needs Debian's chromium and chromium-driver: run scripts/install-test-deps.sh as root",
-    ),
-]
-
-
-def browser() -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or ""
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,950",
-                "--autoplay-policy=no-user-gesture-required", "--mute-audio"):
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(executable_path=DRIVER))
-
-
-def wait_until(driver: Any, script: str, what: str, timeout: float = 30.0) -> Any:
-    """Poll a JavaScript expression until it is truthy; its value is returned."""
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(
-        lambda d: d.execute_script(f"return {script};"), message=f"timed out waiting for {what}"
-    )
+pytestmark = [pytest.mark.timeout(400), pytest.mark.skipif(CHROMIUM is None or DRIVER is None, reason=MISSING)]
 
 
 def drive_dashboard(url: str, expected_ids: list[str], chosen: str, screenshot: Path) -> dict[str, Any]:
