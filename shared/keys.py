@@ -31,6 +31,10 @@ class RedisKeys:
         """Hash of what the router replicas routed for a source: frames, and tasks per model."""
         return f"{self._ns}routed:{source_id}"
 
+    def routed_bits(self, source_id: str) -> str:
+        """Prefix of the router's bitmaps of frames counted (`<prefix><block>`), so a redelivered frame counts once."""
+        return f"{self._ns}routed-bits:{source_id}"
+
     def source_health(self, source_id: str) -> str:
         return f"{self._ns}source:{source_id}"
 

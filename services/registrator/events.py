@@ -110,7 +110,9 @@ class EventTracker:
         for label, matches in self._matches(result).items():
             key = (frame.source_id, result.model, label)
             event = self.open.get(key)
-            if event is None and frame.pts <= self.closed_until.get(key, -1.0):
+            # A late result from inside the last closed event belongs to it: it must neither open another
+            # event nor widen the next one back over it (a redelivered result can be seconds late).
+            if frame.pts <= self.closed_until.get(key, -1.0):
                 self.late += 1
                 continue
             if event is not None and frame.pts - event.start > self.rules.max_duration:

@@ -16,6 +16,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
+from services.router.counts import FrameCount, RoutedCounts
 from services.router.rules import RoutingRules
 from services.router.settings import RouterSettings
 from shared.bus import fetch
@@ -26,9 +27,6 @@ from shared.lifecycle import Service
 from shared.subjects import ROUTER_DURABLE, frames_stream_name, task_stream_name, worker_durable
 
 _BACKLOG_FRESH_SECONDS = 0.05
-_SKIPPED = "skipped:"  # counted in metrics only
-# Routed counts outlive any router restart, and then go.
-_COUNTS_TTL = 7 * 24 * 3600
 
 
 class RouterService(Service[RouterSettings]):
@@ -53,6 +51,7 @@ class RouterService(Service[RouterSettings]):
     async def start(self, stack: AsyncExitStack) -> None:
         await self.open_bus(stack)
         self.redis = await self.open_redis(stack)
+        self.counts = RoutedCounts(self.redis, self.keys)
         # The reader owns the frames stream: the router binds to it once it exists (see run).
         self.frames_stream = frames_stream_name(self.settings)
         await self._refresh_live()
@@ -91,7 +90,8 @@ class RouterService(Service[RouterSettings]):
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch_live())
             sub = await self.bus.bind_when_ready(
-                self.frames_stream, ROUTER_DURABLE, self.stop_event, max_ack_pending=4 * self.settings.route_batch
+                self.frames_stream, ROUTER_DURABLE, self.stop_event, max_ack_pending=4 * self.settings.route_batch,
+                ack_wait=self.settings.frames_ack_wait,
             )
             while sub is not None and not self.stop_event.is_set():
                 await self._route_batch(await fetch(sub, self.settings.route_batch, timeout=0.5))
@@ -114,56 +114,54 @@ class RouterService(Service[RouterSettings]):
     async def _route_frames(self, msgs: list[Msg]) -> None:
         if not msgs:
             return
-        counts: dict[str, Counter[str]] = {}
-        plans: list[tuple[str, str, FrameRef, bytes]] = []  # (model, subject, frame, encoded task)
+        counted: list[FrameCount] = []
+        skipped: Counter[str] = Counter()
+        plans: list[tuple[str, str, FrameCount, bytes]] = []  # (model, subject, frame's count, encoded task)
         now = time.time()
         for msg in msgs:
             frame = await self.bus.decode(msg, FrameRef)
             if frame is None:
                 continue
-            count = counts.setdefault(frame.source_id, Counter())
-            count[ROUTED_FRAMES] += 1
+            count = FrameCount(frame.source_id, frame.seq, [ROUTED_FRAMES])
+            counted.append(count)
             if not self.live:
                 self.m_unrouted.labels(source_id=frame.source_id).inc()
             for model, hb in list(self.live.items()):
                 if not self.rules.wants(model, frame):
-                    count[_SKIPPED + model] += 1
+                    skipped[model] += 1
                     continue
                 if frame.policy is DropPolicy.WAIT:
                     await self._wait_for_room(model)
-                plans.append((model, hb.subject, frame, InferenceTask.encode(msg.data, model, now)))
+                plans.append((model, hb.subject, count, InferenceTask.encode(msg.data, model, now)))
         # Published together: the acks come back pipelined instead of one round trip per task.
         outcomes = await self.bus.publish_many([(self.bus.subjects.task(subject), task) for _, subject, _, task in plans])
-        for (model, _, frame, _), outcome in zip(plans, outcomes, strict=True):
+        for (model, _, count, _), outcome in zip(plans, outcomes, strict=True):
             if outcome is not None:
                 self.m_failed.labels(model=model).inc()
-                self.log.warning("task not published: %r", outcome, extra={"model": model, "frame_id": frame.frame_id})
+                self.log.warning("task not published: %r", outcome, extra={"model": model, "seq": count.seq})
                 continue
-            counts[frame.source_id][ROUTED_TASKS + model] += 1
-        await self._count(counts)
-        self.frames_total += sum(c[ROUTED_FRAMES] for c in counts.values())
+            count.fields.append(ROUTED_TASKS + model)
+        # Counted before the frames are acked: no replica's work goes uncounted, and none twice (counts.py).
+        fresh = await self.counts.add(counted)
+        self._count_metrics([c for c, new in zip(counted, fresh, strict=True) if new], skipped)
+        self.frames_total += len(counted)
         for msg in msgs:
             await msg.ack()
 
-    async def _count(self, counts: dict[str, Counter[str]]) -> None:
-        """Add to the shared per-source counts before the frames are acked: no replica's work goes uncounted."""
-        assert self.redis is not None
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for source_id, count in counts.items():
-                key = self.keys.routed(source_id)
-                for field, n in count.items():
-                    if field.startswith(_SKIPPED):
-                        self.m_skipped.labels(model=field[len(_SKIPPED):]).inc(n)
-                        continue
-                    pipe.hincrby(key, field, n)
-                    pipe.hincrby(self.keys.totals(source_id), field, n)  # kept after the summary, for the api
-                    # Metrics per batch, not per frame: the labels lookup is a measurable share of routing.
-                    if field == ROUTED_FRAMES:
-                        self.m_frames.labels(source_id=source_id).inc(n)
-                    else:
-                        self.m_tasks.labels(source_id=source_id, model=field[len(ROUTED_TASKS):]).inc(n)
-                pipe.expire(key, _COUNTS_TTL)
-            await pipe.execute()
+    def _count_metrics(self, counted: list[FrameCount], skipped: Counter[str]) -> None:
+        # Per batch, not per frame: the labels lookup is a measurable share of routing.
+        frames: Counter[str] = Counter()
+        tasks: Counter[tuple[str, str]] = Counter()
+        for c in counted:
+            frames[c.source_id] += 1
+            for f in c.fields[1:]:
+                tasks[(c.source_id, f[len(ROUTED_TASKS):])] += 1
+        for source_id, n in frames.items():
+            self.m_frames.labels(source_id=source_id).inc(n)
+        for (source_id, model), n in tasks.items():
+            self.m_tasks.labels(source_id=source_id, model=model).inc(n)
+        for model, n in skipped.items():
+            self.m_skipped.labels(model=model).inc(n)
 
     async def _queued(self, model: str, *, fresh: bool = False) -> int:
         value, until = self._backlog.get(model, (0, 0.0))
@@ -188,10 +186,9 @@ class RouterService(Service[RouterSettings]):
     async def _summarise(self, status: SourceStatus) -> None:
         """Once every replica has counted the source's frames, say how many tasks each model got."""
         assert self.redis is not None
-        key = self.keys.routed(status.source_id)
         deadline = time.monotonic() + self.settings.summary_timeout
         while True:
-            counts = {k.decode(): int(v) for k, v in (await self.redis.hgetall(key)).items()}
+            counts = await self.counts.read(status.source_id)
             if counts.get(ROUTED_FRAMES, 0) >= status.frames_published:
                 break
             if time.monotonic() >= deadline:
@@ -208,7 +205,7 @@ class RouterService(Service[RouterSettings]):
             wall_time=time.time(),
         )
         await self.bus.publish(self.bus.subjects.routed(status.source_id), summary)
-        await self.redis.delete(key)
+        await self.counts.forget(status.source_id)
         self.log.info(
             "source routed: %d frames, tasks %s", summary.frames_routed, summary.tasks, extra={"source_id": status.source_id}
         )

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.router.rules import ModelRule
 from shared.settings import VigilSettings
@@ -14,4 +14,15 @@ class RouterSettings(VigilSettings):
     route_batch: int = Field(default=64, ge=1, le=1024, description="frame references fetched and routed together")
     # Per model, e.g. {"efficientnet_lite0": {"sources": ["cam1"], "every_nth": 5, "max_fps": 2}}; others see every frame.
     routing_rules: dict[str, ModelRule] = Field(default_factory=dict)
-    summary_timeout: float = Field(default=30.0, gt=0, description="seconds an ended source waits for other replicas' counts")
+    frames_ack_wait: float = Field(default=30.0, gt=0, description="seconds before frames a dead router held go to another")
+    summary_timeout: float = Field(
+        default=45.0, gt=0, description="seconds an ended source waits for its last frames to be counted by every replica"
+    )
+
+    @model_validator(mode="after")
+    def _summary_outwaits_redelivery(self) -> "RouterSettings":
+        # A router killed with frames in hand has them routed again after frames_ack_wait; a summary
+        # written before that would count them short.
+        if self.summary_timeout <= self.frames_ack_wait:
+            raise ValueError(f"summary_timeout ({self.summary_timeout} s) must exceed frames_ack_wait ({self.frames_ack_wait} s)")
+        return self

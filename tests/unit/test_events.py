@@ -74,6 +74,17 @@ def test_results_out_of_order_grow_the_span_and_a_late_one_opens_nothing() -> No
     assert [e.state for e in changed] == [EventState.CREATED]
 
 
+def test_a_late_result_does_not_widen_the_next_event_over_the_closed_one() -> None:
+    tracker = EventTracker(RULES)  # max_duration 30 s
+    for seq in range(0, 301):
+        tracker.observe(result(seq, ("person", 0.9)))
+    _, closed = tracker.observe(result(301, ("person", 0.9)))  # 30.1 s: split, the next event opens
+    assert len(closed) == 1 and closed[0].end == 30.0
+    tracker.observe(result(290, ("person", 0.9)))  # redelivered seconds late, from inside the closed event
+    following = tracker.open[("cam0", "ssd", "person")]
+    assert (following.start, following.end) == (30.1, 30.1) and tracker.late == 1
+
+
 def test_labels_and_scores_per_model_and_per_source() -> None:
     rules = EventRules(
         watch_labels=frozenset({"person"}), min_score=0.5, gap=2.0, max_duration=30.0,
