@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
-from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from shared.contracts import Contract, ContractError
 from shared.metrics import Metrics
@@ -110,7 +110,17 @@ class Bus:
         except BadRequestError as exc:
             if exc.err_code != _STREAM_NAME_IN_USE:
                 raise
-            await self.js.update_stream(config)
+            try:
+                await self.js.update_stream(config)
+            except BadRequestError:
+                # A work queue made by an older version with another storage type cannot be updated in
+                # place; its tasks are short-lived, so it is made again.
+                old = (await self.js.stream_info(config.name)).config
+                if config.retention is not RetentionPolicy.WORK_QUEUE or old.storage == config.storage:
+                    raise
+                self.log.warning("re-creating work queue %s with %s storage", config.name, config.storage)
+                await self.js.delete_stream(config.name)
+                await self.js.add_stream(config)
 
     async def publish(self, subject: str, message: Contract | bytes, *, timeout: float | None = None) -> None:
         """JetStream publish, retried while the stream is missing or NATS is away, until `timeout`.
@@ -234,9 +244,25 @@ class Bus:
         return (info.num_pending or 0) + (info.num_ack_pending or 0)
 
 
+_log = logging.getLogger("vigil.bus")
+_UNAVAILABLE_LOG_EVERY = 10.0  # seconds between warnings while NATS is away (pulls retry twice a second)
+_unavailable_logged_at = 0.0
+
+
 async def fetch(sub: JetStreamContext.PullSubscription, batch: int, timeout: float = 1.0) -> list[Msg]:
-    """Up to `batch` messages; an empty list when none came within `timeout`."""
+    """Up to `batch` messages; an empty list when none came within `timeout`, or while NATS is away.
+
+    A restarting server answers pulls with "no responders" or 503 until JetStream is back, and a closed
+    connection is being re-established by the client: both pass by themselves, so the caller just pulls again.
+    """
     try:
         return await sub.fetch(batch, timeout=timeout)
     except (NatsTimeoutError, asyncio.TimeoutError):  # nats-py raises either, depending on the path
+        return []
+    except (ServiceUnavailableError, NoRespondersError, ConnectionClosedError) as exc:
+        global _unavailable_logged_at
+        if time.monotonic() - _unavailable_logged_at >= _UNAVAILABLE_LOG_EVERY:
+            _unavailable_logged_at = time.monotonic()
+            _log.warning("pull failed while NATS is unavailable, retrying: %r", exc)
+        await asyncio.sleep(timeout)
         return []

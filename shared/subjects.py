@@ -107,12 +107,15 @@ def task_stream_name(settings: VigilSettings, model: str) -> str:
 
 
 def task_stream(settings: VigilSettings, model: str, subject: str, *, max_age: float, cap: int) -> StreamConfig:
-    """Owned by the workers of `model`: a work queue in memory, capped per subject, dropping the oldest task."""
+    """Owned by the workers of `model`: a work queue, capped per subject, dropping the oldest task.
+
+    On disk, not in memory: a memory stream does not survive a NATS restart, and with it would go the
+    queued tasks and the stream itself (workers and router would then fail until one re-created it)."""
     return StreamConfig(
         name=task_stream_name(settings, model),
         subjects=[Subjects.from_settings(settings).task(subject)],
         retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.MEMORY,
+        storage=StorageType.FILE,
         max_age=max_age,
         max_msgs_per_subject=cap,
         max_msgs=cap,

@@ -54,10 +54,59 @@ async def test_killed_worker_router_and_registrator(local_servers: LocalServers,
         await live.flowing(60)
         await live.frames_later(40)
         report = await live.finish()
+        results = await live.stored_results(SSD)
 
     assert report.code == 0, report
     check_accounting(report)
-    events = check_events(report.events)
+    events = check_events(report.events, results)
     drained = report.drained["cam0"]
     print(f"{drained.frames_routed} frames routed, tasks {drained.tasks}, every one answered; "
           f"{len(events)} events tiling {events[0].start:.1f}-{events[-1].end:.1f} s")
+
+
+async def test_nats_redis_and_seaweedfs_go_away_and_come_back(local_servers: LocalServers, unique: str, tmp_path: Path) -> None:
+    try:
+        async with live_fleet(local_servers, tmp_path, unique) as live:
+            await live.frames_later(25)
+            results_before = len(await live.stored_results(SSD))
+
+            # NATS restarts (same port, same JetStream store): every service reconnects by itself.
+            await asyncio.to_thread(local_servers.stop_one, "nats")
+            await asyncio.sleep(2)
+            await asyncio.to_thread(local_servers.start_one, "nats")
+            assert all(live.alive().values()), live.alive()
+            await live.flowing(60)
+            assert len(await live.stored_results(SSD)) >= results_before  # what was stored before survived
+            print(f"\nNATS restarted: results flow again; {results_before} results stored before it are still there")
+
+            # Redis restarts (append-only file): heartbeats and event records resume.
+            await asyncio.to_thread(local_servers.stop_one, "redis")
+            await asyncio.sleep(2)
+            await asyncio.to_thread(local_servers.start_one, "redis")
+            await live.flowing(60)
+            await live.frames_later(15)
+            print("Redis restarted: results flow again")
+
+            # SeaweedFS away for 15 s: the reader drops frames it cannot store (counted), workers answer
+            # frames they cannot fetch with error results, proofs being cut are retried.
+            await asyncio.to_thread(local_servers.stop_one, "weed")
+            await asyncio.sleep(15)
+            await asyncio.to_thread(local_servers.start_one, "weed")
+            await live.flowing(60)
+            await live.frames_later(40)
+            assert all(live.alive().values()), live.alive()
+            report = await live.finish()
+            results = await live.stored_results(SSD)
+    finally:
+        for name in ("nats", "redis", "weed"):  # the servers are shared with the other tests
+            if not local_servers.running(name):
+                local_servers.start_one(name)
+
+    assert report.code == 0, report
+    check_accounting(report)
+    status = report.sources["cam0"]
+    assert status.frames_dropped > 0  # the frames read while SeaweedFS was away, counted
+    errors = [r for r in results if r.error]
+    events = check_events(report.events, results)
+    print(f"read {status.frames_read}, published {status.frames_published}, dropped {status.frames_dropped}; "
+          f"{len(errors)} SSD error results; {len(events)} events, all FINISHED")
