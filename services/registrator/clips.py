@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -34,9 +36,15 @@ def pick_frames(refs: list[FrameRef], ticks: list[float]) -> list[FrameRef]:
     return chosen
 
 
-def write_clip(images: list[np.ndarray], path: Path, fps: int) -> None:
-    """H.264, yuv420p, faststart: plays in every browser without a download first."""
-    height, width = images[0].shape[:2]
+def write_clip(images: Iterable[np.ndarray], path: Path, fps: int) -> None:
+    """H.264, yuv420p, faststart: plays in every browser without a download first.
+
+    `images` may be a generator: a long clip is encoded as it is decoded, one frame in memory at a time."""
+    frames = iter(images)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError("a clip needs at least one frame")
+    height, width = first.shape[:2]
     even_w, even_h = width - width % 2, height - height % 2
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
@@ -44,7 +52,7 @@ def write_clip(images: list[np.ndarray], path: Path, fps: int) -> None:
         stream.width, stream.height = even_w, even_h
         stream.pix_fmt = "yuv420p"
         stream.options = {"preset": "veryfast", "crf": "26"}
-        for image in images:
+        for image in itertools.chain([first], frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:even_h, :even_w]), format="bgr24")
             for packet in stream.encode(frame):
                 container.mux(packet)

@@ -30,13 +30,14 @@ async def make_proofs(
     """Every step can fail while SeaweedFS is away; the caller retries the whole, which is idempotent."""
     urls = list(dict.fromkeys(ref.url for ref in chosen))
     blobs = await asyncio.gather(*(storage.download(url) for url in urls))
-    decoded = await asyncio.gather(*(asyncio.to_thread(decode_jpeg, b) for b in blobs))
-    images = dict(zip(urls, decoded, strict=True))
+    jpegs = dict(zip(urls, blobs, strict=True))
     key_jpeg = await storage.download(event.best_frame_url)
     clip_path, key_path, boxes_path = proof_paths(tmp_path, event.id)
 
     def render() -> bytes:
-        write_clip([images[ref.url] for ref in chosen], clip_path, fps)
+        # Decoded one at a time as the encoder takes them: a 2-minute clip holds its JPEGs (tens of MB),
+        # never its 1,200 decoded frames (1.6 GB at 768x576).
+        write_clip((decode_jpeg(jpegs[ref.url]) for ref in chosen), clip_path, fps)
         key_path.write_bytes(key_jpeg)
         boxes = encode_jpeg(draw_detections(decode_jpeg(key_jpeg), event.best_detections), 90)
         boxes_path.write_bytes(boxes)

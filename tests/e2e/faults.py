@@ -138,6 +138,16 @@ class LiveFleet:
                 out[proc.name] = psutil.Process(proc.process.pid).memory_info().rss / 2**20
         return out
 
+    async def rss_floor_mb(self, seconds: float = 4.0) -> dict[str, float]:
+        """Each service's lowest RSS over a few seconds: what it keeps, without the passing peaks of work in
+        hand (a clip being encoded holds tens of MB for a moment)."""
+        floor: dict[str, float] = {}
+        for _ in range(int(seconds / 0.2)):
+            for name, mb in self.rss_mb().items():
+                floor[name] = min(mb, floor.get(name, mb))
+            await asyncio.sleep(0.2)
+        return floor
+
     def alive(self) -> dict[str, bool]:
         return {p.name: p.process.returncode is None for p in self.fleet.procs}
 

@@ -8,10 +8,13 @@ import os
 import signal
 from pathlib import Path
 
+import nats
 import pytest
 
 from fleet.servers import LocalServers
+from shared.subjects import Subjects
 from tests.e2e.faults import check_accounting, check_events, live_fleet
+from tests.support.garbage import garbage
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -28,8 +31,11 @@ async def test_killed_worker_router_and_registrator(local_servers: LocalServers,
         for _ in range(20):
             os.kill(victim.pid, signal.SIGSTOP)
             await asyncio.sleep(0.7)
-            held = await live.tasks_held(SSD)
-            if held and await live.tasks_held(SSD) >= held:
+            # Two reads apart: a task the other replica holds for a moment is not in both.
+            first = await live.tasks_held(SSD)
+            await asyncio.sleep(0.3)
+            held = min(first, await live.tasks_held(SSD))
+            if held:
                 break
             os.kill(victim.pid, signal.SIGCONT)
             await asyncio.sleep(0.3)
@@ -110,3 +116,57 @@ async def test_nats_redis_and_seaweedfs_go_away_and_come_back(local_servers: Loc
     events = check_events(report.events, results)
     print(f"read {status.frames_read}, published {status.frames_published}, dropped {status.frames_dropped}; "
           f"{len(errors)} SSD error results; {len(events)} events, all FINISHED")
+
+
+async def test_malformed_and_oversized_messages_on_every_subject(
+    local_servers: LocalServers, unique: str, tmp_path: Path
+) -> None:
+    rounds, per_round = 2, 500  # 1,000 per subject in all
+    async with live_fleet(local_servers, tmp_path, unique) as live:
+        await live.frames_later(20)
+        subjects = Subjects.from_settings(live.settings)
+        consumers = {  # subject -> the services that consume it, each of which must dead-letter every message
+            subjects.frames: ("router", "registrator"),
+            subjects.source_status("cam0"): ("router", "registrator"),
+            subjects.task("DetectionInference"): ("detection-1",),
+            subjects.task("ClassificationInference"): ("classification-1",),
+            subjects.results: ("registrator",),
+            subjects.routed("cam0"): ("registrator",),
+        }
+        services = sorted({s for names in consumers.values() for s in names})
+        before = {name: await live.metric(name, "dead_letters_total") for name in services}
+        rss: list[dict[str, float]] = [await live.rss_floor_mb()]
+        dead: dict[str, float] = {}
+        nc = await nats.connect(local_servers.servers.nats_url)
+        try:
+            js = nc.jetstream()
+            for r in range(1, rounds + 1):
+                for subject in consumers:
+                    for i in range(per_round):
+                        await js.publish(subject, garbage(i))
+                expected = {name: r * per_round * sum(name in names for names in consumers.values()) for name in services}
+                for _ in range(240):
+                    dead = {name: await live.metric(name, "dead_letters_total") - before[name] for name in services}
+                    if all(dead[n] >= expected[n] for n in services):
+                        break
+                    await asyncio.sleep(0.5)
+                assert dead == expected, (r, dead, expected)
+                assert all(live.alive().values()), live.alive()
+                await live.flowing(60)  # real work after the flood: caches and batches at their working size
+                rss.append(await live.rss_floor_mb())
+        finally:
+            await nc.close()
+        high = {name: round(rss[1][name] - rss[0][name], 1) for name in rss[0]}
+        growth = {name: round(rss[2][name] - rss[1][name], 1) for name in rss[0]}
+        print(f"\ndead-lettered: {dead}; RSS floor MB after the first 500 per subject {high}, after the next 500 {growth}")
+        # The first round may raise a high-water mark (a batch of 8 for the classifier after the backlog, the
+        # allocator's arenas); a leak shows as growth again in the second, identical round. The registrator's
+        # RSS also moves with the clips it encodes meanwhile, so its garbage path is measured on its own heap
+        # instead (tests/integration/test_dead_letters.py).
+        assert all(g < 15 for name, g in growth.items() if name != "registrator"), growth
+        report = await live.finish()
+        results = await live.stored_results(SSD)
+
+    assert report.code == 0, report
+    check_accounting(report)
+    check_events(report.events, results)
