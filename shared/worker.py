@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Protocol
@@ -106,9 +107,13 @@ class InferenceWorker(Service[WorkerSettings]):
 
     async def start(self, stack: AsyncExitStack) -> None:
         s = self.settings
+        # Inference always runs on this one thread: ONNX Runtime has its own pool for the parallel work,
+        # and one caller thread means one allocator arena holding its buffers, not one per pool thread.
+        self._infer_thread = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        stack.callback(self._infer_thread.shutdown)
         # The model first: a missing or corrupt model is a clear error before any connection is made.
         try:
-            self.model = await asyncio.to_thread(self.load_model)
+            self.model = await asyncio.get_running_loop().run_in_executor(self._infer_thread, self.load_model)
         except ModelError as exc:
             raise StartupError(str(exc)) from None
         await self.open_bus(stack)
@@ -197,7 +202,9 @@ class InferenceWorker(Service[WorkerSettings]):
         timings = Timings()
         if ready:
             try:
-                outputs, timings = await asyncio.to_thread(self._infer, [job.image for job in ready])  # type: ignore[misc]
+                outputs, timings = await asyncio.get_running_loop().run_in_executor(
+                    self._infer_thread, self._infer, [job.image for job in ready]  # type: ignore[misc]
+                )
                 for job, output in zip(ready, outputs, strict=True):
                     job.output = output
             except Exception as exc:  # noqa: BLE001 - a bad batch gives error results, the worker goes on

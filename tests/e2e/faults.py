@@ -138,7 +138,7 @@ class LiveFleet:
                 out[proc.name] = psutil.Process(proc.process.pid).memory_info().rss / 2**20
         return out
 
-    async def rss_floor_mb(self, seconds: float = 4.0) -> dict[str, float]:
+    async def rss_floor_mb(self, seconds: float = 2.5) -> dict[str, float]:
         """Each service's lowest RSS over a few seconds: what it keeps, without the passing peaks of work in
         hand (a clip being encoded holds tens of MB for a moment)."""
         floor: dict[str, float] = {}

@@ -58,7 +58,7 @@ async def test_killed_worker_router_and_registrator(local_servers: LocalServers,
         await live.fleet.restart("registrator")
         await live.fleet.restart("router")
         await live.flowing(60)
-        await live.frames_later(40)
+        await live.frames_later(25)
         report = await live.finish()
         results = await live.stored_results(SSD)
 
@@ -73,7 +73,7 @@ async def test_killed_worker_router_and_registrator(local_servers: LocalServers,
 async def test_nats_redis_and_seaweedfs_go_away_and_come_back(local_servers: LocalServers, unique: str, tmp_path: Path) -> None:
     try:
         async with live_fleet(local_servers, tmp_path, unique) as live:
-            await live.frames_later(25)
+            await live.frames_later(15)
             results_before = len(await live.stored_results(SSD))
 
             # NATS restarts (same port, same JetStream store): every service reconnects by itself.
@@ -99,7 +99,7 @@ async def test_nats_redis_and_seaweedfs_go_away_and_come_back(local_servers: Loc
             await asyncio.sleep(15)
             await asyncio.to_thread(local_servers.start_one, "weed")
             await live.flowing(60)
-            await live.frames_later(40)
+            await live.frames_later(25)
             assert all(live.alive().values()), live.alive()
             report = await live.finish()
             results = await live.stored_results(SSD)
@@ -123,7 +123,7 @@ async def test_malformed_and_oversized_messages_on_every_subject(
 ) -> None:
     rounds, per_round = 2, 500  # 1,000 per subject in all
     async with live_fleet(local_servers, tmp_path, unique) as live:
-        await live.frames_later(20)
+        await live.frames_later(10)
         subjects = Subjects.from_settings(live.settings)
         consumers = {  # subject -> the services that consume it, each of which must dead-letter every message
             subjects.frames: ("router", "registrator"),
@@ -141,9 +141,8 @@ async def test_malformed_and_oversized_messages_on_every_subject(
         try:
             js = nc.jetstream()
             for r in range(1, rounds + 1):
-                for subject in consumers:
-                    for i in range(per_round):
-                        await js.publish(subject, garbage(i))
+                for subject in consumers:  # each round's messages in flight together: acks awaited at once
+                    await asyncio.gather(*(js.publish(subject, garbage(i)) for i in range(per_round)))
                 expected = {name: r * per_round * sum(name in names for names in consumers.values()) for name in services}
                 for _ in range(240):
                     dead = {name: await live.metric(name, "dead_letters_total") - before[name] for name in services}
