@@ -9,7 +9,7 @@ DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator soak-reader lint up down logs ps scale-workers clean
+.PHONY: install run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-e2e soak soak-reader lint up down logs ps scale-workers clean
 
 install: $(STAMP)
 
@@ -42,7 +42,7 @@ test-e2e: install
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # Benchmarks print a table and write JSON under bench/results/.
-bench: bench-reader bench-router bench-workers bench-registrator
+bench: bench-reader bench-router bench-workers bench-registrator bench-e2e
 
 bench-reader: install
 	$(PY) -m bench.reader $(or $(REPEATS),3)
@@ -55,6 +55,15 @@ bench-registrator: install
 
 bench-workers: install
 	$(PY) -m bench.workers $(or $(REPEATS),2)
+
+# The whole fleet on the sample video (as fast as possible, then at 10 fps) next to a bare sequential loop.
+bench-e2e: install
+	$(PY) -m bench.e2e $(or $(REPEATS),1)
+
+# The whole fleet on the sample video looped at 10 fps for DURATION seconds (default 1800; CI runs 180):
+# memory and disk slopes; fails on clear growth. Runs under 900 s write bench/results/soak_short.json.
+soak: install
+	$(PY) -m bench.soak $(or $(DURATION),1800)
 
 # RSS of a reader looping the sample as fast as it can, sampled over DURATION seconds (default 600).
 soak-reader: install

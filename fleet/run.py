@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +44,8 @@ class Proc:
     metrics_port: int
     pump: asyncio.Task[None] | None = None
     killed: bool = False  # by Fleet.kill: its exit is no failure of the run
+    # Its last log lines, also when they are not echoed: a quiet caller can still say why a service died.
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
 
 @dataclass
@@ -103,8 +105,10 @@ class Fleet:
         assert proc.process.stdout is not None
         prefix = f"\x1b[{colour}m{proc.name:>15} |\x1b[0m " if self.colour else f"{proc.name:>15} | "
         async for line in proc.process.stdout:
+            text = line.decode(errors="replace")
+            proc.tail.append(text)
             if self.echo:
-                sys.stdout.write(prefix + line.decode(errors="replace"))
+                sys.stdout.write(prefix + text)
                 sys.stdout.flush()
 
     async def stop_all(self) -> None:
