@@ -140,7 +140,8 @@ def frame_outcomes(results: list[tuple[float, bytes]], detector: str, classifier
     seconds = max(done.values()) - first_read
     latency = {seq: done[seq] - read_at[seq] for seq in done}
     worst = sorted(latency, key=latency.__getitem__, reverse=True)[:5]
-    # Each worker's first inference allocates (it runs no warm-up at start): the first frames pay for it.
+    # The first frames pay for first uses: SeaweedFS grows the TTL's volumes at the first upload, and each
+    # worker's first inference, 4-5 times a later one's, allocates (no worker warms its model up at start).
     warm = [lat for seq, lat in latency.items() if read_at[seq] >= first_read + WARM_UP_SECONDS]
     return {"frames": len(done), "errors": errors, "seconds": seconds, "fps": len(done) / seconds,
             "latency_ms": percentiles_ms(list(latency.values())),
@@ -352,7 +353,8 @@ def print_cases(summaries: dict[Case, dict[str, Any]], threads: int, repeats: in
     )
     print("  read->result: from the reader reading the frame (FrameRef.wall_time) to its last model's result received\n"
           "  on the results subject (p99 after 1st s: without the frames read in the first second, which pay for\n"
-          "  each worker's first inference). frames/s: frames with every result, from the first frame read to the last result.\n"
+          "  first uses: the TTL's first SeaweedFS volumes, each worker's first inference).\n"
+          "  frames/s: frames with every result, from the first frame read to the last result.\n"
           "  CPU: every service and server, from the first frame published until the fleet stops (drained; real time: stopped).")
 
 
