@@ -64,11 +64,13 @@ class Fleet:
         self.progress = Progress()
         self.colour = sys.stdout.isatty()
         self.echo = echo  # services' log lines to stdout (benchmarks turn it off)
+        self.ports: set[int] = set()  # given out to services, bound or not yet
 
     # -- processes -------------------------------------------------------------------------------
 
     async def spawn(self, service: str, label: str, extra: dict[str, str] | None = None) -> Proc:
-        port = free_ports(1)[0]
+        port = free_ports(1, avoid=self.ports)[0]
+        self.ports.add(port)  # not bound until the service starts: another spawn must not pick it meanwhile
         env = os.environ | self.env_base | {"metrics_port": str(port), "instance": label} | (extra or {})
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{service}",
@@ -239,6 +241,7 @@ async def run_fleet(
     code = 0
     p = fleet.progress
     api_port = options.api_port or free_ports(1)[0]
+    fleet.ports.add(api_port)
     dashboard = f"http://127.0.0.1:{api_port}/"
     try:
         await fleet.watch(nc, subjects)

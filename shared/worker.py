@@ -116,6 +116,10 @@ class InferenceWorker(Service[WorkerSettings]):
             self.model = await asyncio.get_running_loop().run_in_executor(self._infer_thread, self.load_model)
         except ModelError as exc:
             raise StartupError(str(exc)) from None
+        # One inference before the first task: the first run allocates and tunes (4-5 times a normal one),
+        # which would otherwise land on the first frames of a live camera.
+        blank = np.zeros((480, 640, 3), np.uint8)
+        await asyncio.get_running_loop().run_in_executor(self._infer_thread, self._infer, [blank])
         await self.open_bus(stack)
         await self.bus.ensure_stream(
             task_stream(s, self.model_name, s.task_subject, max_age=s.task_max_age, cap=s.task_queue_cap)
