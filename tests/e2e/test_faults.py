@@ -158,11 +158,13 @@ async def test_malformed_and_oversized_messages_on_every_subject(
         high = {name: round(rss[1][name] - rss[0][name], 1) for name in rss[0]}
         growth = {name: round(rss[2][name] - rss[1][name], 1) for name in rss[0]}
         print(f"\ndead-lettered: {dead}; RSS floor MB after the first 500 per subject {high}, after the next 500 {growth}")
-        # The first round may raise a high-water mark (a batch of 8 for the classifier after the backlog, the
-        # allocator's arenas); a leak shows as growth again in the second, identical round. The registrator's
-        # RSS also moves with the clips it encodes meanwhile, so its garbage path is measured on its own heap
-        # instead (tests/integration/test_dead_letters.py).
-        assert all(g < 15 for name, g in growth.items() if name != "registrator"), growth
+        # The first round may raise a high-water mark (the allocator's arenas); a leak shows as growth again in
+        # the second, identical round. Two services' RSS moves with their own work meanwhile, more than a
+        # leak of these messages would: the registrator's with the clips it encodes, the classifier's with
+        # the batches of up to 8 it runs after the backlog. Their garbage path (Bus.decode and dead_letter,
+        # shared by every service) is measured on a traced heap instead: tests/integration/test_dead_letters.py.
+        steady = {name: g for name, g in growth.items() if name not in ("registrator", "classification-1")}
+        assert all(g < 15 for g in steady.values()), growth
         report = await live.finish()
         results = await live.stored_results(SSD)
 
