@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,10 @@ from services.registrator.events import OpenEvent
 from shared.contracts import FrameRef
 from shared.jpeg import decode_jpeg, encode_jpeg
 from shared.storage import SeaweedStorage
+
+# Clips are decoded and encoded on one thread (x264 has its own threads for the encoding): the frames'
+# buffers then come from one allocator arena, not one per executor thread, which kept the RSS climbing.
+_RENDER_THREAD = ThreadPoolExecutor(1, thread_name_prefix="render")
 
 
 def proof_paths(tmp_path: Path, event_id: str) -> tuple[Path, Path, Path]:
@@ -43,7 +48,7 @@ async def make_proofs(
         boxes_path.write_bytes(boxes)
         return boxes
 
-    boxes_jpeg = await asyncio.to_thread(render)
+    boxes_jpeg = await asyncio.get_running_loop().run_in_executor(_RENDER_THREAD, render)
     remote = remote_folder(event.id)
     clip_url = await storage.put_path(f"{remote}/{clip_path.name}", clip_path.read_bytes(), content_type="video/mp4")
     key_url = await storage.put_path(f"{remote}/{key_path.name}", key_jpeg, content_type="image/jpeg")
