@@ -1,47 +1,58 @@
-# syntax=docker/dockerfile:1
 # Vigil images, one target per role; each carries only its role's extras from pyproject.toml.
 #   docker compose build                      (every role)
 #   docker build --target worker -t vigil-worker .
 # Targets: reader, router, worker (detection and classification), worker-gpu, registrator, api.
+# Built by Docker Engine 20.10 and later with its own BuildKit: no `# syntax=` line, because that makes
+# BuildKit fetch a frontend image from a registry, which an air-gapped site does not have.
 
+# Any Debian-based image with python3 (3.11+) and its venv module; compose passes VIGIL_PYTHON_IMAGE.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- dependencies ----------------------------------------------------------------------------
 # Only pyproject.toml goes in, so the slow layers (opencv, av, onnxruntime) are rebuilt when the
-# dependencies change, not on every code edit. With no packages beside it, the project builds as an
-# empty wheel; it is removed again because the code runs from /app, where shared/model_registry.py
-# finds models/ next to it (an installed copy in site-packages would look for site-packages/models).
+# dependencies change, not on every code edit. The code runs from /app, where shared/model_registry.py
+# finds models/ next to it, so install-deps removes the project's own empty wheel again.
 # No compiler or -dev packages: every dependency ships manylinux wheels for CPython 3.11.
+# A site's package index and CA come in as build secrets (compose: VIGIL_PIP_CONF, VIGIL_PIP_CA), mounted
+# only while pip runs, so neither lands in a layer; install-deps hands them to pip when they are given.
 FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PIP_CACHE_DIR=/pip-cache
-RUN python -m venv /opt/venv
+# python3: Debian's own python3 has no `python` name; the venv below gives one to every later stage.
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+COPY scripts/docker-install-deps.sh /usr/local/bin/install-deps
 COPY pyproject.toml ./
 
 FROM deps AS deps-reader
-RUN --mount=type=cache,target=/pip-cache pip install ".[reader]" && pip uninstall -y vigil
+RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
+    install-deps ".[reader]"
 
 FROM deps AS deps-router
-RUN --mount=type=cache,target=/pip-cache pip install . && pip uninstall -y vigil
+RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
+    install-deps .
 
 FROM deps AS deps-worker
-RUN --mount=type=cache,target=/pip-cache pip install ".[worker]" && pip uninstall -y vigil
+RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
+    install-deps ".[worker]"
 
 FROM deps AS deps-worker-gpu
 # onnxruntime and onnxruntime-gpu install the same `onnxruntime` module, so the GPU image must not
 # get the `worker` extra. The [cuda,cudnn] extras pull CUDA 12 and cuDNN 9 from PyPI, so a slim base
 # works; 1.27 and later are built for CUDA 13 (host driver >= 580): raise the bound with the driver.
 ARG ONNXRUNTIME_GPU="onnxruntime-gpu[cuda,cudnn]>=1.21,<1.27"
-RUN --mount=type=cache,target=/pip-cache pip install . "${ONNXRUNTIME_GPU}" && pip uninstall -y vigil
+RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
+    install-deps . "${ONNXRUNTIME_GPU}"
 
 FROM deps AS deps-registrator
-RUN --mount=type=cache,target=/pip-cache pip install ".[registrator]" && pip uninstall -y vigil
+RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
+    install-deps ".[registrator]"
 
 FROM deps AS deps-api
-RUN --mount=type=cache,target=/pip-cache pip install ".[api]" && pip uninstall -y vigil
+RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
+    install-deps ".[api]"
 
 # ---- common runtime --------------------------------------------------------------------------
 # No apt packages: the wheels bundle FFmpeg (av), their image libraries (opencv-python-headless)
@@ -61,7 +72,8 @@ WORKDIR /app
 # there is nothing to ask: report healthy rather than hold back every service that depends on this one.
 # pydantic-settings reads names case-insensitively, so the environment is too.
 ENV VIGIL_HEALTHZ_PORT_SETTINGS=metrics_port
-HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --start-interval=1s --retries=3 \
+# --start-interval would need Engine 25: docker-compose.engine25.yml adds it for those who have one.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; env = {k.lower(): v for k, v in os.environ.items()}; ports = [int(env.get(name) or 0) for name in env.get('vigil_healthz_port_settings', 'metrics_port').split()]; [urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2) for port in ports if port]"]
 
 FROM runtime AS reader
