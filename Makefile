@@ -9,7 +9,7 @@ DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-e2e soak soak-reader lint up down logs ps scale-workers clean
+.PHONY: install run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-e2e soak soak-reader lint up down logs ps scale-workers test-compose clean
 
 install: $(STAMP)
 
@@ -75,39 +75,42 @@ lint: install
 check-config: install
 	@for s in reader router detection classification registrator api; do $(PY) -m services.$$s --check-config || exit 1; done
 
-# Docker: the fleet as containers (docker-compose.yml; README, "Docker"). GPU=1 runs the workers on
-# onnxruntime-gpu (the gpu profile) instead of the CPU ones. `.env` may set COMPOSE_FILE (multi-machine)
-# and COMPOSE_PROFILES; docker compose reads both from it. down, logs and ps always name the gpu
-# profile, so they also reach GPU workers started without GPU=1 in the command.
-COMPOSE := docker compose
-GPU_ON  := $(filter 1 yes true,$(GPU))
-WORKERS := $(if $(GPU_ON),detection-gpu classification-gpu,detection classification)
-# Every Docker target checks first, so that a machine without Docker hears what to run instead.
-define need-compose
-@docker compose version >/dev/null 2>&1 || { \
-  echo "make $@ needs Docker with the compose plugin, which this machine does not have."; \
-  echo "Without Docker, the same fleet runs as local processes: make run DETECTION=$(DETECTION) CLASSIFICATION=$(CLASSIFICATION)"; \
-  exit 1; }
-endef
+# Docker: the fleet as containers (docker-compose.yml; README, "Docker"). Engine 20.10+ with Compose v2.20+.
+# GPU=1 runs the workers on onnxruntime-gpu (the gpu profile) instead of the CPU ones. `.env` may set
+# COMPOSE_FILE (multi-machine) and COMPOSE_PROFILES; docker compose reads both from it. down, logs and ps
+# always name the gpu profile, so they also reach GPU workers started without GPU=1 in the command.
+# Every Docker target checks the engine first (scripts/compose_preflight.py), so that a machine without one,
+# or with one too old, hears what to do instead; `up` also checks the api's port and explains a failed build.
+COMPOSE   := docker compose
+PREFLIGHT := DETECTION=$(DETECTION) CLASSIFICATION=$(CLASSIFICATION) python3 scripts/compose_preflight.py
+GPU_ON    := $(filter 1 yes true,$(GPU))
+WORKERS   := $(if $(GPU_ON),detection-gpu classification-gpu,detection classification)
 
 up:
-	$(need-compose)
-	$(COMPOSE) $(if $(GPU_ON),--profile gpu) up -d --build $(if $(GPU_ON),--scale detection=0 --scale classification=0)
+	@$(PREFLIGHT) up
+	@$(COMPOSE) $(if $(GPU_ON),--profile gpu) build || { $(PREFLIGHT) build-failed; exit 1; }
+	$(COMPOSE) $(if $(GPU_ON),--profile gpu) up -d $(if $(GPU_ON),--scale detection=0 --scale classification=0)
+	@$(PREFLIGHT) dashboard
 down:
-	$(need-compose)
+	@$(PREFLIGHT) engine
 	$(COMPOSE) --profile gpu down
 logs:
-	$(need-compose)
+	@$(PREFLIGHT) engine
 	$(COMPOSE) --profile gpu logs -f --tail=100
 ps:
-	$(need-compose)
+	@$(PREFLIGHT) engine
 	$(COMPOSE) --profile gpu ps
 # Only the named worker services are touched (--no-deps): running replicas stay (--no-recreate), and the
 # other services are neither recreated nor started again (an ended file reader would replay its file).
 scale-workers:
-	$(need-compose)
+	@$(PREFLIGHT) engine
 	$(COMPOSE) $(if $(GPU_ON),--profile gpu) up -d --no-recreate --no-deps \
 	  --scale $(word 1,$(WORKERS))=$(DETECTION) --scale $(word 2,$(WORKERS))=$(CLASSIFICATION) $(WORKERS)
+
+# The deploy suite (tests/deploy): the compose fleet on a real Docker engine, built from local images.
+# As root on a machine without an engine it installs Debian's docker.io and runs a private dockerd.
+test-compose: install
+	$(PY) -m pytest tests/deploy -m deploy $(PYTEST_ARGS)
 
 clean:
 	rm -rf .data .pytest_cache
