@@ -13,7 +13,7 @@ from fleet.servers import LocalServers, ServerSet
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS = REPO_ROOT / "tests"
 # Folder under tests/ -> marker, so `-m "not integration"` works without decorating every test.
-_FOLDER_MARKERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+_FOLDER_MARKERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e, "deploy": pytest.mark.deploy}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -45,8 +45,9 @@ INFRA = {"nats", "redis", "seaweedfs"}
 APP = {"reader", "router", "detection", "classification", "registrator", "api"}
 GPU = {"detection-gpu", "classification-gpu"}
 WORKERS = {"detection", "classification"} | GPU
-# What each service waits for: the api reads Redis and SeaweedFS, never the bus.
-NEEDS = {name: INFRA for name in APP | GPU} | {"api": {"redis", "seaweedfs"}}
+# What each service waits for: the api reads Redis and SeaweedFS, never the bus; the workers wait for the
+# servers themselves, so that docker-compose.workers.yml extends them on machines without those servers.
+NEEDS = {name: INFRA for name in APP | GPU} | {"api": {"redis", "seaweedfs"}} | {name: set() for name in WORKERS}
 INFRA_ENV = {
     "nats_host": "nats://nats:4222",
     "redis_host": "redis",
@@ -188,7 +189,8 @@ def _deps_stage(role: str) -> str:
 
 
 def _pip_installs(stage: str) -> list[str]:
-    """The `pip install` commands of a stage and of the stages it is built FROM, with ARG defaults filled in."""
+    """The dependency installs (scripts/docker-install-deps.sh) of a stage and of the stages it is built FROM,
+    with ARG defaults filled in."""
     stages = _stages()
     installs = []
     while stage in stages:
@@ -200,7 +202,7 @@ def _pip_installs(stage: str) -> list[str]:
                 args[name] = shlex.split(default)[0]
             elif keyword == "RUN":
                 expanded = string.Template(rest).safe_substitute(args)
-                installs += [cmd for cmd in expanded.split("&&") if "pip install" in cmd]
+                installs += [cmd for cmd in expanded.split("&&") if "install-deps " in cmd]
         stage = instructions[0][1].split()[0]  # the FROM's base: another stage, or an image
     return installs
 
@@ -548,7 +550,7 @@ def test_healthcheck_of_the_api_asks_both_ports(health_servers: list[ThreadingHT
 # -- the Docker make targets -------------------------------------------------------------------------
 
 
-def _make(tmp_path: Path, *args: str, docker: bool) -> subprocess.CompletedProcess[str]:
+def _make(tmp_path: Path, *args: str, docker: bool, engine: str = "20.10.24") -> subprocess.CompletedProcess[str]:
     """make with a PATH of only what the Makefile needs, and a stand-in `docker` that logs its arguments."""
     make = shutil.which("make")
     if make is None:
@@ -559,18 +561,27 @@ def _make(tmp_path: Path, *args: str, docker: bool) -> subprocess.CompletedProce
         found = shutil.which(tool)
         if found and not (bin_dir / tool).exists():
             (bin_dir / tool).symlink_to(found)
+    if not (bin_dir / "python3").exists():  # the Docker targets' preflight check
+        (bin_dir / "python3").symlink_to(sys.executable)
     if docker:
+        # An engine and Compose recent enough for the preflight; every other call is logged.
         fake = bin_dir / "docker"
-        fake.write_text(f"#!/bin/sh\necho \"$*\" >> {shlex.quote(str(tmp_path / 'docker.log'))}\n")
+        fake.write_text(
+            "#!/bin/sh\n"
+            f'case "$*" in "version --format"*) echo {engine}; exit 0;; "compose version"*) echo 2.40.3; exit 0;; '
+            '"compose ps"*) exit 0;; esac\n'
+            f"echo \"$*\" >> {shlex.quote(str(tmp_path / 'docker.log'))}\n"
+        )
         fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in {"GPU", "DETECTION", "CLASSIFICATION", "MAKEFLAGS"}}
     env["PATH"] = str(bin_dir)
+    env["VIGIL_ENV_FILE"] = ".env.example"  # else `make up` would write a .env into the repository
     return subprocess.run([make, "-s", "-C", str(ROOT), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def _docker_calls(tmp_path: Path) -> list[list[str]]:
     lines = (tmp_path / "docker.log").read_text().splitlines()
-    return [line.split() for line in lines if line != "compose version"]
+    return [line.split() for line in lines]
 
 
 @pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu"])
@@ -590,17 +601,27 @@ def test_scale_workers_touches_only_the_workers(compose_bin: Path, tmp_path: Pat
 
 
 def test_up_with_gpu_replaces_the_cpu_workers(tmp_path: Path) -> None:
-    assert _make(tmp_path, "up", "GPU=1", docker=True).returncode == 0
-    (argv,) = _docker_calls(tmp_path)
-    assert argv[:3] == ["compose", "--profile", "gpu"]
-    assert "--build" in argv and {"detection=0", "classification=0"} <= set(argv)
+    proc = _make(tmp_path, "up", "GPU=1", docker=True)
+    assert proc.returncode == 0, proc.stderr
+    build, up = _docker_calls(tmp_path)
+    assert build == ["compose", "--profile", "gpu", "build"]
+    assert up[:5] == ["compose", "--profile", "gpu", "up", "-d"] and {"detection=0", "classification=0"} <= set(up)
+    assert "dashboard: http://127.0.0.1:" in proc.stdout
+
+
+def test_an_engine_too_old_is_named(tmp_path: Path) -> None:
+    proc = _make(tmp_path, "up", docker=True, engine="19.03.12")
+    assert proc.returncode != 0
+    assert "Docker Engine 19.03.12 is too old: Vigil needs 20.10 or later" in proc.stderr, proc.stderr
+    assert not (tmp_path / "docker.log").exists()  # nothing was built or started
 
 
 @pytest.mark.parametrize("target", ["up", "down", "logs", "ps", "scale-workers"])
 def test_docker_targets_without_docker_point_to_the_local_mode(tmp_path: Path, target: str) -> None:
     proc = _make(tmp_path, target, "DETECTION=4", "CLASSIFICATION=2", docker=False)
     assert proc.returncode != 0
-    assert "make run DETECTION=4 CLASSIFICATION=2" in proc.stdout, proc.stdout + proc.stderr
+    assert "there is no docker command here" in proc.stderr, proc.stdout + proc.stderr
+    assert "make run DETECTION=4 CLASSIFICATION=2" in proc.stderr, proc.stdout + proc.stderr
 
 
 def test_local_mode_takes_the_same_scale_numbers(tmp_path: Path) -> None:

@@ -1,0 +1,306 @@
+"""`docker compose up` for real: the repository's compose fleet on a Docker engine, as a user runs it.
+
+The scenarios share one fleet and run in order, each on its own source id, so each asserts only its own
+events and totals. Everything is checked through the api and `docker compose ps`/`inspect`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+from tests.deploy.fleet import ComposeFleet, wait_until
+from tests.support.media import truncated_copy
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(1500)]
+
+DETECTOR = "ssd_mobilenet_v2_coco"
+CLASSIFIER = "efficientnet_lite0"
+MODELS = {DETECTOR, CLASSIFIER}
+SAMPLE_FRAMES = 795  # video/vtest.mp4
+OTHER_FRAMES = 100
+INFRA = ("nats", "redis", "seaweedfs")
+LONG_RUNNING = (*INFRA, "router", "detection", "classification", "registrator", "api")
+MEDIA_OVERRIDE = """services:
+  reader:
+    volumes:
+      - ./media:/app/media:ro
+"""
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def drained(fleet: ComposeFleet, source: str, frames: int | None = None) -> dict[str, Any] | None:
+    """The source's totals once it has ended and every routed task is answered, else None."""
+    totals = fleet.totals(source)
+    health = {s["source_id"]: s for s in fleet.get("/api/v1/sources")["sources"]}.get(source)
+    if not totals or not health or health["state"] not in ("ended", "failed"):
+        return None
+    if frames is not None and totals["frames_read"] != frames:
+        return None
+    models = totals["models"]
+    if set(models) != MODELS or totals["frames_routed"] != totals["frames_published"]:
+        return None
+    if any(m["routed"] != totals["frames_routed"] or m["inferred"] + m["errors"] != m["routed"] for m in models.values()):
+        return None
+    events = fleet.events(source)
+    if not events or any(e["state"] not in ("FINISHED", "ERROR") for e in events):
+        return None
+    return totals
+
+
+def healthy(fleet: ComposeFleet, services: tuple[str, ...]) -> bool:
+    states = fleet.states()
+    return all(
+        states.get(name) and all(row["State"] == "running" and row.get("Health") == "healthy" for row in states[name])
+        for name in services
+    )
+
+
+def assert_read_equals_inferred(totals: dict[str, Any], frames: int) -> None:
+    assert totals["frames_read"] == totals["frames_published"] == frames, totals
+    for model, counts in totals["models"].items():
+        assert counts["routed"] == counts["inferred"] == frames and counts["errors"] == 0, (model, counts)
+
+
+def decoded_clip(fleet: ComposeFleet, event: dict[str, Any]) -> tuple[float, int, str]:
+    """(frame rate, frames decoded, sha256) of the event's clip, fetched through the api."""
+    status, kind, body = fleet.get_bytes(event["links"]["clip"])
+    assert status == 200 and kind == "video/mp4"
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as clip:
+        clip.write(body)
+        clip.flush()
+        with av.open(clip.name) as container:
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or 0)
+            frames = sum(1 for _ in container.decode(stream))
+    return rate, frames, hashlib.sha256(body).hexdigest()
+
+
+def make_other_video(sample: Path, path: Path, frames: int) -> None:
+    """The sample's first frames as a new H.264 file: another camera's recording."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(sample)) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 768, 576, "yuv420p"
+        for index, frame in enumerate(src.decode(video=0)):
+            if index == frames:
+                break
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def follow(fleet: ComposeFleet, argv: list[str], until: str, timeout: float) -> str:
+    """Run a command that never ends by itself (`make logs`) until its output shows `until`; then stop it."""
+    with tempfile.TemporaryFile() as sink:
+        proc = subprocess.Popen(argv, cwd=fleet.folder, env=fleet.env, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc.poll() is None:
+                sink.seek(0)
+                if until in sink.read().decode(errors="replace"):
+                    break
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        sink.seek(0)
+        return sink.read().decode(errors="replace")
+
+
+# ---------------------------------------------------------------- bad input, before anything runs
+
+
+def test_an_image_that_cannot_be_built_names_the_fix(project: ComposeFleet) -> None:
+    env = project.env | {"VIGIL_PYTHON_IMAGE": "vigil-absent/python:never"}
+    done = project.make("up", check=False, env=env, timeout=600)
+    assert done.returncode != 0
+    assert "Building the Vigil images failed" in done.stderr and "VIGIL_PYTHON_IMAGE" in done.stderr, done.stderr[-2000:]
+    assert "vigil-absent/python:never" in done.stderr
+    assert project.containers("api", all_states=True) == []  # nothing was started
+
+
+def test_a_taken_port_names_the_fix(project: ComposeFleet) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", project.api_port))
+        squatter.listen()
+        done = project.make("up", check=False, timeout=120)
+    assert done.returncode != 0
+    assert f"Port 127.0.0.1:{project.api_port}" in done.stderr and "VIGIL_API_PORT" in done.stderr, done.stderr
+    assert project.states() == {}
+
+
+# ---------------------------------------------------------------- the scenarios
+
+
+def test_up_builds_every_image_and_the_sample_drains_into_a_finished_event(project: ComposeFleet) -> None:
+    project.write_env(VIGIL_API_PORT=str(project.api_port), source_id="cam0")
+    project.timed("build", lambda: project.compose("build", timeout=1500))
+    project.timed("up_until_healthy", lambda: (
+        project.compose("up", "-d"), wait_until(lambda: healthy(project, LONG_RUNNING), 240, "every service healthy",
+                                                describe=project.states)))
+    reader = project.states()["reader"][0]
+    assert reader["State"] == "running" or reader["ExitCode"] == 0, reader
+
+    totals = project.timed("sample_drained", lambda: wait_until(
+        lambda: drained(project, "cam0", SAMPLE_FRAMES), 600, "cam0 drained", interval=2,
+        describe=lambda: project.totals("cam0")))
+    assert_read_equals_inferred(totals, SAMPLE_FRAMES)
+
+    events = project.events("cam0")
+    finished = [e for e in events if e["state"] == "FINISHED" and e["label"] == "person"]
+    assert finished and len(finished) == len(events), events
+    rate, frames, _ = decoded_clip(project, finished[0])
+    assert rate == 10 and frames == finished[0]["clip_frames"] > 0
+
+
+def test_build_settings_reach_pip_and_stay_out_of_the_images(project: ComposeFleet, tmp_path: Path) -> None:
+    # The image already built carries no trace of the build secrets.
+    image = project.inspect(project.containers("router")[0])["Image"]
+    config = project.engine.docker("image", "inspect", image).stdout
+    assert "PIP_CONFIG_FILE" not in config and "pip_conf" not in config
+    # A site's pip.conf is what pip uses: with an index that does not answer, the build fails naming it.
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = http://127.0.0.1:9/vigil-site-index/\nretries = 0\ntimeout = 2\n")
+    env = project.env | {"VIGIL_PIP_CONF": str(conf)}
+    done = subprocess.run(["docker", "compose", "build", "--no-cache", "router"], cwd=project.folder, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "127.0.0.1:9/vigil-site-index" in done.stdout + done.stderr
+
+
+def test_switching_the_source_in_env(project: ComposeFleet) -> None:
+    make_other_video(project.folder / "video" / "vtest.mp4", project.folder / "media" / "other.mp4", OTHER_FRAMES)
+    (project.folder / "docker-compose.override.yml").write_text(MEDIA_OVERRIDE)
+    project.write_env(VIGIL_API_PORT=str(project.api_port), source_id="cam1", video_source="media/other.mp4")
+    project.timed("switch_source", lambda: project.compose("up", "-d", "reader"))
+
+    totals = wait_until(lambda: drained(project, "cam1", OTHER_FRAMES), 300, "cam1 drained", interval=2,
+                        describe=lambda: project.totals("cam1"))
+    assert_read_equals_inferred(totals, OTHER_FRAMES)
+    events = project.events("cam1")
+    assert events and all(e["source_id"] == "cam1" and e["state"] == "FINISHED" for e in events)
+
+
+def test_scaling_and_a_killed_replica_lose_nothing(project: ComposeFleet) -> None:
+    project.write_env(VIGIL_API_PORT=str(project.api_port), source_id="cam2", video_loop="true", video_realtime="true")
+    project.compose("up", "-d", "reader")
+    wait_until(lambda: (project.totals("cam2") or {}).get("frames_read", 0) >= 20, 120, "cam2 streaming")
+
+    project.timed("scale_up", lambda: project.make("scale-workers", "DETECTION=3", "CLASSIFICATION=2"))
+
+    def scaled() -> bool:
+        live = project.live_workers()
+        detectors, classifiers = live.get(DETECTOR, []), live.get(CLASSIFIER, [])
+        return len(detectors) == 3 and len(classifiers) == 2 and all(d["processed"] > 0 for d in detectors)
+
+    project.timed("scaled_and_all_processing", lambda: wait_until(scaled, 180, "3 + 2 live workers, every detector busy",
+                                                                 describe=project.live_workers))
+    assert len(project.containers("detection")) == 3 and len(project.containers("classification")) == 2
+
+    # Killed while it holds tasks: the only way the detector's consumer sees redeliveries is tasks the
+    # victim took and never acked, given again to the others after ack_wait.
+    durable = next(name for name in project.jetstream() if DETECTOR in name)
+    before = project.jetstream()[durable]["num_redelivered"]
+    victim = project.containers("detection")[0]
+    project.engine.docker("kill", victim)
+    project.timed("killed_tasks_redelivered", lambda: wait_until(
+        lambda: project.jetstream()[durable]["num_redelivered"] > before, 180, "the killed replica's tasks redelivered",
+        interval=3, describe=lambda: project.jetstream()[durable]))
+
+    project.timed("scale_down", lambda: project.make("scale-workers", "DETECTION=1", "CLASSIFICATION=1"))
+    wait_until(lambda: {m: len(b) for m, b in project.live_workers().items()} == {DETECTOR: 1, CLASSIFIER: 1}, 120,
+               "1 + 1 live workers", describe=project.live_workers)
+    read = project.totals("cam2")["frames_read"]  # type: ignore[index]
+    wait_until(lambda: project.totals("cam2")["frames_read"] >= read + 30, 120, "cam2 goes on after scaling down")  # type: ignore[index]
+    project.compose("stop", "reader")
+
+    totals = project.timed("cam2_drained", lambda: wait_until(lambda: drained(project, "cam2"), 300, "cam2 drained",
+                                                              interval=2, describe=lambda: project.totals("cam2")))
+    for model, counts in totals["models"].items():  # every routed task answered, none an error
+        assert counts["inferred"] == counts["routed"] == totals["frames_routed"] and counts["errors"] == 0, (model, counts)
+    assert totals["frames_routed"] == totals["frames_read"] - totals["frames_dropped"]
+
+
+def test_restarting_registrator_and_router_mid_run_loses_and_doubles_no_event(project: ComposeFleet) -> None:
+    project.write_env(VIGIL_API_PORT=str(project.api_port), source_id="cam3")
+    project.compose("up", "-d", "reader")
+    wait_until(lambda: (project.totals("cam3") or {}).get("frames_read", 0) >= 100, 120, "cam3 under way")
+    project.timed("restart_registrator", lambda: project.compose("restart", "registrator"))
+    wait_until(lambda: (project.totals("cam3") or {}).get("frames_routed", 0) >= 300, 180, "cam3 further on")
+    project.timed("restart_router", lambda: project.compose("restart", "router"))
+
+    totals = wait_until(lambda: drained(project, "cam3", SAMPLE_FRAMES), 600, "cam3 drained", interval=2,
+                        describe=lambda: project.totals("cam3"))
+    assert_read_equals_inferred(totals, SAMPLE_FRAMES)
+    # The same video as cam0, so the same events: one lost or doubled would show here.
+    calm, restarted = project.events("cam0"), project.events("cam3")
+    assert [(e["label"], e["state"], e["frames"]) for e in restarted] == [(e["label"], e["state"], e["frames"]) for e in calm]
+    assert [(e["start"], e["end"]) for e in restarted] == pytest.approx([(e["start"], e["end"]) for e in calm], abs=0.01)
+
+
+def test_down_keeps_the_events_and_a_truncated_file_fails_once(project: ComposeFleet) -> None:
+    before = {e["id"]: decoded_clip(project, e)[2] for e in project.events("cam0")}
+    project.timed("down", lambda: project.make("down"))
+    assert project.states() == {}
+
+    truncated_copy(project.folder / "video" / "vtest.mp4", project.folder / "media" / "cut.mp4", 0.3)
+    project.write_env(VIGIL_API_PORT=str(project.api_port), source_id="cam4", video_source="media/cut.mp4")
+    done = project.timed("make_up_cached", lambda: project.make("up"))
+    assert f"dashboard: http://127.0.0.1:{project.api_port}/" in done.stdout
+    wait_until(lambda: healthy(project, LONG_RUNNING), 240, "every service healthy again", describe=project.states)
+
+    after = {e["id"]: decoded_clip(project, e)[2] for e in project.events("cam0")}
+    assert after == before  # the same events, with the same clips
+
+    def reader_settled() -> dict[str, Any] | None:
+        state = project.inspect(project.containers("reader", all_states=True)[0])["State"]
+        return state if state["Status"] == "exited" and not state["Restarting"] else None
+
+    state = wait_until(reader_settled, 180, "the reader ended", describe=project.states)
+    health = {s["source_id"]: s for s in project.get("/api/v1/sources")["sources"]}["cam4"]
+    assert health["state"] == "failed" and "truncated" in (health["last_error"] or "")
+    logs = project.compose("logs", "--no-log-prefix", "reader").stdout
+    assert logs.count("source failed") == 1, logs[-3000:]  # failed once, never replayed
+    assert state["Restarting"] is False
+
+    assert "vigildeploy" in project.make("ps").stdout
+    shown = follow(project, ["make", "--no-print-directory", "logs"], "registrator", timeout=60)
+    assert "api" in shown and "registrator" in shown
+
+
+def test_make_down_then_down_v_leave_nothing(project: ComposeFleet) -> None:
+    project.make("down")
+    assert project.states() == {}
+    label = "label=com.docker.compose.project=vigildeploy"
+    assert project.engine.docker("volume", "ls", "-q", "--filter", label).stdout.split()  # kept by down
+    project.compose("down", "-v")
+    assert project.engine.docker("volume", "ls", "-q", "--filter", label).stdout.split() == []
+    assert project.engine.docker("network", "ls", "-q", "--filter", label).stdout.split() == []
+    assert project.engine.docker("ps", "-aq", "--filter", label).stdout.split() == []
+
+
+def test_gpu_profile_asks_for_the_gpus(project: ComposeFleet) -> None:
+    import json
+
+    config = json.loads(project.compose("--profile", "gpu", "config", "--format", "json").stdout)
+    for name in ("detection-gpu", "classification-gpu"):
+        service = config["services"][name]
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+        assert service["build"]["target"] == "worker-gpu"
+        assert "CUDAExecutionProvider" in service["environment"]["providers"]
