@@ -38,6 +38,10 @@ class RedisKeys:
     def source_health(self, source_id: str) -> str:
         return f"{self._ns}source:{source_id}"
 
+    def source_finished(self, source_id: str) -> str:
+        """The file a source has read to its end, so a restarted reader does not replay it."""
+        return f"{self._ns}source-finished:{source_id}"
+
     @property
     def source_health_pattern(self) -> str:
         return f"{self._ns}source:*"

@@ -138,6 +138,9 @@ class SourceRunner:
         self.extra = {"source_id": config.source_id}
         self.state = SourceRunState.CONNECTING
         self._final: tuple[SourceRunState, str | None] = (SourceRunState.ENDED, None)
+        # A file read to its end or to an error it cannot get past, as opposed to one stopped by request:
+        # only such a file is done for good (services/reader/finished.py).
+        self.ran_to_end = False
         self.state_since = time.time()
         self.last_error: str | None = None
         self.frames_read = 0
@@ -252,10 +255,12 @@ class SourceRunner:
             await self._backoff(failures)
             if self.state is SourceRunState.STALLED:
                 await self._set_state(SourceRunState.RECONNECTING)
-        return self._finish(SourceRunState.ENDED)  # stopped by request
+        self._final = (SourceRunState.ENDED, None)  # stopped by request
+        return None
 
     def _finish(self, state: SourceRunState, error: str | None = None) -> None:
         self._final = (state, error)
+        self.ran_to_end = not self.live
 
     async def _backoff(self, failures: int) -> None:
         ceiling = min(self.settings.reconnect_max, self.settings.reconnect_initial * 2 ** (failures - 1))

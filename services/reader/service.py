@@ -9,6 +9,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from services.reader.finished import FinishedFiles
 from services.reader.runner import ReaderCounters, SourceRunner
 from services.reader.settings import ReaderSettings, SourceConfig
 from shared.contracts import FrameRef, SourceHealth, SourceRunState, SourceState, SourceStatus
@@ -35,6 +36,7 @@ class ReaderService(Service[ReaderSettings]):
         self.runners: list[SourceRunner] = []
         self.storage: SeaweedStorage | None = None
         self.redis: Redis | None = None
+        self.finished: FinishedFiles | None = None
         self.stream_name = frames_stream_name(settings)
         self._backlog_ok_until = 0.0
         self.counters = ReaderCounters.create(self.metrics)
@@ -44,6 +46,7 @@ class ReaderService(Service[ReaderSettings]):
         await self.open_bus(stack)
         await self.bus.ensure_stream(frames_stream(self.settings))
         self.redis = await self.open_redis(stack)
+        self.finished = FinishedFiles(self.redis, self.keys)
         connections = self.settings.upload_concurrency * len(self.configs)
         self.storage = await self.open_storage(stack, max_connections=connections)
 
@@ -51,8 +54,18 @@ class ReaderService(Service[ReaderSettings]):
         return super().health() | {"sources": [r.health().model_dump(mode="json") for r in self.runners]}
 
     async def run(self) -> None:
-        assert self.storage is not None
+        assert self.storage is not None and self.finished is not None
         for config in self.configs:
+            done = await self.finished.previous(config)
+            if done is not None:
+                self.log.warning(
+                    "source %s: this file was already read (%s at %s%s), so it is not read again; a new or changed "
+                    "file, another source_id, or deleting Redis key %s reads it", config.source_id,
+                    done.state.value, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(done.at)),
+                    f": {done.error}" if done.error else "", self.keys.source_finished(config.source_id),
+                    extra={"source_id": config.source_id},
+                )
+                continue
             runner = SourceRunner(
                 config, self.settings, self.storage, self._publish_frame, self._wait_for_router,
                 self._report, self.counters, self.instance, self.stop_event,
@@ -74,6 +87,8 @@ class ReaderService(Service[ReaderSettings]):
         await runner.run()
         final = SourceState.FAILED if runner.state is SourceRunState.FAILED else SourceState.ENDED
         await self._lifecycle(runner, final)
+        if runner.ran_to_end:
+            await self._remember_finished(runner)
         self.log.info(
             "source %s: read %d, published %d, dropped %s%s", final.value, runner.frames_read, runner.frames_published,
             dict(runner.dropped) or 0, f" ({runner.last_error})" if final is SourceState.FAILED else "",
@@ -93,6 +108,13 @@ class ReaderService(Service[ReaderSettings]):
             error=runner.last_error if state is SourceState.FAILED else None,
         )
         await self.bus.publish(self.bus.subjects.source_status(runner.config.source_id), status)
+
+    async def _remember_finished(self, runner: SourceRunner) -> None:
+        assert self.finished is not None
+        try:
+            await self.finished.record(runner.config, runner.state, runner.last_error)
+        except Exception as exc:  # noqa: BLE001 - the file is done either way; a replay is the worst case
+            self.log.warning("finished file not recorded: %r", exc, extra={"source_id": runner.config.source_id})
 
     async def _publish_frame(self, ref: FrameRef) -> None:
         await self.bus.publish(self.bus.subjects.frames, ref)

@@ -143,3 +143,31 @@ async def test_http_file_and_hls_playlist(service_env: dict[str, str], repo_root
     got = by_source(frames)
     assert len(got["http"]) == 159 and len(got["hls"]) == 159
     assert {s.state for s in statuses if s.state is not SourceState.STARTED} == {SourceState.ENDED}
+
+
+async def test_a_file_done_for_good_is_not_read_again(service_env: dict[str, str], repo_root: Path, tmp_path: Path) -> None:
+    """A restart policy starting the reader again must not replay a file that ended or failed."""
+    cut = truncated_copy(repo_root / "video" / "vtest.mp4", tmp_path / "cut.mp4", 0.3)
+    whole = {"source_id": "whole", "url": str(repo_root / "video" / "vtest.mp4"), "skip_frames": 39}
+    sources = [{"source_id": "cut", "url": str(cut), "skip_frames": 9}, whole]
+
+    first = reader_for(service_env, sources=sources)
+    await asyncio.wait_for(first.execute(), 120)
+    assert first.exit_code == 1  # the cut file failed
+    frames, statuses = await read_stream(first)
+    counted = {s: len(f) for s, f in by_source(frames).items()}
+    assert counted["whole"] == 20 and 0 < counted["cut"] < 80
+    assert sorted((s.source_id, s.state) for s in statuses if s.state is not SourceState.STARTED) == [
+        ("cut", SourceState.FAILED), ("whole", SourceState.ENDED)]
+
+    again = reader_for(service_env, sources=sources)  # the same files, unchanged: nothing is read again
+    await asyncio.wait_for(again.execute(), 60)
+    assert again.exit_code == 0 and again.runners == []
+    assert await read_stream(again) == ([], [])  # the stream holds nothing new
+
+    cut.write_bytes(cut.read_bytes())  # a new copy of the file (new mtime) is read, the other is not
+    third = reader_for(service_env, sources=sources)
+    await asyncio.wait_for(third.execute(), 120)
+    assert [r.config.source_id for r in third.runners] == ["cut"]
+    frames, _ = await read_stream(third)
+    assert {s: len(f) for s, f in by_source(frames).items()} == {"cut": counted["cut"]}
