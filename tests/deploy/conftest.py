@@ -67,7 +67,7 @@ def project(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         yield fleet
     finally:
-        REPORT["timings_s"] = fleet.timings
+        REPORT["figures"] = fleet.figures
         fleet.compose("--profile", "gpu", "down", "-v", "--remove-orphans", check=False, timeout=300)
 
 

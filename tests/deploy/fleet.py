@@ -44,7 +44,7 @@ class ComposeFleet:
         self.env = engine.env | {
             "COMPOSE_PROJECT_NAME": PROJECT, "COMPOSE_PROGRESS": "plain", "BUILDKIT_PROGRESS": "plain", "NO_COLOR": "1",
         }
-        self.timings: dict[str, float] = {}
+        self.figures: dict[str, float] = {}  # seconds per step, and counts
 
     # ---- settings -------------------------------------------------------------------------------
     def write_env(self, **values: str) -> None:
@@ -74,7 +74,7 @@ class ComposeFleet:
         try:
             return action()
         finally:
-            self.timings[what] = round(time.monotonic() - started, 1)
+            self.figures[what] = round(time.monotonic() - started, 1)
 
     def containers(self, service: str, *, all_states: bool = False) -> list[str]:
         args = ["ps", "-q", *(["-a"] if all_states else []), service]

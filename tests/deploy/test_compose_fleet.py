@@ -212,15 +212,22 @@ def test_scaling_and_a_killed_replica_lose_nothing(project: ComposeFleet) -> Non
                                                                  describe=project.live_workers))
     assert len(project.containers("detection")) == 3 and len(project.containers("classification")) == 2
 
-    # Killed while it holds tasks: the only way the detector's consumer sees redeliveries is tasks the
-    # victim took and never acked, given again to the others after ack_wait.
+    # Killed while it holds tasks. A delivery beyond the newest message delivered is a redelivery, so the
+    # consumer's delivery count growing past its stream position proves tasks the victim took and never
+    # acked went to the others after ack_wait (num_redelivered counts only those still unacked).
     durable = next(name for name in project.jetstream() if DETECTOR in name)
-    before = project.jetstream()[durable]["num_redelivered"]
+
+    def redeliveries() -> int:
+        delivered = project.jetstream()[durable]["delivered"]
+        return int(delivered["consumer_seq"] - delivered["stream_seq"])
+
+    before = redeliveries()
     victim = project.containers("detection")[0]
     project.engine.docker("kill", victim)
     project.timed("killed_tasks_redelivered", lambda: wait_until(
-        lambda: project.jetstream()[durable]["num_redelivered"] > before, 180, "the killed replica's tasks redelivered",
-        interval=3, describe=lambda: project.jetstream()[durable]))
+        lambda: redeliveries() > before, 180, "the killed replica's tasks redelivered", interval=2,
+        describe=lambda: project.jetstream()[durable]))
+    project.figures["killed_replica_tasks_redelivered"] = redeliveries() - before
 
     project.timed("scale_down", lambda: project.make("scale-workers", "DETECTION=1", "CLASSIFICATION=1"))
     wait_until(lambda: {m: len(b) for m, b in project.live_workers().items()} == {DETECTOR: 1, CLASSIFIER: 1}, 120,
