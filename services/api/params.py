@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
@@ -58,33 +58,31 @@ def unix_time(text: Any) -> Any:
     if _JSON_NUMBER.match(text):
         return float(text)
     if m := _DATE.match(text):
-        return _seconds(_datetime(m.group(1, 2, 3), ("0", "0", "0")))
+        return _unix(m.group(1, 2, 3), (0, 0, 0), 0)
     if m := _DATE_TIME.match(text):
-        when = _datetime(m.group(1, 2, 3), m.group(4, 5, 6))
-        fraction = float(m.group(7) or 0)
         offset = 0
         if m.group(9):
             hours, minutes = int(m.group(10)), int(m.group(11))
             if hours > 23 or minutes > 59:
                 raise ValueError("is not a valid UTC offset")
-            offset = (hours * 60 + minutes) * 60 * (1 if m.group(9) == "+" else -1)
-        # Seconds from naive parts, so an offset near year 1 or 9999 cannot overflow datetime's range.
-        return _seconds(when) + fraction - offset
+            offset = (hours * 60 + minutes) * (1 if m.group(9) == "+" else -1)
+        hms = (int(m.group(4)), int(m.group(5)), int(m.group(6)))
+        return _unix(m.group(1, 2, 3), hms, offset) + float(m.group(7) or 0)
     raise ValueError("is neither unix seconds, an RFC 3339 date-time nor a date")
 
 
-def _datetime(ymd: tuple[str, ...], hms: tuple[str, ...]) -> datetime:
-    year, month, day = (int(x) for x in ymd)
-    hour, minute, second = (int(x) for x in hms)
-    leap = second == 60  # RFC 3339 allows a leap second; it is the next minute's first
+def _unix(ymd: tuple[str, ...], hms: tuple[int, int, int], offset_minutes: int) -> float:
+    """Seconds since the epoch, summed from the parts, so that an offset near year 1 or 9999 cannot push
+    a datetime out of its range."""
+    hour, minute, second = hms
+    # A leap second (RFC 3339 §5.7) is 23:59:60 in UTC only; it counts as the next day's first second.
+    leap = second == 60 and (hour * 60 + minute - offset_minutes) % 1440 == 1439
     try:
-        return datetime(year, month, day, hour, minute, 59 if leap else second) + timedelta(seconds=leap)
-    except (ValueError, OverflowError):
+        year, month, day = (int(x) for x in ymd)
+        naive = datetime(year, month, day, hour, minute, 59 if leap else second)
+    except ValueError:
         raise ValueError("is not a valid date or time") from None
-
-
-def _seconds(naive_utc: datetime) -> float:
-    return (naive_utc - _EPOCH).total_seconds()
+    return (naive - _EPOCH).total_seconds() + leap - offset_minutes * 60
 
 
 JsonInt = Annotated[int, BeforeValidator(_json_int)]

@@ -30,6 +30,8 @@ def query(text: str, model: type[Any] = EventsQuery) -> Any:
     ("since=1970-01-01t01:00:00.25z", "since", 3600.25),
     ("since=1970-01-01T01:00:00%2B01:00".replace("%2B", "+"), "since", 0.0),
     ("since=1972-06-30T23:59:60Z", "since", 78796800.0),  # a leap second is the next minute's first
+    ("since=1972-07-01T00:59:60%2B01:00".replace("%2B", "+"), "since", 78796800.0),  # ... at 23:59 UTC
+    ("since=9999-12-31T23:59:60.5Z", "since", 253402300800.5),
     ("since=9999-12-31T23:59:59-23:59", "since", 253402387139.0),  # past datetime's range once in UTC
 ])
 def test_values_the_document_allows_are_read(text: str, field: str, value: Any) -> None:
@@ -43,6 +45,7 @@ def test_values_the_document_allows_are_read(text: str, field: str, value: Any) 
     ("since=-Infinity", "is neither"),
     ("since=1970-01-01T01:00:00", "is neither"),  # RFC 3339 wants an offset
     ("since=1970-02-30", "is not a valid date or time"),
+    ("since=1972-06-30T12:00:60Z", "is not a valid date or time"),  # leap seconds end a UTC day only
     ("since=1970-01-01T00:00:00%2B24:00".replace("%2B", "+"), "is not a valid UTC offset"),
     ("limit=+5", "must be an integer"),
     ("limit=5.0", "must be an integer"),
