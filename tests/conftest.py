@@ -1,4 +1,4 @@
-"""Fixtures shared by unit, integration and e2e tests."""
+"""Fixtures shared by unit, integration, e2e and contract tests."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ import pytest
 
 from fleet.servers import LocalServers, ServerSet
 
+# The sample fleet run, as session fixtures here so e2e and contract tests share one run.
+from tests.support.fleet_run import api, sample_run  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS = REPO_ROOT / "tests"
 # Folder under tests/ -> marker, so `-m "not integration"` works without decorating every test.
-_FOLDER_MARKERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e, "deploy": pytest.mark.deploy}
+# The contract tests run against the sample fleet run, so they are e2e tests too.
+_FOLDER_MARKERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e, "contract": pytest.mark.e2e,
+                   "deploy": pytest.mark.deploy}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,29 +9,38 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDict
+from redis.exceptions import RedisError
 
-from services.api.errors import ApiError, bad_request, error_response, not_found
+from services.api import openapi
+from services.api.errors import ApiError, error_response, not_found
+from services.api.models import INTERNAL_FIELDS, EventPage, OpenApiDocument, PublicEvent, Services, Sources, Totals, dump
+from services.api.openapi import Link, Route
+from services.api.params import (
+    ClipHeaders,
+    EventPath,
+    EventsQuery,
+    Headers,
+    KeyframeQuery,
+    Params,
+    events_query,
+    parse_headers,
+    parse_query,
+)
 from services.api.proof_cache import ProofCache
 from services.api.queries import Cursor, EventFilter, FleetView
 from services.api.ranges import UnsatisfiableRange, parse_range
 from services.api.settings import ApiSettings
-from shared.contracts import Event, EventState, Heartbeat, SourceHealth
+from shared.contracts import Event
 from shared.storage import StorageError
 
 API = "/api/v1"
 TOKEN_COOKIE = "vigil_token"
-_EVENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-# Fields of the stored record that only make sense inside the fleet (local paths, storage URLs):
-# the api links to the proofs through itself instead.
-_INTERNAL_FIELDS = {"video_proofs", "video_proof_path", "image_proofs", "image_proof_path", "image_annotated_proofs"}
 # Served files: a fixed table, so no part of a request ever becomes a file-system path.
 _STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
 _PAGE_HEADERS = {
@@ -42,25 +51,9 @@ _PAGE_HEADERS = {
 
 log = logging.getLogger("vigil.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    description: str
-    schema: dict[str, Any]
-    where: str = "query"
-
-
-@dataclass(frozen=True)
-class Route:
-    path: str
-    handler: Handler
-    summary: str
-    params: tuple[Param, ...] = ()
-    responses: dict[str, str] = field(default_factory=lambda: {"200": "OK"})
-    content_type: str = "application/json"
-    schema: str | None = None  # a component schema name for the 200 body
+QUERY = web.RequestKey("query", Params)
+PATH = web.RequestKey("path", Params)
+HEADERS = web.RequestKey("headers", Headers)
 
 
 # ---------------------------------------------------------------- helpers
@@ -75,7 +68,7 @@ def _json(doc: Any, status: int = 200) -> web.Response:
 
 
 def public_event(event: Event) -> dict[str, Any]:
-    doc = event.model_dump(mode="json", exclude=_INTERNAL_FIELDS)
+    doc = event.model_dump(mode="json", exclude=set(INTERNAL_FIELDS))
     base = f"{API}/events/{event.id}"
     doc["links"] = {
         "self": base,
@@ -86,36 +79,12 @@ def public_event(event: Event) -> dict[str, Any]:
     return doc
 
 
-def _time_param(request: web.Request, name: str) -> float | None:
-    """Unix seconds or ISO 8601 (a time without zone is UTC)."""
-    text = request.query.get(name)
-    if text is None or text == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise bad_request(f"{name}={text!r} is neither unix seconds nor an ISO 8601 time") from None
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
-
-
-def _bool_param(request: web.Request, name: str) -> bool:
-    text = request.query.get(name, "false").lower()
-    if text not in ("true", "false", "1", "0"):
-        raise bad_request(f"{name}={text!r} must be true or false")
-    return text in ("true", "1")
-
-
 async def _event_or_404(request: web.Request) -> Event:
-    event_id = request.match_info["event_id"]
-    if not _EVENT_ID.match(event_id):
-        raise bad_request(f"{event_id!r} is not an event id")
-    event = await _view(request).event(event_id)
+    path = request[PATH]
+    assert isinstance(path, EventPath)
+    event = await _view(request).event(path.event_id)
     if event is None:
-        raise not_found(f"no event {event_id}")
+        raise not_found(f"no event {path.event_id}")
     return event
 
 
@@ -123,39 +92,21 @@ async def _event_or_404(request: web.Request) -> Event:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    settings: ApiSettings = request.app[SETTINGS]
-    q = request.query
-    try:
-        limit = int(q.get("limit", "50"))
-    except ValueError:
-        raise bad_request(f"limit={q['limit']!r} is not a number") from None
-    if not 1 <= limit <= settings.api_page_limit:
-        raise bad_request(f"limit must be between 1 and {settings.api_page_limit}")
-    state = q.get("state")
-    if state and state.upper() not in EventState.__members__:
-        raise bad_request(f"state={state!r} is not one of {', '.join(EventState.__members__)}")
-    where = EventFilter(
-        source_id=q.get("source") or None,
-        label=q.get("label") or None,
-        state=EventState(state.upper()) if state else None,
-        since=_time_param(request, "since"),
-        until=_time_param(request, "until"),
-    )
-    if where.since is not None and where.until is not None and where.since > where.until:
-        raise bad_request("since is after until")
-    try:
-        cursor = Cursor.decode(q["cursor"]) if q.get("cursor") else None
-    except ValueError as exc:
-        raise bad_request(str(exc)) from None
-    page = await _view(request).events(where, limit, cursor)
-    return _json({
+    q = request[QUERY]
+    assert isinstance(q, EventsQuery)
+    # since after until is an empty range, not an error: the document allows any two times.
+    # The cursor's pattern is the shape Cursor.encode writes, so one that matches it decodes.
+    cursor = Cursor.decode(q.cursor) if q.cursor else None
+    where = EventFilter(source_id=q.source, label=q.label, state=q.state, since=q.since, until=q.until)
+    page = await _view(request).events(where, q.limit, cursor)
+    return _json(dump(EventPage, {
         "events": [public_event(e) for e in page.events],
         "next_cursor": page.next_cursor.encode() if page.next_cursor else None,
-    })
+    }))
 
 
 async def get_event(request: web.Request) -> web.Response:
-    return _json(public_event(await _event_or_404(request)))
+    return _json(dump(PublicEvent, public_event(await _event_or_404(request))))
 
 
 async def get_clip(request: web.Request) -> web.Response:
@@ -165,8 +116,10 @@ async def get_clip(request: web.Request) -> web.Response:
     data = await request.app[PROOFS].get(event.video_proofs)
     size = len(data)
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, max-age=3600"}
+    wanted_header = request[HEADERS]
+    assert isinstance(wanted_header, ClipHeaders)
     try:
-        wanted = parse_range(request.headers.get("Range"), size)
+        wanted = parse_range(wanted_header.range, size)
     except UnsatisfiableRange as exc:
         raise ApiError(416, str(exc), {"Content-Range": f"bytes */{size}"}) from None
     if wanted is None:
@@ -178,7 +131,9 @@ async def get_clip(request: web.Request) -> web.Response:
 
 async def get_keyframe(request: web.Request) -> web.Response:
     event = await _event_or_404(request)
-    url = event.image_annotated_proofs if _bool_param(request, "annotated") else event.image_proofs
+    q = request[QUERY]
+    assert isinstance(q, KeyframeQuery)
+    url = event.image_annotated_proofs if q.annotated else event.image_proofs
     if not url:
         raise not_found(f"event {event.id} has no key frame (state {event.state.value})")
     data = await request.app[PROOFS].get(url)
@@ -186,19 +141,19 @@ async def get_keyframe(request: web.Request) -> web.Response:
 
 
 async def list_services(request: web.Request) -> web.Response:
-    return _json({"models": await _view(request).workers()})
+    return _json(dump(Services, {"models": await _view(request).workers()}))
 
 
 async def list_sources(request: web.Request) -> web.Response:
-    return _json({"sources": [h.model_dump(mode="json") for h in await _view(request).sources()]})
+    return _json(dump(Sources, {"sources": await _view(request).sources()}))
 
 
 async def get_totals(request: web.Request) -> web.Response:
-    return _json({"sources": await _view(request).totals()})
+    return _json(dump(Totals, {"sources": await _view(request).totals()}))
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return _json(openapi_document())
+    return _json(request.app[DOCUMENT])
 
 
 async def dashboard(request: web.Request) -> web.Response:
@@ -222,87 +177,67 @@ def _asset(name: str) -> str:
 
 # ---------------------------------------------------------------- the route table
 
-_ID = Param("event_id", "the event's id", {"type": "string", "pattern": _EVENT_ID.pattern}, "path")
-ROUTES = (
-    Route(f"{API}/events", list_events, "Events, newest first, filtered and paged", (
-        Param("source", "only this source's events", {"type": "string"}),
-        Param("label", "only events of this label", {"type": "string"}),
-        Param("state", "only events in this state", {"type": "string", "enum": [s.value for s in EventState]}),
-        Param("since", "events that started at or after this time (unix seconds or ISO 8601)", {"type": "string"}),
-        Param("until", "events that started at or before this time (unix seconds or ISO 8601)", {"type": "string"}),
-        Param("limit", "events per page", {"type": "integer", "minimum": 1, "default": 50}),
-        Param("cursor", "next_cursor of the previous page", {"type": "string"}),
-    ), {"200": "a page of events", "400": "a bad parameter"}, schema="EventPage"),
-    Route(f"{API}/events/{{event_id}}", get_event, "One event", (_ID,),
-          {"200": "the event", "400": "not an event id", "404": "no such event"}, schema="Event"),
-    Route(f"{API}/events/{{event_id}}/clip", get_clip, "The event's MP4 proof clip (H.264); Range requests allowed", (_ID,),
-          {"200": "the clip", "206": "part of the clip", "404": "no such event, or no clip yet",
-           "416": "a range outside the clip"}, "video/mp4"),
-    Route(f"{API}/events/{{event_id}}/keyframe", get_keyframe, "The event's key frame", (
-        _ID, Param("annotated", "with the event's boxes drawn", {"type": "boolean", "default": False}),
-    ), {"200": "the JPEG", "404": "no such event, or no key frame yet"}, "image/jpeg"),
-    Route(f"{API}/services", list_services, "Live model workers, from their heartbeats", schema="Services"),
-    Route(f"{API}/sources", list_sources, "Sources with their state, fps and drops", schema="Sources"),
-    Route(f"{API}/totals", get_totals, "Frames read, routed, inferred and dropped, and events, per source and model"),
-    Route(f"{API}/openapi.json", get_openapi, "This document"),
-)
+_UNAVAILABLE = "the event store or the proof storage is unavailable; try again"
 
 
-def openapi_document() -> dict[str, Any]:
-    paths: dict[str, Any] = {}
-    for route in ROUTES:
-        responses: dict[str, Any] = {}
-        for status, description in route.responses.items():
-            entry: dict[str, Any] = {"description": description}
-            if status in ("200", "206"):
-                body = {"$ref": f"#/components/schemas/{route.schema}"} if route.schema else {}
-                entry["content"] = {route.content_type: {"schema": body}}
-            else:
-                entry["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-            responses[status] = entry
-        responses.setdefault("401", {"description": "a token is configured and this request lacks it"})
-        paths[route.path] = {"get": {
-            "summary": route.summary,
-            "operationId": route.handler.__name__,
-            "parameters": [
-                {"name": p.name, "in": p.where, "required": p.where == "path", "description": p.description, "schema": p.schema}
-                for p in route.params
-            ],
-            "responses": responses,
-        }}
-    event = Event.model_json_schema(ref_template="#/components/schemas/{model}")
-    for name in _INTERNAL_FIELDS:
-        event["properties"].pop(name, None)
-    event["properties"]["links"] = {"type": "object", "additionalProperties": {"type": ["string", "null"]}}
-    defs = event.pop("$defs", {})
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "Vigil api", "version": "1", "description": "Events, proof clips and the fleet's state."},
-        "paths": paths,
-        "components": {
-            "schemas": defs | {
-                "Event": event,
-                "EventPage": {"type": "object", "properties": {
-                    "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
-                    "next_cursor": {"type": ["string", "null"]},
-                }},
-                "SourceHealth": SourceHealth.model_json_schema(),
-                "Sources": {"type": "object", "properties": {
-                    "sources": {"type": "array", "items": {"$ref": "#/components/schemas/SourceHealth"}}}},
-                "Heartbeat": Heartbeat.model_json_schema(),
-                "Services": {"type": "object", "properties": {"models": {"type": "object", "additionalProperties": {
-                    "type": "array", "items": {"$ref": "#/components/schemas/Heartbeat"}}}}},
-                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
-                    "status": {"type": "integer"}, "message": {"type": "string"}}}}},
-            },
-            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
-        },
-    }
+def routes(page_limit: int) -> tuple[Route, ...]:
+    """The one place a route is declared: the aiohttp router, the request validation and the OpenAPI
+    document are all built from it, so they cannot disagree."""
+    to_event = (Link("get_event", "event_id", "$response.body#/id"),
+                Link("get_clip", "event_id", "$response.body#/id"),
+                Link("get_keyframe", "event_id", "$response.body#/id"))
+    newest = tuple(Link(link.operation, link.parameter, "$response.body#/events/0/id") for link in to_event)
+    return (
+        Route(f"{API}/events", list_events, "Events, newest first, filtered and paged",
+              {"200": "a page of events", "400": "a bad or unknown parameter",
+               "503": _UNAVAILABLE}, EventPage, query=events_query(page_limit), links=newest),
+        Route(f"{API}/events/{{event_id}}", get_event, "One event",
+              {"200": "the event", "404": "no such event", "503": _UNAVAILABLE},
+              PublicEvent,
+              path_params=EventPath, links=to_event[1:]),
+        Route(f"{API}/events/{{event_id}}/clip", get_clip, "The event's MP4 proof clip (H.264); Range requests allowed",
+              {"200": "the clip", "206": "one range of the clip", "404": "no such event, or no clip yet",
+               "416": "a range outside the clip", "503": _UNAVAILABLE},
+              content_type="video/mp4", path_params=EventPath, headers=ClipHeaders,
+              response_headers={"206": {"Content-Range": "the range sent, and the clip's size"},
+                                "416": {"Content-Range": "the clip's size: bytes */<size>"}}),
+        Route(f"{API}/events/{{event_id}}/keyframe", get_keyframe, "The event's key frame",
+              {"200": "the JPEG", "404": "no such event, or no key frame yet", "503": _UNAVAILABLE},
+              content_type="image/jpeg", query=KeyframeQuery, path_params=EventPath),
+        Route(f"{API}/services", list_services, "Live model workers, from their heartbeats",
+              {"200": "live instances per model", "503": _UNAVAILABLE}, Services),
+        Route(f"{API}/sources", list_sources, "Sources with their state, fps and drops",
+              {"200": "every source the fleet reports", "503": _UNAVAILABLE}, Sources),
+        Route(f"{API}/totals", get_totals, "Frames read, routed, inferred and dropped, and events, per source and model",
+              {"200": "counts per source", "503": _UNAVAILABLE}, Totals),
+        Route(f"{API}/openapi.json", get_openapi, "This document", {"200": "the OpenAPI 3.1 document"}, OpenApiDocument),
+    )
+
+
+def openapi_document(settings: ApiSettings) -> dict[str, Any]:
+    return openapi.document(routes(settings.api_page_limit), token=bool(settings.api_token.get_secret_value()))
+
+
+def _validating(route: Route, token: bool) -> Handler:
+    """The route's handler, after its parameters are read by the route's own models (400 otherwise)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        query = request.query
+        if token and "token" in query:  # the token scheme's parameter, already checked by token_auth
+            query = MultiDict((k, v) for k, v in query.items() if k != "token")  # type: ignore[assignment]
+        request[QUERY] = parse_query(route.query, query)
+        if route.path_params is not None:
+            request[PATH] = parse_query(route.path_params, request.match_info, "path")
+        request[HEADERS] = parse_headers(route.headers, request.headers)
+        return await route.handler(request)
+
+    return handle
 
 
 # ---------------------------------------------------------------- middlewares and assembly
 
 VIEW = web.AppKey("view", FleetView)
+DOCUMENT = web.AppKey("document", dict)
 PROOFS = web.AppKey("proofs", ProofCache)
 SETTINGS = web.AppKey("settings", ApiSettings)
 
@@ -316,10 +251,15 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:  # the router's own 404/405
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason)
+        # A 405 must say what is allowed (RFC 9110 §15.5.6); aiohttp puts it in the exception's headers.
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, exc.reason, allow)
     except StorageError as exc:
         log.warning("proof unavailable: %s", exc)
         return error_response(503, "the proof storage is unavailable; try again")
+    except RedisError as exc:
+        log.warning("event store unavailable: %s", exc)
+        return error_response(503, "the event store is unavailable; try again")
     except Exception:  # noqa: BLE001 - one bad request must not take the api down
         log.exception("request failed: %s %s", request.method, request.path)
         return error_response(500, "internal error")
@@ -386,8 +326,9 @@ def build_app(settings: ApiSettings, view: FleetView, proofs: ProofCache) -> web
         middlewares.append(token_auth(token))
     app = web.Application(middlewares=middlewares)
     app[VIEW], app[PROOFS], app[SETTINGS] = view, proofs, settings
-    for route in ROUTES:
-        app.router.add_get(route.path, route.handler)
+    app[DOCUMENT] = openapi_document(settings)
+    for route in routes(settings.api_page_limit):
+        app.router.add_get(route.path, _validating(route, bool(token)))
     app.router.add_get("/", dashboard)
     app.router.add_get("/static/{name}", static_file)
     app.router.add_get("/healthz", healthz)

@@ -1,55 +1,5 @@
-"""One run of the whole fleet on the sample video, shared by the e2e tests (fleet, api, browser)."""
+"""The e2e tests share one fleet run with the contract tests: its fixtures live in tests/support/fleet_run.py."""
 
-from __future__ import annotations
+from tests.support.fleet_run import FPS, POST, PRE, SampleRun, api_service
 
-import asyncio
-import secrets
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import pytest
-
-from fleet.run import FleetOptions, FleetReport, run_fleet
-from fleet.servers import ServerSet
-from services.api.service import ApiService
-from services.api.settings import ApiSettings
-from tests.integration.helpers import running
-
-PRE, POST, FPS = 2.0, 2.0, 10
-
-
-@dataclass(frozen=True)
-class SampleRun:
-    report: FleetReport
-    prefix: str  # subject_prefix: the run's streams, keys and events
-    data_dir: Path
-
-
-@pytest.fixture(scope="session")
-def sample_run(servers: ServerSet, tmp_path_factory: pytest.TempPathFactory) -> SampleRun:
-    prefix = f"t{secrets.token_hex(4)}"
-    data_dir = tmp_path_factory.mktemp("sample-run")
-    settings = {
-        "subject_prefix": prefix,
-        "video_skip_frames": "1",  # half the frames: the same events, half the CI time
-        "max_event_duration": "25",  # people are in every frame: split, so clips stay short
-        "pre_roll": str(PRE),
-        "post_roll": str(POST),
-    }
-    # A sync fixture with its own loop: the run is shared across tests, each of which has its own loop.
-    report = asyncio.run(run_fleet(servers, FleetOptions(data_dir, settings=settings), asyncio.Event()))
-    return SampleRun(report, prefix, data_dir)
-
-
-def api_service(servers: ServerSet, prefix: str, **extra: Any) -> ApiService:
-    settings = ApiSettings(_env_file=None, **servers.env(), subject_prefix=prefix, api_port=0, **extra)  # type: ignore[arg-type]
-    return ApiService(settings)
-
-
-@pytest.fixture
-async def api(servers: ServerSet, sample_run: SampleRun) -> AsyncIterator[str]:
-    """The api, in the test's loop, over the sample run's events; its base URL without the final slash."""
-    async with running(api_service(servers, sample_run.prefix), ready=lambda s: bool(s.url)) as service:
-        yield service.url.rstrip("/")
+__all__ = ["FPS", "POST", "PRE", "SampleRun", "api_service"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from fleet.servers import ServerSet
-from services.api.app import ROUTES, public_event
+from services.api.app import public_event, routes
 from shared.contracts import EventState
 from tests.e2e.conftest import SampleRun, api_service
 from tests.integration.helpers import running
@@ -50,7 +52,7 @@ async def test_events_are_listed_newest_first_filtered_and_paged(api: str, sampl
         assert walked == [e.id for e in stored]
 
         finished = [e.id for e in stored if e.state is EventState.FINISHED]
-        assert [e["id"] for e in (await get_json(http, f"{api}/api/v1/events?state=finished"))["events"]] == finished
+        assert [e["id"] for e in (await get_json(http, f"{api}/api/v1/events?state=FINISHED"))["events"]] == finished
         assert len((await get_json(http, f"{api}/api/v1/events?label=person&source=cam0"))["events"]) == len(stored)
         assert (await get_json(http, f"{api}/api/v1/events?source=elsewhere"))["events"] == []
         assert (await get_json(http, f"{api}/api/v1/events?label=giraffe"))["events"] == []
@@ -65,17 +67,61 @@ async def test_events_are_listed_newest_first_filtered_and_paged(api: str, sampl
 
 
 @pytest.mark.parametrize(("query", "message"), [
-    ("limit=0", "limit must be between"),
-    ("limit=ten", "not a number"),
-    ("state=LOST", "not one of"),
-    ("since=yesterday", "neither unix seconds nor an ISO 8601"),
-    ("since=2030-01-02&until=2030-01-01", "since is after until"),
-    ("cursor=abc", "not one this api gave out"),
+    ("limit=0", "limit: Input should be greater than or equal to 1"),
+    ("limit=201", "limit: Input should be less than or equal to 200"),
+    ("limit=ten", "limit='ten': must be an integer"),
+    ("limit=05", "limit='05': must be an integer"),
+    ("state=LOST", "state='LOST': Input should be 'CREATED'"),
+    ("state=finished", "state='finished': Input should be 'CREATED'"),
+    ("state=", "state='': Input should be 'CREATED'"),
+    ("since=yesterday", "neither unix seconds, an RFC 3339 date-time nor a date"),
+    ("since=nan", "since='nan': is neither unix seconds"),  # once a 500
+    ("until=inf", "until='inf': is neither unix seconds"),
+    ("since=2030-02-30", "is not a valid date or time"),
+    ("source=", "source='': String should match pattern"),
+    ("cursor=abc", "cursor='abc': String should match pattern"),
+    ("colour=red", "unknown query parameter 'colour'"),
+    ("limit=1&limit=2", "query parameter 'limit' is given more than once"),
 ])
 async def test_bad_parameters_get_400_with_a_clear_message(api: str, query: str, message: str) -> None:
     async with aiohttp.ClientSession() as http:
         body = await get_json(http, f"{api}/api/v1/events?{query}", status=400)
     assert message in body["error"]["message"] and body["error"]["status"] == 400
+
+
+@pytest.mark.parametrize(("query", "everything"), [
+    ("since=2030-01-02&until=2030-01-01", False),  # an empty range: valid, and nothing in it
+    ("since=1e400", False),  # a JSON number past a double's range: an unbounded end
+    ("until=-1e400", False),
+    ("since=0001-01-01T00:00:00-23:59&until=9999-12-31T23:59:60.123456789Z", True),  # RFC 3339's far edges
+])
+async def test_every_time_the_document_allows_is_accepted(
+    api: str, sample_run: SampleRun, query: str, everything: bool,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        page = await get_json(http, f"{api}/api/v1/events?{query}")
+    assert len(page["events"]) == (len(sample_run.report.events) if everything else 0)
+
+
+async def test_time_filters_read_dates_and_date_times_as_utc(api: str, sample_run: SampleRun) -> None:
+    stored = sorted(sample_run.report.events, key=lambda e: (e.start_wall, e.id), reverse=True)
+    second = int(min(e.start_wall for e in stored))  # whole seconds: a date-time that is not rounded up
+    when = datetime.fromtimestamp(second, timezone.utc)
+    async with aiohttp.ClientSession() as http:
+        by_day = await get_json(http, f"{api}/api/v1/events?since={when.date().isoformat()}")
+        by_time = await get_json(http, f"{api}/api/v1/events?since={when.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        after = await get_json(http, f"{api}/api/v1/events?since={when.strftime('%Y-%m-%dT%H:%M:%S-01:00')}")
+    assert [e["id"] for e in by_day["events"]] == [e.id for e in stored]
+    assert [e["id"] for e in by_time["events"]] == [e.id for e in stored]
+    assert after["events"] == []  # an hour later in UTC than any event
+
+
+async def test_undeclared_methods_get_405_with_allow(api: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for method in ("TRACE", "POST", "DELETE"):
+            async with http.request(method, f"{api}/api/v1/events") as resp:
+                assert resp.status == 405 and resp.headers["Allow"] == "GET,HEAD", method
+                assert (await resp.json())["error"]["status"] == 405
 
 
 async def test_unknown_ids_and_paths_get_json_404s(api: str) -> None:
@@ -116,10 +162,14 @@ async def test_clip_serves_range_requests(api: str, sample_run: SampleRun) -> No
                 assert resp.status == 206, header
                 assert resp.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
                 assert await resp.read() == clip[first:last + 1]
-        for header in (f"bytes={size}-", "bytes=50-10", "lines=0-5"):
+        for header in (f"bytes={size}-", "bytes=50-10"):
             async with http.get(url, headers={"Range": header}) as resp:
                 assert resp.status == 416, header
                 assert resp.headers["Content-Range"] == f"bytes */{size}"
+        async with http.get(url, headers={"Range": "lines=0-5"}) as resp:  # not the document's Range
+            assert resp.status == 400 and "Range='lines=0-5'" in (await resp.json())["error"]["message"]
+        async with http.get(url, headers={"Range": "bytes=0-9, 20-29"}) as resp:  # several: the whole clip
+            assert resp.status == 200 and await resp.read() == clip
 
 
 async def test_keyframe_raw_and_annotated(api: str, sample_run: SampleRun) -> None:
@@ -166,16 +216,34 @@ async def test_sources_totals_and_live_workers(api: str, servers: ServerSet, sam
             assert [(hb["instance"], hb["kind"]) for hb in found["noop"]] == [("noop-1", "detection")]
 
 
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    return [r for v in node for r in _refs(v)] if isinstance(node, list) else []
+
+
 async def test_openapi_document_describes_every_route(api: str) -> None:
     async with aiohttp.ClientSession() as http:
         doc = await get_json(http, f"{api}/api/v1/openapi.json")
-    assert doc["openapi"].startswith("3.")
-    assert set(doc["paths"]) == {r.path for r in ROUTES}
+    assert doc["openapi"] == "3.1.0" and "security" not in doc  # no token configured, so none asked for
+    assert set(doc["paths"]) == {r.path for r in routes(200)}
     clip = doc["paths"]["/api/v1/events/{event_id}/clip"]["get"]
-    assert {"200", "206", "404", "416"} <= set(clip["responses"])
+    assert set(clip["responses"]) == {"200", "206", "400", "404", "416", "503"}
+    assert clip["responses"]["206"]["headers"]["Content-Range"]["required"] is True
     assert "video_proof_path" not in doc["components"]["schemas"]["Event"]["properties"]
-    params = {p["name"] for p in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
-    assert params == {"source", "label", "state", "since", "until", "limit", "cursor"}
+    params = {p["name"]: p["schema"] for p in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
+    assert set(params) == {"source", "label", "state", "since", "until", "limit", "cursor"}
+    assert params["limit"] | {"examples": None} == {"type": "integer", "minimum": 1, "maximum": 200, "default": 50,
+                                                    "examples": None}
+    assert doc["components"]["schemas"][params["state"]["$ref"].rsplit("/", 1)[1]]["enum"] == [s.value for s in EventState]
+    refs = _refs(doc)
+    assert refs and all(r.startswith("#/components/schemas/") for r in refs)
+    assert {r.rsplit("/", 1)[1] for r in refs} <= set(doc["components"]["schemas"])  # every reference resolves
+    assert "$defs" not in json.dumps(doc)
+    for path in doc["paths"].values():  # every operation says it may answer 400 (any unknown parameter)
+        assert path["get"]["responses"]["400"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"}
 
 
 async def test_token_auth_and_no_cors_by_default(servers: ServerSet, sample_run: SampleRun, api: str) -> None:
@@ -193,6 +261,10 @@ async def test_token_auth_and_no_cors_by_default(servers: ServerSet, sample_run:
         await get_json(http, f"{base}/api/v1/events?token=nope", 401)
         async with http.get(f"{base}/api/v1/events", headers={"Authorization": "Bearer s3cret-token"}) as resp:
             assert resp.status == 200
+        await get_json(http, f"{base}/api/v1/events?token=s3cret-token&limit=1")  # the token scheme's parameter
+        doc = await get_json(http, f"{base}/api/v1/openapi.json?token=s3cret-token")
+        assert {"bearer", "token", "cookie"} == set(doc["components"]["securitySchemes"]) and doc["security"]
+        assert all("401" in p["get"]["responses"] for p in doc["paths"].values())
         async with http.get(f"{base}/healthz") as resp:  # probes need no token
             assert resp.status == 200
         async with http.get(f"{base}/?token=s3cret-token") as resp:  # the page keeps the token in a cookie
