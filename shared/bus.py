@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any, TypeVar
@@ -25,6 +26,8 @@ from shared.subjects import Subjects
 C = TypeVar("C", bound=Contract)
 
 _STREAM_NAME_IN_USE = 10058
+# Deliveries of a frame or result before JetStream gives it up (tasks have their own, task_max_deliver).
+MAX_DELIVER = 5
 
 
 class Bus:
@@ -44,6 +47,9 @@ class Bus:
         self.reconnects = metrics.counter("nats_reconnects", "NATS reconnections")
         self.dead_letters = metrics.counter("dead_letters", "invalid messages sent to the dead-letter subject", ("subject",))
         self.publish_retries = metrics.counter("publish_retries", "JetStream publishes retried", ("subject",))
+        self.max_deliveries = metrics.counter(
+            "max_deliveries", "messages JetStream gave up on after their last delivery (advisories)", ("stream", "consumer")
+        )
 
     @property
     def js(self) -> JetStreamContext:
@@ -198,7 +204,7 @@ class Bus:
         filter_subject: str | None = None,
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,
-        max_deliver: int = 5,
+        max_deliver: int = MAX_DELIVER,
     ) -> JetStreamContext.PullSubscription:
         """Bind to a durable pull consumer shared by every replica, creating it if needed."""
         config = ConsumerConfig(
@@ -211,7 +217,28 @@ class Bus:
             filter_subject=filter_subject,
         )
         await self.js.add_consumer(stream, config)
-        return await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+        sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+        await self._count_max_deliveries(stream, durable)
+        return sub
+
+    async def _count_max_deliveries(self, stream: str, durable: str) -> None:
+        """Count the messages JetStream stops delivering after `max_deliver`: no consumer ever sees them again,
+        so this advisory is the only trace of them. A queue group: each advisory counts once across replicas."""
+        assert self.nc is not None
+
+        async def on_advisory(msg: Msg) -> None:
+            self.max_deliveries.labels(stream=stream, consumer=durable).inc()
+            try:
+                detail = json.loads(msg.data)
+            except ValueError:
+                detail = {}
+            self.log.warning(
+                "JetStream gave up on message %s of %s after %s deliveries",
+                detail.get("stream_seq", "?"), stream, detail.get("deliveries", "?"), extra={"consumer": durable},
+            )
+
+        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}"
+        await self.nc.subscribe(subject, queue=f"{durable}-advisories", cb=on_advisory)
 
     async def bind_when_ready(
         self, stream: str, durable: str, stop: asyncio.Event, **consumer: Any

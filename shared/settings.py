@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.ttl import parse_ttl
@@ -50,6 +50,29 @@ class VigilSettings(BaseSettings):
         return value
 
 
+class TaskQueueSettings(VigilSettings):
+    """How long a task may live and how often it is delivered: read by the workers, which own the task
+    queues, and by the registrator, which waits for the tasks' results. One .env feeds both, so both check
+    that the numbers agree, and a bad combination stops the service at start with the reason."""
+
+    ack_wait: float = Field(default=10.0, gt=0, description="seconds before an unacked task goes to another replica")
+    task_max_deliver: int = Field(default=3, ge=1, description="deliveries of one task before JetStream gives it up")
+    task_max_age: float = Field(default=45.0, gt=0, description="seconds a task may wait before it is worthless")
+
+    @model_validator(mode="after")
+    def _tasks_outlive_their_deliveries(self) -> "TaskQueueSettings":
+        # The work queue removes a task by age whatever its state: one that dies with its worker must still be
+        # there when ack_wait runs out, for every delivery it is allowed (issue 15: 30 s and 30 s lost them all).
+        deliveries = self.ack_wait * self.task_max_deliver
+        if self.task_max_age <= deliveries:
+            raise ValueError(
+                f"task_max_age ({self.task_max_age:g} s) must exceed ack_wait x task_max_deliver "
+                f"({self.ack_wait:g} s x {self.task_max_deliver} = {deliveries:g} s): a task held by a worker "
+                "that died would expire before it is delivered again"
+            )
+        return self
+
+
 S = TypeVar("S", bound=VigilSettings)
 
 
@@ -63,7 +86,11 @@ def load_settings(cls: type[S], argv: list[str] | None = None) -> S:
         settings = cls(_env_file=args.env_file)  # type: ignore[call-arg]
     except ValidationError as exc:
         # Field names only: values may be secrets.
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        # A check of several settings together has no single field: its message names them.
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
         print(f"invalid configuration for {cls.__name__}: {problems}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.check_config:

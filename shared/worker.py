@@ -27,7 +27,7 @@ from shared.jpeg import decode_jpeg
 from shared.keys import RedisKeys
 from shared.lifecycle import Service, StartupError
 from shared.model_registry import ModelError, load_model
-from shared.settings import VigilSettings
+from shared.settings import TaskQueueSettings
 from shared.storage import SeaweedStorage
 from shared.subjects import task_stream, task_stream_name, worker_durable
 
@@ -51,15 +51,13 @@ class InferenceModel(Protocol):
     def postprocess(self, outputs: Any, original_sizes: Sequence[tuple[int, int]]) -> list[Any]: ...
 
 
-class WorkerSettings(VigilSettings):
+class WorkerSettings(TaskQueueSettings):
     model_dir: Path
     task_subject: str
     batch_size: int = Field(default=1, ge=1, le=64, description="tasks fetched and inferred together")
     intra_op_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 lets it choose")
     ort_allow_spinning: bool = Field(default=False, description="let idle onnxruntime threads spin (faster only on idle cores)")
     providers: list[str] = Field(default_factory=list, description="onnxruntime providers in order; empty = best available")
-    ack_wait: float = Field(default=30.0, gt=0, description="seconds before an unacked task goes to another replica")
-    task_max_age: float = Field(default=30.0, gt=0, description="seconds a task may wait before it is worthless")
     task_queue_cap: int = Field(default=1000, ge=1, description="most tasks queued for this model; the oldest go first")
 
 
@@ -148,7 +146,9 @@ class InferenceWorker(Service[WorkerSettings]):
         assert self.redis is not None
         stream = task_stream_name(s, self.model_name)
         # max_ack_pending bounds what all replicas together hold; each replica fetches one batch at a time.
-        sub = await self.bus.durable_pull(stream, worker_durable(self.model_name), ack_wait=s.ack_wait, max_ack_pending=256)
+        sub = await self.bus.durable_pull(
+            stream, worker_durable(self.model_name), ack_wait=s.ack_wait, max_deliver=s.task_max_deliver, max_ack_pending=256
+        )
         beats = HeartbeatPublisher(self.redis, self.keys, s.routing_ttl, self.heartbeat)
         await beats.publish_once()  # live at once: the router may route to us now
         # Three stages: the next batch downloads and decodes, and the last one's results publish, while

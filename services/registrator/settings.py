@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.settings import VigilSettings
+from shared.settings import TaskQueueSettings
 from shared.ttl import parse_ttl
 
 # Time for the reader to be ahead of the results and for the clip to be cut, beyond the event itself.
@@ -16,7 +16,7 @@ class ModelEventRule(BaseModel):
     sources: dict[str, dict[str, float]] = Field(default_factory=dict, description="source id -> {label: minimum score}")
 
 
-class RegistratorSettings(VigilSettings):
+class RegistratorSettings(TaskQueueSettings):
     service_name: str = "registrator"
 
     watch_labels: list[str] = Field(default_factory=lambda: ["person"], min_length=1)
@@ -30,7 +30,9 @@ class RegistratorSettings(VigilSettings):
     post_roll: float = Field(default=2.0, ge=0)
     clip_fps: int = Field(default=10, ge=1, le=60)
     ring_max_frames: int = Field(default=20_000, ge=100, description="most frame references kept per source")
-    drain_timeout: float = Field(default=90.0, gt=0, description="seconds an ended source waits for missing results")
+    drain_timeout: float = Field(
+        default=90.0, gt=0, description="seconds an ended source waits for missing results (> task_max_age)"
+    )
     finalise_concurrency: int = Field(default=2, ge=1)
     finalise_retries: int = Field(default=12, ge=0, description="retries of proofs while storage is away (1 s doubling to 30 s)")
     event_retention_days: float = Field(default=0.0, ge=0, description="events older than this go, with their files; 0 keeps all")
@@ -44,5 +46,16 @@ class RegistratorSettings(VigilSettings):
             raise ValueError(
                 f"ttl_bucket {self.ttl_bucket} is shorter than max_event_duration + pre_roll + post_roll + "
                 f"{TTL_MARGIN_SECONDS:.0f} s = {needed:.0f} s: frames would expire before their clip is cut"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _drain_outwaits_tasks(self) -> "RegistratorSettings":
+        # A task routed just before its source ended may be answered up to task_max_age later (redelivered to
+        # another worker); a drain that gives up sooner closes the source without results that were coming.
+        if self.drain_timeout <= self.task_max_age:
+            raise ValueError(
+                f"drain_timeout ({self.drain_timeout:g} s) must exceed task_max_age ({self.task_max_age:g} s): "
+                "an ended source would be drained before its last tasks are answered"
             )
         return self

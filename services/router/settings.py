@@ -3,7 +3,9 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from services.router.rules import ModelRule
+from shared.bus import MAX_DELIVER
 from shared.settings import VigilSettings
+from shared.ttl import parse_ttl
 
 
 class RouterSettings(VigilSettings):
@@ -25,4 +27,12 @@ class RouterSettings(VigilSettings):
         # written before that would count them short.
         if self.summary_timeout <= self.frames_ack_wait:
             raise ValueError(f"summary_timeout ({self.summary_timeout} s) must exceed frames_ack_wait ({self.frames_ack_wait} s)")
+        # The frames stream drops a reference after ttl_bucket, delivered or not: a frame a dead router held
+        # must still be there for each of its redeliveries.
+        deliveries = self.frames_ack_wait * MAX_DELIVER
+        if parse_ttl(self.ttl_bucket) <= deliveries:
+            raise ValueError(
+                f"ttl_bucket ({self.ttl_bucket}) must exceed frames_ack_wait x {MAX_DELIVER} deliveries ({deliveries:g} s): "
+                "frames a dead router held would expire before they are routed again"
+            )
         return self

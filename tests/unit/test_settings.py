@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.registrator.settings import RegistratorSettings
+from services.router.settings import RouterSettings
 from shared.settings import VigilSettings
 from shared.ttl import parse_ttl
 from shared.worker import WorkerSettings
@@ -69,6 +70,45 @@ def test_registrator_refuses_a_ttl_shorter_than_an_event(monkeypatch: pytest.Mon
     with pytest.raises(ValidationError, match="frames would expire"):
         RegistratorSettings(_env_file=None, ttl_bucket="1m", max_event_duration=120)  # type: ignore[call-arg]
     assert RegistratorSettings(_env_file=None, ttl_bucket="5m", max_event_duration=120).ttl_bucket == "5m"  # type: ignore[call-arg]
+
+
+def test_the_defaults_hold_together() -> None:
+    worker = WorkerSettings(_env_file=None, model_dir=".", task_subject="X")  # type: ignore[call-arg]
+    assert worker.task_max_age > worker.ack_wait * worker.task_max_deliver
+    registrator = RegistratorSettings(_env_file=None)  # type: ignore[call-arg]
+    assert registrator.drain_timeout > registrator.task_max_age
+    router = RouterSettings(_env_file=None)  # type: ignore[call-arg]
+    assert router.summary_timeout > router.frames_ack_wait
+
+
+@pytest.mark.parametrize(
+    ("cls", "values", "message"),
+    [
+        # The combination: a dead worker's tasks expired before ack_wait ran out.
+        (WorkerSettings, {"ack_wait": 30, "task_max_age": 30}, "task_max_age .* must exceed ack_wait x task_max_deliver"),
+        (WorkerSettings, {"ack_wait": 10, "task_max_deliver": 5, "task_max_age": 45}, "10 s x 5 = 50 s"),
+        (RegistratorSettings, {"drain_timeout": 40}, "drain_timeout .* must exceed task_max_age"),
+        (RouterSettings, {"frames_ack_wait": 60, "summary_timeout": 70}, "frames_ack_wait x 5 deliveries"),
+        (RouterSettings, {"frames_ack_wait": 30, "summary_timeout": 30}, "summary_timeout .* must exceed frames_ack_wait"),
+    ],
+)
+def test_settings_that_depend_on_each_other_are_checked_together(
+    cls: type[VigilSettings], values: dict[str, object], message: str
+) -> None:
+    required = {"model_dir": ".", "task_subject": "X"} if cls is WorkerSettings else {}
+    with pytest.raises(ValidationError, match=message):
+        cls(_env_file=None, **required, **values)  # type: ignore[arg-type]
+
+
+def test_a_bad_combination_is_one_clear_line_at_start(tmp_path: Path) -> None:
+    env = tmp_path / "bad.env"
+    env.write_text("ack_wait=30\ntask_max_age=30\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "services.detection", "--check-config", "--env-file", str(env)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "task_max_age (30 s) must exceed ack_wait x task_max_deliver (30 s x 3 = 90 s)" in bad.stderr, bad.stderr
 
 
 def test_seed_keys_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
