@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats
@@ -269,6 +270,27 @@ class Bus:
         except NotFoundError:
             return 0
         return (info.num_pending or 0) + (info.num_ack_pending or 0)
+
+    async def lag(self, stream: str, durable: str) -> ConsumerLag:
+        """How far a consumer is behind: its backlog, and how long ago the oldest message it has not acked was stored."""
+        info = await self.js.consumer_info(stream, durable)
+        pending = (info.num_pending or 0) + (info.num_ack_pending or 0)
+        if not pending:
+            return ConsumerLag(0, 0.0)
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        try:
+            # The first message after the ack floor, whatever its subject (the one at floor + 1 may be gone).
+            oldest = await self.js.get_msg(stream, seq=floor + 1, subject=">", next=True)
+        except NotFoundError:
+            return ConsumerLag(pending, 0.0)
+        stored = oldest.time.timestamp() if oldest.time else time.time()
+        return ConsumerLag(pending, max(0.0, time.time() - stored))
+
+
+@dataclass(frozen=True)
+class ConsumerLag:
+    pending: int  # messages waiting for delivery or for their ack
+    oldest_age: float  # seconds since the oldest of them was stored; 0 when there is none
 
 
 _log = logging.getLogger("vigil.bus")

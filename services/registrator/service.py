@@ -23,7 +23,7 @@ from services.registrator.retention import sweep
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
 from services.registrator.store import EventStore
-from shared.bus import fetch
+from shared.bus import ConsumerLag, fetch
 from shared.contracts import (
     EventState,
     FrameRef,
@@ -48,6 +48,12 @@ from shared.subjects import (
 _FRAME_WAIT_SECONDS = 10.0
 _RECORD_REFRESH_SECONDS = 1.0
 _REBUILD_MARGIN = 30.0
+_LAG_CHECK_SECONDS = 2.0
+
+
+class _Stopping(Exception):
+    """The service stops while a proof waits for frames: the event stays DONE in the saved state, and the next
+    start cuts its proofs."""
 
 
 @dataclass
@@ -96,6 +102,8 @@ class RegistratorService(Service[RegistratorSettings]):
         self.state: RegistratorState  # set in start(), with Redis
         self._resumed = False
         self._owed: list[OpenEvent] = []
+        self._ring_ready = asyncio.Event()  # set once the frame buffer holds what was streamed before a restart
+        self.lag: ConsumerLag | None = None
         self.storage: SeaweedStorage | None = None
         self._finalise_slots = asyncio.Semaphore(settings.finalise_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -105,6 +113,8 @@ class RegistratorService(Service[RegistratorSettings]):
             "events", "events reaching FINISHED, or ERROR (once per failed attempt)", ("source_id", "state")
         )
         self.m_finalise = self.metrics.histogram("finalise", "time to cut and store an event's proofs")
+        self.m_pending = self.metrics.gauge("results_pending", "results waiting to be absorbed (JetStream's count)")
+        self.m_oldest = self.metrics.gauge("results_oldest_seconds", "age of the oldest result not yet absorbed")
 
     async def start(self, stack: AsyncExitStack) -> None:
         await self.open_bus(stack)
@@ -116,28 +126,42 @@ class RegistratorService(Service[RegistratorSettings]):
         self._owed = await self._restore()
 
     def health(self) -> dict[str, Any]:
-        return super().health() | {
+        s, lag = self.settings, self.lag
+        lagging = lag is not None and (lag.pending > s.results_lag_max_pending or lag.oldest_age > s.results_lag_max_age)
+        doc = super().health() | {
             "open_events": len(self.tracker.open),
             "finalising": len(self.finalising),
             "ring_frames": len(self.ring),
+            "ring_ready": self._ring_ready.is_set(),
+            "results_pending": lag.pending if lag else None,
+            "results_oldest_seconds": round(lag.oldest_age, 1) if lag else None,
+            "lagging": lagging,
         }
+        doc["ok"] = doc["ok"] and not lagging
+        return doc
 
     async def run(self) -> None:
-        results_sub = await self.bus.durable_pull(results_stream_name(self.settings), REGISTRATOR_RESULTS_DURABLE)
+        results_stream = results_stream_name(self.settings)
+        results_sub = await self.bus.durable_pull(results_stream, REGISTRATOR_RESULTS_DURABLE)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch_drain_timeouts())
+            tg.create_task(self._watch_lag(results_stream))
             if self.settings.event_retention_days > 0:
                 tg.create_task(self._retention())
+            # Results from the first moment, a restart included: the frame buffer fills beside them, and only the
+            # proofs, which need its frames, wait for it (issue 15: a live camera kept the rebuild from ever ending,
+            # and no result was absorbed meanwhile).
+            tg.create_task(self._consume_results(results_sub))
             frames_sub = await self.bus.bind_when_ready(
                 frames_stream_name(self.settings), REGISTRATOR_FRAMES_DURABLE, self.stop_event
             )
             if frames_sub is not None:
+                tg.create_task(self._consume(frames_sub, self._on_frames_msg))
                 if self._resumed:
                     await self._rebuild_ring()
-                    for event in self._owed:
-                        await self._close(event)
-                tg.create_task(self._consume(frames_sub, self._on_frames_msg))
-                tg.create_task(self._consume_results(results_sub))
+                self._ring_ready.set()
+                for event in self._owed:
+                    await self._close(event)
         # Events still open at shutdown keep their PENDING record; finalising ones are finished first.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=20)
@@ -276,6 +300,8 @@ class RegistratorService(Service[RegistratorSettings]):
         assert self.store is not None
         try:
             chosen = await self._select_frames(event)
+        except _Stopping:
+            return
         except Exception as exc:  # noqa: BLE001 - nothing to cut: no retry can help
             await self._failed(event, exc)
             await self._forget(event)
@@ -288,11 +314,8 @@ class RegistratorService(Service[RegistratorSettings]):
     async def _retry(self, event: OpenEvent, chosen: list[FrameRef]) -> None:
         delay = 1.0
         for _ in range(self.settings.finalise_retries):
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
+            if await self.pause(delay):
                 return  # stopping: the record keeps saying ERROR with its reason
-            except asyncio.TimeoutError:
-                pass
             if await self._attempt(event, chosen):
                 return
             delay = min(delay * 2, 30.0)
@@ -337,10 +360,15 @@ class RegistratorService(Service[RegistratorSettings]):
         s = self.settings
         progress = self.sources[event.source_id]
         start, end = max(0.0, event.start - s.pre_roll), event.end + s.post_roll
+        # After a restart the frames streamed before it are still being read back into the buffer.
+        while not self._ring_ready.is_set():
+            if await self.pause(0.2):
+                raise _Stopping
         # Live sources: the post-roll frames may not have arrived yet.
         deadline = time.monotonic() + _FRAME_WAIT_SECONDS
         while not progress.ended and (self.ring.latest_pts(event.source_id) or 0.0) < end and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+            if await self.pause(0.2):
+                raise _Stopping
         latest = self.ring.latest_pts(event.source_id)
         if latest is None:
             raise RuntimeError("no frames of the source are buffered")
@@ -409,25 +437,44 @@ class RegistratorService(Service[RegistratorSettings]):
         return owed
 
     async def _rebuild_ring(self) -> None:
-        """The frames seen before the restart were acked: read them again from the stream, which keeps them."""
+        """The frames seen before the restart were acked: read them again from the stream, which keeps them.
+
+        Up to the stream's last message at this moment: what comes after arrives through the frames consumer,
+        so a source that never pauses cannot keep this going (the old loop ended only after a silent second)."""
         s = self.settings
+        stream = frames_stream_name(s)
+        last = (await self.bus.js.stream_info(stream)).state.last_seq
         since = datetime.fromtimestamp(time.time() - s.max_event_duration - s.pre_roll - s.event_gap - _REBUILD_MARGIN, UTC)
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since.isoformat().replace("+00:00", "Z"),
             ack_policy=AckPolicy.NONE, filter_subject=self.bus.subjects.frames, inactive_threshold=60.0,
         )
-        sub = await self.bus.js.pull_subscribe(self.bus.subjects.frames, stream=frames_stream_name(s), config=config)
-        count = 0
+        sub = await self.bus.js.pull_subscribe(self.bus.subjects.frames, stream=stream, config=config)
+        count, reached = 0, 0
+        started = time.monotonic()
         try:
-            while msgs := await fetch(sub, 1000, timeout=1.0):
+            while reached < last and not self.stop_event.is_set() and (msgs := await fetch(sub, 1000, timeout=1.0)):
                 for msg in msgs:
                     ref = await self.bus.decode(msg, FrameRef)
                     if ref is not None:
                         self.ring.add(ref)
                         count += 1
+                reached = msgs[-1].metadata.sequence.stream
         finally:
             await sub.unsubscribe()
-        self.log.info("frame buffer rebuilt from the stream: %d frame references", count)
+        self.log.info("frame buffer rebuilt from the stream: %d frame references in %.1f s", count, time.monotonic() - started)
+
+    async def _watch_lag(self, stream: str) -> None:
+        """How far behind the results are, for /healthz and the metrics: a registrator that stopped absorbing
+        them (or cannot keep up) is unhealthy, whatever its connections say."""
+        while not self.stop_event.is_set():
+            try:
+                self.lag = await self.bus.lag(stream, REGISTRATOR_RESULTS_DURABLE)
+                self.m_pending.set(self.lag.pending)
+                self.m_oldest.set(self.lag.oldest_age)
+            except Exception as exc:  # noqa: BLE001 - NATS away: /healthz says so already; the last figures stay
+                self.log.debug("could not read the results' lag: %r", exc)
+            await self.pause(_LAG_CHECK_SECONDS)
 
     async def _retention(self) -> None:
         assert self.store is not None and self.storage is not None
@@ -437,10 +484,7 @@ class RegistratorService(Service[RegistratorSettings]):
                 await sweep(self.store, self.storage, Path(self.settings.TMP_PATH), max_age)
             except Exception as exc:  # noqa: BLE001 - Redis or storage away: the next sweep tries again
                 self.log.warning("retention sweep failed: %r", exc)
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=self.settings.retention_interval)
-            except asyncio.TimeoutError:
-                pass
+            await self.pause(self.settings.retention_interval)
 
     async def _watch_drain_timeouts(self) -> None:
         while not self.stop_event.is_set():

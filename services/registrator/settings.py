@@ -33,6 +33,12 @@ class RegistratorSettings(TaskQueueSettings):
     drain_timeout: float = Field(
         default=90.0, gt=0, description="seconds an ended source waits for missing results (> task_max_age)"
     )
+    results_lag_max_pending: int = Field(
+        default=10_000, ge=1, description="/healthz is unhealthy while more results than this wait for the registrator"
+    )
+    results_lag_max_age: float = Field(
+        default=60.0, gt=0, description="/healthz is unhealthy while the oldest result not yet absorbed is older (s)"
+    )
     finalise_concurrency: int = Field(default=2, ge=1)
     finalise_retries: int = Field(default=12, ge=0, description="retries of proofs while storage is away (1 s doubling to 30 s)")
     event_retention_days: float = Field(default=0.0, ge=0, description="events older than this go, with their files; 0 keeps all")

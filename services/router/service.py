@@ -72,11 +72,7 @@ class RouterService(Service[RouterSettings]):
         self.live = now_live
 
     async def _watch_live(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=self.settings.live_refresh_seconds)
-            except asyncio.TimeoutError:
-                pass
+        while not await self.pause(self.settings.live_refresh_seconds):
             try:
                 await self._refresh_live()
                 for model in self.live:

@@ -4,7 +4,7 @@ import time
 import nats
 import pytest
 
-from shared.bus import Bus, fetch
+from shared.bus import Bus, ConsumerLag, fetch
 from shared.contracts import FrameRef
 from shared.metrics import Metrics, counter_value
 from shared.retry import InfrastructureUnavailable
@@ -52,6 +52,29 @@ async def test_typed_publish_and_durable_pull(service_env: dict[str, str]) -> No
             await m.ack_sync()  # acked and confirmed, so the backlog below is exact
         assert await bus.backlog(stream.name, "reader-test") == 0
         assert await bus.backlog(stream.name, "no-such-consumer") == 0
+    finally:
+        await bus.close()
+
+
+async def test_lag_says_how_many_wait_and_since_when(service_env: dict[str, str]) -> None:
+    bus = make_bus(service_env)
+    await bus.connect()
+    try:
+        stream = frames_stream(bus.settings)
+        await bus.ensure_stream(stream)
+        sub = await bus.durable_pull(stream.name, "lagging")
+        assert await bus.lag(stream.name, "lagging") == ConsumerLag(0, 0.0)
+        for seq in range(5):
+            await bus.publish(bus.subjects.frames, frame(seq))
+        await asyncio.sleep(1.5)
+        first = await fetch(sub, 2, timeout=2)
+        await first[0].ack_sync()  # one absorbed; the second held unacked still counts, and is now the oldest
+        lag = await bus.lag(stream.name, "lagging")
+        assert lag.pending == 4
+        assert 1.5 <= lag.oldest_age < 30
+        for m in [first[1], *await fetch(sub, 10, timeout=2)]:
+            await m.ack_sync()
+        assert (await bus.lag(stream.name, "lagging")).pending == 0
     finally:
         await bus.close()
 

@@ -136,6 +136,30 @@ async def test_disorder_duplicates_and_a_stranger_make_no_duplicate_event(servic
     assert abs(int(boxed[y1 + 20, x1, 1]) - int(raw[y1 + 20, x1, 1])) > 60  # the green edge of the box
 
 
+@pytest.mark.timeout(90)
+async def test_healthz_turns_unhealthy_while_results_lag(service_env: dict[str, str]) -> None:
+    service = RegistratorService(RegistratorSettings(_env_file=None, **service_env, results_lag_max_age=2))  # type: ignore[call-arg]
+    gate = asyncio.Event()
+    absorb = service._on_results
+
+    async def stuck(msgs: list) -> None:  # type: ignore[type-arg]
+        await gate.wait()  # a registrator that cannot absorb: its connections are all fine
+        await absorb(msgs)
+
+    service._on_results = stuck  # type: ignore[method-assign]
+    async with running(service, lambda s: s.storage is not None):
+        assert service.health()["ok"]
+        ref = FrameRef(source_id="cam0", seq=0, pts=0, wall_time=time.time(), url="http://127.0.0.1/x", width=2, height=2)
+        for seq in range(20):
+            await service.bus.publish(service.bus.subjects.results, result(ref.model_copy(update={"seq": seq}), False))
+        await wait_for(lambda: service.health()["lagging"], 30, "/healthz to say the results lag")
+        health = service.health()
+        assert not health["ok"] and health["results_pending"] == 20 and health["results_oldest_seconds"] >= 2, health
+        gate.set()
+        await wait_for(lambda: service.health()["ok"], 30, "/healthz to recover once the results are absorbed")
+        assert service.health()["results_pending"] == 0
+
+
 @pytest.mark.timeout(120)
 async def test_storage_outage_during_finalisation_gives_error_then_finished(
     service_env: dict[str, str], repo_root: Path, local_servers: LocalServers
