@@ -93,6 +93,20 @@ class Fleet:
         proc.process.kill()
         await proc.process.wait()
 
+    async def stop(self, label: str, grace: float = 20.0) -> float:
+        """SIGTERM, as compose's stop does; killed after `grace` seconds. Returns the seconds it took to exit."""
+        proc = self.proc(label)
+        started = time.monotonic()
+        if proc.process.returncode is None:
+            proc.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.process.wait(), timeout=grace)
+            except asyncio.TimeoutError:
+                print(f"{proc.name} did not stop in {grace:.0f} s: killed", flush=True)
+                proc.process.kill()
+                await proc.process.wait()
+        return time.monotonic() - started
+
     async def restart(self, label: str) -> Proc:
         """Start a killed or stopped service again under the same name and settings."""
         old = self.proc(label)
@@ -116,14 +130,7 @@ class Fleet:
     async def stop_all(self) -> None:
         # Reverse start order: the reader stops first, the registrator (which finalises events) last.
         for proc in reversed(self.procs):
-            if proc.process.returncode is None:
-                proc.process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.process.wait(), timeout=20)
-                except asyncio.TimeoutError:
-                    print(f"{proc.name} did not stop in 20 s: killed", flush=True)
-                    proc.process.kill()
-                    await proc.process.wait()
+            await self.stop(proc.name)
             if proc.pump:
                 await proc.pump
 

@@ -79,6 +79,14 @@ class Service(abc.ABC, Generic[S]):
     async def run(self) -> None:
         """Run until done or until `stop_event` is set, then return after draining in-flight work."""
 
+    async def pause(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, cut short by a stop; True when the service is stopping."""
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+        return self.stop_event.is_set()
+
     def health(self) -> dict[str, Any]:
         nc = self.bus.nc
         return {"ok": bool(nc and nc.is_connected), "service": self.name, "instance": self.instance}

@@ -23,8 +23,10 @@ from services.registrator.retention import sweep
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
 from services.registrator.store import EventStore
-from shared.bus import fetch
+from shared.bus import ConsumerLag, fetch
 from shared.contracts import (
+    DropPolicy,
+    EventClose,
     EventState,
     FrameRef,
     InferenceResult,
@@ -48,6 +50,12 @@ from shared.subjects import (
 _FRAME_WAIT_SECONDS = 10.0
 _RECORD_REFRESH_SECONDS = 1.0
 _REBUILD_MARGIN = 30.0
+_LAG_CHECK_SECONDS = 2.0
+
+
+class _Stopping(Exception):
+    """The service stops while a proof waits for frames: the event stays DONE in the saved state, and the next
+    start cuts its proofs."""
 
 
 @dataclass
@@ -55,6 +63,7 @@ class SourceProgress:
     """What the registrator knows of one source, to tell when all its results are in."""
 
     ended: bool = False
+    ended_at: float = 0.0  # wall time of the source's ENDED (or FAILED) status
     summary: RoutingSummary | None = None
     summary_at: float = 0.0
     seen: defaultdict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
@@ -91,20 +100,34 @@ class RegistratorService(Service[RegistratorSettings]):
         )
         self.ring = FrameRing(settings.ring_max_frames)
         self.sources: defaultdict[str, SourceProgress] = defaultdict(SourceProgress)
+        # Per drained source, when its run ended: a result of a frame read before that is a late copy.
+        self.drained_until: dict[str, float] = {}
+        # When (monotonic) the last result of each (source, model) arrived. On a live source an event whose results
+        # stopped closes after event_gap of this clock (issue 15: a dark camera or a dead detector left it open
+        # until its frames expired).
+        self._last_result: dict[tuple[str, str], float] = {}
+        # Files read as fast as possible (WAIT): their results come when the workers get to them, so their events
+        # close by stream time only.
+        self._unpaced: set[str] = set()
         self.finalising: dict[str, OpenEvent] = {}
         self.store: EventStore | None = None
         self.state: RegistratorState  # set in start(), with Redis
         self._resumed = False
         self._owed: list[OpenEvent] = []
+        self._ring_ready = asyncio.Event()  # set once the frame buffer holds what was streamed before a restart
+        self.lag: ConsumerLag | None = None
         self.storage: SeaweedStorage | None = None
         self._finalise_slots = asyncio.Semaphore(settings.finalise_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self.m_results = self.metrics.counter("results", "results absorbed", ("source_id", "model"))
         self.m_duplicates = self.metrics.counter("duplicate_results", "results seen before (redelivery)", ("model",))
+        self.m_stale = self.metrics.counter("stale_results", "results of a run already drained (dropped)", ("model",))
         self.m_events = self.metrics.counter(
             "events", "events reaching FINISHED, or ERROR (once per failed attempt)", ("source_id", "state")
         )
         self.m_finalise = self.metrics.histogram("finalise", "time to cut and store an event's proofs")
+        self.m_pending = self.metrics.gauge("results_pending", "results waiting to be absorbed (JetStream's count)")
+        self.m_oldest = self.metrics.gauge("results_oldest_seconds", "age of the oldest result not yet absorbed")
 
     async def start(self, stack: AsyncExitStack) -> None:
         await self.open_bus(stack)
@@ -116,28 +139,42 @@ class RegistratorService(Service[RegistratorSettings]):
         self._owed = await self._restore()
 
     def health(self) -> dict[str, Any]:
-        return super().health() | {
+        s, lag = self.settings, self.lag
+        lagging = lag is not None and (lag.pending > s.results_lag_max_pending or lag.oldest_age > s.results_lag_max_age)
+        doc = super().health() | {
             "open_events": len(self.tracker.open),
             "finalising": len(self.finalising),
             "ring_frames": len(self.ring),
+            "ring_ready": self._ring_ready.is_set(),
+            "results_pending": lag.pending if lag else None,
+            "results_oldest_seconds": round(lag.oldest_age, 1) if lag else None,
+            "lagging": lagging,
         }
+        doc["ok"] = doc["ok"] and not lagging
+        return doc
 
     async def run(self) -> None:
-        results_sub = await self.bus.durable_pull(results_stream_name(self.settings), REGISTRATOR_RESULTS_DURABLE)
+        results_stream = results_stream_name(self.settings)
+        results_sub = await self.bus.durable_pull(results_stream, REGISTRATOR_RESULTS_DURABLE)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch_drain_timeouts())
+            tg.create_task(self._watch_lag(results_stream))
             if self.settings.event_retention_days > 0:
                 tg.create_task(self._retention())
+            # Results from the first moment, a restart included: the frame buffer fills beside them, and only the
+            # proofs, which need its frames, wait for it (issue 15: a live camera kept the rebuild from ever ending,
+            # and no result was absorbed meanwhile).
+            tg.create_task(self._consume_results(results_sub))
             frames_sub = await self.bus.bind_when_ready(
                 frames_stream_name(self.settings), REGISTRATOR_FRAMES_DURABLE, self.stop_event
             )
             if frames_sub is not None:
+                tg.create_task(self._consume(frames_sub, self._on_frames_msg))
                 if self._resumed:
                     await self._rebuild_ring()
-                    for event in self._owed:
-                        await self._close(event)
-                tg.create_task(self._consume(frames_sub, self._on_frames_msg))
-                tg.create_task(self._consume_results(results_sub))
+                self._ring_ready.set()
+                for event in self._owed:
+                    await self._close(event)
         # Events still open at shutdown keep their PENDING record; finalising ones are finished first.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=20)
@@ -153,8 +190,9 @@ class RegistratorService(Service[RegistratorSettings]):
         if self.bus.subjects.is_source_status(msg.subject):
             status = await self.bus.decode(msg, SourceStatus)
             if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
-                await self.state.mark_ended(status.source_id)
-                self.sources[status.source_id].ended = True
+                await self.state.mark_ended(status.source_id, status.wall_time)
+                progress = self.sources[status.source_id]
+                progress.ended, progress.ended_at = True, status.wall_time
                 self._check_drained(status.source_id)
         else:
             ref = await self.bus.decode(msg, FrameRef)
@@ -169,6 +207,24 @@ class RegistratorService(Service[RegistratorSettings]):
             msgs = await fetch(sub, 256, timeout=0.5)
             if msgs:
                 await self._on_results(msgs)
+            await self._close_quiet()
+
+    async def _close_quiet(self) -> None:
+        """Live sources: events whose model has sent no result for event_gap of wall time close with what they have,
+        marked NO_RESULTS (frames still come: the detector is out) or NO_FRAMES (the camera went dark)."""
+        now, gap = time.monotonic(), self.settings.event_gap
+        for source_id, model in {key[:2] for key in self.tracker.open}:
+            last = self._last_result.get((source_id, model))
+            if last is None or now - last <= gap or source_id in self._unpaced:
+                continue
+            # Frames after the last result: the camera streams on and the detector is out; none: the camera is dark.
+            answered = self.sources[source_id].result_pts.get(model, 0.0)
+            blind = (self.ring.latest_pts(source_id) or 0.0) > answered
+            why = EventClose.NO_RESULTS if blind else EventClose.NO_FRAMES
+            for event in self.tracker.close_quiet(source_id, model, why):
+                self.log.warning("event %s closed: no result of %s for %.1f s (%s)", event.id, model, now - last, why.value,
+                                 extra={"source_id": source_id})
+                await self._close(event)
 
     async def _on_results(self, msgs: list[Msg]) -> None:
         """Apply a batch, write its effects (records and the registrator's own state) in one pipeline,
@@ -221,12 +277,20 @@ class RegistratorService(Service[RegistratorSettings]):
     ) -> bool:
         """Apply one result in memory, counting it into `tally`; False for one seen before (redelivered)."""
         frame = result.frame
+        if frame.wall_time <= self.drained_until.get(frame.source_id, 0.0):
+            # A copy that outlived the stream's duplicate window: its source has drained, and an event it opened
+            # now would never close (issue 15).
+            self.m_stale.labels(model=result.model).inc()
+            return False
         progress = self.sources[frame.source_id]
         seen = progress.seen[result.model]
         if frame.seq in seen:
             self.m_duplicates.labels(model=result.model).inc()
             return False
         seen.add(frame.seq)
+        self._last_result[(frame.source_id, result.model)] = time.monotonic()
+        if frame.policy is DropPolicy.WAIT:
+            self._unpaced.add(frame.source_id)
         self.m_results.labels(source_id=frame.source_id, model=result.model).inc()
         progress.result_pts[result.model] = max(progress.result_pts.get(result.model, 0.0), frame.pts)
         tally[(frame.source_id, TOTAL_INFERRED + result.model)] += 1
@@ -276,6 +340,8 @@ class RegistratorService(Service[RegistratorSettings]):
         assert self.store is not None
         try:
             chosen = await self._select_frames(event)
+        except _Stopping:
+            return
         except Exception as exc:  # noqa: BLE001 - nothing to cut: no retry can help
             await self._failed(event, exc)
             await self._forget(event)
@@ -288,11 +354,8 @@ class RegistratorService(Service[RegistratorSettings]):
     async def _retry(self, event: OpenEvent, chosen: list[FrameRef]) -> None:
         delay = 1.0
         for _ in range(self.settings.finalise_retries):
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
+            if await self.pause(delay):
                 return  # stopping: the record keeps saying ERROR with its reason
-            except asyncio.TimeoutError:
-                pass
             if await self._attempt(event, chosen):
                 return
             delay = min(delay * 2, 30.0)
@@ -337,10 +400,16 @@ class RegistratorService(Service[RegistratorSettings]):
         s = self.settings
         progress = self.sources[event.source_id]
         start, end = max(0.0, event.start - s.pre_roll), event.end + s.post_roll
+        # After a restart the frames streamed before it are still being read back into the buffer.
+        while not self._ring_ready.is_set():
+            if await self.pause(0.2):
+                raise _Stopping
         # Live sources: the post-roll frames may not have arrived yet.
         deadline = time.monotonic() + _FRAME_WAIT_SECONDS
-        while not progress.ended and (self.ring.latest_pts(event.source_id) or 0.0) < end and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        waits = not progress.ended and event.closed_by is not EventClose.NO_FRAMES  # a dark camera sends no more
+        while waits and (self.ring.latest_pts(event.source_id) or 0.0) < end and time.monotonic() < deadline:
+            if await self.pause(0.2):
+                raise _Stopping
         latest = self.ring.latest_pts(event.source_id)
         if latest is None:
             raise RuntimeError("no frames of the source are buffered")
@@ -382,6 +451,10 @@ class RegistratorService(Service[RegistratorSettings]):
         await self.bus.publish_core(self.bus.subjects.drained(source_id), drained)
         self.log.info("source drained: %d event(s), results %s", progress.events, results, extra={"source_id": source_id})
         self.ring.forget(source_id)
+        self._unpaced.discard(source_id)
+        for key in [k for k in self._last_result if k[0] == source_id]:
+            del self._last_result[key]
+        self.drained_until[source_id] = progress.ended_at
         del self.sources[source_id]
         await self.state.forget_source(source_id, list(results))
 
@@ -393,12 +466,16 @@ class RegistratorService(Service[RegistratorSettings]):
         for summary in await self.state.summaries():
             progress = self.sources[summary.source_id]
             progress.summary, progress.summary_at = summary, time.monotonic()
-        for source_id in await self.state.ended_sources():
-            self.sources[source_id].ended = True
+        ended, ended_at = await self.state.ended_sources(), await self.state.ended_at()
+        for source_id in ended:
+            self.sources[source_id].ended, self.sources[source_id].ended_at = True, ended_at.get(source_id, 0.0)
+        self.drained_until = {source_id: t for source_id, t in ended_at.items() if source_id not in ended}
         owed = []
         for event in events:
             if event.state in (EventState.CREATED, EventState.PENDING):
                 self.tracker.open[(event.source_id, event.model, event.label)] = event
+                # Its wall clock starts now: if no result of it comes after the restart, it still closes.
+                self._last_result[(event.source_id, event.model)] = time.monotonic()
             else:
                 owed.append(event)
             self.sources[event.source_id].events += 1
@@ -409,25 +486,44 @@ class RegistratorService(Service[RegistratorSettings]):
         return owed
 
     async def _rebuild_ring(self) -> None:
-        """The frames seen before the restart were acked: read them again from the stream, which keeps them."""
+        """The frames seen before the restart were acked: read them again from the stream, which keeps them.
+
+        Up to the stream's last message at this moment: what comes after arrives through the frames consumer,
+        so a source that never pauses cannot keep this going (the old loop ended only after a silent second)."""
         s = self.settings
+        stream = frames_stream_name(s)
+        last = (await self.bus.js.stream_info(stream)).state.last_seq
         since = datetime.fromtimestamp(time.time() - s.max_event_duration - s.pre_roll - s.event_gap - _REBUILD_MARGIN, UTC)
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since.isoformat().replace("+00:00", "Z"),
             ack_policy=AckPolicy.NONE, filter_subject=self.bus.subjects.frames, inactive_threshold=60.0,
         )
-        sub = await self.bus.js.pull_subscribe(self.bus.subjects.frames, stream=frames_stream_name(s), config=config)
-        count = 0
+        sub = await self.bus.js.pull_subscribe(self.bus.subjects.frames, stream=stream, config=config)
+        count, reached = 0, 0
+        started = time.monotonic()
         try:
-            while msgs := await fetch(sub, 1000, timeout=1.0):
+            while reached < last and not self.stop_event.is_set() and (msgs := await fetch(sub, 1000, timeout=1.0)):
                 for msg in msgs:
                     ref = await self.bus.decode(msg, FrameRef)
                     if ref is not None:
                         self.ring.add(ref)
                         count += 1
+                reached = msgs[-1].metadata.sequence.stream
         finally:
             await sub.unsubscribe()
-        self.log.info("frame buffer rebuilt from the stream: %d frame references", count)
+        self.log.info("frame buffer rebuilt from the stream: %d frame references in %.1f s", count, time.monotonic() - started)
+
+    async def _watch_lag(self, stream: str) -> None:
+        """How far behind the results are, for /healthz and the metrics: a registrator that stopped absorbing
+        them (or cannot keep up) is unhealthy, whatever its connections say."""
+        while not self.stop_event.is_set():
+            try:
+                self.lag = await self.bus.lag(stream, REGISTRATOR_RESULTS_DURABLE)
+                self.m_pending.set(self.lag.pending)
+                self.m_oldest.set(self.lag.oldest_age)
+            except Exception as exc:  # noqa: BLE001 - NATS away: /healthz says so already; the last figures stay
+                self.log.debug("could not read the results' lag: %r", exc)
+            await self.pause(_LAG_CHECK_SECONDS)
 
     async def _retention(self) -> None:
         assert self.store is not None and self.storage is not None
@@ -437,10 +533,7 @@ class RegistratorService(Service[RegistratorSettings]):
                 await sweep(self.store, self.storage, Path(self.settings.TMP_PATH), max_age)
             except Exception as exc:  # noqa: BLE001 - Redis or storage away: the next sweep tries again
                 self.log.warning("retention sweep failed: %r", exc)
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), timeout=self.settings.retention_interval)
-            except asyncio.TimeoutError:
-                pass
+            await self.pause(self.settings.retention_interval)
 
     async def _watch_drain_timeouts(self) -> None:
         while not self.stop_event.is_set():

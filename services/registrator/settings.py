@@ -24,7 +24,10 @@ class RegistratorSettings(TaskQueueSettings):
     # Per model, and per model and source, the labels watched with their minimum scores, e.g.
     # {"ssd_mobilenet_v2_coco": {"labels": {"person": 0.5, "car": 0.6}, "sources": {"gate": {"person": 0.7}}}}
     event_rules: dict[str, ModelEventRule] = Field(default_factory=dict)
-    event_gap: float = Field(default=2.0, gt=0, description="seconds of stream time without the label that close an event")
+    event_gap: float = Field(
+        default=2.0, gt=0,
+        description="seconds of stream time without the label that close an event (live: also of wall time without a result)",
+    )
     max_event_duration: float = Field(default=120.0, gt=0, description="an event is split after this many seconds")
     pre_roll: float = Field(default=2.0, ge=0)
     post_roll: float = Field(default=2.0, ge=0)
@@ -32,6 +35,12 @@ class RegistratorSettings(TaskQueueSettings):
     ring_max_frames: int = Field(default=20_000, ge=100, description="most frame references kept per source")
     drain_timeout: float = Field(
         default=90.0, gt=0, description="seconds an ended source waits for missing results (> task_max_age)"
+    )
+    results_lag_max_pending: int = Field(
+        default=10_000, ge=1, description="/healthz is unhealthy while more results than this wait for the registrator"
+    )
+    results_lag_max_age: float = Field(
+        default=60.0, gt=0, description="/healthz is unhealthy while the oldest result not yet absorbed is older (s)"
     )
     finalise_concurrency: int = Field(default=2, ge=1)
     finalise_retries: int = Field(default=12, ge=0, description="retries of proofs while storage is away (1 s doubling to 30 s)")

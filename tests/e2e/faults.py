@@ -10,22 +10,26 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import nats
 import psutil
+from redis.asyncio import Redis
 
 from fleet.run import Fleet, FleetOptions, FleetReport, run_fleet
 from fleet.servers import LocalServers
 from shared.contracts import ContractError, Event, EventState, InferenceResult
+from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from shared.subjects import Subjects, results_stream_name, task_stream_name, worker_durable
 
 SOURCE = "cam0"
+T = TypeVar("T")
 # Settings of every run: frames at 5 fps (the sample's 10 fps, one in two), short events so a run has several,
 # and tasks or frames given back after 5 s rather than 30 s when a worker or router dies with them.
 SETTINGS = {
@@ -67,6 +71,27 @@ class LiveFleet:
             await asyncio.sleep(0.1)
         return time.monotonic() - started
 
+    async def until_async(self, read: Callable[[], Awaitable[T]], predicate: Callable[[T], bool], timeout: float,
+                          what: str) -> float:
+        """`until` for a condition on something read anew each time (Redis, an endpoint)."""
+        started = time.monotonic()
+        value = await read()
+        while not predicate(value):
+            if self.task.done():
+                raise AssertionError(f"the fleet run ended while waiting for {what}: {self.task.result()}")
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            await asyncio.sleep(0.5)
+            value = await read()
+        return time.monotonic() - started
+
+    def _url(self, label: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.fleet.proc(label).metrics_port}{path}"
+
+    async def health(self, label: str) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http, http.get(self._url(label, "/healthz")) as resp:
+            return dict(await resp.json())
+
     async def flowing(self, timeout: float = 30.0) -> None:
         """New results from every model again: the fleet works, whatever happened before."""
         before = dict(self.fleet.progress.results)
@@ -105,6 +130,14 @@ class LiveFleet:
             await nc.close()
         return found
 
+    async def events(self) -> list[Event]:
+        """The event records in Redis now."""
+        redis = Redis(host=self.servers.servers.redis_host, port=self.servers.servers.redis_port)
+        try:
+            return [Event.model_validate_json(raw) for raw in await redis.zrange(RedisKeys(self.settings).events, 0, -1)]
+        finally:
+            await redis.aclose()
+
     async def tasks_held(self, model: str) -> int:
         """Tasks of `model` delivered to a worker and not yet acked (JetStream's own count)."""
         settings = self.settings
@@ -121,8 +154,7 @@ class LiveFleet:
 
     async def metric(self, label: str, name_suffix: str) -> float:
         """The sum of a service's Prometheus samples whose name ends with `name_suffix`."""
-        url = f"http://127.0.0.1:{self.fleet.proc(label).metrics_port}/metrics"
-        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        async with aiohttp.ClientSession() as http, http.get(self._url(label, "/metrics")) as resp:
             text = await resp.text()
         total = 0.0
         for line in text.splitlines():

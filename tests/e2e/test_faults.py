@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 import nats
 import pytest
 
+from fleet.run import Fleet, FleetOptions, run_fleet
 from fleet.servers import LocalServers
+from shared.contracts import EventState, SourceState
 from shared.subjects import Subjects
 from tests.e2e.faults import check_accounting, check_events, live_fleet
 from tests.support.garbage import garbage
@@ -70,6 +73,45 @@ async def test_killed_worker_router_and_registrator(local_servers: LocalServers,
           f"{len(events)} events tiling {events[0].start:.1f}-{events[-1].end:.1f} s")
 
 
+async def test_registrator_restarted_while_the_camera_streams(
+    local_servers: LocalServers, unique: str, tmp_path: Path
+) -> None:
+    """Issue 15: a restarted registrator rebuilt its frame buffer until a second passed without a frame, which a
+    live camera never allows: it absorbed no result and ignored SIGTERM meanwhile. Here the camera never stops."""
+    async with live_fleet(local_servers, tmp_path, unique) as live:
+        finished = lambda events: {e.id for e in events if e.state is EventState.FINISHED}  # noqa: E731
+        await live.until_async(lambda: live.events(), lambda es: bool(finished(es)), 120, "a first FINISHED event")
+        before = finished(await live.events())
+
+        # A stop in the middle of the work, and another while the restarted one is restoring and rebuilding.
+        stop_running = await live.fleet.stop("registrator")
+        proc = await live.fleet.restart("registrator")
+        await live.until(lambda: any("started (instance" in line for line in proc.tail), 60, "the registrator to start")
+        stop_restoring = await live.fleet.stop("registrator")
+        assert proc.process.returncode == 0, proc.process.returncode
+        await live.fleet.restart("registrator")
+        restarted = time.time()
+
+        # Results are absorbed at once, with the camera streaming: a new event is cut and FINISHED before it stops.
+        took = await live.until_async(
+            lambda: live.events(), lambda es: bool(finished(es) - before), 90, "a FINISHED event after the restart"
+        )
+        assert live.alive()["reader"]
+        new = [e for e in await live.events() if e.state is EventState.FINISHED and e.id not in before]
+        health = await live.health("registrator")
+        report = await live.finish()
+        results = await live.stored_results(SSD)
+
+    print(f"\nregistrator stopped in {stop_running:.1f} s running and {stop_restoring:.1f} s restoring; after the "
+          f"restart a new FINISHED event in {took:.1f} s (started {min(e.start_wall for e in new) - restarted:+.1f} s "
+          f"from the restart); /healthz {health}")
+    assert stop_running < 10 and stop_restoring < 10
+    assert health["ok"] and health["ring_ready"] and not health["lagging"], health
+    assert report.code == 0, report
+    check_accounting(report)
+    check_events(report.events, results)
+
+
 async def test_nats_redis_and_seaweedfs_go_away_and_come_back(local_servers: LocalServers, unique: str, tmp_path: Path) -> None:
     try:
         async with live_fleet(local_servers, tmp_path, unique) as live:
@@ -122,6 +164,35 @@ async def test_nats_redis_and_seaweedfs_go_away_and_come_back(local_servers: Loc
     events = check_events(report.events, results)
     print(f"read {status.frames_read}, published {status.frames_published}, dropped {status.frames_dropped}; "
           f"{len(errors)} SSD error results; {len(events)} events, all FINISHED")
+
+
+async def test_nats_restarts_during_a_file_read_as_fast_as_possible(
+    local_servers: LocalServers, unique: str, tmp_path: Path
+) -> None:
+    """Issue 15: a NATS blip during a fast file run failed the source (its backpressure check was outside any
+    retry) and crashed the router (the same check, for the task queues)."""
+    fleet = Fleet()
+    settings = {"subject_prefix": unique, "video_skip_frames": "1", "max_event_duration": "10", "startup_timeout": "30"}
+    run = asyncio.create_task(run_fleet(local_servers.servers, FleetOptions(tmp_path, settings=settings), asyncio.Event(), fleet))
+    try:
+        while fleet.progress.frames["published"] < 60:
+            assert not run.done(), run.result()
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(local_servers.stop_one, "nats")
+        await asyncio.sleep(2)
+        await asyncio.to_thread(local_servers.start_one, "nats")
+        report = await asyncio.wait_for(run, 300)
+    finally:
+        if not local_servers.running("nats"):  # shared with the other tests
+            local_servers.start_one("nats")
+    status = report.sources["cam0"]
+    drained = report.drained["cam0"]
+    print(f"\nNATS restarted during a fast file run: {status.state.value}, read {status.frames_read}, published "
+          f"{status.frames_published}, dropped {status.frames_dropped}; routed {drained.frames_routed}, tasks "
+          f"{drained.tasks}, results {drained.results}")
+    assert report.code == 0, report  # no service crashed and the source did not fail
+    assert status.state is SourceState.ENDED and status.frames_dropped == 0  # a file waits: nothing shed
+    check_accounting(report)
 
 
 async def test_malformed_and_oversized_messages_on_every_subject(

@@ -25,6 +25,7 @@ from shared.contracts import (
     BBox,
     Detection,
     Event,
+    EventClose,
     EventState,
     FrameRef,
     InferenceResult,
@@ -36,9 +37,9 @@ from shared.contracts import (
 )
 from shared.jpeg import encode_jpeg
 from shared.keys import RedisKeys
-from shared.metrics import Metrics
+from shared.metrics import Metrics, counter_value
 from shared.storage import SeaweedStorage
-from shared.subjects import frames_stream
+from shared.subjects import frames_stream, results_stream_name
 from tests.integration.helpers import running, service_process, wait_for
 
 FRAMES = 40  # 4 s of vtest at 10 fps
@@ -134,6 +135,109 @@ async def test_disorder_duplicates_and_a_stranger_make_no_duplicate_event(servic
     boxed = cv2.imread((event.image_proof_path or "").replace(".jpg", "_boxes.jpg"))
     x1, y1 = round(0.4 * 768), round(0.5 * 576)
     assert abs(int(boxed[y1 + 20, x1, 1]) - int(raw[y1 + 20, x1, 1])) > 60  # the green edge of the box
+
+
+@pytest.mark.timeout(90)
+async def test_a_copy_of_a_result_after_the_drain_opens_no_phantom_event(
+    service_env: dict[str, str], repo_root: Path
+) -> None:
+    refs = await store_frames(service_env, repo_root)
+    reg = registrator(service_env)
+    async with running(reg, lambda s: s.storage is not None) as service:
+        bus = service.bus
+        await bus.ensure_stream(frames_stream(bus.settings))
+        drained = await bus.nc.subscribe(bus.subjects.drained("cam0"))  # type: ignore[union-attr]
+        await feed(bus, refs, shuffle=False)
+        await end_source(bus)
+        await drained.next_msg(timeout=60)
+        # The same result again: with its message id the stream drops it...
+        late = result(refs[PERSON[0]], True)
+        before = (await bus.js.stream_info(results_stream_name(bus.settings))).state.messages
+        await bus.publish(bus.subjects.results, late)
+        assert (await bus.js.stream_info(results_stream_name(bus.settings))).state.messages == before
+        # ...and one without (from past the stream's duplicate window) is dropped by the registrator as stale.
+        await bus.js.publish(bus.subjects.results, late.to_bytes())
+        probe = FrameRef(source_id="probe", seq=0, pts=0, wall_time=time.time(), url=refs[0].url, width=768, height=576)
+        await bus.publish(bus.subjects.results, result(probe, False))  # absorbed after the copy
+        await wait_for(lambda: counter_value(service.m_results, source_id="probe", model="ssd") == 1, 30, "the probe")
+        assert counter_value(service.m_stale, model="ssd") == 1
+        # A restarted registrator still knows the source drained.
+    again = registrator(service_env)
+    async with running(again, lambda s: s.storage is not None) as service:
+        await service.bus.js.publish(service.bus.subjects.results, late.to_bytes())
+        await wait_for(lambda: counter_value(service.m_stale, model="ssd") == 1, 30, "the copy dropped after a restart")
+    cam = [e for e in await events_of(service_env) if e.source_id == "cam0"]
+    assert len(cam) == 1 and cam[0].state is EventState.FINISHED  # no phantom second event
+
+
+@pytest.mark.timeout(90)
+async def test_live_events_close_on_time_when_the_camera_goes_dark_or_the_detector_dies(
+    service_env: dict[str, str], repo_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    refs = await store_frames(service_env, repo_root)
+    service = registrator(service_env)
+    gap = service.settings.event_gap
+    redis = Redis(host=service.settings.redis_host, port=service.settings.redis_port)
+    store = EventStore(redis, RedisKeys(service.settings))
+
+    async def closes(source_id: str, frames_after: bool) -> tuple[float, Event]:
+        """A person in view of a live source, then no more results: with frames still coming or none at all."""
+        own = [ref.model_copy(update={"source_id": source_id, "wall_time": time.time()}) for ref in refs]
+        for ref in own[:16]:  # the person from 0.5 s on, results up to 1.5 s
+            await service.bus.publish(service.bus.subjects.frames, ref)
+            await service.bus.publish(service.bus.subjects.results, result(ref, ref.seq in PERSON))
+        stopped = time.monotonic()
+        for ref in own[16:] if frames_after else []:  # the detector is dead; the camera streams on at 10 fps
+            await service.bus.publish(service.bus.subjects.frames, ref)
+            await asyncio.sleep(0.1)
+            if any(e.source_id == source_id and e.closed_by for e in await store.all()):
+                break
+        while not (closed := [e for e in await store.all() if e.source_id == source_id and e.closed_by]):
+            assert time.monotonic() - stopped < 30, f"{source_id}: the event never closed"
+            await asyncio.sleep(0.05)
+        return time.monotonic() - stopped, closed[0]
+
+    async with running(service, lambda s: s.storage is not None):
+        await service.bus.ensure_stream(frames_stream(service.settings))
+        (dark_after, dark), (dead_after, dead) = await asyncio.gather(closes("dark", False), closes("blind", True))
+        for source_id in ("dark", "blind"):  # and each is cut with what it has
+            deadline = time.monotonic() + 30
+            while not [e for e in await store.all() if e.source_id == source_id and e.state is EventState.FINISHED]:
+                assert time.monotonic() < deadline, f"{source_id}: no FINISHED event"
+                await asyncio.sleep(0.2)
+    events = {e.source_id: e for e in await store.all()}
+    await redis.aclose()
+    with capsys.disabled():
+        print(f"\nlive events close on time (event_gap {gap:g} s): camera dark -> closed after {dark_after:.2f} s, "
+              f"detector dead -> {dead_after:.2f} s; clips of {events['dark'].clip_frames} and "
+              f"{events['blind'].clip_frames} frames")
+    assert dark.closed_by is EventClose.NO_FRAMES and dead.closed_by is EventClose.NO_RESULTS
+    assert dark_after <= gap + 1.0 and dead_after <= gap + 1.0
+    assert (events["dark"].start, events["dark"].end) == (0.5, 1.5) == (events["blind"].start, events["blind"].end)
+
+
+@pytest.mark.timeout(90)
+async def test_healthz_turns_unhealthy_while_results_lag(service_env: dict[str, str]) -> None:
+    service = RegistratorService(RegistratorSettings(_env_file=None, **service_env, results_lag_max_age=2))  # type: ignore[call-arg]
+    gate = asyncio.Event()
+    absorb = service._on_results
+
+    async def stuck(msgs: list) -> None:  # type: ignore[type-arg]
+        await gate.wait()  # a registrator that cannot absorb: its connections are all fine
+        await absorb(msgs)
+
+    service._on_results = stuck  # type: ignore[method-assign]
+    async with running(service, lambda s: s.storage is not None):
+        assert service.health()["ok"]
+        ref = FrameRef(source_id="cam0", seq=0, pts=0, wall_time=time.time(), url="http://127.0.0.1/x", width=2, height=2)
+        for seq in range(20):
+            await service.bus.publish(service.bus.subjects.results, result(ref.model_copy(update={"seq": seq}), False))
+        await wait_for(lambda: service.health()["lagging"], 30, "/healthz to say the results lag")
+        health = service.health()
+        assert not health["ok"] and health["results_pending"] == 20 and health["results_oldest_seconds"] >= 2, health
+        gate.set()
+        await wait_for(lambda: service.health()["ok"], 30, "/healthz to recover once the results are absorbed")
+        assert service.health()["results_pending"] == 0
 
 
 @pytest.mark.timeout(120)
