@@ -1,25 +1,32 @@
 # Vigil: `make run` runs the whole fleet locally on the sample video; `make test` runs the test suite.
-# Both install what is missing first (a virtual environment with the packages and the server binaries).
+# Both install what is missing first (a virtual environment with the packages and the server binaries), from
+# the lock file requirements/local.txt: every package pinned and hash-checked. `make lock` remakes the locks
+# from pyproject.toml (scripts/lock.py); UPGRADE=1 moves the pins to the newest versions pyproject allows.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+LOCK   := requirements/local.txt
+STAMP  := $(VENV)/.installed-$(shell cksum $(LOCK) | cut -d' ' -f1)
 DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-e2e soak soak-reader lint up down logs ps scale-workers test-compose clean
+.PHONY: install lock run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-e2e soak soak-reader lint up down logs ps scale-workers test-compose clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The project itself is not installed, as in the images: everything runs from the repository's root.
+$(STAMP): $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Vigil needs Python 3.11 or newer")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[all]'
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+lock: install
+	$(PY) scripts/lock.py $(if $(UPGRADE),--upgrade)
 
 run: install
 	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve)
