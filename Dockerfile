@@ -1,4 +1,5 @@
-# Vigil images, one target per role; each carries only its role's extras from pyproject.toml.
+# Vigil images, one target per role; each carries only its role's packages, pinned with hashes in its lock
+# file, requirements/<role>.txt (made from pyproject.toml's extras by `make lock`).
 #   docker compose build                      (every role)
 #   docker build --target worker -t vigil-worker .
 # Targets: reader, router, worker (detection and classification), worker-gpu, registrator, api.
@@ -9,10 +10,11 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- dependencies ----------------------------------------------------------------------------
-# Only pyproject.toml goes in, so the slow layers (opencv, av, onnxruntime) are rebuilt when the
-# dependencies change, not on every code edit. The code runs from /app, where shared/model_registry.py
-# finds models/ next to it, so install-deps removes the project's own empty wheel again.
-# No compiler or -dev packages: every dependency ships manylinux wheels for CPython 3.11.
+# Each deps stage takes only its role's lock, so the slow layers (opencv, av, onnxruntime) are rebuilt
+# when that lock changes, not on every code edit nor on another role's change. The project itself is not
+# installed: the code runs from /app, where shared/model_registry.py finds models/ next to it.
+# No compiler or -dev packages: install-deps takes wheels only, and every locked package ships manylinux
+# wheels for CPython 3.11.
 # A site's package index and CA come in as build secrets (compose: VIGIL_PIP_CONF, VIGIL_PIP_CA), mounted
 # only while pip runs, so neither lands in a layer; install-deps hands them to pip when they are given.
 FROM ${PYTHON_IMAGE} AS deps
@@ -24,35 +26,38 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY scripts/docker-install-deps.sh /usr/local/bin/install-deps
-COPY pyproject.toml ./
 
 FROM deps AS deps-reader
+COPY requirements/reader.txt requirements/
 RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
-    install-deps ".[reader]"
+    install-deps requirements/reader.txt
 
 FROM deps AS deps-router
+COPY requirements/router.txt requirements/
 RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
-    install-deps .
+    install-deps requirements/router.txt
 
 FROM deps AS deps-worker
+COPY requirements/worker.txt requirements/
 RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
-    install-deps ".[worker]"
+    install-deps requirements/worker.txt
 
 FROM deps AS deps-worker-gpu
-# onnxruntime and onnxruntime-gpu install the same `onnxruntime` module, so the GPU image must not
-# get the `worker` extra. The [cuda,cudnn] extras pull CUDA 12 and cuDNN 9 from PyPI, so a slim base
-# works; 1.27 and later are built for CUDA 13 (host driver >= 580): raise the bound with the driver.
-ARG ONNXRUNTIME_GPU="onnxruntime-gpu[cuda,cudnn]>=1.21,<1.27"
+# onnxruntime-gpu with CUDA 12 and cuDNN 9 from PyPI wheels, instead of onnxruntime: both install the same
+# `onnxruntime` module (pyproject.toml, the worker-gpu extra, says which CUDA the bound allows).
+COPY requirements/worker-gpu.txt requirements/
 RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
-    install-deps . "${ONNXRUNTIME_GPU}"
+    install-deps requirements/worker-gpu.txt
 
 FROM deps AS deps-registrator
+COPY requirements/registrator.txt requirements/
 RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
-    install-deps ".[registrator]"
+    install-deps requirements/registrator.txt
 
 FROM deps AS deps-api
+COPY requirements/api.txt requirements/
 RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
-    install-deps ".[api]"
+    install-deps requirements/api.txt
 
 # ---- common runtime --------------------------------------------------------------------------
 # No apt packages: the wheels bundle FFmpeg (av), their image libraries (opencv-python-headless)

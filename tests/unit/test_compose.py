@@ -28,7 +28,9 @@ from typing import Any
 import pytest
 import yaml
 from dotenv import dotenv_values
+from packaging.utils import canonicalize_name
 
+from scripts.lock import LOCKS, declared, lock_path, read_lock
 from tests.unit.test_settings import readable_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,12 +67,12 @@ LAYOUTS = {
     "worker-machine": ([WORKERS_FILE], {"detection", "classification"}),
     "local-sources": ([COMPOSE_FILE, OVERRIDE_EXAMPLE], INFRA | APP),
 }
-# Dockerfile target -> (the module it runs, the pyproject extras it installs, the data folders it carries).
+# Dockerfile target -> (the module it runs, the pyproject extras in its lock file, the data folders it carries).
 ROLES: dict[str, tuple[str, set[str], set[str]]] = {
     "reader": ("services.reader", {"reader"}, {"video"}),
     "router": ("services.router", set(), set()),
     "worker": ("services.detection", {"worker"}, {"models"}),
-    "worker-gpu": ("services.detection", set(), {"models"}),
+    "worker-gpu": ("services.detection", {"worker-gpu"}, {"models"}),
     "registrator": ("services.registrator", {"registrator"}, set()),
     "api": ("services.api", {"api"}, set()),
 }
@@ -207,8 +209,12 @@ def _pip_installs(stage: str) -> list[str]:
     return installs
 
 
-def _extras(install: str) -> set[str]:
-    return {e for group in re.findall(r"\.\[([^\]]+)\]", install) for e in group.split(",")}
+def _lock_files(install: str) -> list[str]:
+    return re.findall(r"install-deps\s+(\S+)", install)
+
+
+def _package_names(extras: tuple[str, ...] | set[str]) -> set[str]:
+    return {canonicalize_name(r.name) for r in declared(tuple(extras))}
 
 
 def _env(instructions: list[tuple[str, str]]) -> dict[str, str]:
@@ -393,7 +399,7 @@ def test_compose_build_targets_exist_in_dockerfile(compose_bin: Path, layout: st
 
 def test_dockerfile_copies_existing_paths_not_ignored() -> None:
     sources = _context_copies(_instructions())
-    assert {"pyproject.toml", "shared", "services", "models", "video"} <= set(sources)
+    assert {f"requirements/{role}.txt" for role in ROLES} | {"shared", "services", "models", "video"} <= set(sources)
     patterns = _dockerignore_patterns()
     for src in sources:
         assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is not in the repository"
@@ -419,12 +425,25 @@ def test_images_are_slim() -> None:
 @pytest.mark.parametrize("role", list(ROLES))
 def test_each_role_installs_only_what_it_needs(role: str) -> None:
     _, extras, data = ROLES[role]
-    installs = _pip_installs(_deps_stage(role))
-    assert set().union(*map(_extras, installs)) == extras, role
+    stage = _deps_stage(role)
+    installs = _pip_installs(stage)
+    # One install, of the role's own lock; tests/unit/test_locks.py proves that the lock holds pyproject's
+    # dependencies and these extras, no more and no less.
+    lock = f"requirements/{role}.txt"
+    assert [f for cmd in installs for f in _lock_files(cmd)] == [lock], role
+    assert lock in _context_copies(_stages()[stage]), f"{stage} installs {lock} without copying it in"
+    assert set(LOCKS[role]) == extras, role
     known = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     assert extras <= known
+    # What any other extra asks for (another role's codecs or runtime, the servers, the test tools) is not in
+    # the image unless this role asks for it too.
+    packages = {pin.name for pin in read_lock(lock_path(role))}
+    foreign = _package_names(known - {"all"}) - _package_names(extras)
+    assert not packages & foreign, f"{role} would install {sorted(packages & foreign)}"
     # onnxruntime and onnxruntime-gpu both provide the `onnxruntime` module: only the GPU image has the latter.
-    assert any("onnxruntime-gpu" in cmd for cmd in installs) == (role == "worker-gpu"), role
+    assert ("onnxruntime-gpu" in packages) == (role == "worker-gpu"), role
+    assert ("onnxruntime" in packages) == (role == "worker"), role
+    assert ("av" in packages) == (role in {"reader", "registrator"}), role
     assert set(_context_copies(_stages()[role])) & {"models", "video"} == data, role
 
 
