@@ -12,7 +12,7 @@ DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install lock run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-e2e soak soak-reader lint up down logs ps scale-workers test-compose clean
+.PHONY: install lock config-docs run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-e2e soak soak-reader lint up down logs ps scale-workers test-compose clean
 
 install: $(STAMP)
 
@@ -26,7 +26,11 @@ $(STAMP): $(LOCK)
 	touch $@
 
 lock: install
-	$(PY) scripts/lock.py $(if $(UPGRADE),--upgrade)
+	$(PY) -m scripts.lock $(if $(UPGRADE),--upgrade)
+
+# docs/configuration.md's settings reference, from the settings classes' Field descriptions.
+config-docs: install
+	$(PY) -m scripts.settings_doc
 
 run: install
 	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve)
@@ -77,12 +81,12 @@ soak-reader: install
 	$(PY) -m bench.reader_soak $(or $(DURATION),600)
 
 lint: install
-	$(PY) -m ruff check shared services fleet bench tests
+	$(PY) -m ruff check shared services fleet bench tests scripts
 
 check-config: install
 	@for s in reader router detection classification registrator api; do $(PY) -m services.$$s --check-config || exit 1; done
 
-# Docker: the fleet as containers (docker-compose.yml; README, "Docker"). Engine 20.10+ with Compose v2.20+.
+# Docker: the fleet as containers (docker-compose.yml; docs/operations.md). Engine 20.10+ with Compose v2.20+.
 # GPU=1 runs the workers on onnxruntime-gpu (the gpu profile) instead of the CPU ones. `.env` may set
 # COMPOSE_FILE (multi-machine) and COMPOSE_PROFILES; docker compose reads both from it. down, logs and ps
 # always name the gpu profile, so they also reach GPU workers started without GPU=1 in the command.

@@ -131,7 +131,7 @@ def compile_lock(name: str, upgrade: bool) -> None:
 def main(argv: list[str]) -> int:
     upgrade = argv == ["--upgrade"]
     if argv and not upgrade:
-        print("usage: scripts/lock.py [--upgrade]   (make lock, make lock UPGRADE=1)", file=sys.stderr)
+        print("usage: python -m scripts.lock [--upgrade]   (make lock, make lock UPGRADE=1)", file=sys.stderr)
         return 2
     LOCK_DIR.mkdir(exist_ok=True)
     for name in LOCKS:
