@@ -95,6 +95,8 @@ def check_port(env: dict[str, str]) -> str | None:
     if _api_running():  # our own api holds it: `make up` again only updates the fleet
         return None
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As a server binds: a port whose old connections linger in TIME_WAIT (after `make down`) is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((bind, port))
         except OSError as exc:
