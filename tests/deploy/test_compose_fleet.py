@@ -286,8 +286,8 @@ def test_down_keeps_the_events_and_a_truncated_file_fails_once(project: ComposeF
     health = {s["source_id"]: s for s in project.get("/api/v1/sources")["sources"]}["cam4"]
     assert health["state"] == "failed" and "truncated" in (health["last_error"] or "")
     logs = project.compose("logs", "--no-log-prefix", "reader").stdout
-    assert logs.count("source failed") == 1, logs[-3000:]  # failed once, never replayed
-    assert state["Restarting"] is False
+    assert logs.count("source streaming") == 1 and logs.count("vigil.reader: source failed") == 1, logs[-3000:]
+    assert state["RestartCount"] == 0 and state["ExitCode"] == 0  # failed once, never replayed
 
     assert "vigildeploy" in project.make("ps").stdout
     shown = follow(project, ["make", "--no-print-directory", "logs"], "registrator", timeout=60)
