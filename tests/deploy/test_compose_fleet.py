@@ -212,24 +212,42 @@ def test_scaling_and_a_killed_replica_lose_nothing(project: ComposeFleet) -> Non
                                                                  describe=project.live_workers))
     assert len(project.containers("detection")) == 3 and len(project.containers("classification")) == 2
 
-    # Killed while it holds tasks. A delivery beyond the newest message delivered is a redelivery, so the
-    # consumer's delivery count growing past its stream position proves tasks the victim took and never
-    # acked went to the others after ack_wait (num_redelivered counts only those still unacked).
+    # Killed while it holds tasks. The victim is frozen first (docker pause): its waiting pull still gets
+    # tasks it can never ack, which shows as the consumer's ack floor stuck far behind what was delivered
+    # while the other replicas go on; then it is killed. A delivery beyond the newest message delivered is
+    # a redelivery, so the delivery count growing past the stream position proves the tasks it held went to
+    # the others after ack_wait (num_redelivered counts only redelivered tasks still unacked).
     durable = next(name for name in project.jetstream() if DETECTOR in name)
 
+    def consumer() -> dict[str, Any]:
+        return project.jetstream()[durable]
+
     def redeliveries() -> int:
-        delivered = project.jetstream()[durable]["delivered"]
+        delivered = consumer()["delivered"]
         return int(delivered["consumer_seq"] - delivered["stream_seq"])
 
-    before = redeliveries()
+    def held_by_the_frozen() -> bool:
+        info = consumer()
+        return info["num_ack_pending"] > 0 and info["delivered"]["stream_seq"] - info["ack_floor"]["stream_seq"] >= 20
+
     # The newest replica: scaling down removes it, so the kill and the scaling each do their own part. (Kill
     # replica 1 and scaling down leaves no live detector while it restarts, and the router routes frames
     # only to live models: issue 15.)
     victim = max((row["Name"] for row in project.states()["detection"]), key=lambda name: int(name.rsplit("-", 1)[1]))
+    before = redeliveries()
+    for _attempt in range(5):  # its pull may expire before a task comes: thaw it, and freeze it again
+        project.engine.docker("pause", victim)
+        try:
+            wait_until(held_by_the_frozen, 15, "a task held by the frozen replica", describe=consumer)
+            break
+        except AssertionError:
+            project.engine.docker("unpause", victim)
+    held = consumer()["num_ack_pending"]
+    assert held_by_the_frozen(), consumer()
     project.engine.docker("kill", victim)
     project.timed("killed_tasks_redelivered", lambda: wait_until(
-        lambda: redeliveries() > before, 180, "the killed replica's tasks redelivered", interval=2,
-        describe=lambda: project.jetstream()[durable]))
+        lambda: redeliveries() > before, 180, "the killed replica's tasks redelivered", interval=2, describe=consumer))
+    project.figures["killed_replica_tasks_held"] = held
     project.figures["killed_replica_tasks_redelivered"] = redeliveries() - before
 
     project.timed("scale_down", lambda: project.make("scale-workers", "DETECTION=1", "CLASSIFICATION=1"))
