@@ -297,15 +297,15 @@ def test_down_keeps_the_events_and_a_truncated_file_fails_once(project: ComposeF
     assert after == before  # the same events, with the same clips
 
     def reader_settled() -> dict[str, Any] | None:
-        state = project.inspect(project.containers("reader", all_states=True)[0])["State"]
-        return state if state["Status"] == "exited" and not state["Restarting"] else None
+        found = project.inspect(project.containers("reader", all_states=True)[0])
+        return found if found["State"]["Status"] == "exited" and not found["State"]["Restarting"] else None
 
-    state = wait_until(reader_settled, 180, "the reader ended", describe=project.states)
+    reader = wait_until(reader_settled, 180, "the reader ended", describe=project.states)
     health = {s["source_id"]: s for s in project.get("/api/v1/sources")["sources"]}["cam4"]
     assert health["state"] == "failed" and "truncated" in (health["last_error"] or "")
     logs = project.compose("logs", "--no-log-prefix", "reader").stdout
     assert logs.count("source streaming") == 1 and logs.count("vigil.reader: source failed") == 1, logs[-3000:]
-    assert state["RestartCount"] == 0 and state["ExitCode"] == 0  # failed once, never replayed
+    assert reader["RestartCount"] == 0 and reader["State"]["ExitCode"] == 0  # failed once, never replayed
 
     assert "vigildeploy" in project.make("ps").stdout
     shown = follow(project, ["make", "--no-print-directory", "logs"], "registrator", timeout=60)
