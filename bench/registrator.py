@@ -19,7 +19,7 @@ from fleet.servers import LocalServers, ServerSet
 from services.registrator.clips import write_clip
 from services.registrator.events import OpenEvent
 from services.registrator.proofs import make_proofs
-from shared.bus import Bus
+from shared.bus import Bus, Outgoing
 from shared.contracts import BBox, Detection, FrameRef, InferenceResult, ModelKind
 from shared.jpeg import decode_jpeg, encode_jpeg
 from shared.metrics import Metrics
@@ -52,7 +52,7 @@ async def absorb(servers: ServerSet) -> dict[str, float]:
                 await asyncio.sleep(0.1)
         det = Detection.on_image("person", 0, 0.9, BBox(x1=0.1, y1=0.1, x2=0.3, y2=0.6), 768, 576)
         items: list[tuple[str, Any]] = [
-            (bus.subjects.results, InferenceResult(
+            Outgoing.of(bus.subjects.results, InferenceResult(
                 frame=FrameRef(source_id="bench", seq=i, pts=i / 10, wall_time=time.time(), url="http://127.0.0.1:1/1,01",
                                width=768, height=576),
                 model="ssd", kind=ModelKind.DETECTION, instance="b", detections=[det], finished_at=time.time()))

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from bench.common import ROOT, median, print_table, write_result
 from fleet.servers import LocalServers, ServerSet, free_ports
-from shared.bus import Bus, fetch
+from shared.bus import Bus, Outgoing, fetch
 from shared.contracts import DropPolicy, FrameRef, Heartbeat, InferenceTask, ModelKind
 from shared.keys import RedisKeys
 from shared.metrics import Metrics
@@ -76,7 +76,7 @@ async def bare_loop(servers: ServerSet) -> dict[str, float]:
     for start in range(0, FRAMES, BATCH):
         now = time.time()
         await bus.publish_many([
-            (bus.subjects.task(f"{model}Inference"), InferenceTask(frame=ref, model=model, routed_at=now))
+            Outgoing.of(bus.subjects.task(f"{model}Inference"), InferenceTask(frame=ref, model=model, routed_at=now))
             for ref in refs[start:start + BATCH] for model in MODELS
         ])
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -89,7 +89,7 @@ async def router_process(servers: ServerSet) -> dict[str, float]:
     settings, bus, redis = await prepare(servers)
     refs = frames(settings.subject_prefix)
     for start in range(0, FRAMES, BATCH):
-        await bus.publish_many([(bus.subjects.frames, ref) for ref in refs[start:start + BATCH]])
+        await bus.publish_many([Outgoing.of(bus.subjects.frames, ref) for ref in refs[start:start + BATCH]])
     stop = asyncio.Event()
     drains = [asyncio.create_task(drain_tasks(bus, settings, model, stop)) for model in MODELS]
     port = free_ports(1)[0]

@@ -129,47 +129,46 @@ class Bus:
                 await self.js.delete_stream(config.name)
                 await self.js.add_stream(config)
 
-    async def publish(self, subject: str, message: Contract | bytes, *, timeout: float | None = None) -> None:
+    async def publish(self, subject: str, message: Contract, *, timeout: float | None = None) -> None:
+        """JetStream publish of a contract, with its message id; see `publish_out`."""
+        await self.publish_out(Outgoing.of(subject, message), timeout=timeout)
+
+    async def publish_out(self, out: Outgoing, *, timeout: float | None = None) -> None:
         """JetStream publish, retried while the stream is missing or NATS is away, until `timeout`.
 
-        Bytes are a contract someone encoded already (InferenceTask.encode); contracts are validated
-        when built and frozen after, so what is serialised here is valid."""
-        data = message if isinstance(message, bytes) else message.to_bytes()
+        Contracts are validated when built and frozen after, so what is serialised is valid. The message id
+        makes every retry safe: a publish whose ack was lost and is sent again is stored once."""
         deadline = time.monotonic() + (timeout if timeout is not None else self.settings.startup_timeout)
         delays = backoff_delays(0.05, 2.0)
         while True:
             try:
-                await self.js.publish(subject, data, timeout=2.0)
+                await self.js.publish(out.subject, out.data, timeout=2.0, headers=out.headers)
                 return
             except (NoRespondersError, NoStreamResponseError, NatsTimeoutError, nats.errors.ConnectionClosedError) as exc:
                 if time.monotonic() >= deadline:
-                    raise InfrastructureUnavailable(f"could not publish on {subject}: {exc!r}") from exc
-                self.publish_retries.labels(subject=subject).inc()
+                    raise InfrastructureUnavailable(f"could not publish on {out.subject}: {exc!r}") from exc
+                self.publish_retries.labels(subject=out.subject).inc()
                 await asyncio.sleep(next(delays))
 
-    async def publish_many(
-        self, items: list[tuple[str, Contract | bytes]], *, timeout: float = 5.0
-    ) -> list[BaseException | None]:
+    async def publish_many(self, items: list[Outgoing], *, timeout: float = 5.0) -> list[BaseException | None]:
         """JetStream publishes sent back to back, their acks awaited together: one round trip for a batch.
 
         Returns, per item, None when the stream stored it, else the error. Failed items fall back to
-        `publish`, which retries until `timeout`: a blip of NATS costs time, not tasks.
+        `publish_out`, which retries until `timeout`: a blip of NATS costs time, not tasks, and an item
+        whose first ack was only slow is dropped by the stream as a copy (same message id), not stored twice.
         """
-        futures = [
-            await self.js.publish_async(subject, message if isinstance(message, bytes) else message.to_bytes())
-            for subject, message in items
-        ]
+        futures = [await self.js.publish_async(out.subject, out.data, headers=out.headers) for out in items]
         if futures:
             await asyncio.wait(futures, timeout=timeout)
         outcomes: list[BaseException | None] = []
-        for (subject, message), future in zip(items, futures, strict=True):
+        for out, future in zip(items, futures, strict=True):
             if future.done() and not future.cancelled() and future.exception() is None:
                 outcomes.append(None)
                 continue
             if not future.done():
                 future.cancel()
             try:
-                await self.publish(subject, message, timeout=timeout)
+                await self.publish_out(out, timeout=timeout)
                 outcomes.append(None)
             except Exception as exc:  # noqa: BLE001 - reported to the caller, per item
                 outcomes.append(exc)
@@ -285,6 +284,23 @@ class Bus:
             return ConsumerLag(pending, 0.0)
         stored = oldest.time.timestamp() if oldest.time else time.time()
         return ConsumerLag(pending, max(0.0, time.time() - stored))
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One JetStream publish: where, what, and the message id that lets the stream drop a re-publish of it."""
+
+    subject: str
+    data: bytes
+    msg_id: str
+
+    @classmethod
+    def of(cls, subject: str, message: Contract) -> "Outgoing":
+        return cls(subject, message.to_bytes(), message.msg_id())
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Nats-Msg-Id": self.msg_id}
 
 
 @dataclass(frozen=True)

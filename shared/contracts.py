@@ -27,6 +27,11 @@ class Contract(BaseModel):
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
 
+    def msg_id(self) -> str:
+        """The JetStream `Nats-Msg-Id` of this message: the same for a re-publish of it, so that the stream drops
+        the copy. Every contract published into a stream says what makes it one message."""
+        raise NotImplementedError(f"{type(self).__name__} is not published into a stream")
+
     @classmethod
     def from_bytes(cls: type[C], data: bytes | str) -> C:
         if len(data) > MAX_MESSAGE_BYTES:
@@ -71,6 +76,15 @@ class FrameRef(Contract):
     @property
     def frame_id(self) -> str:
         return f"{self.source_id}:{self.seq}"
+
+    @property
+    def identity(self) -> str:
+        """One frame read once: its source and seq, and the time it was read, which tells apart two reader runs
+        that both count from seq 0."""
+        return f"{self.source_id}:{self.seq}@{self.wall_time:.6f}"
+
+    def msg_id(self) -> str:
+        return f"frame:{self.identity}"
 
 
 class SourceState(str, enum.Enum):
@@ -120,11 +134,22 @@ class SourceStatus(Contract):
     last_seq: int = Field(default=-1, ge=-1)
     error: str | None = None
 
+    def msg_id(self) -> str:
+        return f"status:{self.source_id}:{self.state.value}@{self.wall_time:.6f}"
+
 
 class InferenceTask(Contract):
     frame: FrameRef
     model: str = Field(min_length=1, max_length=128)
     routed_at: float
+
+    def msg_id(self) -> str:
+        return self.id_for(self.frame, self.model)
+
+    @staticmethod
+    def id_for(frame: FrameRef, model: str) -> str:
+        """A frame routed again (a router died before acking it) is the same task: the stream drops it."""
+        return f"task:{model}:{frame.identity}"
 
     @staticmethod
     def encode(frame_json: bytes, model: str, routed_at: float) -> bytes:
@@ -209,6 +234,10 @@ class InferenceResult(Contract):
     timings: Timings = Field(default_factory=Timings)
     finished_at: float
 
+    def msg_id(self) -> str:
+        # One result per frame and model: a second answer to a redelivered task is a copy too.
+        return f"result:{self.model}:{self.frame.identity}"
+
 
 class RoutingSummary(Contract):
     """Published by the router once every frame of an ended source is routed: how many tasks each model got."""
@@ -217,6 +246,9 @@ class RoutingSummary(Contract):
     frames_routed: int = Field(ge=0)
     tasks: dict[str, int]
     wall_time: float
+
+    def msg_id(self) -> str:
+        return f"routed:{self.source_id}@{self.wall_time:.6f}"
 
 
 class Heartbeat(Contract):

@@ -60,6 +60,11 @@ class RedisKeys:
         return f"{self._ns}registrator:ended"
 
     @property
+    def registrator_ended_at(self) -> str:
+        """Hash source id -> wall time of its last ENDED: results of frames read before it are of a drained run."""
+        return f"{self._ns}registrator:ended-at"
+
+    @property
     def registrator_seen_prefix(self) -> str:
         return f"{self._ns}registrator:seen:"
 

@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from pydantic import Field
 from redis.asyncio import Redis
 
-from shared.bus import fetch
+from shared.bus import Outgoing, fetch
 from shared.contracts import Heartbeat, InferenceResult, InferenceTask, ModelKind, Timings
 from shared.discovery import HeartbeatPublisher
 from shared.jpeg import decode_jpeg
@@ -268,7 +268,7 @@ class InferenceWorker(Service[WorkerSettings]):
 
     async def _finish(self, jobs: list[_Job], timings: Timings) -> None:
         """Publish the batch's results together; ack each task only once its result is stored."""
-        results = [(self.bus.subjects.results, self._result(job, timings)) for job in jobs]
+        results = [Outgoing.of(self.bus.subjects.results, self._result(job, timings)) for job in jobs]
         outcomes = await self.bus.publish_many(results)
         for job, outcome in zip(jobs, outcomes, strict=True):
             if outcome is not None:  # not acked, so the task is redelivered after ack_wait

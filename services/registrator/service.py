@@ -61,6 +61,7 @@ class SourceProgress:
     """What the registrator knows of one source, to tell when all its results are in."""
 
     ended: bool = False
+    ended_at: float = 0.0  # wall time of the source's ENDED (or FAILED) status
     summary: RoutingSummary | None = None
     summary_at: float = 0.0
     seen: defaultdict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
@@ -97,6 +98,8 @@ class RegistratorService(Service[RegistratorSettings]):
         )
         self.ring = FrameRing(settings.ring_max_frames)
         self.sources: defaultdict[str, SourceProgress] = defaultdict(SourceProgress)
+        # Per drained source, when its run ended: a result of a frame read before that is a late copy.
+        self.drained_until: dict[str, float] = {}
         self.finalising: dict[str, OpenEvent] = {}
         self.store: EventStore | None = None
         self.state: RegistratorState  # set in start(), with Redis
@@ -109,6 +112,7 @@ class RegistratorService(Service[RegistratorSettings]):
         self._tasks: set[asyncio.Task[None]] = set()
         self.m_results = self.metrics.counter("results", "results absorbed", ("source_id", "model"))
         self.m_duplicates = self.metrics.counter("duplicate_results", "results seen before (redelivery)", ("model",))
+        self.m_stale = self.metrics.counter("stale_results", "results of a run already drained (dropped)", ("model",))
         self.m_events = self.metrics.counter(
             "events", "events reaching FINISHED, or ERROR (once per failed attempt)", ("source_id", "state")
         )
@@ -177,8 +181,9 @@ class RegistratorService(Service[RegistratorSettings]):
         if self.bus.subjects.is_source_status(msg.subject):
             status = await self.bus.decode(msg, SourceStatus)
             if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
-                await self.state.mark_ended(status.source_id)
-                self.sources[status.source_id].ended = True
+                await self.state.mark_ended(status.source_id, status.wall_time)
+                progress = self.sources[status.source_id]
+                progress.ended, progress.ended_at = True, status.wall_time
                 self._check_drained(status.source_id)
         else:
             ref = await self.bus.decode(msg, FrameRef)
@@ -245,6 +250,11 @@ class RegistratorService(Service[RegistratorSettings]):
     ) -> bool:
         """Apply one result in memory, counting it into `tally`; False for one seen before (redelivered)."""
         frame = result.frame
+        if frame.wall_time <= self.drained_until.get(frame.source_id, 0.0):
+            # A copy that outlived the stream's duplicate window: its source has drained, and an event it opened
+            # now would never close (issue 15).
+            self.m_stale.labels(model=result.model).inc()
+            return False
         progress = self.sources[frame.source_id]
         seen = progress.seen[result.model]
         if frame.seq in seen:
@@ -410,6 +420,7 @@ class RegistratorService(Service[RegistratorSettings]):
         await self.bus.publish_core(self.bus.subjects.drained(source_id), drained)
         self.log.info("source drained: %d event(s), results %s", progress.events, results, extra={"source_id": source_id})
         self.ring.forget(source_id)
+        self.drained_until[source_id] = progress.ended_at
         del self.sources[source_id]
         await self.state.forget_source(source_id, list(results))
 
@@ -421,8 +432,10 @@ class RegistratorService(Service[RegistratorSettings]):
         for summary in await self.state.summaries():
             progress = self.sources[summary.source_id]
             progress.summary, progress.summary_at = summary, time.monotonic()
-        for source_id in await self.state.ended_sources():
-            self.sources[source_id].ended = True
+        ended, ended_at = await self.state.ended_sources(), await self.state.ended_at()
+        for source_id in ended:
+            self.sources[source_id].ended, self.sources[source_id].ended_at = True, ended_at.get(source_id, 0.0)
+        self.drained_until = {source_id: t for source_id, t in ended_at.items() if source_id not in ended}
         owed = []
         for event in events:
             if event.state in (EventState.CREATED, EventState.PENDING):

@@ -26,6 +26,7 @@ class RegistratorState:
         self.open_key = keys.registrator_open
         self.summary_key = keys.registrator_summaries
         self.ended_key = keys.registrator_ended
+        self.ended_at_key = keys.registrator_ended_at
         self._seen_prefix = keys.registrator_seen_prefix
 
     def _seen(self, source_id: str, model: str) -> str:
@@ -50,8 +51,13 @@ class RegistratorState:
     def summary(self, pipe: Pipeline, summary: RoutingSummary) -> None:
         pipe.hset(self.summary_key, summary.source_id, summary.to_bytes())
 
-    async def mark_ended(self, source_id: str) -> None:
-        await self.redis.sadd(self.ended_key, source_id)
+    async def mark_ended(self, source_id: str, wall_time: float) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(self.ended_key, source_id)
+            # Kept after the drain (one field per source, replaced by its next end): it tells a late copy of a
+            # drained run's result from a result of the run after it.
+            pipe.hset(self.ended_at_key, source_id, repr(wall_time))
+            await pipe.execute()
 
     async def forget_source(self, source_id: str, models: list[str]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -71,6 +77,9 @@ class RegistratorState:
 
     async def ended_sources(self) -> set[str]:
         return {raw.decode() for raw in await self.redis.smembers(self.ended_key)}
+
+    async def ended_at(self) -> dict[str, float]:
+        return {k.decode(): float(v) for k, v in (await self.redis.hgetall(self.ended_at_key)).items()}
 
     async def seen_results(self) -> dict[tuple[str, str], set[int]]:
         found: dict[tuple[str, str], set[int]] = defaultdict(set)

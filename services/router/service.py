@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from services.router.counts import FrameCount, RoutedCounts
 from services.router.rules import RoutingRules
 from services.router.settings import RouterSettings
-from shared.bus import fetch
+from shared.bus import Outgoing, fetch
 from shared.contracts import DropPolicy, FrameRef, Heartbeat, InferenceTask, RoutingSummary, SourceState, SourceStatus
 from shared.discovery import live_instances
 from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, RedisKeys
@@ -112,7 +112,7 @@ class RouterService(Service[RouterSettings]):
             return
         counted: list[FrameCount] = []
         skipped: Counter[str] = Counter()
-        plans: list[tuple[str, str, FrameCount, bytes]] = []  # (model, subject, frame's count, encoded task)
+        plans: list[tuple[str, FrameCount, Outgoing]] = []  # (model, frame's count, its task)
         now = time.time()
         for msg in msgs:
             frame = await self.bus.decode(msg, FrameRef)
@@ -128,10 +128,12 @@ class RouterService(Service[RouterSettings]):
                     continue
                 if frame.policy is DropPolicy.WAIT:
                     await self._wait_for_room(model)
-                plans.append((model, hb.subject, count, InferenceTask.encode(msg.data, model, now)))
+                task = InferenceTask.encode(msg.data, model, now)
+                subject = self.bus.subjects.task(hb.subject)
+                plans.append((model, count, Outgoing(subject, task, InferenceTask.id_for(frame, model))))
         # Published together: the acks come back pipelined instead of one round trip per task.
-        outcomes = await self.bus.publish_many([(self.bus.subjects.task(subject), task) for _, subject, _, task in plans])
-        for (model, _, count, _), outcome in zip(plans, outcomes, strict=True):
+        outcomes = await self.bus.publish_many([out for _, _, out in plans])
+        for (model, count, _), outcome in zip(plans, outcomes, strict=True):
             if outcome is not None:
                 self.m_failed.labels(model=model).inc()
                 self.log.warning("task not published: %r", outcome, extra={"model": model, "seq": count.seq})

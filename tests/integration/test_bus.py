@@ -1,10 +1,11 @@
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import nats
 import pytest
 
-from shared.bus import Bus, ConsumerLag, fetch
+from shared.bus import Bus, ConsumerLag, Outgoing, fetch
 from shared.contracts import FrameRef
 from shared.metrics import Metrics, counter_value
 from shared.retry import InfrastructureUnavailable
@@ -16,67 +17,71 @@ def make_bus(env: dict[str, str], service: str = "test") -> Bus:
     return Bus(VigilSettings(_env_file=None, **env), service, "i1", Metrics(service))  # type: ignore[arg-type]
 
 
+@pytest.fixture
+async def bus(service_env: dict[str, str]) -> AsyncIterator[Bus]:
+    bus = make_bus(service_env)
+    await bus.connect()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
 def frame(seq: int) -> FrameRef:
     return FrameRef(source_id="cam0", seq=seq, pts=seq / 10, wall_time=0, url="http://127.0.0.1/x", width=2, height=2)
 
 
-async def test_streams_are_created_once_and_updated_in_place(service_env: dict[str, str]) -> None:
-    bus = make_bus(service_env)
-    await bus.connect()
-    try:
-        config = frames_stream(bus.settings)
-        await bus.ensure_stream(config)
-        await bus.ensure_stream(config)  # a second replica starting: no error
-        config.max_msgs = 1234
-        await bus.ensure_stream(config)
-        info = await bus.js.stream_info(config.name)
-        assert info.config.max_msgs == 1234
-        assert set(info.config.subjects) == {bus.subjects.frames, bus.subjects.source_status_all}
-    finally:
-        await bus.close()
+async def test_streams_are_created_once_and_updated_in_place(bus: Bus) -> None:
+    config = frames_stream(bus.settings)
+    await bus.ensure_stream(config)
+    await bus.ensure_stream(config)  # a second replica starting: no error
+    config.max_msgs = 1234
+    await bus.ensure_stream(config)
+    info = await bus.js.stream_info(config.name)
+    assert info.config.max_msgs == 1234
+    assert set(info.config.subjects) == {bus.subjects.frames, bus.subjects.source_status_all}
 
 
-async def test_typed_publish_and_durable_pull(service_env: dict[str, str]) -> None:
-    bus = make_bus(service_env)
-    await bus.connect()
-    try:
-        stream = frames_stream(bus.settings)
-        await bus.ensure_stream(stream)
-        for seq in range(3):
-            await bus.publish(bus.subjects.frames, frame(seq))
-        sub = await bus.durable_pull(stream.name, "reader-test")
-        msgs = await fetch(sub, 10, timeout=2)
-        decoded = [await bus.decode(m, FrameRef) for m in msgs]
-        assert [f.seq for f in decoded if f] == [0, 1, 2]
-        for m in msgs:
-            await m.ack_sync()  # acked and confirmed, so the backlog below is exact
-        assert await bus.backlog(stream.name, "reader-test") == 0
-        assert await bus.backlog(stream.name, "no-such-consumer") == 0
-    finally:
-        await bus.close()
+async def test_typed_publish_and_durable_pull(bus: Bus) -> None:
+    stream = frames_stream(bus.settings)
+    await bus.ensure_stream(stream)
+    for seq in range(3):
+        await bus.publish(bus.subjects.frames, frame(seq))
+    sub = await bus.durable_pull(stream.name, "reader-test")
+    msgs = await fetch(sub, 10, timeout=2)
+    decoded = [await bus.decode(m, FrameRef) for m in msgs]
+    assert [f.seq for f in decoded if f] == [0, 1, 2]
+    for m in msgs:
+        await m.ack_sync()  # acked and confirmed, so the backlog below is exact
+    assert await bus.backlog(stream.name, "reader-test") == 0
+    assert await bus.backlog(stream.name, "no-such-consumer") == 0
 
 
-async def test_lag_says_how_many_wait_and_since_when(service_env: dict[str, str]) -> None:
-    bus = make_bus(service_env)
-    await bus.connect()
-    try:
-        stream = frames_stream(bus.settings)
-        await bus.ensure_stream(stream)
-        sub = await bus.durable_pull(stream.name, "lagging")
-        assert await bus.lag(stream.name, "lagging") == ConsumerLag(0, 0.0)
-        for seq in range(5):
-            await bus.publish(bus.subjects.frames, frame(seq))
-        await asyncio.sleep(1.5)
-        first = await fetch(sub, 2, timeout=2)
-        await first[0].ack_sync()  # one absorbed; the second held unacked still counts, and is now the oldest
-        lag = await bus.lag(stream.name, "lagging")
-        assert lag.pending == 4
-        assert 1.5 <= lag.oldest_age < 30
-        for m in [first[1], *await fetch(sub, 10, timeout=2)]:
-            await m.ack_sync()
-        assert (await bus.lag(stream.name, "lagging")).pending == 0
-    finally:
-        await bus.close()
+async def test_a_re_publish_is_stored_once(bus: Bus) -> None:
+    stream = frames_stream(bus.settings)
+    await bus.ensure_stream(stream)
+    same = [Outgoing.of(bus.subjects.frames, frame(1)) for _ in range(3)]  # as publish_many's retry sends it
+    assert await bus.publish_many([*same, Outgoing.of(bus.subjects.frames, frame(2))]) == [None] * 4
+    await bus.publish(bus.subjects.frames, frame(1))
+    assert (await bus.js.stream_info(stream.name)).state.messages == 2
+
+
+async def test_lag_says_how_many_wait_and_since_when(bus: Bus) -> None:
+    stream = frames_stream(bus.settings)
+    await bus.ensure_stream(stream)
+    sub = await bus.durable_pull(stream.name, "lagging")
+    assert await bus.lag(stream.name, "lagging") == ConsumerLag(0, 0.0)
+    for seq in range(5):
+        await bus.publish(bus.subjects.frames, frame(seq))
+    await asyncio.sleep(1.5)
+    first = await fetch(sub, 2, timeout=2)
+    await first[0].ack_sync()  # one absorbed; the second held unacked still counts, and is now the oldest
+    lag = await bus.lag(stream.name, "lagging")
+    assert lag.pending == 4
+    assert 1.5 <= lag.oldest_age < 30
+    for m in [first[1], *await fetch(sub, 10, timeout=2)]:
+        await m.ack_sync()
+    assert (await bus.lag(stream.name, "lagging")).pending == 0
 
 
 async def test_malformed_message_is_dead_lettered_and_counted(service_env: dict[str, str]) -> None:

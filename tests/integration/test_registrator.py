@@ -36,9 +36,9 @@ from shared.contracts import (
 )
 from shared.jpeg import encode_jpeg
 from shared.keys import RedisKeys
-from shared.metrics import Metrics
+from shared.metrics import Metrics, counter_value
 from shared.storage import SeaweedStorage
-from shared.subjects import frames_stream
+from shared.subjects import frames_stream, results_stream_name
 from tests.integration.helpers import running, service_process, wait_for
 
 FRAMES = 40  # 4 s of vtest at 10 fps
@@ -134,6 +134,39 @@ async def test_disorder_duplicates_and_a_stranger_make_no_duplicate_event(servic
     boxed = cv2.imread((event.image_proof_path or "").replace(".jpg", "_boxes.jpg"))
     x1, y1 = round(0.4 * 768), round(0.5 * 576)
     assert abs(int(boxed[y1 + 20, x1, 1]) - int(raw[y1 + 20, x1, 1])) > 60  # the green edge of the box
+
+
+@pytest.mark.timeout(90)
+async def test_a_copy_of_a_result_after_the_drain_opens_no_phantom_event(
+    service_env: dict[str, str], repo_root: Path
+) -> None:
+    refs = await store_frames(service_env, repo_root)
+    reg = registrator(service_env)
+    async with running(reg, lambda s: s.storage is not None) as service:
+        bus = service.bus
+        await bus.ensure_stream(frames_stream(bus.settings))
+        drained = await bus.nc.subscribe(bus.subjects.drained("cam0"))  # type: ignore[union-attr]
+        await feed(bus, refs, shuffle=False)
+        await end_source(bus)
+        await drained.next_msg(timeout=60)
+        # The same result again: with its message id the stream drops it...
+        late = result(refs[PERSON[0]], True)
+        before = (await bus.js.stream_info(results_stream_name(bus.settings))).state.messages
+        await bus.publish(bus.subjects.results, late)
+        assert (await bus.js.stream_info(results_stream_name(bus.settings))).state.messages == before
+        # ...and one without (from past the stream's duplicate window) is dropped by the registrator as stale.
+        await bus.js.publish(bus.subjects.results, late.to_bytes())
+        probe = FrameRef(source_id="probe", seq=0, pts=0, wall_time=time.time(), url=refs[0].url, width=768, height=576)
+        await bus.publish(bus.subjects.results, result(probe, False))  # absorbed after the copy
+        await wait_for(lambda: counter_value(service.m_results, source_id="probe", model="ssd") == 1, 30, "the probe")
+        assert counter_value(service.m_stale, model="ssd") == 1
+        # A restarted registrator still knows the source drained.
+    again = registrator(service_env)
+    async with running(again, lambda s: s.storage is not None) as service:
+        await service.bus.js.publish(service.bus.subjects.results, late.to_bytes())
+        await wait_for(lambda: counter_value(service.m_stale, model="ssd") == 1, 30, "the copy dropped after a restart")
+    cam = [e for e in await events_of(service_env) if e.source_id == "cam0"]
+    assert len(cam) == 1 and cam[0].state is EventState.FINISHED  # no phantom second event
 
 
 @pytest.mark.timeout(90)
