@@ -262,12 +262,16 @@ class Bus:
                 pass
         return None
 
-    async def backlog(self, stream: str, durable: str) -> int:
-        """Messages waiting for or held by a consumer; 0 when it does not exist yet."""
+    async def backlog(self, stream: str, durable: str) -> int | None:
+        """Messages waiting for or held by a consumer; 0 when it does not exist yet, None while NATS cannot say
+        (restarting, away): the caller waits and asks again, as it would for a full queue."""
         try:
             info = await self.js.consumer_info(stream, durable)
         except NotFoundError:
             return 0
+        except UNAVAILABLE as exc:
+            _warn_unavailable("consumer info", exc)
+            return None
         return (info.num_pending or 0) + (info.num_ack_pending or 0)
 
     async def lag(self, stream: str, durable: str) -> ConsumerLag:
@@ -310,6 +314,8 @@ class ConsumerLag:
 
 
 _log = logging.getLogger("vigil.bus")
+# What a restarting or unreachable server answers; each passes by itself once it is back.
+UNAVAILABLE = (ServiceUnavailableError, NoRespondersError, ConnectionClosedError, NatsTimeoutError, asyncio.TimeoutError)
 _UNAVAILABLE_LOG_EVERY = 10.0  # seconds between warnings while NATS is away (pulls retry twice a second)
 _unavailable_logged_at = 0.0
 
@@ -324,10 +330,14 @@ async def fetch(sub: JetStreamContext.PullSubscription, batch: int, timeout: flo
         return await sub.fetch(batch, timeout=timeout)
     except (NatsTimeoutError, asyncio.TimeoutError):  # nats-py raises either, depending on the path
         return []
-    except (ServiceUnavailableError, NoRespondersError, ConnectionClosedError) as exc:
-        global _unavailable_logged_at
-        if time.monotonic() - _unavailable_logged_at >= _UNAVAILABLE_LOG_EVERY:
-            _unavailable_logged_at = time.monotonic()
-            _log.warning("pull failed while NATS is unavailable, retrying: %r", exc)
+    except UNAVAILABLE as exc:
+        _warn_unavailable("pull", exc)
         await asyncio.sleep(timeout)
         return []
+
+
+def _warn_unavailable(what: str, exc: BaseException) -> None:
+    global _unavailable_logged_at
+    if time.monotonic() - _unavailable_logged_at >= _UNAVAILABLE_LOG_EVERY:
+        _unavailable_logged_at = time.monotonic()
+        _log.warning("%s failed while NATS is unavailable, retrying: %r", what, exc)

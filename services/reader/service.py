@@ -65,8 +65,14 @@ class ReaderService(Service[ReaderSettings]):
                     tg.create_task(self._run_source(runner))
         finally:
             reporter.cancel()
-        if any(r.state is SourceRunState.FAILED for r in self.runners):
+        failed = [r for r in self.runners if r.state is SourceRunState.FAILED]
+        # Exit 1 asks the restart policy (compose's on-failure) for another try: right for a camera that gave up,
+        # which may be back, wrong for a file, which would be read again from its start and replay every frame
+        # it published. A failed file says so on the bus (FAILED), in its health and in the log, and exits 0.
+        if any(r.live for r in failed):
             self.exit_code = 1
+        elif failed:
+            self.log.error("%d file source(s) FAILED; exiting 0 so that no restart replays them", len(failed))
 
     async def _run_source(self, runner: SourceRunner) -> None:
         source_id = runner.config.source_id
@@ -98,9 +104,12 @@ class ReaderService(Service[ReaderSettings]):
         await self.bus.publish(self.bus.subjects.frames, ref)
 
     async def _wait_for_router(self) -> None:
-        """Backpressure for files: keep at most `frames_ahead` references waiting for the router."""
-        while time.monotonic() > self._backlog_ok_until:
-            if await self.bus.backlog(self.stream_name, ROUTER_DURABLE) <= self.settings.frames_ahead:
+        """Backpressure for files: keep at most `frames_ahead` references waiting for the router.
+
+        While NATS cannot say (a restart), it waits: the frames could not be published anyway."""
+        while time.monotonic() > self._backlog_ok_until and not self.stop_event.is_set():
+            backlog = await self.bus.backlog(self.stream_name, ROUTER_DURABLE)
+            if backlog is not None and backlog <= self.settings.frames_ahead:
                 # One check serves every source for a moment: the backlog moves slowly next to frame rates.
                 self._backlog_ok_until = time.monotonic() + _BACKLOG_CHECK_SECONDS
                 return

@@ -110,16 +110,17 @@ class RouterService(Service[RouterSettings]):
     async def _route_frames(self, msgs: list[Msg]) -> None:
         if not msgs:
             return
-        counted: list[FrameCount] = []
+        counted: list[tuple[Msg, FrameCount | None]] = []  # per message, its frame's count (None: dead-lettered)
         skipped: Counter[str] = Counter()
         plans: list[tuple[str, FrameCount, Outgoing]] = []  # (model, frame's count, its task)
         now = time.time()
         for msg in msgs:
             frame = await self.bus.decode(msg, FrameRef)
             if frame is None:
+                counted.append((msg, None))
                 continue
             count = FrameCount(frame.source_id, frame.seq, [ROUTED_FRAMES])
-            counted.append(count)
+            counted.append((msg, count))
             if not self.live:
                 self.m_unrouted.labels(source_id=frame.source_id).inc()
             for model, hb in list(self.live.items()):
@@ -133,18 +134,26 @@ class RouterService(Service[RouterSettings]):
                 plans.append((model, count, Outgoing(subject, task, InferenceTask.id_for(frame, model))))
         # Published together: the acks come back pipelined instead of one round trip per task.
         outcomes = await self.bus.publish_many([out for _, _, out in plans])
+        unrouted: set[int] = set()  # ids of the counts of frames with a task not published
         for (model, count, _), outcome in zip(plans, outcomes, strict=True):
             if outcome is not None:
                 self.m_failed.labels(model=model).inc()
-                self.log.warning("task not published: %r", outcome, extra={"model": model, "seq": count.seq})
+                self.log.warning("task not published, frame given back: %r", outcome, extra={"model": model, "seq": count.seq})
+                unrouted.add(id(count))
                 continue
             count.fields.append(ROUTED_TASKS + model)
+        # A frame whose task could not be published (NATS away past publish_many's retries) is given back, neither
+        # counted nor acked: routed again, its tasks that did go out are dropped by the stream as copies.
+        routed = [c for _, c in counted if c is not None and id(c) not in unrouted]
         # Counted before the frames are acked: no replica's work goes uncounted, and none twice (counts.py).
-        fresh = await self.counts.add(counted)
-        self._count_metrics([c for c, new in zip(counted, fresh, strict=True) if new], skipped)
-        self.frames_total += len(counted)
-        for msg in msgs:
-            await msg.ack()
+        fresh = await self.counts.add(routed)
+        self._count_metrics([c for c, new in zip(routed, fresh, strict=True) if new], skipped)
+        self.frames_total += len(routed)
+        for msg, count in counted:
+            if id(count) in unrouted:
+                await msg.nak(delay=1.0)
+            else:
+                await msg.ack()
 
     def _count_metrics(self, counted: list[FrameCount], skipped: Counter[str]) -> None:
         # Per batch, not per frame: the labels lookup is a measurable share of routing.
@@ -161,18 +170,26 @@ class RouterService(Service[RouterSettings]):
         for model, n in skipped.items():
             self.m_skipped.labels(model=model).inc(n)
 
-    async def _queued(self, model: str, *, fresh: bool = False) -> int:
+    async def _queued(self, model: str, *, fresh: bool = False) -> int | None:
+        """Tasks queued for `model` (cached a moment); None while NATS cannot say."""
         value, until = self._backlog.get(model, (0, 0.0))
         if fresh or time.monotonic() >= until:
-            value = await self.bus.backlog(task_stream_name(self.settings, model), worker_durable(model))
+            found = await self.bus.backlog(task_stream_name(self.settings, model), worker_durable(model))
+            if found is None:
+                return None
+            value = found
             self._backlog[model] = (value, time.monotonic() + _BACKLOG_FRESH_SECONDS)
             self.m_backlog.labels(model=model).set(value)
         return value
 
+    async def _full(self, model: str) -> bool:
+        queued = await self._queued(model)
+        return queued is None or queued >= self.settings.task_backlog_limit  # not known is full: NATS is away
+
     async def _wait_for_room(self, model: str) -> None:
         """A file in as-fast-as-possible mode waits here instead of overflowing the capped task queue."""
         waited = False
-        while model in self.live and await self._queued(model) >= self.settings.task_backlog_limit:
+        while model in self.live and not self.stop_event.is_set() and await self._full(model):
             if not waited:
                 self.m_waits.labels(model=model).inc()
                 waited = True

@@ -12,8 +12,9 @@ from pathlib import Path
 import nats
 import pytest
 
+from fleet.run import Fleet, FleetOptions, run_fleet
 from fleet.servers import LocalServers
-from shared.contracts import EventState
+from shared.contracts import EventState, SourceState
 from shared.subjects import Subjects
 from tests.e2e.faults import check_accounting, check_events, live_fleet
 from tests.support.garbage import garbage
@@ -163,6 +164,35 @@ async def test_nats_redis_and_seaweedfs_go_away_and_come_back(local_servers: Loc
     events = check_events(report.events, results)
     print(f"read {status.frames_read}, published {status.frames_published}, dropped {status.frames_dropped}; "
           f"{len(errors)} SSD error results; {len(events)} events, all FINISHED")
+
+
+async def test_nats_restarts_during_a_file_read_as_fast_as_possible(
+    local_servers: LocalServers, unique: str, tmp_path: Path
+) -> None:
+    """Issue 15: a NATS blip during a fast file run failed the source (its backpressure check was outside any
+    retry) and crashed the router (the same check, for the task queues)."""
+    fleet = Fleet()
+    settings = {"subject_prefix": unique, "video_skip_frames": "1", "max_event_duration": "10", "startup_timeout": "30"}
+    run = asyncio.create_task(run_fleet(local_servers.servers, FleetOptions(tmp_path, settings=settings), asyncio.Event(), fleet))
+    try:
+        while fleet.progress.frames["published"] < 60:
+            assert not run.done(), run.result()
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(local_servers.stop_one, "nats")
+        await asyncio.sleep(2)
+        await asyncio.to_thread(local_servers.start_one, "nats")
+        report = await asyncio.wait_for(run, 300)
+    finally:
+        if not local_servers.running("nats"):  # shared with the other tests
+            local_servers.start_one("nats")
+    status = report.sources["cam0"]
+    drained = report.drained["cam0"]
+    print(f"\nNATS restarted during a fast file run: {status.state.value}, read {status.frames_read}, published "
+          f"{status.frames_published}, dropped {status.frames_dropped}; routed {drained.frames_routed}, tasks "
+          f"{drained.tasks}, results {drained.results}")
+    assert report.code == 0, report  # no service crashed and the source did not fail
+    assert status.state is SourceState.ENDED and status.frames_dropped == 0  # a file waits: nothing shed
+    check_accounting(report)
 
 
 async def test_malformed_and_oversized_messages_on_every_subject(

@@ -1,3 +1,4 @@
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,17 @@ async def test_missing_file_fails_clearly_and_says_so_on_the_bus(service_env: di
     env = service_env | {"video_source": str(tmp_path / "missing.mp4")}
     reader = ReaderService(ReaderSettings(_env_file=None, **env))  # type: ignore[arg-type]
     await reader.execute()
-    assert reader.exit_code == 1
+    assert reader.exit_code == 0  # FAILED, but a restart (compose's on-failure) would only replay a file: no retry
     frames, statuses = await read_stream(reader)
     assert frames == [] and [s.state for s in statuses] == [SourceState.STARTED, SourceState.FAILED]
     assert "video file not found" in (statuses[-1].error or "") and "missing.mp4" in (statuses[-1].error or "")
+
+
+async def test_a_live_source_that_gives_up_exits_1_for_a_restart(service_env: dict[str, str]) -> None:
+    env = service_env | {"video_source": "rtsp://127.0.0.1:9/none", "max_reconnects": "1", "reconnect_initial": "0.2",
+                         "reconnect_max": "0.5", "open_timeout": "2"}
+    reader = ReaderService(ReaderSettings(_env_file=None, **env))  # type: ignore[arg-type]
+    await asyncio.wait_for(reader.execute(), 60)
+    assert reader.exit_code == 1  # a camera may be back: the restart policy should try again
+    _, statuses = await read_stream(reader)
+    assert [s.state for s in statuses] == [SourceState.STARTED, SourceState.FAILED]
