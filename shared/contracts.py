@@ -270,6 +270,16 @@ class EventState(str, enum.Enum):
     ERROR = "ERROR"
 
 
+class EventClose(str, enum.Enum):
+    """Why an event closed: the last two say it ended with what it had, not because the label left the scene."""
+
+    GAP = "gap"  # the label unseen for event_gap of stream time
+    MAX_DURATION = "max_duration"  # split at max_event_duration
+    SOURCE_END = "source_end"  # its source ended (or a new run of it started)
+    NO_RESULTS = "no_results"  # live source: frames came, but no result of its model for event_gap (detector outage)
+    NO_FRAMES = "no_frames"  # live source: no frame and no result for event_gap (the camera went dark)
+
+
 class Event(Contract):
     """One occurrence of a watched label in one source, with its proofs once finalised."""
 
@@ -292,6 +302,7 @@ class Event(Contract):
     image_proof_path: str | None = Field(default=None, description="local path of the key frame JPEG")
     image_annotated_proofs: str | None = Field(default=None, description="SeaweedFS URL of the key frame with its boxes")
     error: str | None = None
+    closed_by: EventClose | None = Field(default=None, description="why it closed; None while open")
     updated_at: float
 
 

@@ -12,7 +12,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-from shared.contracts import Detection, Event, EventState, InferenceResult
+from shared.contracts import Detection, Event, EventClose, EventState, InferenceResult
 
 
 @dataclass
@@ -32,6 +32,7 @@ class OpenEvent:
     best_frame_url: str = ""
     best_detections: list[Detection] = field(default_factory=list)
     saved_at: float = 0.0  # wall time of the last persisted record
+    closed_by: EventClose | None = None
 
     def add(self, pts: float, seq: int, url: str, matches: list[Detection]) -> None:
         # Results arrive a little out of order when several replicas answer: the span only grows.
@@ -59,6 +60,7 @@ class OpenEvent:
             frames=self.frames,
             best_score=round(self.best_score, 4),
             best_frame_seq=self.best_frame_seq,
+            closed_by=self.closed_by,
             updated_at=time.time(),
         )
         fields.update(proofs)
@@ -116,7 +118,7 @@ class EventTracker:
                 self.late += 1
                 continue
             if event is not None and frame.pts - event.start > self.rules.max_duration:
-                closed.append(self._close(key))
+                closed.append(self._close(key, EventClose.MAX_DURATION))
                 event = None
             if event is None:
                 event = OpenEvent(
@@ -142,17 +144,24 @@ class EventTracker:
         closed = []
         for key, event in list(self.open.items()):
             if key[0] == source_id and key[1] == model and now_pts - event.end > self.rules.gap:
-                closed.append(self._close(key))
+                closed.append(self._close(key, EventClose.GAP))
         return closed
+
+    def close_quiet(self, source_id: str, model: str, why: EventClose) -> list[OpenEvent]:
+        """Close the events of a source and model whose results stopped coming (the caller keeps the wall clock)."""
+        return [self._close(key, why) for key in list(self.open) if key[:2] == (source_id, model)]
 
     def close_source(self, source_id: str) -> list[OpenEvent]:
         closed = [self.open.pop(key) for key in list(self.open) if key[0] == source_id]
+        for event in closed:
+            event.closed_by = EventClose.SOURCE_END
         for key in [k for k in self.closed_until if k[0] == source_id]:
             del self.closed_until[key]
         return closed
 
-    def _close(self, key: tuple[str, str, str]) -> OpenEvent:
+    def _close(self, key: tuple[str, str, str], why: EventClose) -> OpenEvent:
         event = self.open.pop(key)
+        event.closed_by = why
         self.closed_until[key] = event.end
         return event
 

@@ -25,6 +25,8 @@ from services.registrator.state import RegistratorState
 from services.registrator.store import EventStore
 from shared.bus import ConsumerLag, fetch
 from shared.contracts import (
+    DropPolicy,
+    EventClose,
     EventState,
     FrameRef,
     InferenceResult,
@@ -100,6 +102,13 @@ class RegistratorService(Service[RegistratorSettings]):
         self.sources: defaultdict[str, SourceProgress] = defaultdict(SourceProgress)
         # Per drained source, when its run ended: a result of a frame read before that is a late copy.
         self.drained_until: dict[str, float] = {}
+        # When (monotonic) the last result of each (source, model) arrived. On a live source an event whose results
+        # stopped closes after event_gap of this clock (issue 15: a dark camera or a dead detector left it open
+        # until its frames expired).
+        self._last_result: dict[tuple[str, str], float] = {}
+        # Files read as fast as possible (WAIT): their results come when the workers get to them, so their events
+        # close by stream time only.
+        self._unpaced: set[str] = set()
         self.finalising: dict[str, OpenEvent] = {}
         self.store: EventStore | None = None
         self.state: RegistratorState  # set in start(), with Redis
@@ -198,6 +207,24 @@ class RegistratorService(Service[RegistratorSettings]):
             msgs = await fetch(sub, 256, timeout=0.5)
             if msgs:
                 await self._on_results(msgs)
+            await self._close_quiet()
+
+    async def _close_quiet(self) -> None:
+        """Live sources: events whose model has sent no result for event_gap of wall time close with what they have,
+        marked NO_RESULTS (frames still come: the detector is out) or NO_FRAMES (the camera went dark)."""
+        now, gap = time.monotonic(), self.settings.event_gap
+        for source_id, model in {key[:2] for key in self.tracker.open}:
+            last = self._last_result.get((source_id, model))
+            if last is None or now - last <= gap or source_id in self._unpaced:
+                continue
+            # Frames after the last result: the camera streams on and the detector is out; none: the camera is dark.
+            answered = self.sources[source_id].result_pts.get(model, 0.0)
+            blind = (self.ring.latest_pts(source_id) or 0.0) > answered
+            why = EventClose.NO_RESULTS if blind else EventClose.NO_FRAMES
+            for event in self.tracker.close_quiet(source_id, model, why):
+                self.log.warning("event %s closed: no result of %s for %.1f s (%s)", event.id, model, now - last, why.value,
+                                 extra={"source_id": source_id})
+                await self._close(event)
 
     async def _on_results(self, msgs: list[Msg]) -> None:
         """Apply a batch, write its effects (records and the registrator's own state) in one pipeline,
@@ -261,6 +288,9 @@ class RegistratorService(Service[RegistratorSettings]):
             self.m_duplicates.labels(model=result.model).inc()
             return False
         seen.add(frame.seq)
+        self._last_result[(frame.source_id, result.model)] = time.monotonic()
+        if frame.policy is DropPolicy.WAIT:
+            self._unpaced.add(frame.source_id)
         self.m_results.labels(source_id=frame.source_id, model=result.model).inc()
         progress.result_pts[result.model] = max(progress.result_pts.get(result.model, 0.0), frame.pts)
         tally[(frame.source_id, TOTAL_INFERRED + result.model)] += 1
@@ -376,7 +406,8 @@ class RegistratorService(Service[RegistratorSettings]):
                 raise _Stopping
         # Live sources: the post-roll frames may not have arrived yet.
         deadline = time.monotonic() + _FRAME_WAIT_SECONDS
-        while not progress.ended and (self.ring.latest_pts(event.source_id) or 0.0) < end and time.monotonic() < deadline:
+        waits = not progress.ended and event.closed_by is not EventClose.NO_FRAMES  # a dark camera sends no more
+        while waits and (self.ring.latest_pts(event.source_id) or 0.0) < end and time.monotonic() < deadline:
             if await self.pause(0.2):
                 raise _Stopping
         latest = self.ring.latest_pts(event.source_id)
@@ -420,6 +451,9 @@ class RegistratorService(Service[RegistratorSettings]):
         await self.bus.publish_core(self.bus.subjects.drained(source_id), drained)
         self.log.info("source drained: %d event(s), results %s", progress.events, results, extra={"source_id": source_id})
         self.ring.forget(source_id)
+        self._unpaced.discard(source_id)
+        for key in [k for k in self._last_result if k[0] == source_id]:
+            del self._last_result[key]
         self.drained_until[source_id] = progress.ended_at
         del self.sources[source_id]
         await self.state.forget_source(source_id, list(results))
@@ -440,6 +474,8 @@ class RegistratorService(Service[RegistratorSettings]):
         for event in events:
             if event.state in (EventState.CREATED, EventState.PENDING):
                 self.tracker.open[(event.source_id, event.model, event.label)] = event
+                # Its wall clock starts now: if no result of it comes after the restart, it still closes.
+                self._last_result[(event.source_id, event.model)] = time.monotonic()
             else:
                 owed.append(event)
             self.sources[event.source_id].events += 1

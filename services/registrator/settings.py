@@ -24,7 +24,10 @@ class RegistratorSettings(TaskQueueSettings):
     # Per model, and per model and source, the labels watched with their minimum scores, e.g.
     # {"ssd_mobilenet_v2_coco": {"labels": {"person": 0.5, "car": 0.6}, "sources": {"gate": {"person": 0.7}}}}
     event_rules: dict[str, ModelEventRule] = Field(default_factory=dict)
-    event_gap: float = Field(default=2.0, gt=0, description="seconds of stream time without the label that close an event")
+    event_gap: float = Field(
+        default=2.0, gt=0,
+        description="seconds of stream time without the label that close an event (live: also of wall time without a result)",
+    )
     max_event_duration: float = Field(default=120.0, gt=0, description="an event is split after this many seconds")
     pre_roll: float = Field(default=2.0, ge=0)
     post_roll: float = Field(default=2.0, ge=0)

@@ -25,6 +25,7 @@ from shared.contracts import (
     BBox,
     Detection,
     Event,
+    EventClose,
     EventState,
     FrameRef,
     InferenceResult,
@@ -167,6 +168,52 @@ async def test_a_copy_of_a_result_after_the_drain_opens_no_phantom_event(
         await wait_for(lambda: counter_value(service.m_stale, model="ssd") == 1, 30, "the copy dropped after a restart")
     cam = [e for e in await events_of(service_env) if e.source_id == "cam0"]
     assert len(cam) == 1 and cam[0].state is EventState.FINISHED  # no phantom second event
+
+
+@pytest.mark.timeout(90)
+async def test_live_events_close_on_time_when_the_camera_goes_dark_or_the_detector_dies(
+    service_env: dict[str, str], repo_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    refs = await store_frames(service_env, repo_root)
+    service = registrator(service_env)
+    gap = service.settings.event_gap
+    redis = Redis(host=service.settings.redis_host, port=service.settings.redis_port)
+    store = EventStore(redis, RedisKeys(service.settings))
+
+    async def closes(source_id: str, frames_after: bool) -> tuple[float, Event]:
+        """A person in view of a live source, then no more results: with frames still coming or none at all."""
+        own = [ref.model_copy(update={"source_id": source_id, "wall_time": time.time()}) for ref in refs]
+        for ref in own[:16]:  # the person from 0.5 s on, results up to 1.5 s
+            await service.bus.publish(service.bus.subjects.frames, ref)
+            await service.bus.publish(service.bus.subjects.results, result(ref, ref.seq in PERSON))
+        stopped = time.monotonic()
+        for ref in own[16:] if frames_after else []:  # the detector is dead; the camera streams on at 10 fps
+            await service.bus.publish(service.bus.subjects.frames, ref)
+            await asyncio.sleep(0.1)
+            if any(e.source_id == source_id and e.closed_by for e in await store.all()):
+                break
+        while not (closed := [e for e in await store.all() if e.source_id == source_id and e.closed_by]):
+            assert time.monotonic() - stopped < 30, f"{source_id}: the event never closed"
+            await asyncio.sleep(0.05)
+        return time.monotonic() - stopped, closed[0]
+
+    async with running(service, lambda s: s.storage is not None):
+        await service.bus.ensure_stream(frames_stream(service.settings))
+        (dark_after, dark), (dead_after, dead) = await asyncio.gather(closes("dark", False), closes("blind", True))
+        for source_id in ("dark", "blind"):  # and each is cut with what it has
+            deadline = time.monotonic() + 30
+            while not [e for e in await store.all() if e.source_id == source_id and e.state is EventState.FINISHED]:
+                assert time.monotonic() < deadline, f"{source_id}: no FINISHED event"
+                await asyncio.sleep(0.2)
+    events = {e.source_id: e for e in await store.all()}
+    await redis.aclose()
+    with capsys.disabled():
+        print(f"\nlive events close on time (event_gap {gap:g} s): camera dark -> closed after {dark_after:.2f} s, "
+              f"detector dead -> {dead_after:.2f} s; clips of {events['dark'].clip_frames} and "
+              f"{events['blind'].clip_frames} frames")
+    assert dark.closed_by is EventClose.NO_FRAMES and dead.closed_by is EventClose.NO_RESULTS
+    assert dark_after <= gap + 1.0 and dead_after <= gap + 1.0
+    assert (events["dark"].start, events["dark"].end) == (0.5, 1.5) == (events["blind"].start, events["blind"].end)
 
 
 @pytest.mark.timeout(90)

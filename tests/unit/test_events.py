@@ -1,5 +1,5 @@
 from services.registrator.events import EventRules, EventTracker
-from shared.contracts import BBox, Detection, EventState, FrameRef, InferenceResult, ModelKind
+from shared.contracts import BBox, Detection, EventClose, EventState, FrameRef, InferenceResult, ModelKind
 
 RULES = EventRules(watch_labels=frozenset({"person"}), min_score=0.5, gap=2.0, max_duration=30.0)
 
@@ -30,6 +30,7 @@ def test_an_event_opens_extends_and_closes_after_the_gap() -> None:
     assert len(closed) == 1
     event = closed[0]
     assert (event.start, event.end, event.frames) == (0.0, 1.5, 3)
+    assert event.closed_by is EventClose.GAP and event.record().closed_by is EventClose.GAP
     assert event.best_score == 0.95 and event.best_frame_seq == 15
 
 
@@ -99,3 +100,15 @@ def test_labels_and_scores_per_model_and_per_source() -> None:
     assert changed == []  # at the gate only people at 0.8 and above count
     changed, _ = tracker.observe(result(0, ("car", 0.7), ("person", 0.7)))
     assert sorted(e.label for e in changed) == ["car", "person"]
+
+
+def test_events_whose_results_stopped_close_with_what_they_have() -> None:
+    tracker = EventTracker(RULES)
+    for seq in range(5):
+        tracker.observe(result(seq, ("person", 0.9)))
+    tracker.observe(result(3, ("person", 0.9), source="other"))
+    closed = tracker.close_quiet("cam0", "ssd", EventClose.NO_RESULTS)
+    assert [(e.source_id, e.frames, e.closed_by) for e in closed] == [("cam0", 5, EventClose.NO_RESULTS)]
+    _, closed = tracker.observe(result(2, ("person", 0.9)))  # a late one from inside it opens nothing
+    assert not closed and not tracker.open.keys() - {("other", "ssd", "person")}
+    assert [e.closed_by for e in tracker.close_source("other")] == [EventClose.SOURCE_END]
