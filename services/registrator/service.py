@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter, defaultdict
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +39,7 @@ from shared.contracts import (
     SourceStatus,
 )
 from shared.keys import TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, RedisKeys
-from shared.lifecycle import Service
+from shared.lifecycle import Service, Stopping
 from shared.storage import SeaweedStorage
 from shared.subjects import (
     REGISTRATOR_FRAMES_DURABLE,
@@ -51,11 +53,6 @@ _FRAME_WAIT_SECONDS = 10.0
 _RECORD_REFRESH_SECONDS = 1.0
 _REBUILD_MARGIN = 30.0
 _LAG_CHECK_SECONDS = 2.0
-
-
-class _Stopping(Exception):
-    """The service stops while a proof waits for frames: the event stays DONE in the saved state, and the next
-    start cuts its proofs."""
 
 
 @dataclass
@@ -173,16 +170,20 @@ class RegistratorService(Service[RegistratorSettings]):
                 if self._resumed:
                     await self._rebuild_ring()
                 self._ring_ready.set()
-                for event in self._owed:
-                    await self._close(event)
+                with contextlib.suppress(Stopping):  # stopped while Redis was away: the next start owes them still
+                    for event in self._owed:
+                        await self._close(event)
         # Events still open at shutdown keep their PENDING record; finalising ones are finished first.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=20)
 
     async def _consume(self, sub: JetStreamContext.PullSubscription, handle: Any) -> None:
-        while not self.stop_event.is_set():
-            for msg in await fetch(sub, 256, timeout=0.5):
-                await handle(msg)
+        try:
+            while not self.stop_event.is_set():
+                for msg in await fetch(sub, 256, timeout=0.5):
+                    await handle(msg)
+        except Stopping:
+            return  # stopped while Redis was away: what was not acked is redelivered to the next start
 
     # -- frames and source lifecycle -------------------------------------------------------------
 
@@ -190,7 +191,8 @@ class RegistratorService(Service[RegistratorSettings]):
         if self.bus.subjects.is_source_status(msg.subject):
             status = await self.bus.decode(msg, SourceStatus)
             if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
-                await self.state.mark_ended(status.source_id, status.wall_time)
+                await self.redis_must("source ended", lambda: self.state.mark_ended(status.source_id, status.wall_time),
+                                      hold=[msg])
                 progress = self.sources[status.source_id]
                 progress.ended, progress.ended_at = True, status.wall_time
                 self._check_drained(status.source_id)
@@ -203,11 +205,14 @@ class RegistratorService(Service[RegistratorSettings]):
     # -- results ---------------------------------------------------------------------------------
 
     async def _consume_results(self, sub: JetStreamContext.PullSubscription) -> None:
-        while not self.stop_event.is_set():
-            msgs = await fetch(sub, 256, timeout=0.5)
-            if msgs:
-                await self._on_results(msgs)
-            await self._close_quiet()
+        try:
+            while not self.stop_event.is_set():
+                msgs = await fetch(sub, 256, timeout=0.5)
+                if msgs:
+                    await self._on_results(msgs)
+                await self._close_quiet()
+        except Stopping:
+            return  # stopped while Redis was away: the batch in hand is redelivered to the next start
 
     async def _close_quiet(self) -> None:
         """Live sources: events whose model has sent no result for event_gap of wall time close with what they have,
@@ -247,20 +252,31 @@ class RegistratorService(Service[RegistratorSettings]):
             if self._absorb(result, touched, closed, tally):
                 seen[(result.frame.source_id, result.model)].add(result.frame.seq)
         now = time.time()
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for event in touched.values():
-                if event.state is not EventState.DONE:
-                    self.state.keep(pipe, event)
-                # Every transition is saved; a growing event's record is refreshed at most once a second.
-                if event.saved_at == 0.0 or event.frames == 2 or now - event.saved_at >= _RECORD_REFRESH_SECONDS:
-                    event.saved_at = now
+        records = [
+            event for event in touched.values()
+            # Every transition is saved; a growing event's record is refreshed at most once a second.
+            if event.saved_at == 0.0 or event.frames == 2 or now - event.saved_at >= _RECORD_REFRESH_SECONDS
+        ]
+        for event in records:
+            event.saved_at = now
+
+        async def write() -> None:
+            assert self.store is not None
+            # One transaction: written whole or not at all, so a retry after Redis came back counts nothing twice.
+            async with self.store.redis.pipeline(transaction=True) as pipe:
+                for event in touched.values():
+                    if event.state is not EventState.DONE:
+                        self.state.keep(pipe, event)
+                for event in records:
                     await self.store.save_in(pipe, event.record())
-            for (source_id, model), seqs in seen.items():
-                self.state.seen(pipe, source_id, model, seqs)
-            for summary in summaries:
-                self.state.summary(pipe, summary)
-            self.state.count(pipe, tally)
-            await pipe.execute()
+                for (source_id, model), seqs in seen.items():
+                    self.state.seen(pipe, source_id, model, seqs)
+                for summary in summaries:
+                    self.state.summary(pipe, summary)
+                self.state.count(pipe, tally)
+                await pipe.execute()
+
+        await self.redis_must("results", write, hold=msgs)
         for msg in msgs:
             await msg.ack()
         for event in closed:
@@ -325,31 +341,40 @@ class RegistratorService(Service[RegistratorSettings]):
     async def _close(self, event: OpenEvent) -> None:
         assert self.store is not None
         event.state = EventState.DONE
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            await self.store.save_in(pipe, event.record())
-            self.state.keep(pipe, event)  # a restart finds it and cuts its proofs
-            await pipe.execute()
+
+        async def write() -> None:
+            assert self.store is not None
+            async with self.store.redis.pipeline(transaction=True) as pipe:
+                await self.store.save_in(pipe, event.record())
+                self.state.keep(pipe, event)  # a restart finds it and cuts its proofs
+                await pipe.execute()
+
+        await self.redis_must("closed event", write)
         self.finalising[event.id] = event
-        task = asyncio.create_task(self._finalise(event))
-        self.sources[event.source_id].finalising.add(task)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._proof_task(event, self._finalise(event))
+
+    def _proof_task(self, event: OpenEvent, work: Coroutine[Any, Any, None]) -> None:
+        """Cutting an event's proofs, first try or retry: a draining source waits for all of them (an event closed by a
+        storage outage gets its proofs once storage is back, not ERROR at the drain); each is forgotten when done."""
+        task = asyncio.create_task(work)
+        pending = self.sources[event.source_id].finalising
+        for tasks in (pending, self._tasks):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     async def _finalise(self, event: OpenEvent) -> None:
         """First attempt, awaited by a draining source; if storage fails, the event says ERROR and retries go on."""
         assert self.store is not None
         try:
             chosen = await self._select_frames(event)
-        except _Stopping:
+        except Stopping:
             return
         except Exception as exc:  # noqa: BLE001 - nothing to cut: no retry can help
             await self._failed(event, exc)
             await self._forget(event)
             return
         if not await self._attempt(event, chosen):
-            retry = asyncio.create_task(self._retry(event, chosen))
-            self._tasks.add(retry)
-            retry.add_done_callback(self._tasks.discard)
+            self._proof_task(event, self._retry(event, chosen))
 
     async def _retry(self, event: OpenEvent, chosen: list[FrameRef]) -> None:
         delay = 1.0
@@ -371,7 +396,11 @@ class RegistratorService(Service[RegistratorSettings]):
             await self._failed(event, exc)
             return False
         event.state = EventState.FINISHED
-        await self.store.save(event.record(**proofs))
+        record = event.record(**proofs)
+        try:
+            await self.redis_must("finished event", lambda: self.store.save(record))  # type: ignore[union-attr]
+        except Stopping:
+            return True  # the event stays DONE in the saved state: the next start cuts its proofs again
         await self._forget(event)
         self.m_events.labels(source_id=event.source_id, state=EventState.FINISHED.value).inc()
         self.m_finalise.observe(time.perf_counter() - started)
@@ -384,9 +413,10 @@ class RegistratorService(Service[RegistratorSettings]):
 
     async def _forget(self, event: OpenEvent) -> None:
         self.finalising.pop(event.id, None)
-        async with self.state.redis.pipeline(transaction=False) as pipe:
-            self.state.drop(pipe, event.id)
-            await pipe.execute()
+        try:
+            await self.redis_must("forget event", lambda: self.state.drop(event.id))
+        except Stopping:
+            pass  # a restart finds its record FINISHED and its saved state: it cuts the proofs once more
 
     async def _failed(self, event: OpenEvent, exc: BaseException) -> None:
         assert self.store is not None
@@ -403,13 +433,13 @@ class RegistratorService(Service[RegistratorSettings]):
         # After a restart the frames streamed before it are still being read back into the buffer.
         while not self._ring_ready.is_set():
             if await self.pause(0.2):
-                raise _Stopping
+                raise Stopping("frames for proofs")
         # Live sources: the post-roll frames may not have arrived yet.
         deadline = time.monotonic() + _FRAME_WAIT_SECONDS
         waits = not progress.ended and event.closed_by is not EventClose.NO_FRAMES  # a dark camera sends no more
         while waits and (self.ring.latest_pts(event.source_id) or 0.0) < end and time.monotonic() < deadline:
             if await self.pause(0.2):
-                raise _Stopping
+                raise Stopping("post-roll frames")
         latest = self.ring.latest_pts(event.source_id)
         if latest is None:
             raise RuntimeError("no frames of the source are buffered")
@@ -436,10 +466,13 @@ class RegistratorService(Service[RegistratorSettings]):
                 "source drained after %.0f s without all results: routed %s, got %s",
                 self.settings.drain_timeout, summary.tasks if summary else "?", results, extra={"source_id": source_id},
             )
-        for event in self.tracker.close_source(source_id):
-            await self._close(event)
-        if progress.finalising:
-            await asyncio.wait(progress.finalising)
+        try:
+            for event in self.tracker.close_source(source_id):
+                await self._close(event)
+        except Stopping:
+            return  # the source's saved state stays: the next start drains it
+        while progress.finalising:  # a first try that fails starts a retry before it ends
+            await asyncio.wait(set(progress.finalising))
         drained = SourceDrained(
             source_id=source_id,
             frames_routed=summary.frames_routed if summary else 0,
@@ -456,7 +489,10 @@ class RegistratorService(Service[RegistratorSettings]):
             del self._last_result[key]
         self.drained_until[source_id] = progress.ended_at
         del self.sources[source_id]
-        await self.state.forget_source(source_id, list(results))
+        try:
+            await self.redis_must("drained source", lambda: self.state.forget_source(source_id, list(results)))
+        except Stopping:
+            pass  # its saved state stays: the next start drains it again, and finds nothing left to do
 
     async def _restore(self) -> list[OpenEvent]:
         """Pick up where a previous registrator stopped; returns the closed events still owed their proofs."""

@@ -23,7 +23,7 @@ from shared.bus import Outgoing, fetch
 from shared.contracts import DropPolicy, FrameRef, Heartbeat, InferenceTask, RoutingSummary, SourceState, SourceStatus
 from shared.discovery import live_instances
 from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, RedisKeys
-from shared.lifecycle import Service
+from shared.lifecycle import Service, Stopping
 from shared.subjects import ROUTER_DURABLE, frames_stream_name, task_stream_name, worker_durable
 
 _BACKLOG_FRESH_SECONDS = 0.05
@@ -37,7 +37,10 @@ class RouterService(Service[RouterSettings]):
         self.keys = RedisKeys(settings)
         self.redis: Redis | None = None
         self.rules = RoutingRules(settings.routing_rules)
-        self.live: dict[str, Heartbeat] = {}  # model -> one live instance's heartbeat (subject, kind)
+        # Models that get tasks: model -> one instance's heartbeat (subject, kind). A model whose instances are all
+        # gone stays here for model_grace, its tasks queued for the restart (issue 15: a worker restart was a gap).
+        self.live: dict[str, Heartbeat] = {}
+        self._last_seen: dict[str, float] = {}  # model -> when (monotonic) an instance of it was last live
         self._backlog: dict[str, tuple[int, float]] = {}  # model -> (tasks queued, valid until)
         self.frames_total = 0
         self.m_frames = self.metrics.counter("frames_routed", "frame references routed", ("source_id",))
@@ -57,19 +60,35 @@ class RouterService(Service[RouterSettings]):
         await self._refresh_live()
 
     def health(self) -> dict[str, Any]:
-        return super().health() | {"live_models": sorted(self.live), "frames_routed": self.frames_total}
+        now = time.monotonic()
+        restarting = sorted(m for m in self.live if self._last_seen.get(m, 0.0) < now - self._refresh_slack)
+        return super().health() | {
+            "live_models": sorted(self.live), "models_restarting": restarting, "frames_routed": self.frames_total
+        }
 
     # -- live models -----------------------------------------------------------------------------
 
     async def _refresh_live(self) -> None:
         assert self.redis is not None
         found = await live_instances(self.redis, self.keys)
-        now_live = {model: instances[0] for model, instances in found.items()}
-        for model in now_live.keys() - self.live.keys():
-            self.log.info("model %s is live (%d instance(s))", model, len(found[model]), extra={"model": model})
-        for model in self.live.keys() - now_live.keys():
-            self.log.warning("model %s has no live instance: no tasks for it", model, extra={"model": model})
-        self.live = now_live
+        now = time.monotonic()
+        for model, instances in found.items():
+            if model not in self.live or self._last_seen.get(model, 0.0) < now - self._refresh_slack:
+                self.log.info("model %s is live (%d instance(s))", model, len(instances), extra={"model": model})
+            self.live[model], self._last_seen[model] = instances[0], now
+        for model in self.live.keys() - found.keys():
+            since = now - self._last_seen.get(model, 0.0)
+            if since > self.settings.model_grace:
+                del self.live[model]
+                self.log.warning("model %s has had no live instance for %.0f s: no tasks for it", model, since,
+                                 extra={"model": model})
+            elif self._last_seen.get(model, 0.0) >= now - self._refresh_slack:
+                self.log.warning("model %s has no live instance: its tasks are queued for up to %.0f s (model_grace)",
+                                 model, self.settings.model_grace, extra={"model": model})
+
+    @property
+    def _refresh_slack(self) -> float:
+        return 1.5 * self.settings.live_refresh_seconds
 
     async def _watch_live(self) -> None:
         while not await self.pause(self.settings.live_refresh_seconds):
@@ -89,8 +108,11 @@ class RouterService(Service[RouterSettings]):
                 self.frames_stream, ROUTER_DURABLE, self.stop_event, max_ack_pending=4 * self.settings.route_batch,
                 ack_wait=self.settings.frames_ack_wait,
             )
-            while sub is not None and not self.stop_event.is_set():
-                await self._route_batch(await fetch(sub, self.settings.route_batch, timeout=0.5))
+            try:
+                while sub is not None and not self.stop_event.is_set():
+                    await self._route_batch(await fetch(sub, self.settings.route_batch, timeout=0.5))
+            except Stopping:
+                pass  # stopped while Redis was away: the frames in hand are routed again by the next router
 
     async def _route_batch(self, msgs: list[Msg]) -> None:
         """Frames between two lifecycle messages go out together; a lifecycle message waits for what came before it."""
@@ -146,7 +168,7 @@ class RouterService(Service[RouterSettings]):
         # counted nor acked: routed again, its tasks that did go out are dropped by the stream as copies.
         routed = [c for _, c in counted if c is not None and id(c) not in unrouted]
         # Counted before the frames are acked: no replica's work goes uncounted, and none twice (counts.py).
-        fresh = await self.counts.add(routed)
+        fresh = await self.redis_must("routed counts", lambda: self.counts.add(routed), hold=msgs)
         self._count_metrics([c for c, new in zip(routed, fresh, strict=True) if new], skipped)
         self.frames_total += len(routed)
         for msg, count in counted:
@@ -203,7 +225,7 @@ class RouterService(Service[RouterSettings]):
         assert self.redis is not None
         deadline = time.monotonic() + self.settings.summary_timeout
         while True:
-            counts = await self.counts.read(status.source_id)
+            counts = await self.redis_must("routed counts", lambda: self.counts.read(status.source_id))
             if counts.get(ROUTED_FRAMES, 0) >= status.frames_published:
                 break
             if time.monotonic() >= deadline:
@@ -220,7 +242,7 @@ class RouterService(Service[RouterSettings]):
             wall_time=time.time(),
         )
         await self.bus.publish(self.bus.subjects.routed(status.source_id), summary)
-        await self.counts.forget(status.source_id)
+        await self.redis_must("routed counts", lambda: self.counts.forget(status.source_id))
         self.log.info(
             "source routed: %d frames, tasks %s", summary.frames_routed, summary.tasks, extra={"source_id": status.source_id}
         )
