@@ -139,7 +139,7 @@ class SeaweedStorage:
         self.check_url(url)
         async with self.session.get(url) as resp:
             if resp.status == 404:
-                raise FileGone(f"download of {url}: not found")
+                raise FileGone(f"download of {url} failed: 404, not found")
             if resp.status != 200:
                 raise StorageError(f"download of {url} failed: {resp.status}")
             return await resp.read()

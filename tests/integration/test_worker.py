@@ -78,7 +78,7 @@ async def test_worker_detects_reports_errors_and_keeps_serving(
                 assert (d.box_px.x1, d.box_px.y1, d.box_px.x2, d.box_px.y2) == d.box.to_pixels(768, 576)
                 assert 0 <= d.box_px.x1 < d.box_px.x2 <= 768 and 0 <= d.box_px.y1 < d.box_px.y2 <= 576
             assert "bad image" in (got[2].error or "") and not got[2].detections
-            assert "frame unavailable" in (got[6].error or "") and "not found" in (got[6].error or "")
+            assert "frame unavailable" in (got[6].error or "") and "404" in (got[6].error or "")
             assert "not a configured SeaweedFS host" in (got[3].error or "")
             assert got[5].detections == got[1].detections  # still serving after the bad ones
             assert counter_value(worker.bus.dead_letters, subject=subject) == 1
