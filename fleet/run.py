@@ -170,6 +170,9 @@ class Fleet:
 
         async def on_drained(msg: Msg) -> None:
             drained = SourceDrained.from_bytes(msg.data)
+            status = self.progress.status.get(drained.source_id)
+            if status is not None and drained.run != status.run:
+                return  # an older run, ended by the start of the current one (a reader restarted): not the end
             self.progress.drained[drained.source_id] = drained
 
         await nc.subscribe(subjects.frames, cb=on_frame)

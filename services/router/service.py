@@ -141,7 +141,7 @@ class RouterService(Service[RouterSettings]):
             if frame is None:
                 counted.append((msg, None))
                 continue
-            count = FrameCount(frame.source_id, frame.seq, [ROUTED_FRAMES])
+            count = FrameCount(frame.source_id, frame.feed, frame.seq, [ROUTED_FRAMES])
             counted.append((msg, count))
             if not self.live:
                 self.m_unrouted.labels(source_id=frame.source_id).inc()
@@ -225,7 +225,7 @@ class RouterService(Service[RouterSettings]):
         assert self.redis is not None
         deadline = time.monotonic() + self.settings.summary_timeout
         while True:
-            counts = await self.redis_must("routed counts", lambda: self.counts.read(status.source_id))
+            counts = await self.redis_must("routed counts", lambda: self.counts.read(status.feed))
             if counts.get(ROUTED_FRAMES, 0) >= status.frames_published:
                 break
             if time.monotonic() >= deadline:
@@ -237,12 +237,13 @@ class RouterService(Service[RouterSettings]):
             await asyncio.sleep(0.05)
         summary = RoutingSummary(
             source_id=status.source_id,
+            run=status.run,
             frames_routed=counts.get(ROUTED_FRAMES, 0),
             tasks={k[len(ROUTED_TASKS):]: v for k, v in counts.items() if k.startswith(ROUTED_TASKS)},
             wall_time=time.time(),
         )
         await self.bus.publish(self.bus.subjects.routed(status.source_id), summary)
-        await self.redis_must("routed counts", lambda: self.counts.forget(status.source_id))
+        await self.redis_must("routed counts", lambda: self.counts.forget(status.feed))
         self.log.info(
             "source routed: %d frames, tasks %s", summary.frames_routed, summary.tasks, extra={"source_id": status.source_id}
         )
