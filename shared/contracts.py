@@ -276,7 +276,7 @@ class RoutingSummary(Contract):
         return feed_key(self.source_id, self.run)
 
     def msg_id(self) -> str:
-        return f"routed:{self.feed}@{self.wall_time:.6f}"
+        return f"routed:{self.feed}"  # one summary per run (it has one end): a second router's copy is dropped
 
 
 class Heartbeat(Contract):

@@ -42,6 +42,7 @@ class RouterService(Service[RouterSettings]):
         self.live: dict[str, Heartbeat] = {}
         self._last_seen: dict[str, float] = {}  # model -> when (monotonic) an instance of it was last live
         self._backlog: dict[str, tuple[int, float]] = {}  # model -> (tasks queued, valid until)
+        self._summaries: set[asyncio.Task[None]] = set()  # ended sources waiting to be summarised, off the routing path
         self.frames_total = 0
         self.m_frames = self.metrics.counter("frames_routed", "frame references routed", ("source_id",))
         self.m_tasks = self.metrics.counter("tasks_routed", "tasks published", ("source_id", "model"))
@@ -113,6 +114,9 @@ class RouterService(Service[RouterSettings]):
                     await self._route_batch(await fetch(sub, self.settings.route_batch, timeout=0.5))
             except Stopping:
                 pass  # stopped while Redis was away: the frames in hand are routed again by the next router
+            # A summary still waiting leaves its status unacked: the next router summarises the source.
+            for task in self._summaries:
+                task.cancel()
 
     async def _route_batch(self, msgs: list[Msg]) -> None:
         """Frames between two lifecycle messages go out together; a lifecycle message waits for what came before it."""
@@ -123,8 +127,13 @@ class RouterService(Service[RouterSettings]):
                 run = []
                 status = await self.bus.decode(msg, SourceStatus)
                 if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
-                    await self._summarise(status)
-                await msg.ack()
+                    # Beside the routing, not in its way: a summary may wait summary_timeout for other replicas,
+                    # and no other source's frames wait with it (issue 15). It acks the status when done.
+                    task = asyncio.create_task(self._summarise(status, msg))
+                    self._summaries.add(task)
+                    task.add_done_callback(self._summaries.discard)
+                else:
+                    await msg.ack()
             else:
                 run.append(msg)
         await self._route_frames(run)
@@ -150,7 +159,7 @@ class RouterService(Service[RouterSettings]):
                     skipped[model] += 1
                     continue
                 if frame.policy is DropPolicy.WAIT:
-                    await self._wait_for_room(model)
+                    await self._wait_for_room(model, msgs)
                 task = InferenceTask.encode(msg.data, model, now)
                 subject = self.bus.subjects.task(hb.subject)
                 plans.append((model, count, Outgoing(subject, task, InferenceTask.id_for(frame, model))))
@@ -208,23 +217,36 @@ class RouterService(Service[RouterSettings]):
         queued = await self._queued(model)
         return queued is None or queued >= self.settings.task_backlog_limit  # not known is full: NATS is away
 
-    async def _wait_for_room(self, model: str) -> None:
-        """A file in as-fast-as-possible mode waits here instead of overflowing the capped task queue."""
+    async def _wait_for_room(self, model: str, hold: list[Msg]) -> None:
+        """A file in as-fast-as-possible mode waits here instead of overflowing the capped task queue; the frames in
+        hand are kept from redelivery meanwhile (issue 15: held past frames_ack_wait, they were routed twice)."""
         waited = False
+        keep_alive = _KeepAlive(self.settings.frames_ack_wait, hold)
         while model in self.live and not self.stop_event.is_set() and await self._full(model):
             if not waited:
                 self.m_waits.labels(model=model).inc()
                 waited = True
+            await keep_alive.tick()
             await asyncio.sleep(0.02)
             self._backlog.pop(model, None)
         if waited:
             self._backlog.pop(model, None)
 
-    async def _summarise(self, status: SourceStatus) -> None:
-        """Once every replica has counted the source's frames, say how many tasks each model got."""
+    async def _summarise(self, status: SourceStatus, msg: Msg) -> None:
+        """Once every replica has counted the source's frames, say how many tasks each model got; then ack the status,
+        kept from redelivery meanwhile by in-progress acks."""
+        try:
+            await self._summarise_run(status, msg)
+        except Stopping:
+            return  # unacked: redelivered to the next router
+        await msg.ack()
+
+    async def _summarise_run(self, status: SourceStatus, msg: Msg) -> None:
         assert self.redis is not None
         deadline = time.monotonic() + self.settings.summary_timeout
+        keep_alive = _KeepAlive(self.settings.frames_ack_wait, [msg])
         while True:
+            await keep_alive.tick()
             counts = await self.redis_must("routed counts", lambda: self.counts.read(status.feed))
             if counts.get(ROUTED_FRAMES, 0) >= status.frames_published:
                 break
@@ -234,7 +256,8 @@ class RouterService(Service[RouterSettings]):
                     counts.get(ROUTED_FRAMES, 0), status.frames_published, extra={"source_id": status.source_id},
                 )
                 break
-            await asyncio.sleep(0.05)
+            if await self.pause(0.05):
+                raise Stopping("summary")
         summary = RoutingSummary(
             source_id=status.source_id,
             run=status.run,
@@ -247,3 +270,22 @@ class RouterService(Service[RouterSettings]):
         self.log.info(
             "source routed: %d frames, tasks %s", summary.frames_routed, summary.tasks, extra={"source_id": status.source_id}
         )
+
+
+class _KeepAlive:
+    """In-progress acks for messages held through a long wait, a third of their ack_wait apart."""
+
+    def __init__(self, ack_wait: float, msgs: list[Msg]) -> None:
+        self.every = ack_wait / 3
+        self.msgs = msgs
+        self.next = time.monotonic() + self.every
+
+    async def tick(self) -> None:
+        if time.monotonic() < self.next:
+            return
+        self.next = time.monotonic() + self.every
+        for msg in self.msgs:
+            try:
+                await msg.in_progress()
+            except Exception:  # noqa: BLE001, S110 - NATS away: redelivery is the fallback
+                pass

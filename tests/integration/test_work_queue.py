@@ -327,3 +327,35 @@ async def test_router_replicas_route_each_frame_once_and_summarise_together(serv
     assert all(r.frames_total > 0 for r in routers) and sum(r.frames_total for r in routers) == 500
     assert Counter(r.frame.seq for r in rig.results) == Counter(range(500))  # every frame once, none twice
     assert summary.frames_routed == 500 and summary.tasks == {"dual": 500}  # one summary, both replicas' work
+
+
+async def test_a_summary_that_waits_stalls_no_other_source(
+    service_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A short frames_ack_wait, so that a status held through the summary's wait would be redelivered without the
+    # in-progress acks; the summary waits 8 s for frames that never come.
+    async with Rig(service_env) as rig:
+        worker = NoopWorker(NoopSettings(_env_file=None, **worker_env(service_env, "lanes")))  # type: ignore[arg-type]
+        settings = RouterSettings(_env_file=None, **service_env, frames_ack_wait=2, summary_timeout=8)  # type: ignore[arg-type]
+        router = RouterService(settings)
+        summaries = await rig.bus.nc.subscribe(rig.bus.subjects.routed("cam0"))  # type: ignore[union-attr]
+        other = lambda: sum(r.frame.source_id == "cam1" for r in rig.results)  # noqa: E731
+        async with running(worker), running(router, lambda r: "lanes" in r.live):
+            await rig.publish_frames(10)
+            ended = SourceStatus(source_id="cam0", state=SourceState.ENDED, wall_time=time.time(),
+                                 frames_read=20, frames_published=20, last_seq=19)  # 10 of them never come
+            await rig.bus.publish(rig.bus.subjects.source_status("cam0"), ended)
+            started = time.monotonic()
+            for seq in range(10):
+                await rig.bus.publish(rig.bus.subjects.frames, rig.frame(seq).model_copy(update={"source_id": "cam1"}))
+            await wait_for(lambda: other() == 10, 5, "another source's frames routed while cam0's summary waits")
+            took = time.monotonic() - started
+            summary = RoutingSummary.from_bytes((await summaries.next_msg(timeout=30)).data)
+            waited = time.monotonic() - started
+            with pytest.raises(nats.errors.TimeoutError):  # one summary: the status was not delivered again
+                await summaries.next_msg(timeout=3)
+    with capsys.disabled():
+        print(f"\nno head-of-line blocking: another source answered {took:.2f} s after an ended source began its "
+              f"{waited:.1f} s summary wait (frames_ack_wait 2 s, one summary)")
+    assert took < 3.0 and waited >= 7.0
+    assert summary.frames_routed == 10 and summary.tasks == {"lanes": 10}
