@@ -23,6 +23,7 @@ import aiohttp
 import nats
 from nats.aio.msg import Msg
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from fleet.servers import LocalServers, ServerError, ServerSet, free_ports
 from shared.contracts import Event, InferenceResult, SourceDrained, SourceState, SourceStatus
@@ -169,6 +170,9 @@ class Fleet:
 
         async def on_drained(msg: Msg) -> None:
             drained = SourceDrained.from_bytes(msg.data)
+            status = self.progress.status.get(drained.source_id)
+            if status is not None and drained.run != status.run:
+                return  # an older run, ended by the start of the current one (a reader restarted): not the end
             self.progress.drained[drained.source_id] = drained
 
         await nc.subscribe(subjects.frames, cb=on_frame)
@@ -270,7 +274,10 @@ async def run_fleet(
             await asyncio.sleep(0.2)
             if time.monotonic() - last >= 2.0:
                 last = time.monotonic()
-                event_count = await redis.zcard(keys.events)
+                try:
+                    event_count: int | str = await redis.zcard(keys.events)
+                except RedisError:  # Redis away (a fault test): the services wait for it, and so does this count
+                    event_count = "?"
                 inferred = ", ".join(f"{m} {n}" for m, n in sorted(p.results.items())) or "0"
                 published = p.frames["published"]
                 print(f"[progress] frames published {published}, inferred: {inferred}, events {event_count}", flush=True)

@@ -14,6 +14,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # A source id is a NATS subject token and part of file names, so it is kept plain.
 SOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# A run id: one per reader start, so that two runs of a source, both counting from seq 0, are never confused.
+RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{0,32}$"
+
+
+def feed_key(source_id: str, run: str) -> str:
+    """One run of one source: the unit that frames, results, counts, events and drains are kept per."""
+    return f"{source_id}@{run}" if run else source_id
+
+
+def split_feed(feed: str) -> tuple[str, str]:
+    """(source id, run) of a feed key."""
+    source_id, _, run = feed.partition("@")
+    return source_id, run
 
 # Frame references carry a URL and a few numbers; anything near this size is not ours.
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -65,6 +78,7 @@ class FrameRef(Contract):
     """A frame stored in SeaweedFS (claim check): the bytes never travel over NATS."""
 
     source_id: str = Field(pattern=SOURCE_ID_PATTERN)
+    run: str = Field(default="", pattern=RUN_ID_PATTERN, description="the reader start that read it")
     seq: int = Field(ge=0)
     pts: float = Field(ge=0, description="stream time of the frame, seconds from the source's start")
     wall_time: float = Field(description="unix time when the frame was read")
@@ -74,14 +88,18 @@ class FrameRef(Contract):
     policy: DropPolicy = DropPolicy.DROP_OLDEST
 
     @property
+    def feed(self) -> str:
+        return feed_key(self.source_id, self.run)
+
+    @property
     def frame_id(self) -> str:
-        return f"{self.source_id}:{self.seq}"
+        return f"{self.source_id}:{self.run}:{self.seq}" if self.run else f"{self.source_id}:{self.seq}"
 
     @property
     def identity(self) -> str:
-        """One frame read once: its source and seq, and the time it was read, which tells apart two reader runs
-        that both count from seq 0."""
-        return f"{self.source_id}:{self.seq}@{self.wall_time:.6f}"
+        """One frame read once: its source, run and seq, and the time it was read (which also tells apart two runs
+        from before run ids)."""
+        return f"{self.frame_id}@{self.wall_time:.6f}"
 
     def msg_id(self) -> str:
         return f"frame:{self.identity}"
@@ -126,6 +144,7 @@ class SourceStatus(Contract):
     """A source's lifecycle on the bus; ENDED/FAILED carry the totals the drain check needs."""
 
     source_id: str = Field(pattern=SOURCE_ID_PATTERN)
+    run: str = Field(default="", pattern=RUN_ID_PATTERN)
     state: SourceState
     wall_time: float
     frames_read: int = Field(default=0, ge=0)
@@ -134,8 +153,12 @@ class SourceStatus(Contract):
     last_seq: int = Field(default=-1, ge=-1)
     error: str | None = None
 
+    @property
+    def feed(self) -> str:
+        return feed_key(self.source_id, self.run)
+
     def msg_id(self) -> str:
-        return f"status:{self.source_id}:{self.state.value}@{self.wall_time:.6f}"
+        return f"status:{self.feed}:{self.state.value}@{self.wall_time:.6f}"
 
 
 class InferenceTask(Contract):
@@ -243,12 +266,17 @@ class RoutingSummary(Contract):
     """Published by the router once every frame of an ended source is routed: how many tasks each model got."""
 
     source_id: str = Field(pattern=SOURCE_ID_PATTERN)
+    run: str = Field(default="", pattern=RUN_ID_PATTERN)
     frames_routed: int = Field(ge=0)
     tasks: dict[str, int]
     wall_time: float
 
+    @property
+    def feed(self) -> str:
+        return feed_key(self.source_id, self.run)
+
     def msg_id(self) -> str:
-        return f"routed:{self.source_id}@{self.wall_time:.6f}"
+        return f"routed:{self.feed}"  # one summary per run (it has one end): a second router's copy is dropped
 
 
 class Heartbeat(Contract):
@@ -285,6 +313,7 @@ class Event(Contract):
 
     id: str
     source_id: str
+    run: str = Field(default="", description="the reader start whose frames it is made of")
     model: str
     label: str = Field(description="the most common label among the event's detections")
     label_counts: dict[str, int]
@@ -310,6 +339,7 @@ class SourceDrained(Contract):
     """Published by the registrator once an ended source's results are in and its events are final."""
 
     source_id: str = Field(pattern=SOURCE_ID_PATTERN)
+    run: str = Field(default="", pattern=RUN_ID_PATTERN)
     frames_routed: int = Field(ge=0)
     tasks: dict[str, int]
     results: dict[str, int]

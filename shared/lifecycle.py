@@ -9,9 +9,11 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Generic, TypeVar
 
+from nats.aio.msg import Msg
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -21,15 +23,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.bus import Bus
 from shared.logs import setup_logging
 from shared.metrics import Metrics, start_http
-from shared.retry import InfrastructureUnavailable, retry_until
+from shared.retry import InfrastructureUnavailable, backoff_delays, retry_until
 from shared.settings import VigilSettings, load_settings
 from shared.storage import SeaweedStorage
 
 S = TypeVar("S", bound=VigilSettings)
+T = TypeVar("T")
+# What Redis answers while it is away or still loading its append-only file after a restart.
+REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
 
 
 class StartupError(RuntimeError):
     """A problem that makes starting pointless (bad input file, missing model): one clear line, exit 1."""
+
+
+class Stopping(Exception):
+    """The service was asked to stop while waiting for a server: the work in hand stays unacked, for redelivery."""
 
 
 class Service(abc.ABC, Generic[S]):
@@ -86,6 +95,31 @@ class Service(abc.ABC, Generic[S]):
         except asyncio.TimeoutError:
             pass
         return self.stop_event.is_set()
+
+    async def redis_must(self, what: str, attempt: Callable[[], Awaitable[T]], *, hold: Sequence[Msg] = ()) -> T:
+        """A Redis write that must happen before the messages behind it are acked: retried with backoff for as long
+        as Redis is away (its client's own retries last seconds; an outage may last minutes), the messages `hold`
+        kept from redelivery meanwhile (in-progress acks). Raises Stopping if the service is asked to stop first."""
+        delays = backoff_delays(0.2, 5.0)
+        failing = False
+        while True:
+            try:
+                result = await attempt()
+            except REDIS_AWAY as exc:
+                if not failing:
+                    self.log.warning("Redis unreachable (%s); retrying until it is back: %r", what, exc)
+                    failing = True
+                for msg in hold:
+                    try:
+                        await msg.in_progress()
+                    except Exception:  # noqa: BLE001, S110 - NATS away too: redelivery is the fallback
+                        pass
+                if await self.pause(next(delays)):
+                    raise Stopping(what) from None
+                continue
+            if failing:
+                self.log.info("Redis is back (%s)", what)
+            return result
 
     def health(self) -> dict[str, Any]:
         nc = self.bus.nc

@@ -56,7 +56,7 @@ class TaskQueueSettings(VigilSettings):
     that the numbers agree, and a bad combination stops the service at start with the reason."""
 
     ack_wait: float = Field(default=10.0, gt=0, description="seconds before an unacked task goes to another replica")
-    task_max_deliver: int = Field(default=3, ge=1, description="deliveries of one task before JetStream gives it up")
+    task_max_deliver: int = Field(default=4, ge=1, description="deliveries of one task before JetStream gives it up")
     task_max_age: float = Field(default=45.0, gt=0, description="seconds a task may wait before it is worthless")
 
     @model_validator(mode="after")

@@ -26,6 +26,10 @@ class ForbiddenURL(StorageError):
     """A URL outside the configured SeaweedFS hosts: never fetched (SSRF guard)."""
 
 
+class FileGone(StorageError):
+    """SeaweedFS answered that the file is not there (404): expired by its TTL or never stored. Final."""
+
+
 @dataclass
 class _FidPool:
     fids: deque[tuple[str, str]] = field(default_factory=deque)  # (volume host, fid)
@@ -134,6 +138,8 @@ class SeaweedStorage:
     async def download(self, url: str) -> bytes:
         self.check_url(url)
         async with self.session.get(url) as resp:
+            if resp.status == 404:
+                raise FileGone(f"download of {url} failed: 404, not found")
             if resp.status != 200:
                 raise StorageError(f"download of {url} failed: {resp.status}")
             return await resp.read()

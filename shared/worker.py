@@ -28,7 +28,7 @@ from shared.keys import RedisKeys
 from shared.lifecycle import Service, StartupError
 from shared.model_registry import ModelError, load_model
 from shared.settings import TaskQueueSettings
-from shared.storage import SeaweedStorage
+from shared.storage import FileGone, ForbiddenURL, SeaweedStorage
 from shared.subjects import task_stream, task_stream_name, worker_durable
 
 
@@ -71,6 +71,7 @@ class _Job:
         self.error: str | None = None
         self.output: list[Any] | None = None  # detections or classifications
         self.download_ms = 0.0
+        self.transient: str | None = None  # why the frame could not be fetched this time (storage away): try again
 
 
 class InferenceWorker(Service[WorkerSettings]):
@@ -91,6 +92,7 @@ class InferenceWorker(Service[WorkerSettings]):
         self.m_errors = self.metrics.counter("error_results", "error results (download, decode, inference)", ("model", "reason"))
         self.m_infer = self.metrics.histogram("infer", "onnxruntime time per batch", labels)
         self.m_redelivered = self.metrics.counter("tasks_redelivered", "tasks delivered again (a replica died)", labels)
+        self.m_retried = self.metrics.counter("tasks_retried", "tasks given back (nak) after a transient failure", labels)
 
     def load_model(self) -> InferenceModel:
         s = self.settings
@@ -200,9 +202,9 @@ class InferenceWorker(Service[WorkerSettings]):
             self.in_flight -= len(jobs)
 
     async def _run_batch(self, jobs: list[_Job]) -> Timings:
-        """Infer the jobs that have an image; the others keep their error."""
+        """Infer the jobs that have an image; the others keep their error, or are given back."""
         started = time.perf_counter()
-        ready = [job for job in jobs if job.error is None]
+        ready = [job for job in jobs if job.error is None and job.transient is None]
         timings = Timings()
         if ready:
             try:
@@ -225,9 +227,15 @@ class InferenceWorker(Service[WorkerSettings]):
         t0 = time.perf_counter()
         try:
             data = await self.storage.download(job.task.frame.url)
-            job.image = await asyncio.to_thread(decode_jpeg, data)
-        except Exception as exc:  # noqa: BLE001 - becomes an error result
+        except (ForbiddenURL, FileGone) as exc:  # final: no retry brings it back
             job.error = f"frame unavailable: {exc}"
+        except Exception as exc:  # noqa: BLE001 - storage unreachable or failing: transient
+            job.transient = f"storage: {exc!r}"
+        else:
+            try:
+                job.image = await asyncio.to_thread(decode_jpeg, data)
+            except Exception as exc:  # noqa: BLE001 - a corrupt JPEG: final
+                job.error = f"bad image: {exc}"
         job.download_ms = (time.perf_counter() - t0) * 1000
 
     def _infer(self, images: list[np.ndarray]) -> tuple[list[Any], Timings]:
@@ -266,8 +274,25 @@ class InferenceWorker(Service[WorkerSettings]):
             finished_at=time.time(),
         )
 
+    async def _give_back(self, job: _Job) -> bool:
+        """A transient failure: nak the task with a backoff (4 s, 8 s, ... up to ack_wait), so that a storage outage of
+        several seconds costs time, not results. On its last delivery it is answered with an error instead: the
+        registrator then waits for nothing that will never come. True when given back. Each delay is at most ack_wait,
+        so the settings' check (task_max_age > ack_wait x task_max_deliver) keeps the task alive for all its tries."""
+        delivered = job.msg.metadata.num_delivered or 1
+        if delivered >= self.settings.task_max_deliver:
+            job.error = f"frame unavailable after {delivered} tries: {job.transient}"
+            return False
+        delay = min(4.0 * 2 ** (delivered - 1), self.settings.ack_wait)
+        self.log.warning("%s; task given back for %.0f s", job.transient, delay,
+                         extra={"model": self.model_name, "frame_id": job.task.frame.frame_id})
+        self.m_retried.labels(model=self.model_name).inc()
+        await job.msg.nak(delay=delay)
+        return True
+
     async def _finish(self, jobs: list[_Job], timings: Timings) -> None:
         """Publish the batch's results together; ack each task only once its result is stored."""
+        jobs = [job for job in jobs if job.transient is None or not await self._give_back(job)]
         results = [Outgoing.of(self.bus.subjects.results, self._result(job, timings)) for job in jobs]
         outcomes = await self.bus.publish_many(results)
         for job, outcome in zip(jobs, outcomes, strict=True):

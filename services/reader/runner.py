@@ -121,8 +121,10 @@ class SourceRunner:
         counters: ReaderCounters,
         instance: str,
         stop: asyncio.Event,
+        run: str = "",
     ) -> None:
         self.config = config
+        self.run_id = run
         self.settings = settings
         self.storage = storage
         self.publish = publish
@@ -391,5 +393,6 @@ class SourceRunner:
             self._drop("upload_failed")
             return None
         return FrameRef(
-            source_id=cfg.source_id, seq=seq, pts=pts, wall_time=wall, url=url, width=width, height=height, policy=self.policy
+            source_id=cfg.source_id, run=self.run_id, seq=seq, pts=pts, wall_time=wall, url=url, width=width, height=height,
+            policy=self.policy,
         )

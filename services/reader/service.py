@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from contextlib import AsyncExitStack
 from typing import Any
@@ -34,6 +35,9 @@ class ReaderService(Service[ReaderSettings]):
             raise StartupError(str(exc)) from None
         self.keys = RedisKeys(settings)
         self.runners: list[SourceRunner] = []
+        # This start's run id, in every frame and status: a restart (a crash, a replayed file) counts from seq 0 again,
+        # and downstream keeps each run apart by it (issue 15: a restarted reader's results were dropped as old ones).
+        self.run_id = f"{int(time.time()):x}{secrets.token_hex(3)}"
         self.storage: SeaweedStorage | None = None
         self.redis: Redis | None = None
         self.finished: FinishedFiles | None = None
@@ -68,7 +72,7 @@ class ReaderService(Service[ReaderSettings]):
                 continue
             runner = SourceRunner(
                 config, self.settings, self.storage, self._publish_frame, self._wait_for_router,
-                self._report, self.counters, self.instance, self.stop_event,
+                self._report, self.counters, self.instance, self.stop_event, self.run_id,
             )
             self.runners.append(runner)
         reporter = asyncio.create_task(self._report_periodically())
@@ -105,6 +109,7 @@ class ReaderService(Service[ReaderSettings]):
         """Lifecycle on the frames stream, after the source's last frame: how downstream knows it is complete."""
         status = SourceStatus(
             source_id=runner.config.source_id,
+            run=self.run_id,
             state=state,
             wall_time=time.time(),
             frames_read=runner.frames_read,

@@ -12,7 +12,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-from shared.contracts import Detection, Event, EventClose, EventState, InferenceResult
+from shared.contracts import Detection, Event, EventClose, EventState, InferenceResult, feed_key
 
 
 @dataclass
@@ -33,6 +33,11 @@ class OpenEvent:
     best_detections: list[Detection] = field(default_factory=list)
     saved_at: float = 0.0  # wall time of the last persisted record
     closed_by: EventClose | None = None
+    run: str = ""  # the reader start whose frames it is made of
+
+    @property
+    def feed(self) -> str:
+        return feed_key(self.source_id, self.run)
 
     def add(self, pts: float, seq: int, url: str, matches: list[Detection]) -> None:
         # Results arrive a little out of order when several replicas answer: the span only grows.
@@ -50,6 +55,7 @@ class OpenEvent:
         fields: dict[str, object] = dict(
             id=self.id,
             source_id=self.source_id,
+            run=self.run,
             model=self.model,
             label=self.label_counts.most_common(1)[0][0] if self.label_counts else self.label,
             label_counts=dict(self.label_counts),
@@ -108,9 +114,9 @@ class EventTracker:
         """Apply one result; returns (events it extended, new ones first in CREATED, and events it closed)."""
         frame = result.frame
         changed: list[OpenEvent] = []
-        closed = self.expire(frame.source_id, result.model, frame.pts)
+        closed = self.expire(frame.feed, result.model, frame.pts)
         for label, matches in self._matches(result).items():
-            key = (frame.source_id, result.model, label)
+            key = (frame.feed, result.model, label)
             event = self.open.get(key)
             # A late result from inside the last closed event belongs to it: it must neither open another
             # event nor widen the next one back over it (a redelivered result can be seconds late).
@@ -124,6 +130,7 @@ class EventTracker:
                 event = OpenEvent(
                     id=f"{frame.source_id}-{label}-{uuid.uuid4().hex[:12]}",
                     source_id=frame.source_id,
+                    run=frame.run,
                     model=result.model,
                     label=label,
                     start=frame.pts,
@@ -139,23 +146,24 @@ class EventTracker:
             event.add(frame.pts, frame.seq, frame.url, matches)
         return changed, closed
 
-    def expire(self, source_id: str, model: str, now_pts: float) -> list[OpenEvent]:
-        """Close the source's events not seen for longer than the gap at stream time `now_pts`."""
+    def expire(self, feed: str, model: str, now_pts: float) -> list[OpenEvent]:
+        """Close the feed's events not seen for longer than the gap at stream time `now_pts`."""
         closed = []
         for key, event in list(self.open.items()):
-            if key[0] == source_id and key[1] == model and now_pts - event.end > self.rules.gap:
+            if key[0] == feed and key[1] == model and now_pts - event.end > self.rules.gap:
                 closed.append(self._close(key, EventClose.GAP))
         return closed
 
-    def close_quiet(self, source_id: str, model: str, why: EventClose) -> list[OpenEvent]:
-        """Close the events of a source and model whose results stopped coming (the caller keeps the wall clock)."""
-        return [self._close(key, why) for key in list(self.open) if key[:2] == (source_id, model)]
+    def close_quiet(self, feed: str, model: str, why: EventClose) -> list[OpenEvent]:
+        """Close the events of a feed and model whose results stopped coming (the caller keeps the wall clock)."""
+        return [self._close(key, why) for key in list(self.open) if key[:2] == (feed, model)]
 
-    def close_source(self, source_id: str) -> list[OpenEvent]:
-        closed = [self.open.pop(key) for key in list(self.open) if key[0] == source_id]
+    def close_source(self, feed: str) -> list[OpenEvent]:
+        """The feed (a run of a source) ended, or a new run of its source started."""
+        closed = [self.open.pop(key) for key in list(self.open) if key[0] == feed]
         for event in closed:
             event.closed_by = EventClose.SOURCE_END
-        for key in [k for k in self.closed_until if k[0] == source_id]:
+        for key in [k for k in self.closed_until if k[0] == feed]:
             del self.closed_until[key]
         return closed
 
@@ -165,6 +173,6 @@ class EventTracker:
         self.closed_until[key] = event.end
         return event
 
-    def oldest_start(self, source_id: str) -> float | None:
-        starts = [e.start for k, e in self.open.items() if k[0] == source_id]
+    def oldest_start(self, feed: str) -> float | None:
+        starts = [e.start for k, e in self.open.items() if k[0] == feed]
         return min(starts) if starts else None

@@ -15,7 +15,7 @@ class SourceFrames:
 
 
 class FrameRing:
-    """Sorted by stream time; pruned from the front by the caller's horizon, and hard-capped per source."""
+    """Sorted by stream time; pruned from the front by the caller's horizon, and hard-capped per feed (a source's run)."""
 
     def __init__(self, max_frames_per_source: int) -> None:
         self.max_frames = max_frames_per_source
@@ -23,7 +23,7 @@ class FrameRing:
         self.dropped = 0
 
     def add(self, ref: FrameRef) -> None:
-        frames = self._sources.setdefault(ref.source_id, SourceFrames())
+        frames = self._sources.setdefault(ref.feed, SourceFrames())  # per run: each run's pts start at 0
         i = bisect.bisect_right(frames.pts, ref.pts)
         if i > 0 and frames.refs[i - 1].seq == ref.seq:
             return  # redelivered

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter, defaultdict
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,9 +37,10 @@ from shared.contracts import (
     SourceDrained,
     SourceState,
     SourceStatus,
+    split_feed,
 )
 from shared.keys import TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, RedisKeys
-from shared.lifecycle import Service
+from shared.lifecycle import Service, Stopping
 from shared.storage import SeaweedStorage
 from shared.subjects import (
     REGISTRATOR_FRAMES_DURABLE,
@@ -51,11 +54,6 @@ _FRAME_WAIT_SECONDS = 10.0
 _RECORD_REFRESH_SECONDS = 1.0
 _REBUILD_MARGIN = 30.0
 _LAG_CHECK_SECONDS = 2.0
-
-
-class _Stopping(Exception):
-    """The service stops while a proof waits for frames: the event stays DONE in the saved state, and the next
-    start cuts its proofs."""
 
 
 @dataclass
@@ -173,16 +171,20 @@ class RegistratorService(Service[RegistratorSettings]):
                 if self._resumed:
                     await self._rebuild_ring()
                 self._ring_ready.set()
-                for event in self._owed:
-                    await self._close(event)
+                with contextlib.suppress(Stopping):  # stopped while Redis was away: the next start owes them still
+                    for event in self._owed:
+                        await self._close(event)
         # Events still open at shutdown keep their PENDING record; finalising ones are finished first.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=20)
 
     async def _consume(self, sub: JetStreamContext.PullSubscription, handle: Any) -> None:
-        while not self.stop_event.is_set():
-            for msg in await fetch(sub, 256, timeout=0.5):
-                await handle(msg)
+        try:
+            while not self.stop_event.is_set():
+                for msg in await fetch(sub, 256, timeout=0.5):
+                    await handle(msg)
+        except Stopping:
+            return  # stopped while Redis was away: what was not acked is redelivered to the next start
 
     # -- frames and source lifecycle -------------------------------------------------------------
 
@@ -190,40 +192,59 @@ class RegistratorService(Service[RegistratorSettings]):
         if self.bus.subjects.is_source_status(msg.subject):
             status = await self.bus.decode(msg, SourceStatus)
             if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
-                await self.state.mark_ended(status.source_id, status.wall_time)
-                progress = self.sources[status.source_id]
-                progress.ended, progress.ended_at = True, status.wall_time
-                self._check_drained(status.source_id)
+                await self._end_feed(status.feed, status.wall_time, hold=[msg])
+                self._check_drained(status.feed)
+            elif status is not None and status.state is SourceState.STARTED:
+                await self._new_run(status, msg)
         else:
             ref = await self.bus.decode(msg, FrameRef)
             if ref is not None:
                 self.ring.add(ref)
         await msg.ack()
 
+    async def _end_feed(self, feed: str, wall_time: float, hold: list[Msg]) -> None:
+        await self.redis_must("source ended", lambda: self.state.mark_ended(feed, wall_time), hold=hold)
+        progress = self.sources[feed]
+        progress.ended, progress.ended_at = True, wall_time
+
+    async def _new_run(self, status: SourceStatus, msg: Msg) -> None:
+        """A new run of a source: an older run that never ended (its reader was killed) is over. Its open events close
+        with the frames they have, and it drains with the results it got: no summary will come for it."""
+        for feed, progress in list(self.sources.items()):
+            if split_feed(feed)[0] != status.source_id or feed == status.feed or progress.ended:
+                continue
+            self.log.warning("a new run of the source started: the run %s ends here, with what it has", split_feed(feed)[1],
+                             extra={"source_id": status.source_id})
+            await self._end_feed(feed, status.wall_time, hold=[msg])
+            self._check_drained(feed, timed_out=True)
+
     # -- results ---------------------------------------------------------------------------------
 
     async def _consume_results(self, sub: JetStreamContext.PullSubscription) -> None:
-        while not self.stop_event.is_set():
-            msgs = await fetch(sub, 256, timeout=0.5)
-            if msgs:
-                await self._on_results(msgs)
-            await self._close_quiet()
+        try:
+            while not self.stop_event.is_set():
+                msgs = await fetch(sub, 256, timeout=0.5)
+                if msgs:
+                    await self._on_results(msgs)
+                await self._close_quiet()
+        except Stopping:
+            return  # stopped while Redis was away: the batch in hand is redelivered to the next start
 
     async def _close_quiet(self) -> None:
         """Live sources: events whose model has sent no result for event_gap of wall time close with what they have,
         marked NO_RESULTS (frames still come: the detector is out) or NO_FRAMES (the camera went dark)."""
         now, gap = time.monotonic(), self.settings.event_gap
-        for source_id, model in {key[:2] for key in self.tracker.open}:
-            last = self._last_result.get((source_id, model))
-            if last is None or now - last <= gap or source_id in self._unpaced:
+        for feed, model in {key[:2] for key in self.tracker.open}:
+            last = self._last_result.get((feed, model))
+            if last is None or now - last <= gap or feed in self._unpaced:
                 continue
             # Frames after the last result: the camera streams on and the detector is out; none: the camera is dark.
-            answered = self.sources[source_id].result_pts.get(model, 0.0)
-            blind = (self.ring.latest_pts(source_id) or 0.0) > answered
+            answered = self.sources[feed].result_pts.get(model, 0.0)
+            blind = (self.ring.latest_pts(feed) or 0.0) > answered
             why = EventClose.NO_RESULTS if blind else EventClose.NO_FRAMES
-            for event in self.tracker.close_quiet(source_id, model, why):
+            for event in self.tracker.close_quiet(feed, model, why):
                 self.log.warning("event %s closed: no result of %s for %.1f s (%s)", event.id, model, now - last, why.value,
-                                 extra={"source_id": source_id})
+                                 extra={"source_id": event.source_id})
                 await self._close(event)
 
     async def _on_results(self, msgs: list[Msg]) -> None:
@@ -245,52 +266,64 @@ class RegistratorService(Service[RegistratorSettings]):
             if result is None:
                 continue
             if self._absorb(result, touched, closed, tally):
-                seen[(result.frame.source_id, result.model)].add(result.frame.seq)
+                seen[(result.frame.feed, result.model)].add(result.frame.seq)
         now = time.time()
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for event in touched.values():
-                if event.state is not EventState.DONE:
-                    self.state.keep(pipe, event)
-                # Every transition is saved; a growing event's record is refreshed at most once a second.
-                if event.saved_at == 0.0 or event.frames == 2 or now - event.saved_at >= _RECORD_REFRESH_SECONDS:
-                    event.saved_at = now
+        records = [
+            event for event in touched.values()
+            # Every transition is saved; a growing event's record is refreshed at most once a second.
+            if event.saved_at == 0.0 or event.frames == 2 or now - event.saved_at >= _RECORD_REFRESH_SECONDS
+        ]
+        for event in records:
+            event.saved_at = now
+
+        async def write() -> None:
+            assert self.store is not None
+            # One transaction: written whole or not at all, so a retry after Redis came back counts nothing twice.
+            async with self.store.redis.pipeline(transaction=True) as pipe:
+                for event in touched.values():
+                    if event.state is not EventState.DONE:
+                        self.state.keep(pipe, event)
+                for event in records:
                     await self.store.save_in(pipe, event.record())
-            for (source_id, model), seqs in seen.items():
-                self.state.seen(pipe, source_id, model, seqs)
-            for summary in summaries:
-                self.state.summary(pipe, summary)
-            self.state.count(pipe, tally)
-            await pipe.execute()
+                for (feed, model), seqs in seen.items():
+                    self.state.seen(pipe, feed, model, seqs)
+                for summary in summaries:
+                    self.state.summary(pipe, summary)
+                self.state.count(pipe, tally)
+                await pipe.execute()
+
+        await self.redis_must("results", write, hold=msgs)
         for msg in msgs:
             await msg.ack()
         for event in closed:
             await self._close(event)
         for summary in summaries:
-            progress = self.sources[summary.source_id]
+            progress = self.sources[summary.feed]
             progress.summary, progress.summary_at = summary, time.monotonic()
-        for source_id in {s for s, _ in seen} | {s.source_id for s in summaries}:
-            self._prune(source_id)
-            self._check_drained(source_id)
+        for feed in {f for f, _ in seen} | {s.feed for s in summaries}:
+            self._prune(feed)
+            self._check_drained(feed)
 
     def _absorb(
         self, result: InferenceResult, touched: dict[str, OpenEvent], closed: list[OpenEvent], tally: Counter[tuple[str, str]]
     ) -> bool:
         """Apply one result in memory, counting it into `tally`; False for one seen before (redelivered)."""
         frame = result.frame
-        if frame.wall_time <= self.drained_until.get(frame.source_id, 0.0):
+        feed = frame.feed
+        if frame.wall_time <= self.drained_until.get(feed, 0.0):
             # A copy that outlived the stream's duplicate window: its source has drained, and an event it opened
             # now would never close (issue 15).
             self.m_stale.labels(model=result.model).inc()
             return False
-        progress = self.sources[frame.source_id]
+        progress = self.sources[feed]
         seen = progress.seen[result.model]
         if frame.seq in seen:
             self.m_duplicates.labels(model=result.model).inc()
             return False
         seen.add(frame.seq)
-        self._last_result[(frame.source_id, result.model)] = time.monotonic()
+        self._last_result[(feed, result.model)] = time.monotonic()
         if frame.policy is DropPolicy.WAIT:
-            self._unpaced.add(frame.source_id)
+            self._unpaced.add(feed)
         self.m_results.labels(source_id=frame.source_id, model=result.model).inc()
         progress.result_pts[result.model] = max(progress.result_pts.get(result.model, 0.0), frame.pts)
         tally[(frame.source_id, TOTAL_INFERRED + result.model)] += 1
@@ -307,49 +340,58 @@ class RegistratorService(Service[RegistratorSettings]):
             closed.extend(ended)
         return True
 
-    def _prune(self, source_id: str) -> None:
+    def _prune(self, feed: str) -> None:
         """Keep the frames any open or finalising event, or one about to open, may still need."""
-        progress = self.sources[source_id]
+        progress = self.sources[feed]
         if not progress.result_pts:
             return
         horizon = min(progress.result_pts.values()) - self.settings.event_gap
-        pinned = [e.start for e in self.finalising.values() if e.source_id == source_id]
-        oldest_open = self.tracker.oldest_start(source_id)
+        pinned = [e.start for e in self.finalising.values() if e.feed == feed]
+        oldest_open = self.tracker.oldest_start(feed)
         if oldest_open is not None:
             pinned.append(oldest_open)
         horizon = min([horizon, *pinned]) - self.settings.pre_roll - 1.0
-        self.ring.prune_before(source_id, horizon)
+        self.ring.prune_before(feed, horizon)
 
     # -- closing and proofs ----------------------------------------------------------------------
 
     async def _close(self, event: OpenEvent) -> None:
         assert self.store is not None
         event.state = EventState.DONE
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            await self.store.save_in(pipe, event.record())
-            self.state.keep(pipe, event)  # a restart finds it and cuts its proofs
-            await pipe.execute()
+
+        async def write() -> None:
+            assert self.store is not None
+            async with self.store.redis.pipeline(transaction=True) as pipe:
+                await self.store.save_in(pipe, event.record())
+                self.state.keep(pipe, event)  # a restart finds it and cuts its proofs
+                await pipe.execute()
+
+        await self.redis_must("closed event", write)
         self.finalising[event.id] = event
-        task = asyncio.create_task(self._finalise(event))
-        self.sources[event.source_id].finalising.add(task)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._proof_task(event, self._finalise(event))
+
+    def _proof_task(self, event: OpenEvent, work: Coroutine[Any, Any, None]) -> None:
+        """Cutting an event's proofs, first try or retry: a draining source waits for all of them (an event closed by a
+        storage outage gets its proofs once storage is back, not ERROR at the drain); each is forgotten when done."""
+        task = asyncio.create_task(work)
+        pending = self.sources[event.feed].finalising
+        for tasks in (pending, self._tasks):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     async def _finalise(self, event: OpenEvent) -> None:
         """First attempt, awaited by a draining source; if storage fails, the event says ERROR and retries go on."""
         assert self.store is not None
         try:
             chosen = await self._select_frames(event)
-        except _Stopping:
+        except Stopping:
             return
         except Exception as exc:  # noqa: BLE001 - nothing to cut: no retry can help
             await self._failed(event, exc)
             await self._forget(event)
             return
         if not await self._attempt(event, chosen):
-            retry = asyncio.create_task(self._retry(event, chosen))
-            self._tasks.add(retry)
-            retry.add_done_callback(self._tasks.discard)
+            self._proof_task(event, self._retry(event, chosen))
 
     async def _retry(self, event: OpenEvent, chosen: list[FrameRef]) -> None:
         delay = 1.0
@@ -371,7 +413,11 @@ class RegistratorService(Service[RegistratorSettings]):
             await self._failed(event, exc)
             return False
         event.state = EventState.FINISHED
-        await self.store.save(event.record(**proofs))
+        record = event.record(**proofs)
+        try:
+            await self.redis_must("finished event", lambda: self.store.save(record))  # type: ignore[union-attr]
+        except Stopping:
+            return True  # the event stays DONE in the saved state: the next start cuts its proofs again
         await self._forget(event)
         self.m_events.labels(source_id=event.source_id, state=EventState.FINISHED.value).inc()
         self.m_finalise.observe(time.perf_counter() - started)
@@ -384,9 +430,10 @@ class RegistratorService(Service[RegistratorSettings]):
 
     async def _forget(self, event: OpenEvent) -> None:
         self.finalising.pop(event.id, None)
-        async with self.state.redis.pipeline(transaction=False) as pipe:
-            self.state.drop(pipe, event.id)
-            await pipe.execute()
+        try:
+            await self.redis_must("forget event", lambda: self.state.drop(event.id))
+        except Stopping:
+            pass  # a restart finds its record FINISHED and its saved state: it cuts the proofs once more
 
     async def _failed(self, event: OpenEvent, exc: BaseException) -> None:
         assert self.store is not None
@@ -398,37 +445,38 @@ class RegistratorService(Service[RegistratorSettings]):
     async def _select_frames(self, event: OpenEvent) -> list[FrameRef]:
         """The frame shown at each clip tick, chosen once: retries reuse it even after the ring has moved on."""
         s = self.settings
-        progress = self.sources[event.source_id]
+        progress = self.sources[event.feed]
         start, end = max(0.0, event.start - s.pre_roll), event.end + s.post_roll
         # After a restart the frames streamed before it are still being read back into the buffer.
         while not self._ring_ready.is_set():
             if await self.pause(0.2):
-                raise _Stopping
+                raise Stopping("frames for proofs")
         # Live sources: the post-roll frames may not have arrived yet.
         deadline = time.monotonic() + _FRAME_WAIT_SECONDS
         waits = not progress.ended and event.closed_by is not EventClose.NO_FRAMES  # a dark camera sends no more
-        while waits and (self.ring.latest_pts(event.source_id) or 0.0) < end and time.monotonic() < deadline:
+        while waits and (self.ring.latest_pts(event.feed) or 0.0) < end and time.monotonic() < deadline:
             if await self.pause(0.2):
-                raise _Stopping
-        latest = self.ring.latest_pts(event.source_id)
+                raise Stopping("post-roll frames")
+        latest = self.ring.latest_pts(event.feed)
         if latest is None:
             raise RuntimeError("no frames of the source are buffered")
         end = min(end, latest)
-        return pick_frames(self.ring.window(event.source_id, start, end), clip_ticks(start, end, s.clip_fps))
+        return pick_frames(self.ring.window(event.feed, start, end), clip_ticks(start, end, s.clip_fps))
 
     # -- draining ended sources ------------------------------------------------------------------
 
-    def _check_drained(self, source_id: str, *, timed_out: bool = False) -> None:
-        progress = self.sources[source_id]
+    def _check_drained(self, feed: str, *, timed_out: bool = False) -> None:
+        progress = self.sources[feed]
         if progress.draining or not (progress.complete() or (timed_out and progress.ended)):
             return
         progress.draining = True
-        task = asyncio.create_task(self._drain(source_id, timed_out))
+        task = asyncio.create_task(self._drain(feed, timed_out))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _drain(self, source_id: str, timed_out: bool) -> None:
-        progress = self.sources[source_id]
+    async def _drain(self, feed: str, timed_out: bool) -> None:
+        progress = self.sources[feed]
+        source_id, run = split_feed(feed)
         summary = progress.summary
         results = {model: len(seqs) for model, seqs in progress.seen.items()}
         if timed_out:
@@ -436,12 +484,16 @@ class RegistratorService(Service[RegistratorSettings]):
                 "source drained after %.0f s without all results: routed %s, got %s",
                 self.settings.drain_timeout, summary.tasks if summary else "?", results, extra={"source_id": source_id},
             )
-        for event in self.tracker.close_source(source_id):
-            await self._close(event)
-        if progress.finalising:
-            await asyncio.wait(progress.finalising)
+        try:
+            for event in self.tracker.close_source(feed):
+                await self._close(event)
+        except Stopping:
+            return  # the source's saved state stays: the next start drains it
+        while progress.finalising:  # a first try that fails starts a retry before it ends
+            await asyncio.wait(set(progress.finalising))
         drained = SourceDrained(
             source_id=source_id,
+            run=run,
             frames_routed=summary.frames_routed if summary else 0,
             tasks=summary.tasks if summary else {},
             results=results,
@@ -450,35 +502,38 @@ class RegistratorService(Service[RegistratorSettings]):
         )
         await self.bus.publish_core(self.bus.subjects.drained(source_id), drained)
         self.log.info("source drained: %d event(s), results %s", progress.events, results, extra={"source_id": source_id})
-        self.ring.forget(source_id)
-        self._unpaced.discard(source_id)
-        for key in [k for k in self._last_result if k[0] == source_id]:
+        self.ring.forget(feed)
+        self._unpaced.discard(feed)
+        for key in [k for k in self._last_result if k[0] == feed]:
             del self._last_result[key]
-        self.drained_until[source_id] = progress.ended_at
-        del self.sources[source_id]
-        await self.state.forget_source(source_id, list(results))
+        self.drained_until[feed] = progress.ended_at
+        del self.sources[feed]
+        try:
+            await self.redis_must("drained source", lambda: self.state.forget_source(feed, list(results)))
+        except Stopping:
+            pass  # its saved state stays: the next start drains it again, and finds nothing left to do
 
     async def _restore(self) -> list[OpenEvent]:
         """Pick up where a previous registrator stopped; returns the closed events still owed their proofs."""
         events = await self.state.open_events()
-        for (source_id, model), seqs in (await self.state.seen_results()).items():
-            self.sources[source_id].seen[model] = seqs
+        for (feed, model), seqs in (await self.state.seen_results()).items():
+            self.sources[feed].seen[model] = seqs
         for summary in await self.state.summaries():
-            progress = self.sources[summary.source_id]
+            progress = self.sources[summary.feed]
             progress.summary, progress.summary_at = summary, time.monotonic()
         ended, ended_at = await self.state.ended_sources(), await self.state.ended_at()
-        for source_id in ended:
-            self.sources[source_id].ended, self.sources[source_id].ended_at = True, ended_at.get(source_id, 0.0)
-        self.drained_until = {source_id: t for source_id, t in ended_at.items() if source_id not in ended}
+        for feed in ended:
+            self.sources[feed].ended, self.sources[feed].ended_at = True, ended_at.get(feed, 0.0)
+        self.drained_until = {feed: t for feed, t in ended_at.items() if feed not in ended}
         owed = []
         for event in events:
             if event.state in (EventState.CREATED, EventState.PENDING):
-                self.tracker.open[(event.source_id, event.model, event.label)] = event
+                self.tracker.open[(event.feed, event.model, event.label)] = event
                 # Its wall clock starts now: if no result of it comes after the restart, it still closes.
-                self._last_result[(event.source_id, event.model)] = time.monotonic()
+                self._last_result[(event.feed, event.model)] = time.monotonic()
             else:
                 owed.append(event)
-            self.sources[event.source_id].events += 1
+            self.sources[event.feed].events += 1
         self._resumed = bool(events or self.sources)
         if self._resumed:
             self.log.info("resumed: %d open event(s), %d owed proofs, %d source(s) in progress",
@@ -539,7 +594,7 @@ class RegistratorService(Service[RegistratorSettings]):
         while not self.stop_event.is_set():
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            for source_id, progress in list(self.sources.items()):
+            for feed, progress in list(self.sources.items()):
                 waited = now - progress.summary_at
                 if progress.summary is not None and not progress.draining and waited > self.settings.drain_timeout:
-                    self._check_drained(source_id, timed_out=True)
+                    self._check_drained(feed, timed_out=True)

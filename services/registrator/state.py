@@ -37,8 +37,8 @@ class RegistratorState:
     def keep(self, pipe: Pipeline, event: OpenEvent) -> None:
         pipe.hset(self.open_key, event.id, _OPEN.dump_json(event))
 
-    def drop(self, pipe: Pipeline, event_id: str) -> None:
-        pipe.hdel(self.open_key, event_id)
+    async def drop(self, event_id: str) -> None:
+        await self.redis.hdel(self.open_key, event_id)
 
     def seen(self, pipe: Pipeline, source_id: str, model: str, seqs: set[int]) -> None:
         pipe.sadd(self._seen(source_id, model), *seqs)

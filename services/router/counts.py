@@ -18,27 +18,28 @@ from shared.keys import RedisKeys
 BLOCK = 1 << 16  # frames per bitmap key: 8 KiB each
 COUNTS_TTL = 7 * 24 * 3600  # counts and bits outlive any router restart, and then go
 
-# ARGV: routed prefix, totals prefix, bits prefix, block, ttl, then per frame: source, seq, n, n fields.
-# Returns one 0/1 per frame: whether it was counted now.
+# ARGV: routed prefix, totals prefix, bits prefix, block, ttl, then per frame: source, feed, seq, n, n fields.
+# The bits and the routed counts are per feed (a run of a source: each run counts from seq 0), the totals the
+# api serves per source. Returns one 0/1 per frame: whether it was counted now.
 _COUNT_ONCE = """
 local routed, totals, bits = ARGV[1], ARGV[2], ARGV[3]
 local block, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local out, i = {}, 6
 while i <= #ARGV do
-  local source, seq, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local bitkey = bits .. source .. ':' .. math.floor(seq / block)
+  local source, feed, seq, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local bitkey = bits .. feed .. ':' .. math.floor(seq / block)
   local fresh = redis.call('SETBIT', bitkey, seq % block, 1) == 0
   redis.call('EXPIRE', bitkey, ttl)
   if fresh then
     for j = 1, n do
-      local f = ARGV[i + 2 + j]
-      redis.call('HINCRBY', routed .. source, f, 1)
+      local f = ARGV[i + 3 + j]
+      redis.call('HINCRBY', routed .. feed, f, 1)
       redis.call('HINCRBY', totals .. source, f, 1)
     end
-    redis.call('EXPIRE', routed .. source, ttl)
+    redis.call('EXPIRE', routed .. feed, ttl)
   end
   out[#out + 1] = fresh and 1 or 0
-  i = i + 3 + n
+  i = i + 4 + n
 end
 return out
 """
@@ -47,6 +48,7 @@ return out
 @dataclass
 class FrameCount:
     source_id: str
+    feed: str  # the source's run (shared.contracts.feed_key)
     seq: int
     fields: list[str] = field(default_factory=list)  # ROUTED_FRAMES, ROUTED_TASKS + model, ...
 
@@ -57,13 +59,13 @@ class RoutedCounts:
         self.keys = keys
         self._script = redis.register_script(_COUNT_ONCE)
 
-    async def read(self, source_id: str) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in (await self.redis.hgetall(self.keys.routed(source_id))).items()}
+    async def read(self, feed: str) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in (await self.redis.hgetall(self.keys.routed(feed))).items()}
 
-    async def forget(self, source_id: str) -> None:
-        """Once summarised: a later run of the source (its `seq` starts at 0 again) counts afresh."""
-        bits = [k async for k in self.redis.scan_iter(match=f"{self.keys.routed_bits(source_id)}:*", count=500)]
-        await self.redis.delete(self.keys.routed(source_id), *bits)
+    async def forget(self, feed: str) -> None:
+        """Once summarised; a run that never ended (a crashed reader) has its counts expire with COUNTS_TTL."""
+        bits = [k async for k in self.redis.scan_iter(match=f"{self.keys.routed_bits(feed)}:*", count=500)]
+        await self.redis.delete(self.keys.routed(feed), *bits)
 
     async def add(self, frames: list[FrameCount]) -> list[bool]:
         """Count each frame's fields unless that frame was counted before; True where it was counted now."""
@@ -71,5 +73,5 @@ class RoutedCounts:
             return []
         args: list[str | int] = [self.keys.routed(""), self.keys.totals(""), self.keys.routed_bits(""), BLOCK, COUNTS_TTL]
         for frame in frames:
-            args += [frame.source_id, frame.seq, len(frame.fields), *frame.fields]
+            args += [frame.source_id, frame.feed, frame.seq, len(frame.fields), *frame.fields]
         return [bool(x) for x in await self._script(keys=[], args=args)]

@@ -23,7 +23,7 @@ class RoutingRules:
 
     def __init__(self, rules: dict[str, ModelRule]) -> None:
         self.rules = rules
-        self._next_due: dict[tuple[str, str], float] = {}
+        self._next_due: dict[tuple[str, str], tuple[str, float]] = {}  # (model, source) -> (run, next due pts)
 
     def wants(self, model: str, frame: FrameRef) -> bool:
         rule = self.rules.get(model)
@@ -35,9 +35,11 @@ class RoutingRules:
             return False
         if rule.max_fps:
             key = (model, frame.source_id)
-            due = self._next_due.get(key, 0.0)
+            run, due = self._next_due.get(key, (frame.run, 0.0))
+            if run != frame.run:
+                due = 0.0  # a new run of the source: its pts start at 0 again, and so does its schedule
             if frame.pts + 1e-6 < due:
                 return False
             interval = 1.0 / rule.max_fps
-            self._next_due[key] = max(due + interval, frame.pts - interval)
+            self._next_due[key] = (frame.run, max(due + interval, frame.pts - interval))
         return True

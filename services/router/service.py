@@ -23,7 +23,7 @@ from shared.bus import Outgoing, fetch
 from shared.contracts import DropPolicy, FrameRef, Heartbeat, InferenceTask, RoutingSummary, SourceState, SourceStatus
 from shared.discovery import live_instances
 from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, RedisKeys
-from shared.lifecycle import Service
+from shared.lifecycle import Service, Stopping
 from shared.subjects import ROUTER_DURABLE, frames_stream_name, task_stream_name, worker_durable
 
 _BACKLOG_FRESH_SECONDS = 0.05
@@ -37,8 +37,12 @@ class RouterService(Service[RouterSettings]):
         self.keys = RedisKeys(settings)
         self.redis: Redis | None = None
         self.rules = RoutingRules(settings.routing_rules)
-        self.live: dict[str, Heartbeat] = {}  # model -> one live instance's heartbeat (subject, kind)
+        # Models that get tasks: model -> one instance's heartbeat (subject, kind). A model whose instances are all
+        # gone stays here for model_grace, its tasks queued for the restart (issue 15: a worker restart was a gap).
+        self.live: dict[str, Heartbeat] = {}
+        self._last_seen: dict[str, float] = {}  # model -> when (monotonic) an instance of it was last live
         self._backlog: dict[str, tuple[int, float]] = {}  # model -> (tasks queued, valid until)
+        self._summaries: set[asyncio.Task[None]] = set()  # ended sources waiting to be summarised, off the routing path
         self.frames_total = 0
         self.m_frames = self.metrics.counter("frames_routed", "frame references routed", ("source_id",))
         self.m_tasks = self.metrics.counter("tasks_routed", "tasks published", ("source_id", "model"))
@@ -57,19 +61,35 @@ class RouterService(Service[RouterSettings]):
         await self._refresh_live()
 
     def health(self) -> dict[str, Any]:
-        return super().health() | {"live_models": sorted(self.live), "frames_routed": self.frames_total}
+        now = time.monotonic()
+        restarting = sorted(m for m in self.live if self._last_seen.get(m, 0.0) < now - self._refresh_slack)
+        return super().health() | {
+            "live_models": sorted(self.live), "models_restarting": restarting, "frames_routed": self.frames_total
+        }
 
     # -- live models -----------------------------------------------------------------------------
 
     async def _refresh_live(self) -> None:
         assert self.redis is not None
         found = await live_instances(self.redis, self.keys)
-        now_live = {model: instances[0] for model, instances in found.items()}
-        for model in now_live.keys() - self.live.keys():
-            self.log.info("model %s is live (%d instance(s))", model, len(found[model]), extra={"model": model})
-        for model in self.live.keys() - now_live.keys():
-            self.log.warning("model %s has no live instance: no tasks for it", model, extra={"model": model})
-        self.live = now_live
+        now = time.monotonic()
+        for model, instances in found.items():
+            if model not in self.live or self._last_seen.get(model, 0.0) < now - self._refresh_slack:
+                self.log.info("model %s is live (%d instance(s))", model, len(instances), extra={"model": model})
+            self.live[model], self._last_seen[model] = instances[0], now
+        for model in self.live.keys() - found.keys():
+            since = now - self._last_seen.get(model, 0.0)
+            if since > self.settings.model_grace:
+                del self.live[model]
+                self.log.warning("model %s has had no live instance for %.0f s: no tasks for it", model, since,
+                                 extra={"model": model})
+            elif self._last_seen.get(model, 0.0) >= now - self._refresh_slack:
+                self.log.warning("model %s has no live instance: its tasks are queued for up to %.0f s (model_grace)",
+                                 model, self.settings.model_grace, extra={"model": model})
+
+    @property
+    def _refresh_slack(self) -> float:
+        return 1.5 * self.settings.live_refresh_seconds
 
     async def _watch_live(self) -> None:
         while not await self.pause(self.settings.live_refresh_seconds):
@@ -89,8 +109,14 @@ class RouterService(Service[RouterSettings]):
                 self.frames_stream, ROUTER_DURABLE, self.stop_event, max_ack_pending=4 * self.settings.route_batch,
                 ack_wait=self.settings.frames_ack_wait,
             )
-            while sub is not None and not self.stop_event.is_set():
-                await self._route_batch(await fetch(sub, self.settings.route_batch, timeout=0.5))
+            try:
+                while sub is not None and not self.stop_event.is_set():
+                    await self._route_batch(await fetch(sub, self.settings.route_batch, timeout=0.5))
+            except Stopping:
+                pass  # stopped while Redis was away: the frames in hand are routed again by the next router
+            # A summary still waiting leaves its status unacked: the next router summarises the source.
+            for task in self._summaries:
+                task.cancel()
 
     async def _route_batch(self, msgs: list[Msg]) -> None:
         """Frames between two lifecycle messages go out together; a lifecycle message waits for what came before it."""
@@ -101,8 +127,13 @@ class RouterService(Service[RouterSettings]):
                 run = []
                 status = await self.bus.decode(msg, SourceStatus)
                 if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
-                    await self._summarise(status)
-                await msg.ack()
+                    # Beside the routing, not in its way: a summary may wait summary_timeout for other replicas,
+                    # and no other source's frames wait with it (issue 15). It acks the status when done.
+                    task = asyncio.create_task(self._summarise(status, msg))
+                    self._summaries.add(task)
+                    task.add_done_callback(self._summaries.discard)
+                else:
+                    await msg.ack()
             else:
                 run.append(msg)
         await self._route_frames(run)
@@ -119,7 +150,7 @@ class RouterService(Service[RouterSettings]):
             if frame is None:
                 counted.append((msg, None))
                 continue
-            count = FrameCount(frame.source_id, frame.seq, [ROUTED_FRAMES])
+            count = FrameCount(frame.source_id, frame.feed, frame.seq, [ROUTED_FRAMES])
             counted.append((msg, count))
             if not self.live:
                 self.m_unrouted.labels(source_id=frame.source_id).inc()
@@ -128,7 +159,7 @@ class RouterService(Service[RouterSettings]):
                     skipped[model] += 1
                     continue
                 if frame.policy is DropPolicy.WAIT:
-                    await self._wait_for_room(model)
+                    await self._wait_for_room(model, msgs)
                 task = InferenceTask.encode(msg.data, model, now)
                 subject = self.bus.subjects.task(hb.subject)
                 plans.append((model, count, Outgoing(subject, task, InferenceTask.id_for(frame, model))))
@@ -146,7 +177,7 @@ class RouterService(Service[RouterSettings]):
         # counted nor acked: routed again, its tasks that did go out are dropped by the stream as copies.
         routed = [c for _, c in counted if c is not None and id(c) not in unrouted]
         # Counted before the frames are acked: no replica's work goes uncounted, and none twice (counts.py).
-        fresh = await self.counts.add(routed)
+        fresh = await self.redis_must("routed counts", lambda: self.counts.add(routed), hold=msgs)
         self._count_metrics([c for c, new in zip(routed, fresh, strict=True) if new], skipped)
         self.frames_total += len(routed)
         for msg, count in counted:
@@ -186,24 +217,37 @@ class RouterService(Service[RouterSettings]):
         queued = await self._queued(model)
         return queued is None or queued >= self.settings.task_backlog_limit  # not known is full: NATS is away
 
-    async def _wait_for_room(self, model: str) -> None:
-        """A file in as-fast-as-possible mode waits here instead of overflowing the capped task queue."""
+    async def _wait_for_room(self, model: str, hold: list[Msg]) -> None:
+        """A file in as-fast-as-possible mode waits here instead of overflowing the capped task queue; the frames in
+        hand are kept from redelivery meanwhile (issue 15: held past frames_ack_wait, they were routed twice)."""
         waited = False
+        keep_alive = _KeepAlive(self.settings.frames_ack_wait, hold)
         while model in self.live and not self.stop_event.is_set() and await self._full(model):
             if not waited:
                 self.m_waits.labels(model=model).inc()
                 waited = True
+            await keep_alive.tick()
             await asyncio.sleep(0.02)
             self._backlog.pop(model, None)
         if waited:
             self._backlog.pop(model, None)
 
-    async def _summarise(self, status: SourceStatus) -> None:
-        """Once every replica has counted the source's frames, say how many tasks each model got."""
+    async def _summarise(self, status: SourceStatus, msg: Msg) -> None:
+        """Once every replica has counted the source's frames, say how many tasks each model got; then ack the status,
+        kept from redelivery meanwhile by in-progress acks."""
+        try:
+            await self._summarise_run(status, msg)
+        except Stopping:
+            return  # unacked: redelivered to the next router
+        await msg.ack()
+
+    async def _summarise_run(self, status: SourceStatus, msg: Msg) -> None:
         assert self.redis is not None
         deadline = time.monotonic() + self.settings.summary_timeout
+        keep_alive = _KeepAlive(self.settings.frames_ack_wait, [msg])
         while True:
-            counts = await self.counts.read(status.source_id)
+            await keep_alive.tick()
+            counts = await self.redis_must("routed counts", lambda: self.counts.read(status.feed))
             if counts.get(ROUTED_FRAMES, 0) >= status.frames_published:
                 break
             if time.monotonic() >= deadline:
@@ -212,15 +256,36 @@ class RouterService(Service[RouterSettings]):
                     counts.get(ROUTED_FRAMES, 0), status.frames_published, extra={"source_id": status.source_id},
                 )
                 break
-            await asyncio.sleep(0.05)
+            if await self.pause(0.05):
+                raise Stopping("summary")
         summary = RoutingSummary(
             source_id=status.source_id,
+            run=status.run,
             frames_routed=counts.get(ROUTED_FRAMES, 0),
             tasks={k[len(ROUTED_TASKS):]: v for k, v in counts.items() if k.startswith(ROUTED_TASKS)},
             wall_time=time.time(),
         )
         await self.bus.publish(self.bus.subjects.routed(status.source_id), summary)
-        await self.counts.forget(status.source_id)
+        await self.redis_must("routed counts", lambda: self.counts.forget(status.feed))
         self.log.info(
             "source routed: %d frames, tasks %s", summary.frames_routed, summary.tasks, extra={"source_id": status.source_id}
         )
+
+
+class _KeepAlive:
+    """In-progress acks for messages held through a long wait, a third of their ack_wait apart."""
+
+    def __init__(self, ack_wait: float, msgs: list[Msg]) -> None:
+        self.every = ack_wait / 3
+        self.msgs = msgs
+        self.next = time.monotonic() + self.every
+
+    async def tick(self) -> None:
+        if time.monotonic() < self.next:
+            return
+        self.next = time.monotonic() + self.every
+        for msg in self.msgs:
+            try:
+                await msg.in_progress()
+            except Exception:  # noqa: BLE001, S110 - NATS away: redelivery is the fallback
+                pass

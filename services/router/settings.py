@@ -16,6 +16,9 @@ class RouterSettings(VigilSettings):
     route_batch: int = Field(default=64, ge=1, le=1024, description="frame references fetched and routed together")
     # Per model, e.g. {"efficientnet_lite0": {"sources": ["cam1"], "every_nth": 5, "max_fps": 2}}; others see every frame.
     routing_rules: dict[str, ModelRule] = Field(default_factory=dict)
+    model_grace: float = Field(
+        default=60.0, ge=0, description="seconds a model with no live instance still gets tasks, queued for its restart"
+    )
     frames_ack_wait: float = Field(default=30.0, gt=0, description="seconds before frames a dead router held go to another")
     summary_timeout: float = Field(
         default=45.0, gt=0, description="seconds an ended source waits for its last frames to be counted by every replica"

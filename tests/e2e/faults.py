@@ -204,9 +204,15 @@ async def live_fleet(servers: LocalServers, data_dir: Path, prefix: str, *, dete
             await asyncio.wait_for(task, 60)
 
 
-def check_events(events: list[Event], results: list[InferenceResult], min_score: float = 0.5) -> list[Event]:
+def check_events(
+    events: list[Event], results: list[InferenceResult], min_score: float = 0.5, run: str | None = None
+) -> list[Event]:
     """No event twice: the source's person events never overlap. No event lost: every frame in which the
-    detector saw a person is inside an event. And every event ended FINISHED, with its proofs."""
+    detector saw a person is inside an event. And every event ended FINISHED, with its proofs. With `run`, of that
+    reader run only (each run's stream time starts at 0)."""
+    if run is not None:
+        events = [e for e in events if e.run == run]
+        results = [r for r in results if r.frame.run == run]
     person = sorted((e for e in events if e.source_id == SOURCE and e.label == "person"), key=lambda e: e.start)
     assert person, "no events"
     assert all(e.state is EventState.FINISHED for e in person), [(e.id, e.state.value, e.error) for e in person]

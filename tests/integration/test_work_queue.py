@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
+from fleet.servers import LocalServers
 from services.router.service import RouterService
 from services.router.settings import RouterSettings
 from shared.bus import Bus
@@ -176,13 +177,45 @@ async def test_a_task_past_its_last_delivery_is_counted(service_env: dict[str, s
     assert 300 - len(answered) >= held
 
 
+@pytest.mark.timeout(120)
+async def test_seaweedfs_away_for_5_s_costs_no_result(
+    service_env: dict[str, str], local_servers: LocalServers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The default task timing: frames the worker cannot fetch while storage is away are given back, not answered
+    # with a final error (issue 15: a SeaweedFS blip was a permanent miss).
+    env = worker_env(service_env, "blip", batch_size=4)
+    async with Rig(service_env) as rig:
+        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
+        worker = NoopWorker(NoopSettings(_env_file=None, **env))  # type: ignore[arg-type]
+        async with running(worker), running(router, lambda r: "blip" in r.live):
+            feeder = asyncio.create_task(rig.publish_frames(150, DropPolicy.DROP_OLDEST, fps=10))
+            try:
+                await wait_for(lambda: len(rig.results) >= 20, 30, "results before the outage")
+                await asyncio.to_thread(local_servers.stop_one, "weed")
+                await asyncio.sleep(5)
+            finally:
+                if not local_servers.running("weed"):  # shared with the other tests
+                    await asyncio.to_thread(local_servers.start_one, "weed")
+            await feeder
+            await wait_for(lambda: len({r.frame.seq for r in rig.results}) >= 150, 60, "every frame answered")
+            retried = counter_value(worker.m_retried, model="blip")
+    errors = [r for r in rig.results if r.error]
+    with capsys.disabled():
+        print(f"\nSeaweedFS away 5 s: {retried:.0f} tasks given back and answered later; {len(errors)} error results; "
+              f"150 of 150 answered")
+    assert retried > 0  # the outage was felt...
+    assert not errors, errors[:3]  # ...and cost no result
+    assert Counter(r.frame.seq for r in rig.results) == Counter(range(150))
+
+
 async def test_a_dead_model_gets_no_tasks_and_a_new_one_gets_them_at_once(
     service_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     ttl = 2
     env = worker_env(service_env, "flaky", routing_ttl=ttl)
     async with Rig(service_env) as rig:
-        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
+        # No grace: a model gone for good (the next test has a restarting one, with the default grace).
+        router = RouterService(RouterSettings(_env_file=None, **service_env, model_grace=0))  # type: ignore[arg-type]
         tasks = lambda: counter_value(router.m_tasks, source_id="cam0", model="flaky")  # noqa: E731
         async with running(router):
             feeder = asyncio.create_task(rig.publish_frames(100_000, DropPolicy.DROP_OLDEST, fps=20))
@@ -218,6 +251,31 @@ async def test_a_dead_model_gets_no_tasks_and_a_new_one_gets_them_at_once(
               f"a new instance got tasks {adopted:.2f} s after its first heartbeat")
     assert noticed <= ttl + 1 + 0.5, noticed  # routing_ttl + 1 s, and the test's own polling
     assert adopted <= 2.0, adopted
+
+
+async def test_a_restarting_model_has_its_tasks_queued(service_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    # routing_ttl 2 s, so that the killed instance's heartbeat is gone at once; the router's default model_grace.
+    env = worker_env(service_env, "phoenix", routing_ttl=2)
+    async with Rig(service_env) as rig:
+        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
+        tasks = lambda: counter_value(router.m_tasks, source_id="cam0", model="phoenix")  # noqa: E731
+        async with running(router):
+            async with worker_process(env | {"instance": "first"}) as first:
+                await wait_for(lambda: "phoenix" in router.live, 30, "the first instance to be live")
+                feeder = asyncio.create_task(rig.publish_frames(200, DropPolicy.DROP_OLDEST, fps=20))
+                await wait_for(lambda: len(rig.results) >= 20, 30, "results from the first instance")
+                first.kill()
+            await wait_for(lambda: router.health()["models_restarting"] == ["phoenix"], 10, "the model to be seen restarting")
+            gone = tasks()
+            await wait_for(lambda: tasks() >= gone + 20, 10, "tasks routed while no instance is live")
+            queued = tasks() - gone
+            async with worker_process(env | {"instance": "second"}):
+                await feeder
+                await wait_for(lambda: len({r.frame.seq for r in rig.results}) >= 200, 60, "every frame answered")
+    with capsys.disabled():
+        print(f"\nrestarting model: {queued:.0f}+ tasks queued while it had no live instance; 200 of 200 answered")
+    assert counter_value(router.m_unrouted, source_id="cam0") == 0
+    assert set(r.frame.seq for r in rig.results) == set(range(200))  # no gap
 
 
 @pytest.mark.timeout(120)
@@ -269,3 +327,35 @@ async def test_router_replicas_route_each_frame_once_and_summarise_together(serv
     assert all(r.frames_total > 0 for r in routers) and sum(r.frames_total for r in routers) == 500
     assert Counter(r.frame.seq for r in rig.results) == Counter(range(500))  # every frame once, none twice
     assert summary.frames_routed == 500 and summary.tasks == {"dual": 500}  # one summary, both replicas' work
+
+
+async def test_a_summary_that_waits_stalls_no_other_source(
+    service_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A short frames_ack_wait, so that a status held through the summary's wait would be redelivered without the
+    # in-progress acks; the summary waits 8 s for frames that never come.
+    async with Rig(service_env) as rig:
+        worker = NoopWorker(NoopSettings(_env_file=None, **worker_env(service_env, "lanes")))  # type: ignore[arg-type]
+        settings = RouterSettings(_env_file=None, **service_env, frames_ack_wait=2, summary_timeout=8)  # type: ignore[arg-type]
+        router = RouterService(settings)
+        summaries = await rig.bus.nc.subscribe(rig.bus.subjects.routed("cam0"))  # type: ignore[union-attr]
+        other = lambda: sum(r.frame.source_id == "cam1" for r in rig.results)  # noqa: E731
+        async with running(worker), running(router, lambda r: "lanes" in r.live):
+            await rig.publish_frames(10)
+            ended = SourceStatus(source_id="cam0", state=SourceState.ENDED, wall_time=time.time(),
+                                 frames_read=20, frames_published=20, last_seq=19)  # 10 of them never come
+            await rig.bus.publish(rig.bus.subjects.source_status("cam0"), ended)
+            started = time.monotonic()
+            for seq in range(10):
+                await rig.bus.publish(rig.bus.subjects.frames, rig.frame(seq).model_copy(update={"source_id": "cam1"}))
+            await wait_for(lambda: other() == 10, 5, "another source's frames routed while cam0's summary waits")
+            took = time.monotonic() - started
+            summary = RoutingSummary.from_bytes((await summaries.next_msg(timeout=30)).data)
+            waited = time.monotonic() - started
+            with pytest.raises(nats.errors.TimeoutError):  # one summary: the status was not delivered again
+                await summaries.next_msg(timeout=3)
+    with capsys.disabled():
+        print(f"\nno head-of-line blocking: another source answered {took:.2f} s after an ended source began its "
+              f"{waited:.1f} s summary wait (frames_ack_wait 2 s, one summary)")
+    assert took < 3.0 and waited >= 7.0
+    assert summary.frames_routed == 10 and summary.tasks == {"lanes": 10}

@@ -48,6 +48,8 @@ async def test_worker_detects_reports_errors_and_keeps_serving(
         async with SeaweedStorage(settings) as storage, running(worker, lambda w: w.processed >= 0 and w.model is not None):
             good = await storage.upload(vtest_frame(repo_root), ttl="5m")
             corrupt = await storage.upload(b"\xff\xd8 not really a jpeg", ttl="5m")
+            gone = await storage.upload(b"expired", ttl="5m")
+            await storage.delete(gone)  # as its TTL would: SeaweedFS says 404, a final answer
 
             def task(seq: int, url: str) -> InferenceTask:
                 ref = FrameRef(source_id="cam0", seq=seq, pts=seq / 10, wall_time=time.time(), url=url, width=768, height=576)
@@ -63,25 +65,27 @@ async def test_worker_detects_reports_errors_and_keeps_serving(
             await owner.publish(subject, task(3, "http://169.254.169.254/latest/meta-data"))
             await owner.js.publish(subject, b'{"v": 1, "frame": "nonsense"}')
             await owner.publish(subject, task(5, good))
+            await owner.publish(subject, task(6, gone))
             got = {}
-            for _ in range(4):
+            for _ in range(5):
                 result = InferenceResult.from_bytes((await results.next_msg(timeout=30)).data)
                 got[result.frame.seq] = result
-            assert sorted(got) == [1, 2, 3, 5]
+            assert sorted(got) == [1, 2, 3, 5, 6]
             persons = [d for d in got[1].detections if d.label == "person"]
             assert len(persons) >= 3 and all(0 <= d.box.x1 < d.box.x2 <= 1 for d in persons)
             assert got[1].error is None and got[1].timings.infer_ms > 0 and got[1].model_version == "1"
             for d in persons:  # pixels of the stored frame, and the same box normalised
                 assert (d.box_px.x1, d.box_px.y1, d.box_px.x2, d.box_px.y2) == d.box.to_pixels(768, 576)
                 assert 0 <= d.box_px.x1 < d.box_px.x2 <= 768 and 0 <= d.box_px.y1 < d.box_px.y2 <= 576
-            assert "frame unavailable" in (got[2].error or "") and not got[2].detections
+            assert "bad image" in (got[2].error or "") and not got[2].detections
+            assert "frame unavailable" in (got[6].error or "") and "404" in (got[6].error or "")
             assert "not a configured SeaweedFS host" in (got[3].error or "")
             assert got[5].detections == got[1].detections  # still serving after the bad ones
             assert counter_value(worker.bus.dead_letters, subject=subject) == 1
             hb = (await live_instances(redis, keys))["ssd_mobilenet_v2_coco"][0]
             assert hb.subject == settings.task_subject and hb.kind.value == "detection"
             # error results count as processed: their tasks are answered (counted just after the result goes out)
-            await wait_for(lambda: worker.processed == 4, 5, "four tasks answered")
+            await wait_for(lambda: worker.processed == 5, 5, "five tasks answered")
         assert await live_instances(redis, keys) == {}  # removed on graceful stop, not left to the TTL
     finally:
         await redis.aclose()

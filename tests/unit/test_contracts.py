@@ -2,13 +2,30 @@ import json
 
 import pytest
 
-from shared.contracts import MAX_MESSAGE_BYTES, ContractError, FrameRef, InferenceResult, InferenceTask, ModelKind, SourceStatus
+from shared.contracts import (
+    MAX_MESSAGE_BYTES,
+    ContractError,
+    FrameRef,
+    InferenceResult,
+    InferenceTask,
+    ModelKind,
+    SourceStatus,
+    split_feed,
+)
 
 
 def frame(**over: object) -> FrameRef:
     fields = dict(source_id="cam0", seq=3, pts=0.3, wall_time=1.0, url="http://127.0.0.1:8080/3,01", width=768, height=576)
     fields.update(over)
     return FrameRef(**fields)  # type: ignore[arg-type]
+
+
+def test_two_runs_of_a_source_are_told_apart() -> None:
+    first, second = frame(run="r1"), frame(run="r2")  # both seq 3: a reader restarted counts from 0 again
+    assert (first.frame_id, first.feed) == ("cam0:r1:3", "cam0@r1")
+    assert first.frame_id != second.frame_id and first.msg_id() != second.msg_id()
+    assert InferenceTask.id_for(first, "ssd") != InferenceTask.id_for(second, "ssd")
+    assert split_feed(second.feed) == ("cam0", "r2") and split_feed(frame().feed) == ("cam0", "")
 
 
 def test_round_trip_keeps_every_field() -> None:

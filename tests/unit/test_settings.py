@@ -108,7 +108,7 @@ def test_a_bad_combination_is_one_clear_line_at_start(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode == 2
-    assert "task_max_age (30 s) must exceed ack_wait x task_max_deliver (30 s x 3 = 90 s)" in bad.stderr, bad.stderr
+    assert "task_max_age (30 s) must exceed ack_wait x task_max_deliver (30 s x 4 = 120 s)" in bad.stderr, bad.stderr
 
 
 def test_seed_keys_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
