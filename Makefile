@@ -12,7 +12,7 @@ DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install lock config-docs run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-e2e soak soak-reader lint up down logs ps scale-workers test-compose clean
+.PHONY: install lock config-docs run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-e2e soak soak-reader lint format check up down logs ps scale-workers test-compose clean
 
 install: $(STAMP)
 
@@ -80,8 +80,20 @@ soak: install
 soak-reader: install
 	$(PY) -m bench.reader_soak $(or $(DURATION),600)
 
+# `make check`, which CI runs first: ruff's lint, ruff's formatting and mypy (strict; pyproject.toml's [tool.mypy]).
+# `make format` rewrites the files as `ruff format --check` wants them. .pre-commit-config.yaml runs the same.
+CODE := shared services fleet bench tests scripts
+
 lint: install
-	$(PY) -m ruff check shared services fleet bench tests scripts
+	$(PY) -m ruff check $(CODE)
+
+format: install
+	$(PY) -m ruff format $(CODE)
+
+check: install
+	$(PY) -m ruff check $(CODE)
+	$(PY) -m ruff format --check $(CODE)
+	$(PY) -m mypy
 
 check-config: install
 	@for s in reader router detection classification registrator api; do $(PY) -m services.$$s --check-config || exit 1; done
