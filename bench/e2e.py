@@ -143,12 +143,17 @@ def frame_outcomes(results: list[tuple[float, bytes]], detector: str, classifier
     # The first frames pay for first uses: SeaweedFS grows the TTL's volumes at the first upload, and each
     # worker's first inference, 4-5 times a later one's, allocates (no worker warms its model up at start).
     warm = [lat for seq, lat in latency.items() if read_at[seq] >= first_read + WARM_UP_SECONDS]
-    return {"frames": len(done), "errors": errors, "seconds": seconds, "fps": len(done) / seconds,
-            "latency_ms": percentiles_ms(list(latency.values())),
-            "latency_ms_after_first_second": percentiles_ms(warm),
-            "latency_parts_ms": {m: {k: percentiles_ms(v) for k, v in p.items()} for m, p in sorted(parts.items())},
-            # Which frames make the tail: the first ones (warm-up), or any (load)?
-            "slowest_frames_ms": {seq: round(latency[seq] * 1000) for seq in worst}}
+    return {
+        "frames": len(done),
+        "errors": errors,
+        "seconds": seconds,
+        "fps": len(done) / seconds,
+        "latency_ms": percentiles_ms(list(latency.values())),
+        "latency_ms_after_first_second": percentiles_ms(warm),
+        "latency_parts_ms": {m: {k: percentiles_ms(v) for k, v in p.items()} for m, p in sorted(parts.items())},
+        # Which frames make the tail: the first ones (warm-up), or any (load)?
+        "slowest_frames_ms": {seq: round(latency[seq] * 1000) for seq in worst},
+    }
 
 
 def cpu_per_frame(probe: Probe, frames: int) -> dict[str, Any]:
@@ -159,14 +164,21 @@ def cpu_per_frame(probe: Probe, frames: int) -> dict[str, Any]:
     ms = {name: 1000 * seconds / max(frames, 1) for name, seconds in sorted(by.items())}
     servers = sum(v for k, v in ms.items() if is_server(k))
     total = sum(ms.values())
-    return {"ms_per_frame": ms, "services_ms": total - servers, "servers_ms": servers, "total_ms": total,
-            "bus_storage_share": servers / total if total else float("nan")}
+    return {
+        "ms_per_frame": ms,
+        "services_ms": total - servers,
+        "servers_ms": servers,
+        "total_ms": total,
+        "bus_storage_share": servers / total if total else float("nan"),
+    }
 
 
 async def fleet_case(case: Case, threads: int, realtime_seconds: float, echo: bool) -> dict[str, Any]:
     detector, classifier = load_spec(DETECTOR).name, load_spec(CLASSIFIER).name
     settings = {
-        "video_source": str(VIDEO), "source_id": SOURCE_ID, "video_realtime": str(case.realtime).lower(),
+        "video_source": str(VIDEO),
+        "source_id": SOURCE_ID,
+        "video_realtime": str(case.realtime).lower(),
         "intra_op_threads": str(threads),
     }
     if case.every_nth > 1:
@@ -189,6 +201,7 @@ async def fleet_case(case: Case, threads: int, realtime_seconds: float, echo: bo
             await nc.subscribe(subjects.source_status(SOURCE_ID), cb=probe.on_status)
             await nc.subscribe(subjects.source_health(SOURCE_ID), cb=probe.on_health)
             if case.realtime:
+
                 async def stop_later() -> None:
                     await probe.first_frame.wait()
                     await asyncio.sleep(realtime_seconds)
@@ -206,8 +219,9 @@ async def fleet_case(case: Case, threads: int, realtime_seconds: float, echo: bo
             await nc.drain()
             await asyncio.to_thread(servers.stop)
     if report.code != 0 or (not case.realtime and SOURCE_ID not in report.drained):
-        raise RuntimeError(f"{case.name}: the fleet run failed (code {report.code}, drained {list(report.drained)})\n"
-                           f"{exit_logs(fleet)}")
+        raise RuntimeError(
+            f"{case.name}: the fleet run failed (code {report.code}, drained {list(report.drained)})\n{exit_logs(fleet)}"
+        )
     outcome = frame_outcomes(probe.results, detector, classifier, case.every_nth)
     status, health = report.sources.get(SOURCE_ID), probe.health
     # The ENDED status (also sent by a reader stopped mid-file) has the totals; else the last health report.
@@ -273,8 +287,13 @@ def bare_loop(every_nth: int, threads: int) -> dict[str, Any]:
             laps.lap("classification")
         frames += 1
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
-    return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "cpu_ms_per_frame": 1000 * cpu / frames,
-            "stage_ms_per_frame": {k: 1000 * v / frames for k, v in laps.seconds.items()}}
+    return {
+        "frames": frames,
+        "seconds": seconds,
+        "fps": frames / seconds,
+        "cpu_ms_per_frame": 1000 * cpu / frames,
+        "stage_ms_per_frame": {k: 1000 * v / frames for k, v in laps.seconds.items()},
+    }
 
 
 def med(runs: list[dict[str, Any]], *path: str) -> float:
@@ -291,8 +310,15 @@ def med(runs: list[dict[str, Any]], *path: str) -> float:
 def goal(name: str, case: str, value: float, target: float, higher_is_better: bool) -> dict[str, Any]:
     met = value >= target if higher_is_better else value < target
     miss = 0.0 if met else abs(value - target)
-    return {"goal": name, "case": case, "value": value, "target": f"{'>=' if higher_is_better else '<'} {target:g}",
-            "met": met, "missed_by": miss, "missed_by_fraction_of_target": miss / target}
+    return {
+        "goal": name,
+        "case": case,
+        "value": value,
+        "target": f"{'>=' if higher_is_better else '<'} {target:g}",
+        "met": met,
+        "missed_by": miss,
+        "missed_by_fraction_of_target": miss / target,
+    }
 
 
 Runs = dict[Case, dict[str, list[dict[str, Any]]]]  # case -> "fleet" / "bare" -> one dict per repeat
@@ -308,22 +334,31 @@ async def collect(repeats: int, threads: int, realtime_seconds: float, echo: boo
             fleet["ratio"] = fleet["fps"] / bare["fps"]
             runs[case]["fleet"].append(fleet)
             runs[case]["bare"].append(bare)
-            print(f"run {i + 1}/{repeats}, {case.name}: fleet {fleet['fps']:.1f} frames/s, bare {bare['fps']:.1f} "
-                  f"frames/s, ratio {fleet['ratio']:.2f}, p99 {fleet['latency_ms']['p99']:.0f} ms", flush=True)
+            print(
+                f"run {i + 1}/{repeats}, {case.name}: fleet {fleet['fps']:.1f} frames/s, bare {bare['fps']:.1f} "
+                f"frames/s, ratio {fleet['ratio']:.2f}, p99 {fleet['latency_ms']['p99']:.0f} ms",
+                flush=True,
+            )
         rt = await fleet_case(REALTIME, threads, realtime_seconds, echo)
         runs[REALTIME]["fleet"].append(rt)
-        print(f"run {i + 1}/{repeats}, {REALTIME.name}: {rt['frames']} frames, p99 {rt['latency_ms']['p99']:.0f} ms, "
-              f"dropped {rt['dropped_by_reader']}", flush=True)
+        print(
+            f"run {i + 1}/{repeats}, {REALTIME.name}: {rt['frames']} frames, p99 {rt['latency_ms']['p99']:.0f} ms, "
+            f"dropped {rt['dropped_by_reader']}",
+            flush=True,
+        )
     return runs
 
 
 def summary(case: Case, fleet: list[dict[str, Any]], bare: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "frames": med(fleet, "frames"), "fleet_fps": med(fleet, "fps"),
-        "bare_fps": med(bare, "fps") if bare else None, "ratio": med(fleet, "ratio") if bare else None,
+        "frames": med(fleet, "frames"),
+        "fleet_fps": med(fleet, "fps"),
+        "bare_fps": med(bare, "fps") if bare else None,
+        "ratio": med(fleet, "ratio") if bare else None,
         "latency_ms": {p: med(fleet, "latency_ms", p) for p in ("p50", "p95", "p99")},
         "p99_ms_after_first_second": med(fleet, "latency_ms_after_first_second", "p99"),
-        "cpu_ms_per_frame": med(fleet, "cpu", "total_ms"), "bus_storage_share": med(fleet, "cpu", "bus_storage_share"),
+        "cpu_ms_per_frame": med(fleet, "cpu", "total_ms"),
+        "bus_storage_share": med(fleet, "cpu", "bus_storage_share"),
         "dropped": med(fleet, "dropped_by_reader"),
     }
 
@@ -331,42 +366,78 @@ def summary(case: Case, fleet: list[dict[str, Any]], bare: list[dict[str, Any]])
 def case_goals(case: Case, s: dict[str, Any]) -> list[dict[str, Any]]:
     if case.realtime:
         return [goal("p99 ms, frame read -> result", case.name, s["latency_ms"]["p99"], GOAL_P99_MS, False)]
-    return [goal("fleet/bare frames/s", case.name, s["ratio"], GOAL_RATIO, True),
-            goal("nats+redis+weed share of CPU per frame", case.name, s["bus_storage_share"], GOAL_BUS_SHARE, False)]
+    return [
+        goal("fleet/bare frames/s", case.name, s["ratio"], GOAL_RATIO, True),
+        goal("nats+redis+weed share of CPU per frame", case.name, s["bus_storage_share"], GOAL_BUS_SHARE, False),
+    ]
 
 
 def print_cases(summaries: dict[Case, dict[str, Any]], threads: int, repeats: int) -> None:
     rows = []
     for case, s in summaries.items():
         lat = s["latency_ms"]
-        rows.append([case.name, round(s["frames"]), s["fleet_fps"], s["bare_fps"] or "-", s["ratio"] or "-",
-                     round(lat["p50"]), round(lat["p95"]), round(lat["p99"]),
-                     round(s["p99_ms_after_first_second"]) if case.realtime else "-",
-                     s["cpu_ms_per_frame"],
-                     f"{100 * s['bus_storage_share']:.1f} %", round(s["dropped"])])
+        rows.append(
+            [
+                case.name,
+                round(s["frames"]),
+                s["fleet_fps"],
+                s["bare_fps"] or "-",
+                s["ratio"] or "-",
+                round(lat["p50"]),
+                round(lat["p95"]),
+                round(lat["p99"]),
+                round(s["p99_ms_after_first_second"]) if case.realtime else "-",
+                s["cpu_ms_per_frame"],
+                f"{100 * s['bus_storage_share']:.1f} %",
+                round(s["dropped"]),
+            ]
+        )
     print_table(
         f"fleet end to end on {VIDEO.name} (795 frames, 768x576, 10 fps) vs bare loop, ONNX Runtime intra-op threads "
         f"{threads} (0: its choice) per worker and in the bare loop; medians of {repeats} run(s)",
-        ["case", "frames done", "fleet frames/s", "bare frames/s", "fleet/bare",
-         "read->result p50 ms", "p95 ms", "p99 ms", "p99 after 1st s", "CPU ms/frame (all)", "nats+redis+weed share", "dropped"],
+        [
+            "case",
+            "frames done",
+            "fleet frames/s",
+            "bare frames/s",
+            "fleet/bare",
+            "read->result p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "p99 after 1st s",
+            "CPU ms/frame (all)",
+            "nats+redis+weed share",
+            "dropped",
+        ],
         rows,
     )
-    print("  read->result: from the reader reading the frame (FrameRef.wall_time) to its last model's result received\n"
-          "  on the results subject (p99 after 1st s: without the frames read in the first second, which pay for\n"
-          "  first uses: the TTL's first SeaweedFS volumes, each worker's first inference).\n"
-          "  frames/s: frames with every result, from the first frame read to the last result.\n"
-          "  CPU: every service and server, from the first frame published until the fleet stops (drained; real time: stopped).")
+    print(
+        "  read->result: from the reader reading the frame (FrameRef.wall_time) to its last model's result received\n"
+        "  on the results subject (p99 after 1st s: without the frames read in the first second, which pay for\n"
+        "  first uses: the TTL's first SeaweedFS volumes, each worker's first inference).\n"
+        "  frames/s: frames with every result, from the first frame read to the last result.\n"
+        "  CPU: every service and server, from the first frame published until the fleet stops (drained; real time: stopped)."
+    )
 
 
 def print_processes(runs: Runs) -> None:
     def peak(run: dict[str, Any], name: str) -> float:
         return max((v for k, v in run["peak_rss_mb"].items() if service_of(k) == name), default=float("nan"))
 
-    names = sorted({service_of(n) for c in runs.values() for r in c["fleet"] for n in r["peak_rss_mb"]},
-                   key=lambda n: (is_server(n), n))
-    rows = [[name, *(x for got in runs.values() for x in (med(got["fleet"], "cpu", "ms_per_frame", name),
-                                                          median([peak(r, name) for r in got["fleet"]])))]
-            for name in names]
+    names = sorted(
+        {service_of(n) for c in runs.values() for r in c["fleet"] for n in r["peak_rss_mb"]}, key=lambda n: (is_server(n), n)
+    )
+    rows = [
+        [
+            name,
+            *(
+                x
+                for got in runs.values()
+                for x in (med(got["fleet"], "cpu", "ms_per_frame", name), median([peak(r, name) for r in got["fleet"]]))
+            ),
+        ]
+        for name in names
+    ]
     header = ["process", *(f"case {i} {what}" for i in range(1, len(runs) + 1) for what in ("CPU ms/frame", "peak RSS MB"))]
     print_table("per process (case 1, 2, 3 as above; replicas of a service summed, servers last)", header, rows)
     for case, got in runs.items():
@@ -379,11 +450,14 @@ def print_latency_parts(runs: Runs) -> None:
     for case, got in runs.items():
         models = got["fleet"][0].get("latency_parts_ms", {})
         text = "; ".join(
-            f"{model}: " + ", ".join(
+            f"{model}: "
+            + ", ".join(
                 f"{part.replace('_', ' ')} {med(got['fleet'], 'latency_parts_ms', model, part, 'p50'):.0f}"
                 f"/{med(got['fleet'], 'latency_parts_ms', model, part, 'p99'):.0f}"
-                for part in parts)
-            for model, parts in models.items())
+                for part in parts
+            )
+            for model, parts in models.items()
+        )
         print(f"where the latency goes (p50/p99 ms), {case.name}: {text}")
 
 
@@ -394,14 +468,43 @@ async def main(repeats: int, threads: int, realtime_seconds: float, echo: bool) 
     print_cases(summaries, threads, repeats)
     print_processes(runs)
     print_latency_parts(runs)
-    print_table("goals", ["goal", "case", "value", "target", "met", "missed by"],
-                [[g["goal"], g["case"], g["value"], g["target"], "yes" if g["met"] else "NO",
-                  "-" if g["met"] else f"{g['missed_by']:.3g} ({100 * g['missed_by_fraction_of_target']:.0f} % of target)"]
-                 for g in goals])
-    cases = [{"case": c.name, "every_nth_classification": c.every_nth, "realtime": c.realtime, "median": summaries[c],
-              "fleet": got["fleet"], "bare": got["bare"]} for c, got in runs.items()]
-    write_result("e2e", {"video": VIDEO.name, "repeats": repeats, "intra_op_threads": threads,
-                         "realtime_seconds": realtime_seconds, "goals": goals, "cases": cases})
+    print_table(
+        "goals",
+        ["goal", "case", "value", "target", "met", "missed by"],
+        [
+            [
+                g["goal"],
+                g["case"],
+                g["value"],
+                g["target"],
+                "yes" if g["met"] else "NO",
+                "-" if g["met"] else f"{g['missed_by']:.3g} ({100 * g['missed_by_fraction_of_target']:.0f} % of target)",
+            ]
+            for g in goals
+        ],
+    )
+    cases = [
+        {
+            "case": c.name,
+            "every_nth_classification": c.every_nth,
+            "realtime": c.realtime,
+            "median": summaries[c],
+            "fleet": got["fleet"],
+            "bare": got["bare"],
+        }
+        for c, got in runs.items()
+    ]
+    write_result(
+        "e2e",
+        {
+            "video": VIDEO.name,
+            "repeats": repeats,
+            "intra_op_threads": threads,
+            "realtime_seconds": realtime_seconds,
+            "goals": goals,
+            "cases": cases,
+        },
+    )
 
 
 def cli() -> None:
@@ -409,8 +512,12 @@ def cli() -> None:
 
     parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.splitlines()[0])
     parser.add_argument("repeats", nargs="?", type=int, default=1, help="runs of every case (medians are reported)")
-    parser.add_argument("--threads", type=int, default=WorkerSettings.model_fields["intra_op_threads"].default,
-                        help="ONNX Runtime intra-op threads per worker and in the bare loop (default: the workers')")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=WorkerSettings.model_fields["intra_op_threads"].default,
+        help="ONNX Runtime intra-op threads per worker and in the bare loop (default: the workers')",
+    )
     parser.add_argument("--realtime-seconds", type=float, default=40.0, help="length of the real-time case")
     parser.add_argument("--echo", action="store_true", help="show the services' log lines")
     args = parser.parse_args()

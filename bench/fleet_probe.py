@@ -83,7 +83,8 @@ def exit_logs(fleet: Fleet) -> str:
     """The last log lines of each service that exited with an error: why a quiet run failed."""
     return "".join(
         f"--- {p.name} exited with code {p.process.returncode}; its last lines:\n{''.join(p.tail)}"
-        for p in fleet.procs if p.process.returncode not in (None, 0)
+        for p in fleet.procs
+        if p.process.returncode not in (None, 0)
     )
 
 

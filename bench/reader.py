@@ -67,8 +67,15 @@ async def reader_process(servers: ServerSet, video: Path) -> dict[str, float]:
             pass
 
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.reader", "--env-file", os.devnull, cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "services.reader",
+        "--env-file",
+        os.devnull,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     ps = psutil.Process(process.pid)
     await nc.subscribe(subjects.source_status_all, cb=on_status)
@@ -96,7 +103,8 @@ async def reader_process(servers: ServerSet, video: Path) -> dict[str, float]:
         "seconds": seconds,
         "fps": end.frames_published / seconds,
         # Between STARTED and ENDED: the steady state, without the imports at start-up.
-        "cpu_ms_per_frame": 1000 * (cpu_at.get(SourceState.ENDED, cpu) - cpu_at.get(SourceState.STARTED, 0.0))
+        "cpu_ms_per_frame": 1000
+        * (cpu_at.get(SourceState.ENDED, cpu) - cpu_at.get(SourceState.STARTED, 0.0))
         / end.frames_published,
         "peak_rss_mb": peak_rss / 2**20,
     }
@@ -129,15 +137,35 @@ async def main(repeats: int) -> None:
         f"reader on {VIDEO.name} (795 frames, 768x576), as fast as possible; medians of {repeats} alternating runs",
         ["pipeline", "frames/s", "CPU ms/frame", "weed CPU ms/frame", "peak RSS MB"],
         [
-            ["bare loop (decode+JPEG+upload, sequential)", bare_fps, median([b["cpu_ms_per_frame"] for b in bare]),
-             median([b["storage_cpu_ms_per_frame"] for b in bare]), "-"],
-            ["reader service (pipelined, + NATS)", reader_fps, median([r["cpu_ms_per_frame"] for r in reader]),
-             median([r["storage_cpu_ms_per_frame"] for r in reader]), median([r["peak_rss_mb"] for r in reader])],
+            [
+                "bare loop (decode+JPEG+upload, sequential)",
+                bare_fps,
+                median([b["cpu_ms_per_frame"] for b in bare]),
+                median([b["storage_cpu_ms_per_frame"] for b in bare]),
+                "-",
+            ],
+            [
+                "reader service (pipelined, + NATS)",
+                reader_fps,
+                median([r["cpu_ms_per_frame"] for r in reader]),
+                median([r["storage_cpu_ms_per_frame"] for r in reader]),
+                median([r["peak_rss_mb"] for r in reader]),
+            ],
             ["ratio reader / bare (goal >= 1.3)", ratio, "", "", ""],
         ],
     )
-    write_result("reader", {"video": VIDEO.name, "repeats": repeats, "bare": bare, "reader": reader,
-                            "median_fps": {"bare": bare_fps, "reader": reader_fps}, "ratio": ratio, "goal_ratio": 1.3})
+    write_result(
+        "reader",
+        {
+            "video": VIDEO.name,
+            "repeats": repeats,
+            "bare": bare,
+            "reader": reader,
+            "median_fps": {"bare": bare_fps, "reader": reader_fps},
+            "ratio": ratio,
+            "goal_ratio": 1.3,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -36,13 +36,28 @@ async def main(duration: float) -> None:
     with tempfile.TemporaryDirectory(prefix="vigil-soak-") as tmp:
         servers = LocalServers(Path(tmp))
         server_set = servers.start()
-        env = os.environ | server_set.env() | {
-            "video_source": str(ROOT / "video" / "vtest.mp4"), "video_loop": "true", "max_width": "384",
-            "ttl_bucket": "2m", "source_id": "soak", "metrics_port": "0",
-        }
+        env = (
+            os.environ
+            | server_set.env()
+            | {
+                "video_source": str(ROOT / "video" / "vtest.mp4"),
+                "video_loop": "true",
+                "max_width": "384",
+                "ttl_bucket": "2m",
+                "source_id": "soak",
+                "metrics_port": "0",
+            }
+        )
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.reader", "--env-file", os.devnull, cwd=ROOT, env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "services.reader",
+            "--env-file",
+            os.devnull,
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         ps = psutil.Process(process.pid)
         samples: list[tuple[float, float]] = []
@@ -60,7 +75,7 @@ async def main(duration: float) -> None:
             process.terminate()
             await process.wait()
             servers.stop()
-    half = samples[len(samples) // 2:]
+    half = samples[len(samples) // 2 :]
     rows = [
         ["RSS after 1 min (MB)", next(r for t, r in samples if t >= 1.0) if samples[-1][0] >= 1 else samples[0][1]],
         ["RSS at the end (MB)", samples[-1][1]],

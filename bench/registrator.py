@@ -40,8 +40,15 @@ async def absorb(servers: ServerSet) -> dict[str, float]:
     await bus.ensure_stream(frames_stream(settings))
     env = os.environ | servers.env() | {"subject_prefix": prefix, "max_event_duration": "1000", "ttl_bucket": "30m"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.registrator", "--env-file", os.devnull, cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "services.registrator",
+        "--env-file",
+        os.devnull,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         while True:  # the registrator declares its stream and consumer when it starts
@@ -52,15 +59,30 @@ async def absorb(servers: ServerSet) -> dict[str, float]:
                 await asyncio.sleep(0.1)
         det = Detection.on_image("person", 0, 0.9, BBox(x1=0.1, y1=0.1, x2=0.3, y2=0.6), 768, 576)
         items: list[tuple[str, Any]] = [
-            Outgoing.of(bus.subjects.results, InferenceResult(
-                frame=FrameRef(source_id="bench", seq=i, pts=i / 10, wall_time=time.time(), url="http://127.0.0.1:1/1,01",
-                               width=768, height=576),
-                model="ssd", kind=ModelKind.DETECTION, instance="b", detections=[det], finished_at=time.time()))
+            Outgoing.of(
+                bus.subjects.results,
+                InferenceResult(
+                    frame=FrameRef(
+                        source_id="bench",
+                        seq=i,
+                        pts=i / 10,
+                        wall_time=time.time(),
+                        url="http://127.0.0.1:1/1,01",
+                        width=768,
+                        height=576,
+                    ),
+                    model="ssd",
+                    kind=ModelKind.DETECTION,
+                    instance="b",
+                    detections=[det],
+                    finished_at=time.time(),
+                ),
+            )
             for i in range(RESULTS)
         ]
         started = time.perf_counter()
         for i in range(0, RESULTS, 256):
-            await bus.publish_many(items[i:i + 256])
+            await bus.publish_many(items[i : i + 256])
         while await bus.backlog(results_stream_name(settings), REGISTRATOR_RESULTS_DURABLE) > 0:
             await asyncio.sleep(0.02)
         seconds = time.perf_counter() - started
@@ -82,8 +104,16 @@ async def finalise(servers: ServerSet, tmp: Path) -> dict[str, float]:
         refs = [
             FrameRef(source_id="bench", seq=i, pts=i / 10, wall_time=0, url=u, width=768, height=576) for i, u in enumerate(urls)
         ]
-        event = OpenEvent(id=f"bench-{secrets.token_hex(4)}", source_id="bench", model="ssd", label="person",
-                          start=ROLL, end=ROLL + EVENT_SECONDS, start_wall=time.time(), best_frame_url=refs[70].url)
+        event = OpenEvent(
+            id=f"bench-{secrets.token_hex(4)}",
+            source_id="bench",
+            model="ssd",
+            label="person",
+            start=ROLL,
+            end=ROLL + EVENT_SECONDS,
+            start_wall=time.time(),
+            best_frame_url=refs[70].url,
+        )
         started = time.perf_counter()
         await make_proofs(storage, tmp, event, refs, 10)
         whole = time.perf_counter() - started
@@ -103,13 +133,17 @@ async def main(repeats: int) -> None:
             for i in range(repeats):
                 absorbed.append(await absorb(server_set))
                 finals.append(await finalise(server_set, Path(tmp)))
-                print(f"run {i + 1}/{repeats}: {absorbed[-1]['results_per_s']:.0f} results/s, finalise "
-                      f"{finals[-1]['finalise_s']:.2f} s, PyAV alone {finals[-1]['encode_alone_s']:.2f} s", flush=True)
+                print(
+                    f"run {i + 1}/{repeats}: {absorbed[-1]['results_per_s']:.0f} results/s, finalise "
+                    f"{finals[-1]['finalise_s']:.2f} s, PyAV alone {finals[-1]['encode_alone_s']:.2f} s",
+                    flush=True,
+                )
         finally:
             servers.stop()
     fin, alone = median([f["finalise_s"] for f in finals]), median([f["encode_alone_s"] for f in finals])
     print_table(
-        f"registrator; medians of {repeats} runs", ["measure", "value"],
+        f"registrator; medians of {repeats} runs",
+        ["measure", "value"],
         [
             [f"results absorbed per second ({RESULTS}, an event open)", median([a["results_per_s"] for a in absorbed])],
             [f"finalise a {EVENT_SECONDS} s event: {finals[0]['frames']} frames fetched, decoded, encoded, stored (s)", fin],

@@ -37,8 +37,16 @@ BATCH = 64
 
 def frames(prefix: str) -> list[FrameRef]:
     return [
-        FrameRef(source_id="bench", seq=i, pts=i / 10, wall_time=time.time(), url="http://127.0.0.1:1/1,01",
-                 width=768, height=576, policy=DropPolicy.DROP_OLDEST)
+        FrameRef(
+            source_id="bench",
+            seq=i,
+            pts=i / 10,
+            wall_time=time.time(),
+            url="http://127.0.0.1:1/1,01",
+            width=768,
+            height=576,
+            policy=DropPolicy.DROP_OLDEST,
+        )
         for i in range(FRAMES)
     ]
 
@@ -52,8 +60,16 @@ async def prepare(servers: ServerSet) -> tuple[VigilSettings, Bus, Redis]:
     redis = Redis(host=servers.redis_host, port=servers.redis_port)
     for model in MODELS:
         await bus.ensure_stream(task_stream(settings, model, f"{model}Inference", max_age=60, cap=100_000))
-        hb = Heartbeat(model=model, kind=ModelKind.DETECTION, subject=f"{model}Inference", instance="bench",
-                       started_at=time.time(), processed=0, in_flight=0, fps=0)
+        hb = Heartbeat(
+            model=model,
+            kind=ModelKind.DETECTION,
+            subject=f"{model}Inference",
+            instance="bench",
+            started_at=time.time(),
+            processed=0,
+            in_flight=0,
+            fps=0,
+        )
         await redis.set(RedisKeys(settings).heartbeat(model, "bench"), hb.to_bytes(), ex=600)
     return settings, bus, redis
 
@@ -75,10 +91,13 @@ async def bare_loop(servers: ServerSet) -> dict[str, float]:
     cpu0, t0 = time.process_time(), time.perf_counter()
     for start in range(0, FRAMES, BATCH):
         now = time.time()
-        await bus.publish_many([
-            Outgoing.of(bus.subjects.task(f"{model}Inference"), InferenceTask(frame=ref, model=model, routed_at=now))
-            for ref in refs[start:start + BATCH] for model in MODELS
-        ])
+        await bus.publish_many(
+            [
+                Outgoing.of(bus.subjects.task(f"{model}Inference"), InferenceTask(frame=ref, model=model, routed_at=now))
+                for ref in refs[start : start + BATCH]
+                for model in MODELS
+            ]
+        )
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     await redis.aclose()
     await bus.close()
@@ -89,14 +108,21 @@ async def router_process(servers: ServerSet) -> dict[str, float]:
     settings, bus, redis = await prepare(servers)
     refs = frames(settings.subject_prefix)
     for start in range(0, FRAMES, BATCH):
-        await bus.publish_many([Outgoing.of(bus.subjects.frames, ref) for ref in refs[start:start + BATCH]])
+        await bus.publish_many([Outgoing.of(bus.subjects.frames, ref) for ref in refs[start : start + BATCH]])
     stop = asyncio.Event()
     drains = [asyncio.create_task(drain_tasks(bus, settings, model, stop)) for model in MODELS]
     port = free_ports(1)[0]
     env = os.environ | servers.env() | {"subject_prefix": settings.subject_prefix, "metrics_port": str(port)}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.router", "--env-file", os.devnull, cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "services.router",
+        "--env-file",
+        os.devnull,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     ps = psutil.Process(process.pid)
     first: tuple[float, float, int] | None = None
@@ -140,22 +166,44 @@ async def main(repeats: int) -> None:
             for i in range(repeats):
                 bare.append(await bare_loop(server_set))
                 router.append(await router_process(server_set))
-                print(f"run {i + 1}/{repeats}: bare {bare[-1]['fps']:.0f} frames/s, router {router[-1]['fps']:.0f} frames/s",
-                      flush=True)
+                print(
+                    f"run {i + 1}/{repeats}: bare {bare[-1]['fps']:.0f} frames/s, router {router[-1]['fps']:.0f} frames/s",
+                    flush=True,
+                )
         finally:
             servers.stop()
     ratio = median([r["fps"] / b["fps"] for r, b in zip(router, bare, strict=True)])
     rows: list[list[Any]] = [
-        ["bare loop (tasks published straight, pipelined)", median([b["fps"] for b in bare]),
-         median([b["cpu_us_per_frame"] for b in bare])],
-        ["router service (consume frames, rules, publish, count, ack)", median([r["fps"] for r in router]),
-         median([r["cpu_us_per_frame"] for r in router])],
+        [
+            "bare loop (tasks published straight, pipelined)",
+            median([b["fps"] for b in bare]),
+            median([b["cpu_us_per_frame"] for b in bare]),
+        ],
+        [
+            "router service (consume frames, rules, publish, count, ack)",
+            median([r["fps"] for r in router]),
+            median([r["cpu_us_per_frame"] for r in router]),
+        ],
         ["ratio router / bare", ratio, ""],
     ]
-    print_table(f"routing {FRAMES} frames to {len(MODELS)} models; medians of {repeats} alternating runs "
-                "(goal: router >= 1500 frames/s, < 200 us CPU/frame)", ["pipeline", "frames/s", "CPU us/frame"], rows)
-    write_result("router", {"frames": FRAMES, "models": len(MODELS), "repeats": repeats, "bare": bare, "router": router,
-                            "ratio": ratio, "goal": {"fps": 1500, "cpu_us_per_frame": 200}})
+    print_table(
+        f"routing {FRAMES} frames to {len(MODELS)} models; medians of {repeats} alternating runs "
+        "(goal: router >= 1500 frames/s, < 200 us CPU/frame)",
+        ["pipeline", "frames/s", "CPU us/frame"],
+        rows,
+    )
+    write_result(
+        "router",
+        {
+            "frames": FRAMES,
+            "models": len(MODELS),
+            "repeats": repeats,
+            "bare": bare,
+            "router": router,
+            "ratio": ratio,
+            "goal": {"fps": 1500, "cpu_us_per_frame": 200},
+        },
+    )
 
 
 if __name__ == "__main__":

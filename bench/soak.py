@@ -50,8 +50,12 @@ SAMPLE_EVERY = 5.0
 VOLUME_MB = 4
 SHORT_RUN = 900.0
 SETTINGS = {
-    "video_source": str(VIDEO), "source_id": SOURCE_ID, "video_loop": "true", "video_realtime": "true",
-    "ttl_bucket": "1m", "max_event_duration": "20",
+    "video_source": str(VIDEO),
+    "source_id": SOURCE_ID,
+    "video_loop": "true",
+    "video_realtime": "true",
+    "ttl_bucket": "1m",
+    "max_event_duration": "20",
 }
 # Second-half slopes (MB/min) that fail the run. A Python service's RSS wanders by a few MB as its heaps and
 # caches settle; a leak of 1 KB a frame at 10 fps is 0.6 MB/min, a frame's JPEG kept (~60 KB) 35 MB/min.
@@ -103,8 +107,15 @@ def volume_files_mb(weed_dir: Path, ids: set[int]) -> float:
     return total / MB
 
 
-async def sample(series: dict[str, Series], processes: FleetProcesses, redis: Redis, servers: LocalServers,
-                 weed_dir: Path, minutes: float, seen_ttl: set[int]) -> bool:
+async def sample(
+    series: dict[str, Series],
+    processes: FleetProcesses,
+    redis: Redis,
+    servers: LocalServers,
+    weed_dir: Path,
+    minutes: float,
+    seen_ttl: set[int],
+) -> bool:
     """One sample of every series; True once a TTL volume seen before has gone (the TTLs cycle)."""
 
     def add(name: str, kind: str, mb: float) -> None:
@@ -163,9 +174,17 @@ async def soak(duration: float, echo: bool) -> dict[str, Any]:
             await redis.aclose()
             await asyncio.to_thread(servers.stop)
     progress = fleet.progress
-    return {"series": series, "cycled_at": cycled_at, "exited": exited, "exit_logs": logs, "code": report.code,
-            "frames_published": progress.frames["published"], "results": dict(progress.results),
-            "error_results": dict(progress.errors), "events": len(report.events)}
+    return {
+        "series": series,
+        "cycled_at": cycled_at,
+        "exited": exited,
+        "exit_logs": logs,
+        "code": report.code,
+        "frames_published": progress.frames["published"],
+        "results": dict(progress.results),
+        "error_results": dict(progress.errors),
+        "events": len(report.events),
+    }
 
 
 def verdicts(series: dict[str, Series], duration: float, cycled_at: float | None) -> list[dict[str, Any]]:
@@ -181,10 +200,20 @@ def verdicts(series: dict[str, Series], duration: float, cycled_at: float | None
         limit = max(THRESHOLDS[s.kind], MIN_GROWTH_MB[s.kind] / half_minutes) if s.kind and half_minutes else None
         floor = s.floor_slope()
         grew = gated and limit is not None and half > limit and floor > limit
-        out.append({"series": s.name, "start_mb": s.points[0][1], "end_mb": s.points[-1][1],
-                    "max_mb": max(mb for _, mb in s.points), "slope_whole_mb_per_min": whole,
-                    "slope_second_half_mb_per_min": half, "floor_slope_second_half_mb_per_min": floor,
-                    "threshold_mb_per_min": limit if gated else None, "grew": grew, "note": note})
+        out.append(
+            {
+                "series": s.name,
+                "start_mb": s.points[0][1],
+                "end_mb": s.points[-1][1],
+                "max_mb": max(mb for _, mb in s.points),
+                "slope_whole_mb_per_min": whole,
+                "slope_second_half_mb_per_min": half,
+                "floor_slope_second_half_mb_per_min": floor,
+                "threshold_mb_per_min": limit if gated else None,
+                "grew": grew,
+                "note": note,
+            }
+        )
     return out
 
 
@@ -196,31 +225,63 @@ async def main(duration: float, echo: bool) -> int:
     print_table(
         f"fleet soak, {VIDEO.name} looped at 10 fps for {duration:.0f} s, sampled every {SAMPLE_EVERY:.0f} s "
         f"(ttl_bucket 1m, {VOLUME_MB} MB volumes); slopes by least squares",
-        ["series", "start MB", "end MB", "max MB", "slope whole MB/min", "slope 2nd half MB/min",
-         "floor slope 2nd half", "fails above (both)", "verdict"],
-        [[r["series"], r["start_mb"], r["end_mb"], r["max_mb"], r["slope_whole_mb_per_min"],
-          r["slope_second_half_mb_per_min"], r["floor_slope_second_half_mb_per_min"],
-          "-" if r["threshold_mb_per_min"] is None else r["threshold_mb_per_min"],
-          "GROWS" if r["grew"] else (r["note"] or ("flat" if r["threshold_mb_per_min"] is not None else "reported"))]
-         for r in order],
+        [
+            "series",
+            "start MB",
+            "end MB",
+            "max MB",
+            "slope whole MB/min",
+            "slope 2nd half MB/min",
+            "floor slope 2nd half",
+            "fails above (both)",
+            "verdict",
+        ],
+        [
+            [
+                r["series"],
+                r["start_mb"],
+                r["end_mb"],
+                r["max_mb"],
+                r["slope_whole_mb_per_min"],
+                r["slope_second_half_mb_per_min"],
+                r["floor_slope_second_half_mb_per_min"],
+                "-" if r["threshold_mb_per_min"] is None else r["threshold_mb_per_min"],
+                "GROWS" if r["grew"] else (r["note"] or ("flat" if r["threshold_mb_per_min"] is not None else "reported")),
+            ]
+            for r in order
+        ],
     )
     cycled = got["cycled_at"]
-    print(f"frames published {got['frames_published']}, results {got['results']}, error results "
-          f"{got['error_results'] or 0}, events {got['events']}; frames' TTL volumes first cycled at "
-          f"{'-' if cycled is None else f'{cycled:.0f} s'}")
+    print(
+        f"frames published {got['frames_published']}, results {got['results']}, error results "
+        f"{got['error_results'] or 0}, events {got['events']}; frames' TTL volumes first cycled at "
+        f"{'-' if cycled is None else f'{cycled:.0f} s'}"
+    )
     failures = [r["series"] for r in rows if r["grew"]]
     if got["exited"]:
         failures.append(f"services exited during the run: {', '.join(got['exited'])}")
         print(got["exit_logs"], file=sys.stderr)
     name = "soak" if duration >= SHORT_RUN else "soak_short"
-    write_result(name, {
-        "video": VIDEO.name, "duration_s": duration, "sample_every_s": SAMPLE_EVERY, "volume_size_mb": VOLUME_MB,
-        "settings": {k: v for k, v in SETTINGS.items() if k != "video_source"}, "thresholds_mb_per_min": THRESHOLDS,
-        "min_growth_mb": MIN_GROWTH_MB,
-        "ttl_first_cycled_s": cycled, "frames_published": got["frames_published"], "results": got["results"],
-        "error_results": got["error_results"], "events": got["events"], "failures": failures, "slopes": rows,
-        "samples": {s.name: s.points for s in series.values()},
-    })
+    write_result(
+        name,
+        {
+            "video": VIDEO.name,
+            "duration_s": duration,
+            "sample_every_s": SAMPLE_EVERY,
+            "volume_size_mb": VOLUME_MB,
+            "settings": {k: v for k, v in SETTINGS.items() if k != "video_source"},
+            "thresholds_mb_per_min": THRESHOLDS,
+            "min_growth_mb": MIN_GROWTH_MB,
+            "ttl_first_cycled_s": cycled,
+            "frames_published": got["frames_published"],
+            "results": got["results"],
+            "error_results": got["error_results"],
+            "events": got["events"],
+            "failures": failures,
+            "slopes": rows,
+            "samples": {s.name: s.points for s in series.values()},
+        },
+    )
     if failures:
         print(f"FAILED: {'; '.join(failures)}", file=sys.stderr)
         return 1

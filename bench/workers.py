@@ -64,13 +64,19 @@ def bare_loop(model_dir: Path, images: list[Any], batch: int, threads: int) -> d
     model.infer(images[:batch])  # warm-up: the first run allocates
     started = time.perf_counter()
     for i in range(0, len(images), batch):
-        model.infer(images[i:i + batch])
+        model.infer(images[i : i + batch])
     seconds = time.perf_counter() - started
     return {"per_s": len(images) / seconds}
 
 
 async def worker_run(
-    servers: ServerSet, service: str, folder: str, subject: str, batch: int, replicas: int, threads: int,
+    servers: ServerSet,
+    service: str,
+    folder: str,
+    subject: str,
+    batch: int,
+    replicas: int,
+    threads: int,
     urls: list[str],
 ) -> dict[str, float]:
     prefix = f"w{secrets.token_hex(3)}"
@@ -90,14 +96,27 @@ async def worker_run(
         stages.append(result.timings)
 
     await bus.nc.subscribe(bus.subjects.results, cb=on_result)  # type: ignore[union-attr]
-    env = os.environ | servers.env() | {
-        "subject_prefix": prefix, "batch_size": str(batch), "intra_op_threads": str(threads // replicas),
-        "model_dir": str(ROOT / "models" / folder),
-    }
+    env = (
+        os.environ
+        | servers.env()
+        | {
+            "subject_prefix": prefix,
+            "batch_size": str(batch),
+            "intra_op_threads": str(threads // replicas),
+            "model_dir": str(ROOT / "models" / folder),
+        }
+    )
     processes = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"services.{service}", "--env-file", os.devnull, cwd=ROOT, env=env | {"instance": f"w{i}"},
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            f"services.{service}",
+            "--env-file",
+            os.devnull,
+            cwd=ROOT,
+            env=env | {"instance": f"w{i}"},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         for i in range(replicas)
     ]
@@ -110,9 +129,14 @@ async def worker_run(
             await asyncio.sleep(0.05)
         model = load_spec(ROOT / "models" / folder).name
         tasks = [
-            (bus.subjects.task(subject), InferenceTask(
-                frame=FrameRef(source_id="bench", seq=i, pts=i / 10, wall_time=time.time(), url=url, width=768, height=576),
-                model=model, routed_at=time.time()))
+            (
+                bus.subjects.task(subject),
+                InferenceTask(
+                    frame=FrameRef(source_id="bench", seq=i, pts=i / 10, wall_time=time.time(), url=url, width=768, height=576),
+                    model=model,
+                    routed_at=time.time(),
+                ),
+            )
             for i, url in enumerate(urls)
         ]
         await bus.publish_many(tasks)
@@ -150,27 +174,54 @@ async def main(repeats: int) -> None:
                     bare.append(await asyncio.to_thread(bare_loop, ROOT / "models" / folder, images, batch, threads))
                     worker.append(await worker_run(server_set, service, folder, subject, batch, replicas, threads, urls))
                 ratio = median([w["per_s"] / b["per_s"] for w, b in zip(worker, bare, strict=True)])
-                row = [folder, batch, threads, f"{replicas} x {threads // replicas}", median([b["per_s"] for b in bare]),
-                       median([w["per_s"] for w in worker]), ratio]
+                row = [
+                    folder,
+                    batch,
+                    threads,
+                    f"{replicas} x {threads // replicas}",
+                    median([b["per_s"] for b in bare]),
+                    median([w["per_s"] for w in worker]),
+                    ratio,
+                ]
                 rows.append(row)
                 stage = {k: round(v, 1) for k, v in worker[-1].items() if k.endswith("_ms")}
-                print(f"{folder} batch {batch} threads {threads} x{replicas}: bare {row[4]:.1f}/s, "
-                      f"worker {row[5]:.1f}/s, ratio {ratio:.2f}; worker ms {stage}", flush=True)
-                doc["cases"].append({"model": folder, "batch": batch, "replicas": replicas, "threads": threads,
-                                     "bare": bare, "worker": worker, "ratio": ratio})
+                print(
+                    f"{folder} batch {batch} threads {threads} x{replicas}: bare {row[4]:.1f}/s, "
+                    f"worker {row[5]:.1f}/s, ratio {ratio:.2f}; worker ms {stage}",
+                    flush=True,
+                )
+                doc["cases"].append(
+                    {
+                        "model": folder,
+                        "batch": batch,
+                        "replicas": replicas,
+                        "threads": threads,
+                        "bare": bare,
+                        "worker": worker,
+                        "ratio": ratio,
+                    }
+                )
         finally:
             servers.stop()
     eff = {r[1]: r for r in rows if r[0] == "efficientnet_lite0" and r[3] == "1 x 2"}
     doc["efficientnet_batch8_over_batch1"] = {"bare": eff[8][4] / eff[1][4], "worker": eff[8][5] / eff[1][5]}
     print_table(
         f"inference on CPU, {len(jpegs)} vtest frames; medians of {repeats} alternating runs",
-        ["model", "batch", "ORT threads", "workers x threads", "bare ORT frames/s (same threads)",
-         "workers tasks/s (NATS+SeaweedFS+JPEG)",
-         "ratio (goal SSD >= 0.9)"],
+        [
+            "model",
+            "batch",
+            "ORT threads",
+            "workers x threads",
+            "bare ORT frames/s (same threads)",
+            "workers tasks/s (NATS+SeaweedFS+JPEG)",
+            "ratio (goal SSD >= 0.9)",
+        ],
         rows,
     )
-    print(f"EfficientNet-Lite0 batch 8 over batch 1: bare x{doc['efficientnet_batch8_over_batch1']['bare']:.2f}, "
-          f"worker x{doc['efficientnet_batch8_over_batch1']['worker']:.2f}")
+    print(
+        f"EfficientNet-Lite0 batch 8 over batch 1: bare x{doc['efficientnet_batch8_over_batch1']['bare']:.2f}, "
+        f"worker x{doc['efficientnet_batch8_over_batch1']['worker']:.2f}"
+    )
     write_result("workers", doc)
 
 

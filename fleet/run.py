@@ -74,8 +74,13 @@ class Fleet:
         self.ports.add(port)  # not bound until the service starts: another spawn must not pick it meanwhile
         env = os.environ | self.env_base | {"metrics_port": str(port), "instance": label} | (extra or {})
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"services.{service}",
-            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            f"services.{service}",
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
             # Own process group: Ctrl-C reaches the runner, which stops the services in order.
             start_new_session=True,
         )
@@ -233,17 +238,13 @@ class FleetReport:
         )
 
 
-async def run_fleet(
-    server_set: ServerSet, options: FleetOptions, stop: asyncio.Event, fleet: Fleet | None = None
-) -> FleetReport:
+async def run_fleet(server_set: ServerSet, options: FleetOptions, stop: asyncio.Event, fleet: Fleet | None = None) -> FleetReport:
     """Run the services on running servers until the sources drain (files) or `stop` is set (live).
 
     A caller that passes its own `fleet` can watch and kill or restart its processes meanwhile.
     """
     fleet = fleet or Fleet()
-    fleet.env_base = (
-        server_set.env() | {"TMP_PATH": str(options.data_dir / "events"), "PYTHONUNBUFFERED": "1"} | options.settings
-    )
+    fleet.env_base = server_set.env() | {"TMP_PATH": str(options.data_dir / "events"), "PYTHONUNBUFFERED": "1"} | options.settings
     settings = VigilSettings(**{k: v for k, v in fleet.env_base.items() if k in VigilSettings.model_fields})  # type: ignore[arg-type]
     subjects, keys = Subjects.from_settings(settings), RedisKeys(settings)
     started = time.monotonic()
@@ -313,8 +314,10 @@ def print_report(report: FleetReport, data: Path) -> None:
         )
     for source_id, d in report.drained.items():
         print(f"source {source_id}: routed {d.frames_routed} frames, tasks {d.tasks}, results {d.results}, events {d.events}")
-    print(f"error results {report.error_results or 0}; wall time {report.wall_seconds:.1f} s; "
-          f"logs, clips and summary.json under {data}")
+    print(
+        f"error results {report.error_results or 0}; wall time {report.wall_seconds:.1f} s; "
+        f"logs, clips and summary.json under {data}"
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -335,8 +338,12 @@ async def run(args: argparse.Namespace) -> int:
         print(f"could not start the servers: {exc}", file=sys.stderr)
         return 1
     options = FleetOptions(
-        data, args.detection, args.classification, {"video_source": args.source} if args.source else {},
-        api_port=args.api_port, keep_serving=args.serve,
+        data,
+        args.detection,
+        args.classification,
+        {"video_source": args.source} if args.source else {},
+        api_port=args.api_port,
+        keep_serving=args.serve,
     )
     try:
         report = await run_fleet(server_set, options, stop)

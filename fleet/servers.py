@@ -281,8 +281,15 @@ class LocalServers:
                 "nats",
                 [
                     nats_bin,
-                    "-a", HOST, "-p", str(nats), "-m", str(monitor),
-                    "-js", "-sd", str(d / "nats"),
+                    "-a",
+                    HOST,
+                    "-p",
+                    str(nats),
+                    "-m",
+                    str(monitor),
+                    "-js",
+                    "-sd",
+                    str(d / "nats"),
                 ],
                 d / "nats",
                 self.log_dir / "nats.log",
@@ -293,11 +300,21 @@ class LocalServers:
                 "redis",
                 [
                     redis_bin,
-                    "--bind", HOST, "--port", str(redis), "--dir", str(d / "redis"),
-                    "--protected-mode", "no",
+                    "--bind",
+                    HOST,
+                    "--port",
+                    str(redis),
+                    "--dir",
+                    str(d / "redis"),
+                    "--protected-mode",
+                    "no",
                     # AOF (fsync once a second) so data outlives a restart; no RDB snapshots that fork.
-                    "--save", "",
-                    "--appendonly", "yes", "--appendfsync", "everysec",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
                 ],
                 d / "redis",
                 self.log_dir / "redis.log",
@@ -425,7 +442,5 @@ class LocalServers:
     def __enter__(self) -> ServerSet:
         return self.start()
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()

@@ -61,15 +61,19 @@ def check_engine() -> str | None:
     if done.returncode != 0 or not done.stdout.strip():
         where = os.environ.get("DOCKER_HOST") or "the default socket (/var/run/docker.sock)"
         reason = (done.stderr.strip().splitlines() or ["no answer"])[-1]
-        return (f"No Docker engine answers at {where} ({reason}). Start it (sudo systemctl start docker), "
-                f"or set DOCKER_HOST to one that runs. {LOCAL_MODE}")
+        return (
+            f"No Docker engine answers at {where} ({reason}). Start it (sudo systemctl start docker), "
+            f"or set DOCKER_HOST to one that runs. {LOCAL_MODE}"
+        )
     engine = done.stdout.strip()
     if version_tuple(engine) < MIN_ENGINE:
         return f"Docker Engine {engine} is too old: Vigil needs {_dotted(MIN_ENGINE)} or later. Upgrade Docker, or: {LOCAL_MODE}"
     done = _docker("compose", "version", "--short")
     if done.returncode != 0:
-        return (f"docker compose (the Compose v2 plugin) is missing: install it (Debian: docker-compose-plugin, or "
-                f"the docker-compose binary in ~/.docker/cli-plugins/). {LOCAL_MODE}")
+        return (
+            f"docker compose (the Compose v2 plugin) is missing: install it (Debian: docker-compose-plugin, or "
+            f"the docker-compose binary in ~/.docker/cli-plugins/). {LOCAL_MODE}"
+        )
     if version_tuple(done.stdout) < MIN_COMPOSE:
         found = done.stdout.strip()
         return f"Docker Compose {found} is too old: Vigil needs v{_dotted(MIN_COMPOSE)} or later. Upgrade the compose plugin."
@@ -100,8 +104,10 @@ def check_port(env: dict[str, str]) -> str | None:
         try:
             probe.bind((bind, port))
         except OSError as exc:
-            return (f"Port {bind}:{port}, where the api is published, is taken by another program ({exc.strerror}). "
-                    f"Set VIGIL_API_PORT in .env to a free port, or stop that program.")
+            return (
+                f"Port {bind}:{port}, where the api is published, is taken by another program ({exc.strerror}). "
+                f"Set VIGIL_API_PORT in .env to a free port, or stop that program."
+            )
     return None
 
 

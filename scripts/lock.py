@@ -121,9 +121,23 @@ def problems(name: str) -> list[str]:
 def compile_lock(name: str, upgrade: bool) -> None:
     # uv keeps the versions an existing lock pins unless told to upgrade, so adding one package moves no other.
     # Paths relative to the repository keep this machine's folders out of the files' comments.
-    command = [sys.executable, "-m", "uv", "pip", "compile", "--quiet", "--universal", "--python-version", "3.11",
-               "--generate-hashes", "--custom-compile-command", "make lock",
-               "--output-file", str(lock_path(name).relative_to(ROOT)), *(["--upgrade"] if upgrade else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "uv",
+        "pip",
+        "compile",
+        "--quiet",
+        "--universal",
+        "--python-version",
+        "3.11",
+        "--generate-hashes",
+        "--custom-compile-command",
+        "make lock",
+        "--output-file",
+        str(lock_path(name).relative_to(ROOT)),
+        *(["--upgrade"] if upgrade else []),
+    ]
     command += [arg for extra in LOCKS[name] for arg in ("--extra", extra)]
     subprocess.run([*command, PYPROJECT.name], cwd=ROOT, check=True)
 

@@ -32,16 +32,20 @@ END = "<!-- END settings reference -->"
 INTERNAL = {"service_name"}
 # `key=value  # comment`, or `# key=value  # comment` for a key documented but left unset.
 ENV_LINE = re.compile(r"^#?\s*([A-Za-z_][A-Za-z0-9_]*)=\S*(?:\s+#\s*(.*))?$")
-BOUNDS = ((annotated_types.Gt, "gt", ">"), (annotated_types.Ge, "ge", "≥"), (annotated_types.Lt, "lt", "<"),
-          (annotated_types.Le, "le", "≤"))
+BOUNDS = (
+    (annotated_types.Gt, "gt", ">"),
+    (annotated_types.Ge, "ge", "≥"),
+    (annotated_types.Lt, "lt", "<"),
+    (annotated_types.Le, "le", "≤"),
+)
 
 
 def settings_class(service: str) -> type[VigilSettings]:
     module = import_module(f"services.{service}.settings")
     (cls,) = {
-        obj for obj in vars(module).values()
-        if isinstance(obj, type) and issubclass(obj, VigilSettings)
-        and obj.model_fields["service_name"].default == service
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, VigilSettings) and obj.model_fields["service_name"].default == service
     }
     return cls
 
@@ -116,8 +120,11 @@ def render() -> str:
     order = sorted(groups, key=lambda g: (len(g) != len(SERVICES), [SERVICES.index(s) for s in g]))
     out = [BEGIN, ""]
     for group in order:
-        title = "Every service" if len(group) == len(SERVICES) else ", ".join(group[:-1]) + (
-            f" and {group[-1]}" if len(group) > 1 else group[0])
+        title = (
+            "Every service"
+            if len(group) == len(SERVICES)
+            else ", ".join(group[:-1]) + (f" and {group[-1]}" if len(group) > 1 else group[0])
+        )
         out += [f"### {title}", "", "| setting | default | allowed | meaning |", "| --- | --- | --- | --- |"]
         for name in groups[group]:
             fields = {service: classes[service].model_fields[name] for service in group}
@@ -137,7 +144,7 @@ def render() -> str:
 def current() -> str:
     """The reference as it stands in docs/configuration.md."""
     text = DOC.read_text()
-    return text[text.index(BEGIN):text.index(END) + len(END)]
+    return text[text.index(BEGIN) : text.index(END) + len(END)]
 
 
 def main() -> int:

@@ -234,7 +234,10 @@ class Bus:
                 detail = {}
             self.log.warning(
                 "JetStream gave up on message %s of %s after %s deliveries",
-                detail.get("stream_seq", "?"), stream, detail.get("deliveries", "?"), extra={"consumer": durable},
+                detail.get("stream_seq", "?"),
+                stream,
+                detail.get("deliveries", "?"),
+                extra={"consumer": durable},
             )
 
         subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}"

@@ -28,6 +28,7 @@ def split_feed(feed: str) -> tuple[str, str]:
     source_id, _, run = feed.partition("@")
     return source_id, run
 
+
 # Frame references carry a URL and a few numbers; anything near this size is not ours.
 MAX_MESSAGE_BYTES = 64 * 1024
 
@@ -179,7 +180,9 @@ class InferenceTask(Contract):
         """The task's JSON around the frame reference's own, already validated, JSON: the router does not
         rebuild and re-serialise the frame for every model of every frame. Decodes to the same task."""
         return b'{"v":1,"frame":%s,"model":%s,"routed_at":%s}' % (
-            frame_json, json.dumps(model).encode(), repr(float(routed_at)).encode()
+            frame_json,
+            json.dumps(model).encode(),
+            repr(float(routed_at)).encode(),
         )
 
 

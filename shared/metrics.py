@@ -41,9 +41,7 @@ def counter_value(counter: Counter, **labels: str) -> float:
     return child._value.get()  # noqa: SLF001 - prometheus_client has no public read API
 
 
-async def start_http(
-    metrics: Metrics, health: Callable[[], dict[str, Any]], host: str, port: int
-) -> web.AppRunner | None:
+async def start_http(metrics: Metrics, health: Callable[[], dict[str, Any]], host: str, port: int) -> web.AppRunner | None:
     """Serve `/metrics` and `/healthz`; port 0 means the service runs without them."""
     if port == 0:
         return None

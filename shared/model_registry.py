@@ -95,9 +95,7 @@ class ModelSpec(_Strict):
     def _adapter_fits_kind(self) -> ModelSpec:
         adapter_kind = ADAPTERS[self.output.adapter].kind
         if adapter_kind != self.kind:
-            raise ValueError(
-                f"adapter {self.output.adapter} produces {adapter_kind.value}, but kind is {self.kind.value}"
-            )
+            raise ValueError(f"adapter {self.output.adapter} produces {adapter_kind.value}, but kind is {self.kind.value}")
         return self
 
 
@@ -297,18 +295,14 @@ def _check_io(session: ort.InferenceSession, spec: ModelSpec, model_path: Path, 
     if differs(h, want.height) or differs(w, want.width) or differs(c, 3):
         raise ModelError(f"input shape mismatch for {model_path}: model input is {shape}, manifest says {expected}")
     if inp.type != _ORT_DTYPES[want.dtype]:
-        raise ModelError(
-            f"input dtype mismatch for {model_path}: model input is {inp.type}, manifest says {want.dtype}"
-        )
+        raise ModelError(f"input dtype mismatch for {model_path}: model input is {inp.type}, manifest says {want.dtype}")
     if isinstance(n, int) and n > 1:
         raise ModelError(f"{model_path} has a fixed batch size of {n}; only 1 or dynamic is supported")
 
     outputs = session.get_outputs()
     adapter = ADAPTERS[spec.output.adapter]
     if len(outputs) < adapter.outputs:
-        raise ModelError(
-            f"{model_path} has {len(outputs)} outputs; adapter {spec.output.adapter} needs {adapter.outputs}"
-        )
+        raise ModelError(f"{model_path} has {len(outputs)} outputs; adapter {spec.output.adapter} needs {adapter.outputs}")
     # Catch a labels file that belongs to another model: its class count shows in the output shape.
     out_shape = list(outputs[0].shape)
     classes = {
@@ -317,9 +311,7 @@ def _check_io(session: ort.InferenceSession, spec: ModelSpec, model_path: Path, 
         "yolov8": out_shape[1] - 4 if len(out_shape) == 3 and isinstance(out_shape[1], int) else None,
     }.get(spec.output.adapter)
     if isinstance(classes, int) and classes > 0 and spec.labels.format == "lines" and classes != len(labels):
-        raise ModelError(
-            f"labels file {model_path.parent / spec.labels.file} has {len(labels)} classes, model outputs {classes}"
-        )
+        raise ModelError(f"labels file {model_path.parent / spec.labels.file} has {len(labels)} classes, model outputs {classes}")
 
 
 def discover_models(models_root: Path = DEFAULT_MODELS_ROOT) -> dict[str, Path]:

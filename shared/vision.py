@@ -56,9 +56,7 @@ class InputSpec(BaseModel):
             if self.resize_short is None:
                 raise ValueError("resize: resize_crop needs resize_short")
             if self.resize_short < max(self.width, self.height):
-                raise ValueError(
-                    f"resize_short {self.resize_short} is smaller than the {self.width}x{self.height} crop"
-                )
+                raise ValueError(f"resize_short {self.resize_short} is smaller than the {self.width}x{self.height} crop")
         elif self.resize_short is not None:
             raise ValueError(f"resize_short only applies to resize_crop, not {self.resize}")
         # A uint8 tensor cannot carry normalised values; silently ignoring mean/std would hide a wrong manifest.
@@ -185,9 +183,7 @@ class Adapter(NamedTuple):
     decode: Decoder
 
 
-def _detections(
-    xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, g: Geometry, p: PostParams
-) -> list[Detection]:
+def _detections(xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, g: Geometry, p: PostParams) -> list[Detection]:
     """Input-pixel boxes to Detections on the original image; boxes that vanish after clipping are dropped."""
     if len(xyxy) == 0:
         return []

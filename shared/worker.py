@@ -209,7 +209,9 @@ class InferenceWorker(Service[WorkerSettings]):
         if ready:
             try:
                 outputs, timings = await asyncio.get_running_loop().run_in_executor(
-                    self._infer_thread, self._infer, [job.image for job in ready]  # type: ignore[misc]
+                    self._infer_thread,
+                    self._infer,
+                    [job.image for job in ready],  # type: ignore[misc]
                 )
                 for job, output in zip(ready, outputs, strict=True):
                     job.output = output
@@ -284,8 +286,12 @@ class InferenceWorker(Service[WorkerSettings]):
             job.error = f"frame unavailable after {delivered} tries: {job.transient}"
             return False
         delay = min(4.0 * 2 ** (delivered - 1), self.settings.ack_wait)
-        self.log.warning("%s; task given back for %.0f s", job.transient, delay,
-                         extra={"model": self.model_name, "frame_id": job.task.frame.frame_id})
+        self.log.warning(
+            "%s; task given back for %.0f s",
+            job.transient,
+            delay,
+            extra={"model": self.model_name, "frame_id": job.task.frame.frame_id},
+        )
         self.m_retried.labels(model=self.model_name).inc()
         await job.msg.nak(delay=delay)
         return True

@@ -17,8 +17,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS = REPO_ROOT / "tests"
 # Folder under tests/ -> marker, so `-m "not integration"` works without decorating every test.
 # The contract tests run against the sample fleet run, so they are e2e tests too.
-_FOLDER_MARKERS = {"integration": pytest.mark.integration, "e2e": pytest.mark.e2e, "contract": pytest.mark.e2e,
-                   "deploy": pytest.mark.deploy}
+_FOLDER_MARKERS = {
+    "integration": pytest.mark.integration,
+    "e2e": pytest.mark.e2e,
+    "contract": pytest.mark.e2e,
+    "deploy": pytest.mark.deploy,
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -99,10 +99,15 @@ async def list_events(request: web.Request) -> web.Response:
     cursor = Cursor.decode(q.cursor) if q.cursor else None
     where = EventFilter(source_id=q.source, label=q.label, state=q.state, since=q.since, until=q.until)
     page = await _view(request).events(where, q.limit, cursor)
-    return _json(dump(EventPage, {
-        "events": [public_event(e) for e in page.events],
-        "next_cursor": page.next_cursor.encode() if page.next_cursor else None,
-    }))
+    return _json(
+        dump(
+            EventPage,
+            {
+                "events": [public_event(e) for e in page.events],
+                "next_cursor": page.next_cursor.encode() if page.next_cursor else None,
+            },
+        )
+    )
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -126,7 +131,7 @@ async def get_clip(request: web.Request) -> web.Response:
         return web.Response(body=data, content_type="video/mp4", headers=headers)
     first, last = wanted
     headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    return web.Response(status=206, body=data[first:last + 1], content_type="video/mp4", headers=headers)
+    return web.Response(status=206, body=data[first : last + 1], content_type="video/mp4", headers=headers)
 
 
 async def get_keyframe(request: web.Request) -> web.Response:
@@ -183,33 +188,80 @@ _UNAVAILABLE = "the event store or the proof storage is unavailable; try again"
 def routes(page_limit: int) -> tuple[Route, ...]:
     """The one place a route is declared: the aiohttp router, the request validation and the OpenAPI
     document are all built from it, so they cannot disagree."""
-    to_event = (Link("get_event", "event_id", "$response.body#/id"),
-                Link("get_clip", "event_id", "$response.body#/id"),
-                Link("get_keyframe", "event_id", "$response.body#/id"))
+    to_event = (
+        Link("get_event", "event_id", "$response.body#/id"),
+        Link("get_clip", "event_id", "$response.body#/id"),
+        Link("get_keyframe", "event_id", "$response.body#/id"),
+    )
     newest = tuple(Link(link.operation, link.parameter, "$response.body#/events/0/id") for link in to_event)
     return (
-        Route(f"{API}/events", list_events, "Events, newest first, filtered and paged",
-              {"200": "a page of events", "400": "a bad or unknown parameter",
-               "503": _UNAVAILABLE}, EventPage, query=events_query(page_limit), links=newest),
-        Route(f"{API}/events/{{event_id}}", get_event, "One event",
-              {"200": "the event", "404": "no such event", "503": _UNAVAILABLE},
-              PublicEvent,
-              path_params=EventPath, links=to_event[1:]),
-        Route(f"{API}/events/{{event_id}}/clip", get_clip, "The event's MP4 proof clip (H.264); Range requests allowed",
-              {"200": "the clip", "206": "one range of the clip", "404": "no such event, or no clip yet",
-               "416": "a range outside the clip", "503": _UNAVAILABLE},
-              content_type="video/mp4", path_params=EventPath, headers=ClipHeaders,
-              response_headers={"206": {"Content-Range": "the range sent, and the clip's size"},
-                                "416": {"Content-Range": "the clip's size: bytes */<size>"}}),
-        Route(f"{API}/events/{{event_id}}/keyframe", get_keyframe, "The event's key frame",
-              {"200": "the JPEG", "404": "no such event, or no key frame yet", "503": _UNAVAILABLE},
-              content_type="image/jpeg", query=KeyframeQuery, path_params=EventPath),
-        Route(f"{API}/services", list_services, "Live model workers, from their heartbeats",
-              {"200": "live instances per model", "503": _UNAVAILABLE}, Services),
-        Route(f"{API}/sources", list_sources, "Sources with their state, fps and drops",
-              {"200": "every source the fleet reports", "503": _UNAVAILABLE}, Sources),
-        Route(f"{API}/totals", get_totals, "Frames read, routed, inferred and dropped, and events, per source and model",
-              {"200": "counts per source", "503": _UNAVAILABLE}, Totals),
+        Route(
+            f"{API}/events",
+            list_events,
+            "Events, newest first, filtered and paged",
+            {"200": "a page of events", "400": "a bad or unknown parameter", "503": _UNAVAILABLE},
+            EventPage,
+            query=events_query(page_limit),
+            links=newest,
+        ),
+        Route(
+            f"{API}/events/{{event_id}}",
+            get_event,
+            "One event",
+            {"200": "the event", "404": "no such event", "503": _UNAVAILABLE},
+            PublicEvent,
+            path_params=EventPath,
+            links=to_event[1:],
+        ),
+        Route(
+            f"{API}/events/{{event_id}}/clip",
+            get_clip,
+            "The event's MP4 proof clip (H.264); Range requests allowed",
+            {
+                "200": "the clip",
+                "206": "one range of the clip",
+                "404": "no such event, or no clip yet",
+                "416": "a range outside the clip",
+                "503": _UNAVAILABLE,
+            },
+            content_type="video/mp4",
+            path_params=EventPath,
+            headers=ClipHeaders,
+            response_headers={
+                "206": {"Content-Range": "the range sent, and the clip's size"},
+                "416": {"Content-Range": "the clip's size: bytes */<size>"},
+            },
+        ),
+        Route(
+            f"{API}/events/{{event_id}}/keyframe",
+            get_keyframe,
+            "The event's key frame",
+            {"200": "the JPEG", "404": "no such event, or no key frame yet", "503": _UNAVAILABLE},
+            content_type="image/jpeg",
+            query=KeyframeQuery,
+            path_params=EventPath,
+        ),
+        Route(
+            f"{API}/services",
+            list_services,
+            "Live model workers, from their heartbeats",
+            {"200": "live instances per model", "503": _UNAVAILABLE},
+            Services,
+        ),
+        Route(
+            f"{API}/sources",
+            list_sources,
+            "Sources with their state, fps and drops",
+            {"200": "every source the fleet reports", "503": _UNAVAILABLE},
+            Sources,
+        ),
+        Route(
+            f"{API}/totals",
+            get_totals,
+            "Frames read, routed, inferred and dropped, and events, per source and model",
+            {"200": "counts per source", "503": _UNAVAILABLE},
+            Totals,
+        ),
         Route(f"{API}/openapi.json", get_openapi, "This document", {"200": "the OpenAPI 3.1 document"}, OpenApiDocument),
     )
 
@@ -268,7 +320,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 def _token_of(request: web.Request) -> str:
     auth = request.headers.get("Authorization", "")
     if auth.startswith("Bearer "):
-        return auth[len("Bearer "):]
+        return auth[len("Bearer ") :]
     return request.query.get("token") or request.cookies.get(TOKEN_COOKIE, "")
 
 
@@ -278,8 +330,9 @@ def token_auth(token: str) -> Callable[[web.Request, Handler], Awaitable[web.Str
         if request.path == "/healthz":
             return await handler(request)
         if not hmac.compare_digest(_token_of(request).encode(), token.encode()):
-            return error_response(401, "a valid token is required (Authorization: Bearer <token>, or ?token=)",
-                                  {"WWW-Authenticate": "Bearer"})
+            return error_response(
+                401, "a valid token is required (Authorization: Bearer <token>, or ?token=)", {"WWW-Authenticate": "Bearer"}
+            )
         response = await handler(request)
         # A page opened with ?token= keeps it in a cookie, so its <video> and <img> requests carry it too.
         if "token" in request.query and request.path == "/":
@@ -295,11 +348,14 @@ def cors(origins: list[str]) -> Callable[[web.Request, Handler], Awaitable[web.S
         origin = request.headers.get("Origin")
         allowed = origin is not None and ("*" in origins or origin in origins)
         if request.method == "OPTIONS" and allowed:
-            response: web.StreamResponse = web.Response(status=204, headers={
-                "Access-Control-Allow-Methods": "GET, OPTIONS",
-                "Access-Control-Allow-Headers": "Authorization, Range",
-                "Access-Control-Max-Age": "600",
-            })
+            response: web.StreamResponse = web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Methods": "GET, OPTIONS",
+                    "Access-Control-Allow-Headers": "Authorization, Range",
+                    "Access-Control-Max-Age": "600",
+                },
+            )
         else:
             response = await handler(request)
         if allowed:

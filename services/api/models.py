@@ -11,8 +11,7 @@ from shared.contracts import Event, Heartbeat, SourceHealth
 
 # Fields of the stored record that only make sense inside the fleet (local paths, storage URLs):
 # the api links to the proofs through itself instead.
-INTERNAL_FIELDS = frozenset({"video_proofs", "video_proof_path", "image_proofs", "image_proof_path",
-                             "image_annotated_proofs"})
+INTERNAL_FIELDS = frozenset({"video_proofs", "video_proof_path", "image_proofs", "image_proof_path", "image_annotated_proofs"})
 
 
 class Answer(BaseModel):

@@ -55,8 +55,12 @@ def document(routes: tuple[Route, ...], *, token: bool) -> dict[str, Any]:
     paths = {route.path: {"get": _operation(route, keys, schemas, token)} for route in routes}
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": "Vigil api", "version": "1", "description": "Events, proof clips and the fleet's state. "
-                 "Query parameters not listed for an operation are refused with 400."},
+        "info": {
+            "title": "Vigil api",
+            "version": "1",
+            "description": "Events, proof clips and the fleet's state. "
+            "Query parameters not listed for an operation are refused with 400.",
+        },
         "paths": paths,
         "components": {"schemas": dict(sorted(schemas.items()))},
     }
@@ -85,20 +89,21 @@ def _operation(route: Route, keys: dict[Any, Any], schemas: dict[str, Any], toke
             schema = keys[(route.body, "serialization")] if route.body is not None else _bytes(route.content_type)
             entry["content"] = {route.content_type: {"schema": schema}}
             if status == "200" and route.links:
-                entry["links"] = {f"{link.operation}": {"operationId": link.operation,
-                                                       "parameters": {link.parameter: link.expression}}
-                                  for link in route.links}
+                entry["links"] = {
+                    f"{link.operation}": {"operationId": link.operation, "parameters": {link.parameter: link.expression}}
+                    for link in route.links
+                }
         else:
             entry["content"] = {"application/json": {"schema": keys[(Error, "serialization")]}}
         headers = dict(route.response_headers.get(status, {}))
         if status == "401":
             headers["WWW-Authenticate"] = "how to authenticate: Bearer"
         if headers:
-            entry["headers"] = {name: {"description": text, "required": True, "schema": {"type": "string"}}
-                                for name, text in headers.items()}
+            entry["headers"] = {
+                name: {"description": text, "required": True, "schema": {"type": "string"}} for name, text in headers.items()
+            }
         responses[status] = entry
-    return {"summary": route.summary, "operationId": route.handler.__name__, "parameters": parameters,
-            "responses": responses}
+    return {"summary": route.summary, "operationId": route.handler.__name__, "parameters": parameters, "responses": responses}
 
 
 def _bytes(content_type: str) -> dict[str, Any]:
@@ -113,8 +118,15 @@ def _parameters(model: type[BaseModel], where: str, schemas: dict[str, Any]) -> 
     out = []
     for name, prop in schema.get("properties", {}).items():
         description = prop.pop("description", "")
-        out.append({"name": name, "in": where, "required": name in required or where == "path",
-                    "description": description, "schema": _plain(prop)})
+        out.append(
+            {
+                "name": name,
+                "in": where,
+                "required": name in required or where == "path",
+                "description": description,
+                "schema": _plain(prop),
+            }
+        )
     return out
 
 

@@ -90,11 +90,15 @@ JsonBool = Annotated[bool, BeforeValidator(_bool)]
 UnixTime = Annotated[
     float,
     BeforeValidator(unix_time),
-    WithJsonSchema({"anyOf": [
-        {"type": "number"},
-        {"type": "string", "format": "date-time"},
-        {"type": "string", "format": "date"},
-    ]}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number"},
+                {"type": "string", "format": "date-time"},
+                {"type": "string", "format": "date"},
+            ]
+        }
+    ),
 ]
 
 
@@ -113,25 +117,34 @@ class EventPath(Params):
 
 
 class EventsQuery(Params):
-    source: str | None = Field(None, pattern=SOURCE_ID_PATTERN, description="only this source's events",
-                               examples=["cam0"])
-    label: str | None = Field(None, min_length=1, max_length=128, description="only events of this label",
-                              examples=["person"])
+    source: str | None = Field(None, pattern=SOURCE_ID_PATTERN, description="only this source's events", examples=["cam0"])
+    label: str | None = Field(None, min_length=1, max_length=128, description="only events of this label", examples=["person"])
     state: EventState | None = Field(None, description="only events in this state", examples=["FINISHED"])
-    since: UnixTime | None = Field(None, description="events that started at or after this time (unix seconds, "
-                                   "an RFC 3339 date-time, or a date: its midnight UTC)",
-                                   examples=["2026-11-29T20:00:00Z", 1795982875.5])
-    until: UnixTime | None = Field(None, description="events that started at or before this time (as since; "
-                                   "until before since is an empty range)", examples=["2026-11-30"])
+    since: UnixTime | None = Field(
+        None,
+        description="events that started at or after this time (unix seconds, "
+        "an RFC 3339 date-time, or a date: its midnight UTC)",
+        examples=["2026-11-29T20:00:00Z", 1795982875.5],
+    )
+    until: UnixTime | None = Field(
+        None,
+        description="events that started at or before this time (as since; until before since is an empty range)",
+        examples=["2026-11-30"],
+    )
     limit: JsonInt = Field(50, ge=1, description="events per page", examples=[20])
-    cursor: str | None = Field(None, pattern=CURSOR_PATTERN, description="next_cursor of the previous page",
-                               examples=["1795982875.8444576_cam0-person-0e0428da6e1d"])
+    cursor: str | None = Field(
+        None,
+        pattern=CURSOR_PATTERN,
+        description="next_cursor of the previous page",
+        examples=["1795982875.8444576_cam0-person-0e0428da6e1d"],
+    )
 
 
 def events_query(page_limit: int) -> type[EventsQuery]:
     """EventsQuery with the configured page limit as `limit`'s maximum."""
     return create_model(
-        "EventsQuery", __base__=EventsQuery,
+        "EventsQuery",
+        __base__=EventsQuery,
         limit=(JsonInt, Field(50, ge=1, le=page_limit, description="events per page", examples=[20])),
     )
 
@@ -151,8 +164,12 @@ class NoHeaders(Headers):
 
 
 class ClipHeaders(Headers):
-    range: str | None = Field(None, alias="Range", pattern=RANGE_PATTERN,
-                              description="byte ranges of the clip; one gets 206, several or none the whole clip")
+    range: str | None = Field(
+        None,
+        alias="Range",
+        pattern=RANGE_PATTERN,
+        description="byte ranges of the clip; one gets 206, several or none the whole clip",
+    )
 
 
 def parse_query(model: type[Params], values: Mapping[str, str], where: str = "query") -> Params:

@@ -109,8 +109,9 @@ class FleetView:
 
     async def workers(self) -> dict[str, list[dict[str, Any]]]:
         found = await live_instances(self.redis, self.keys)
-        return {model: [hb.model_dump() for hb in sorted(beats, key=lambda b: b.instance)]
-                for model, beats in sorted(found.items())}
+        return {
+            model: [hb.model_dump() for hb in sorted(beats, key=lambda b: b.instance)] for model, beats in sorted(found.items())
+        }
 
     async def totals(self) -> dict[str, dict[str, Any]]:
         """Per source: frames read, published and dropped (reader), routed per model (router), inferred,
@@ -121,7 +122,7 @@ class FleetView:
         for source_id in sorted(ids):
             counted = _decode_hash(await self.redis.hgetall(self.keys.totals(source_id)))
             h = health.get(source_id)
-            models = sorted({k[len(p):] for p in (ROUTED_TASKS, TOTAL_INFERRED) for k in counted if k.startswith(p)})
+            models = sorted({k[len(p) :] for p in (ROUTED_TASKS, TOTAL_INFERRED) for k in counted if k.startswith(p)})
             out[source_id] = {
                 "frames_read": h.frames_read if h else None,
                 "frames_published": h.frames_published if h else None,
@@ -141,7 +142,7 @@ class FleetView:
 
     async def _ids_of(self, pattern: str) -> list[str]:
         prefix = pattern[:-1]
-        return [k.decode()[len(prefix):] async for k in self.redis.scan_iter(match=pattern, count=500)]
+        return [k.decode()[len(prefix) :] async for k in self.redis.scan_iter(match=pattern, count=500)]
 
 
 def _decode_hash(raw: dict[bytes, bytes]) -> dict[str, int]:

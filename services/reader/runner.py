@@ -393,6 +393,13 @@ class SourceRunner:
             self._drop("upload_failed")
             return None
         return FrameRef(
-            source_id=cfg.source_id, run=self.run_id, seq=seq, pts=pts, wall_time=wall, url=url, width=width, height=height,
+            source_id=cfg.source_id,
+            run=self.run_id,
+            seq=seq,
+            pts=pts,
+            wall_time=wall,
+            url=url,
+            width=width,
+            height=height,
             policy=self.policy,
         )

@@ -64,15 +64,26 @@ class ReaderService(Service[ReaderSettings]):
             if done is not None:
                 self.log.warning(
                     "source %s: this file was already read (%s at %s%s), so it is not read again; a new or changed "
-                    "file, another source_id, or deleting Redis key %s reads it", config.source_id,
-                    done.state.value, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(done.at)),
-                    f": {done.error}" if done.error else "", self.keys.source_finished(config.source_id),
+                    "file, another source_id, or deleting Redis key %s reads it",
+                    config.source_id,
+                    done.state.value,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(done.at)),
+                    f": {done.error}" if done.error else "",
+                    self.keys.source_finished(config.source_id),
                     extra={"source_id": config.source_id},
                 )
                 continue
             runner = SourceRunner(
-                config, self.settings, self.storage, self._publish_frame, self._wait_for_router,
-                self._report, self.counters, self.instance, self.stop_event, self.run_id,
+                config,
+                self.settings,
+                self.storage,
+                self._publish_frame,
+                self._wait_for_router,
+                self._report,
+                self.counters,
+                self.instance,
+                self.stop_event,
+                self.run_id,
             )
             self.runners.append(runner)
         reporter = asyncio.create_task(self._report_periodically())
@@ -100,8 +111,12 @@ class ReaderService(Service[ReaderSettings]):
         if runner.ran_to_end:
             await self._remember_finished(runner)
         self.log.info(
-            "source %s: read %d, published %d, dropped %s%s", final.value, runner.frames_read, runner.frames_published,
-            dict(runner.dropped) or 0, f" ({runner.last_error})" if final is SourceState.FAILED else "",
+            "source %s: read %d, published %d, dropped %s%s",
+            final.value,
+            runner.frames_read,
+            runner.frames_published,
+            dict(runner.dropped) or 0,
+            f" ({runner.last_error})" if final is SourceState.FAILED else "",
             extra={"source_id": source_id},
         )
 

@@ -137,8 +137,10 @@ class OpenCvSource:
                 # OpenCV's FFmpeg backend takes its options from the environment only (process-wide).
                 os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{config.rtsp_transport}"
             params = [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout * 1000),
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout * 1000),
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                int(open_timeout * 1000),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                int(read_timeout * 1000),
             ]
             if config.stream_index:
                 params += [cv2.CAP_PROP_VIDEO_STREAM, config.stream_index]

@@ -213,8 +213,11 @@ class RegistratorService(Service[RegistratorSettings]):
         for feed, progress in list(self.sources.items()):
             if split_feed(feed)[0] != status.source_id or feed == status.feed or progress.ended:
                 continue
-            self.log.warning("a new run of the source started: the run %s ends here, with what it has", split_feed(feed)[1],
-                             extra={"source_id": status.source_id})
+            self.log.warning(
+                "a new run of the source started: the run %s ends here, with what it has",
+                split_feed(feed)[1],
+                extra={"source_id": status.source_id},
+            )
             await self._end_feed(feed, status.wall_time, hold=[msg])
             self._check_drained(feed, timed_out=True)
 
@@ -243,8 +246,14 @@ class RegistratorService(Service[RegistratorSettings]):
             blind = (self.ring.latest_pts(feed) or 0.0) > answered
             why = EventClose.NO_RESULTS if blind else EventClose.NO_FRAMES
             for event in self.tracker.close_quiet(feed, model, why):
-                self.log.warning("event %s closed: no result of %s for %.1f s (%s)", event.id, model, now - last, why.value,
-                                 extra={"source_id": event.source_id})
+                self.log.warning(
+                    "event %s closed: no result of %s for %.1f s (%s)",
+                    event.id,
+                    model,
+                    now - last,
+                    why.value,
+                    extra={"source_id": event.source_id},
+                )
                 await self._close(event)
 
     async def _on_results(self, msgs: list[Msg]) -> None:
@@ -269,7 +278,8 @@ class RegistratorService(Service[RegistratorSettings]):
                 seen[(result.frame.feed, result.model)].add(result.frame.seq)
         now = time.time()
         records = [
-            event for event in touched.values()
+            event
+            for event in touched.values()
             # Every transition is saved; a growing event's record is refreshed at most once a second.
             if event.saved_at == 0.0 or event.frames == 2 or now - event.saved_at >= _RECORD_REFRESH_SECONDS
         ]
@@ -423,7 +433,12 @@ class RegistratorService(Service[RegistratorSettings]):
         self.m_finalise.observe(time.perf_counter() - started)
         self.log.info(
             "event %s FINISHED: %s, %.1f-%.1f s, %d frames, clip of %d frames",
-            event.id, event.label, event.start, event.end, event.frames, proofs["clip_frames"],
+            event.id,
+            event.label,
+            event.start,
+            event.end,
+            event.frames,
+            proofs["clip_frames"],
             extra={"source_id": event.source_id},
         )
         return True
@@ -482,7 +497,10 @@ class RegistratorService(Service[RegistratorSettings]):
         if timed_out:
             self.log.warning(
                 "source drained after %.0f s without all results: routed %s, got %s",
-                self.settings.drain_timeout, summary.tasks if summary else "?", results, extra={"source_id": source_id},
+                self.settings.drain_timeout,
+                summary.tasks if summary else "?",
+                results,
+                extra={"source_id": source_id},
             )
         try:
             for event in self.tracker.close_source(feed):
@@ -536,8 +554,12 @@ class RegistratorService(Service[RegistratorSettings]):
             self.sources[event.feed].events += 1
         self._resumed = bool(events or self.sources)
         if self._resumed:
-            self.log.info("resumed: %d open event(s), %d owed proofs, %d source(s) in progress",
-                          len(events) - len(owed), len(owed), len(self.sources))
+            self.log.info(
+                "resumed: %d open event(s), %d owed proofs, %d source(s) in progress",
+                len(events) - len(owed),
+                len(owed),
+                len(self.sources),
+            )
         return owed
 
     async def _rebuild_ring(self) -> None:
@@ -550,8 +572,11 @@ class RegistratorService(Service[RegistratorSettings]):
         last = (await self.bus.js.stream_info(stream)).state.last_seq
         since = datetime.fromtimestamp(time.time() - s.max_event_duration - s.pre_roll - s.event_gap - _REBUILD_MARGIN, UTC)
         config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since.isoformat().replace("+00:00", "Z"),
-            ack_policy=AckPolicy.NONE, filter_subject=self.bus.subjects.frames, inactive_threshold=60.0,
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=since.isoformat().replace("+00:00", "Z"),
+            ack_policy=AckPolicy.NONE,
+            filter_subject=self.bus.subjects.frames,
+            inactive_threshold=60.0,
         )
         sub = await self.bus.js.pull_subscribe(self.bus.subjects.frames, stream=stream, config=config)
         count, reached = 0, 0

@@ -25,7 +25,8 @@ class RegistratorSettings(TaskQueueSettings):
     # {"ssd_mobilenet_v2_coco": {"labels": {"person": 0.5, "car": 0.6}, "sources": {"gate": {"person": 0.7}}}}
     event_rules: dict[str, ModelEventRule] = Field(default_factory=dict)
     event_gap: float = Field(
-        default=2.0, gt=0,
+        default=2.0,
+        gt=0,
         description="seconds of stream time without the label that close an event (live: also of wall time without a result)",
     )
     max_event_duration: float = Field(default=120.0, gt=0, description="an event is split after this many seconds")

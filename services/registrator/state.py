@@ -84,6 +84,6 @@ class RegistratorState:
     async def seen_results(self) -> dict[tuple[str, str], set[int]]:
         found: dict[tuple[str, str], set[int]] = defaultdict(set)
         async for key in self.redis.scan_iter(match=f"{self._seen_prefix}*", count=500):
-            source_id, model = key.decode()[len(self._seen_prefix):].split(":", 1)
+            source_id, model = key.decode()[len(self._seen_prefix) :].split(":", 1)
             found[(source_id, model)] = {int(m) for m in await self.redis.smembers(key)}
         return found

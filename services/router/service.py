@@ -64,7 +64,9 @@ class RouterService(Service[RouterSettings]):
         now = time.monotonic()
         restarting = sorted(m for m in self.live if self._last_seen.get(m, 0.0) < now - self._refresh_slack)
         return super().health() | {
-            "live_models": sorted(self.live), "models_restarting": restarting, "frames_routed": self.frames_total
+            "live_models": sorted(self.live),
+            "models_restarting": restarting,
+            "frames_routed": self.frames_total,
         }
 
     # -- live models -----------------------------------------------------------------------------
@@ -81,11 +83,16 @@ class RouterService(Service[RouterSettings]):
             since = now - self._last_seen.get(model, 0.0)
             if since > self.settings.model_grace:
                 del self.live[model]
-                self.log.warning("model %s has had no live instance for %.0f s: no tasks for it", model, since,
-                                 extra={"model": model})
+                self.log.warning(
+                    "model %s has had no live instance for %.0f s: no tasks for it", model, since, extra={"model": model}
+                )
             elif self._last_seen.get(model, 0.0) >= now - self._refresh_slack:
-                self.log.warning("model %s has no live instance: its tasks are queued for up to %.0f s (model_grace)",
-                                 model, self.settings.model_grace, extra={"model": model})
+                self.log.warning(
+                    "model %s has no live instance: its tasks are queued for up to %.0f s (model_grace)",
+                    model,
+                    self.settings.model_grace,
+                    extra={"model": model},
+                )
 
     @property
     def _refresh_slack(self) -> float:
@@ -106,7 +113,10 @@ class RouterService(Service[RouterSettings]):
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch_live())
             sub = await self.bus.bind_when_ready(
-                self.frames_stream, ROUTER_DURABLE, self.stop_event, max_ack_pending=4 * self.settings.route_batch,
+                self.frames_stream,
+                ROUTER_DURABLE,
+                self.stop_event,
+                max_ack_pending=4 * self.settings.route_batch,
                 ack_wait=self.settings.frames_ack_wait,
             )
             try:
@@ -193,7 +203,7 @@ class RouterService(Service[RouterSettings]):
         for c in counted:
             frames[c.source_id] += 1
             for f in c.fields[1:]:
-                tasks[(c.source_id, f[len(ROUTED_TASKS):])] += 1
+                tasks[(c.source_id, f[len(ROUTED_TASKS) :])] += 1
         for source_id, n in frames.items():
             self.m_frames.labels(source_id=source_id).inc(n)
         for (source_id, model), n in tasks.items():
@@ -253,7 +263,9 @@ class RouterService(Service[RouterSettings]):
             if time.monotonic() >= deadline:
                 self.log.warning(
                     "routed %d of the %d frames the reader published; summarising what was routed",
-                    counts.get(ROUTED_FRAMES, 0), status.frames_published, extra={"source_id": status.source_id},
+                    counts.get(ROUTED_FRAMES, 0),
+                    status.frames_published,
+                    extra={"source_id": status.source_id},
                 )
                 break
             if await self.pause(0.05):
@@ -262,7 +274,7 @@ class RouterService(Service[RouterSettings]):
             source_id=status.source_id,
             run=status.run,
             frames_routed=counts.get(ROUTED_FRAMES, 0),
-            tasks={k[len(ROUTED_TASKS):]: v for k, v in counts.items() if k.startswith(ROUTED_TASKS)},
+            tasks={k[len(ROUTED_TASKS) :]: v for k, v in counts.items() if k.startswith(ROUTED_TASKS)},
             wall_time=time.time(),
         )
         await self.bus.publish(self.bus.subjects.routed(status.source_id), summary)

@@ -53,10 +53,29 @@ async def schemathesis(base: str, seed: int, token: str | None, report: Path) ->
         auth = ["-H", f"Authorization: Bearer {token}"]
     cli = Path(sys.executable).with_name("schemathesis")
     proc = await asyncio.create_subprocess_exec(
-        str(cli), "--no-color", "--config-file", str(HERE / "schemathesis.toml"), "run", schema_url,
-        "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", str(MAX_EXAMPLES),
-        "--seed", str(seed), "--report", "json", "--report-json-path", str(report), *auth,
-        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        str(cli),
+        "--no-color",
+        "--config-file",
+        str(HERE / "schemathesis.toml"),
+        "run",
+        schema_url,
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(seed),
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report),
+        *auth,
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode(errors="replace")
@@ -64,7 +83,11 @@ async def schemathesis(base: str, seed: int, token: str | None, report: Path) ->
 
 @pytest.mark.parametrize(("seed", "token"), _seeds())
 async def test_the_api_keeps_its_openapi_contract(
-    servers: ServerSet, sample_run: SampleRun, tmp_path: Path, seed: int, token: str | None,
+    servers: ServerSet,
+    sample_run: SampleRun,
+    tmp_path: Path,
+    seed: int,
+    token: str | None,
 ) -> None:
     extra = {"api_token": token} if token else {}
     async with running(api_service(servers, sample_run.prefix, **extra), ready=lambda s: bool(s.url)) as api:
@@ -77,8 +100,10 @@ async def test_the_api_keeps_its_openapi_contract(
     assert code == 0, tail
     assert report["operations"]["tested"] == OPERATIONS, report["operations"]
     assert {name: phase["status"] for name, phase in report["phases"].items()} == dict.fromkeys(
-        ("examples", "coverage", "fuzzing", "stateful"), "success"), report["phases"]
+        ("examples", "coverage", "fuzzing", "stateful"), "success"
+    ), report["phases"]
     # Enough cases that the run means something: several hundred on this document.
     assert report["test_cases"]["generated"] >= 300, report["test_cases"]
-    print(f"schemathesis seed={seed} token={bool(token)}: {report['test_cases']['generated']} cases, "
-          f"{report['running_time']:.1f}s")
+    print(
+        f"schemathesis seed={seed} token={bool(token)}: {report['test_cases']['generated']} cases, {report['running_time']:.1f}s"
+    )

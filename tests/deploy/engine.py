@@ -44,7 +44,12 @@ class Engine:
 
 
 def run(
-    argv: list[str], env: dict[str, str], *, check: bool = True, timeout: float = 600, cwd: Path | None = None,
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    check: bool = True,
+    timeout: float = 600,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
@@ -103,9 +108,22 @@ def _start_own_dockerd(root: Path, env: dict[str, str]) -> tuple[int, dict[str, 
     exec_root = Path("/run/vigil-deploy-docker")
     log = (root / "dockerd.log").open("ab")
     proc = subprocess.Popen(
-        ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(exec_root), "-H", f"unix://{socket_path}",
-         "--pidfile", str(pidfile), "--group", "root"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            "dockerd",
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(exec_root),
+            "-H",
+            f"unix://{socket_path}",
+            "--pidfile",
+            str(pidfile),
+            "--group",
+            "root",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     ours = env | {"DOCKER_HOST": f"unix://{socket_path}"}
     deadline = time.monotonic() + 60

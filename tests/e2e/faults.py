@@ -71,8 +71,9 @@ class LiveFleet:
             await asyncio.sleep(0.1)
         return time.monotonic() - started
 
-    async def until_async(self, read: Callable[[], Awaitable[T]], predicate: Callable[[T], bool], timeout: float,
-                          what: str) -> float:
+    async def until_async(
+        self, read: Callable[[], Awaitable[T]], predicate: Callable[[T], bool], timeout: float, what: str
+    ) -> float:
         """`until` for a condition on something read anew each time (Redis, an endpoint)."""
         started = time.monotonic()
         value = await read()
@@ -110,8 +111,9 @@ class LiveFleet:
         found: list[InferenceResult] = []
         try:
             js = nc.jetstream()
-            sub = await js.subscribe(Subjects.from_settings(settings).results, stream=results_stream_name(settings),
-                                     ordered_consumer=True)
+            sub = await js.subscribe(
+                Subjects.from_settings(settings).results, stream=results_stream_name(settings), ordered_consumer=True
+            )
             last = (await js.stream_info(results_stream_name(settings))).state.last_seq  # what is there now
             while last:
                 try:

@@ -66,37 +66,46 @@ async def test_events_are_listed_newest_first_filtered_and_paged(api: str, sampl
         assert one == public_event(middle)
 
 
-@pytest.mark.parametrize(("query", "message"), [
-    ("limit=0", "limit: Input should be greater than or equal to 1"),
-    ("limit=201", "limit: Input should be less than or equal to 200"),
-    ("limit=ten", "limit='ten': must be an integer"),
-    ("limit=05", "limit='05': must be an integer"),
-    ("state=LOST", "state='LOST': Input should be 'CREATED'"),
-    ("state=finished", "state='finished': Input should be 'CREATED'"),
-    ("state=", "state='': Input should be 'CREATED'"),
-    ("since=yesterday", "neither unix seconds, an RFC 3339 date-time nor a date"),
-    ("since=nan", "since='nan': is neither unix seconds"),  # once a 500
-    ("until=inf", "until='inf': is neither unix seconds"),
-    ("since=2030-02-30", "is not a valid date or time"),
-    ("source=", "source='': String should match pattern"),
-    ("cursor=abc", "cursor='abc': String should match pattern"),
-    ("colour=red", "unknown query parameter 'colour'"),
-    ("limit=1&limit=2", "query parameter 'limit' is given more than once"),
-])
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("limit=0", "limit: Input should be greater than or equal to 1"),
+        ("limit=201", "limit: Input should be less than or equal to 200"),
+        ("limit=ten", "limit='ten': must be an integer"),
+        ("limit=05", "limit='05': must be an integer"),
+        ("state=LOST", "state='LOST': Input should be 'CREATED'"),
+        ("state=finished", "state='finished': Input should be 'CREATED'"),
+        ("state=", "state='': Input should be 'CREATED'"),
+        ("since=yesterday", "neither unix seconds, an RFC 3339 date-time nor a date"),
+        ("since=nan", "since='nan': is neither unix seconds"),  # once a 500
+        ("until=inf", "until='inf': is neither unix seconds"),
+        ("since=2030-02-30", "is not a valid date or time"),
+        ("source=", "source='': String should match pattern"),
+        ("cursor=abc", "cursor='abc': String should match pattern"),
+        ("colour=red", "unknown query parameter 'colour'"),
+        ("limit=1&limit=2", "query parameter 'limit' is given more than once"),
+    ],
+)
 async def test_bad_parameters_get_400_with_a_clear_message(api: str, query: str, message: str) -> None:
     async with aiohttp.ClientSession() as http:
         body = await get_json(http, f"{api}/api/v1/events?{query}", status=400)
     assert message in body["error"]["message"] and body["error"]["status"] == 400
 
 
-@pytest.mark.parametrize(("query", "everything"), [
-    ("since=2030-01-02&until=2030-01-01", False),  # an empty range: valid, and nothing in it
-    ("since=1e400", False),  # a JSON number past a double's range: an unbounded end
-    ("until=-1e400", False),
-    ("since=0001-01-01T00:00:00-23:59&until=9999-12-31T23:59:60.123456789Z", True),  # RFC 3339's far edges
-])
+@pytest.mark.parametrize(
+    ("query", "everything"),
+    [
+        ("since=2030-01-02&until=2030-01-01", False),  # an empty range: valid, and nothing in it
+        ("since=1e400", False),  # a JSON number past a double's range: an unbounded end
+        ("until=-1e400", False),
+        ("since=0001-01-01T00:00:00-23:59&until=9999-12-31T23:59:60.123456789Z", True),  # RFC 3339's far edges
+    ],
+)
 async def test_every_time_the_document_allows_is_accepted(
-    api: str, sample_run: SampleRun, query: str, everything: bool,
+    api: str,
+    sample_run: SampleRun,
+    query: str,
+    everything: bool,
 ) -> None:
     async with aiohttp.ClientSession() as http:
         page = await get_json(http, f"{api}/api/v1/events?{query}")
@@ -132,13 +141,16 @@ async def test_unknown_ids_and_paths_get_json_404s(api: str) -> None:
         await get_json(http, f"{api}/static/settings.py", 404)
 
 
-@pytest.mark.parametrize("path", [
-    "/api/v1/events/..%2F..%2F..%2Fetc%2Fpasswd/clip",
-    "/api/v1/events/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-    "/static/..%2F..%2Fapi%2Fapp.py",
-    "/static/%2e%2e/%2e%2e/shared/settings.py",
-    "/api/v1/events/x/keyframe?annotated=../../../etc/passwd",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/events/..%2F..%2F..%2Fetc%2Fpasswd/clip",
+        "/api/v1/events/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/static/..%2F..%2Fapi%2Fapp.py",
+        "/static/%2e%2e/%2e%2e/shared/settings.py",
+        "/api/v1/events/x/keyframe?annotated=../../../etc/passwd",
+    ],
+)
 async def test_path_traversal_is_refused(api: str, path: str) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(api + path) as resp:
@@ -156,12 +168,16 @@ async def test_clip_serves_range_requests(api: str, sample_run: SampleRun) -> No
         async with http.get(url) as resp:
             assert resp.status == 200 and resp.headers["Accept-Ranges"] == "bytes"
             assert resp.content_type == "video/mp4" and await resp.read() == clip
-        for header, first, last in [("bytes=0-99", 0, 99), (f"bytes=100-{size + 50}", 100, size - 1),
-                                    ("bytes=1000-", 1000, size - 1), ("bytes=-500", size - 500, size - 1)]:
+        for header, first, last in [
+            ("bytes=0-99", 0, 99),
+            (f"bytes=100-{size + 50}", 100, size - 1),
+            ("bytes=1000-", 1000, size - 1),
+            ("bytes=-500", size - 500, size - 1),
+        ]:
             async with http.get(url, headers={"Range": header}) as resp:
                 assert resp.status == 206, header
                 assert resp.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
-                assert await resp.read() == clip[first:last + 1]
+                assert await resp.read() == clip[first : last + 1]
         for header in (f"bytes={size}-", "bytes=50-10"):
             async with http.get(url, headers={"Range": header}) as resp:
                 assert resp.status == 416, header
@@ -204,7 +220,10 @@ async def test_sources_totals_and_live_workers(api: str, servers: ServerSet, sam
 
         assert (await get_json(http, f"{api}/api/v1/services"))["models"] == {}  # the fleet has stopped
         settings = NoopSettings(
-            _env_file=None, **servers.env(), subject_prefix=sample_run.prefix, instance="noop-1",  # type: ignore[arg-type]
+            _env_file=None,
+            **servers.env(),
+            subject_prefix=sample_run.prefix,
+            instance="noop-1",  # type: ignore[arg-type]
         )
         async with running(NoopWorker(settings)):
             found: dict[str, Any] = {}
@@ -234,16 +253,20 @@ async def test_openapi_document_describes_every_route(api: str) -> None:
     assert "video_proof_path" not in doc["components"]["schemas"]["Event"]["properties"]
     params = {p["name"]: p["schema"] for p in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
     assert set(params) == {"source", "label", "state", "since", "until", "limit", "cursor"}
-    assert params["limit"] | {"examples": None} == {"type": "integer", "minimum": 1, "maximum": 200, "default": 50,
-                                                    "examples": None}
+    assert params["limit"] | {"examples": None} == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 200,
+        "default": 50,
+        "examples": None,
+    }
     assert doc["components"]["schemas"][params["state"]["$ref"].rsplit("/", 1)[1]]["enum"] == [s.value for s in EventState]
     refs = _refs(doc)
     assert refs and all(r.startswith("#/components/schemas/") for r in refs)
     assert {r.rsplit("/", 1)[1] for r in refs} <= set(doc["components"]["schemas"])  # every reference resolves
     assert "$defs" not in json.dumps(doc)
     for path in doc["paths"].values():  # every operation says it may answer 400 (any unknown parameter)
-        assert path["get"]["responses"]["400"]["content"]["application/json"]["schema"] == {
-            "$ref": "#/components/schemas/Error"}
+        assert path["get"]["responses"]["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
 
 
 async def test_token_auth_and_no_cors_by_default(servers: ServerSet, sample_run: SampleRun, api: str) -> None:
@@ -272,8 +295,9 @@ async def test_token_auth_and_no_cors_by_default(servers: ServerSet, sample_run:
             assert resp.cookies["vigil_token"]["httponly"]
         async with http.get(f"{base}/api/v1/totals") as resp:  # ... which its own requests then carry
             assert resp.status == 200
-        async with http.get(f"{base}/api/v1/events", headers={"Origin": "http://ops.example", "Authorization":
-                                                               "Bearer s3cret-token"}) as resp:
+        async with http.get(
+            f"{base}/api/v1/events", headers={"Origin": "http://ops.example", "Authorization": "Bearer s3cret-token"}
+        ) as resp:
             assert resp.headers["Access-Control-Allow-Origin"] == "http://ops.example"
         async with http.options(f"{base}/api/v1/events", headers={"Origin": "http://evil.example"}) as resp:
             assert "Access-Control-Allow-Origin" not in resp.headers

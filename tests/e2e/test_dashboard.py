@@ -25,8 +25,9 @@ def drive_dashboard(url: str, expected_ids: list[str], chosen: str, screenshot: 
         wait_until(driver, f"document.querySelectorAll('#events li').length === {len(expected_ids)}", "the event list")
         listed = driver.execute_script("return [...document.querySelectorAll('#events li')].map(li => li.dataset.eventId);")
         # Thumbnails are the events' key frames: wait until each has loaded.
-        wait_until(driver, "[...document.querySelectorAll('#events img')].every(i => i.complete && i.naturalWidth > 0)",
-                   "the thumbnails")
+        wait_until(
+            driver, "[...document.querySelectorAll('#events img')].every(i => i.complete && i.naturalWidth > 0)", "the thumbnails"
+        )
         driver.find_element("css selector", f"#events li[data-event-id='{chosen}']").click()
         wait_until(driver, f"document.querySelector('#player').dataset.eventId === '{chosen}'", "the clip to be chosen")
         wait_until(driver, "document.querySelector('#player').readyState >= 1", "the clip's metadata")

@@ -69,13 +69,13 @@ async def test_killed_worker_router_and_registrator(local_servers: LocalServers,
     check_accounting(report)
     events = check_events(report.events, results)
     drained = report.drained["cam0"]
-    print(f"{drained.frames_routed} frames routed, tasks {drained.tasks}, every one answered; "
-          f"{len(events)} events tiling {events[0].start:.1f}-{events[-1].end:.1f} s")
+    print(
+        f"{drained.frames_routed} frames routed, tasks {drained.tasks}, every one answered; "
+        f"{len(events)} events tiling {events[0].start:.1f}-{events[-1].end:.1f} s"
+    )
 
 
-async def test_registrator_restarted_while_the_camera_streams(
-    local_servers: LocalServers, unique: str, tmp_path: Path
-) -> None:
+async def test_registrator_restarted_while_the_camera_streams(local_servers: LocalServers, unique: str, tmp_path: Path) -> None:
     """Issue 15: a restarted registrator rebuilt its frame buffer until a second passed without a frame, which a
     live camera never allows: it absorbed no result and ignored SIGTERM meanwhile. Here the camera never stops."""
     async with live_fleet(local_servers, tmp_path, unique) as live:
@@ -102,9 +102,11 @@ async def test_registrator_restarted_while_the_camera_streams(
         report = await live.finish()
         results = await live.stored_results(SSD)
 
-    print(f"\nregistrator stopped in {stop_running:.1f} s running and {stop_restoring:.1f} s restoring; after the "
-          f"restart a new FINISHED event in {took:.1f} s (started {min(e.start_wall for e in new) - restarted:+.1f} s "
-          f"from the restart); /healthz {health}")
+    print(
+        f"\nregistrator stopped in {stop_running:.1f} s running and {stop_restoring:.1f} s restoring; after the "
+        f"restart a new FINISHED event in {took:.1f} s (started {min(e.start_wall for e in new) - restarted:+.1f} s "
+        f"from the restart); /healthz {health}"
+    )
     assert stop_running < 10 and stop_restoring < 10
     assert health["ok"] and health["ring_ready"] and not health["lagging"], health
     assert report.code == 0, report
@@ -131,11 +133,13 @@ async def test_reader_killed_mid_event_and_started_again(local_servers: LocalSer
 
     status, drained = report.sources["cam0"], report.drained["cam0"]
     first = [e for e in report.events if e.run == first_run]
-    print(f"\nreader killed and restarted: first run {first_run}: {len(first)} events, "
-          f"{[e.closed_by.value if e.closed_by else None for e in first]}; second run {status.run}: read "
-          f"{status.frames_read}, published {status.frames_published}, routed {drained.frames_routed}, tasks "
-          f"{drained.tasks}, results {drained.results}; its first event FINISHED {took:.1f} s after the restart "
-          f"({time.time() - restarted:.0f} s ago)")
+    print(
+        f"\nreader killed and restarted: first run {first_run}: {len(first)} events, "
+        f"{[e.closed_by.value if e.closed_by else None for e in first]}; second run {status.run}: read "
+        f"{status.frames_read}, published {status.frames_published}, routed {drained.frames_routed}, tasks "
+        f"{drained.tasks}, results {drained.results}; its first event FINISHED {took:.1f} s after the restart "
+        f"({time.time() - restarted:.0f} s ago)"
+    )
     assert report.code == 0, report
     assert status.run != first_run and drained.run == status.run
     assert first and all(e.state is EventState.FINISHED for e in first)  # the killed run's events closed
@@ -196,8 +200,10 @@ async def test_nats_redis_and_seaweedfs_go_away_and_come_back(local_servers: Loc
     assert status.frames_dropped > 0  # the frames read while SeaweedFS was away, counted
     errors = [r for r in results if r.error]
     events = check_events(report.events, results)
-    print(f"read {status.frames_read}, published {status.frames_published}, dropped {status.frames_dropped}; "
-          f"{len(errors)} SSD error results; {len(events)} events, all FINISHED")
+    print(
+        f"read {status.frames_read}, published {status.frames_published}, dropped {status.frames_dropped}; "
+        f"{len(errors)} SSD error results; {len(events)} events, all FINISHED"
+    )
 
 
 async def test_nats_restarts_during_a_file_read_as_fast_as_possible(
@@ -221,9 +227,11 @@ async def test_nats_restarts_during_a_file_read_as_fast_as_possible(
             local_servers.start_one("nats")
     status = report.sources["cam0"]
     drained = report.drained["cam0"]
-    print(f"\nNATS restarted during a fast file run: {status.state.value}, read {status.frames_read}, published "
-          f"{status.frames_published}, dropped {status.frames_dropped}; routed {drained.frames_routed}, tasks "
-          f"{drained.tasks}, results {drained.results}")
+    print(
+        f"\nNATS restarted during a fast file run: {status.state.value}, read {status.frames_read}, published "
+        f"{status.frames_published}, dropped {status.frames_dropped}; routed {drained.frames_routed}, tasks "
+        f"{drained.tasks}, results {drained.results}"
+    )
     assert report.code == 0, report  # no service crashed and the source did not fail
     assert status.state is SourceState.ENDED and status.frames_dropped == 0  # a file waits: nothing shed
     check_accounting(report)

@@ -41,8 +41,15 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> 
 async def service_process(module: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
     """`python -m <module>` with these settings (and no .env), killed at the end if still running."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, "--env-file", os.devnull, cwd=Path(__file__).resolve().parents[2],
-        env=os.environ | env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        module,
+        "--env-file",
+        os.devnull,
+        cwd=Path(__file__).resolve().parents[2],
+        env=os.environ | env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         yield process

@@ -15,8 +15,16 @@ async def test_each_instance_has_its_own_key_that_expires(service_env: dict[str,
     redis = Redis(host=settings.redis_host, port=settings.redis_port)
 
     def beat(instance: str) -> HeartbeatPublisher:
-        hb = Heartbeat(model="ssd", kind=ModelKind.DETECTION, subject="DetectionInference", instance=instance,
-                       started_at=time.time(), processed=0, in_flight=0, fps=0)
+        hb = Heartbeat(
+            model="ssd",
+            kind=ModelKind.DETECTION,
+            subject="DetectionInference",
+            instance=instance,
+            started_at=time.time(),
+            processed=0,
+            in_flight=0,
+            fps=0,
+        )
         return HeartbeatPublisher(redis, keys, 2, lambda: hb)
 
     try:

@@ -61,8 +61,13 @@ async def test_missing_file_fails_clearly_and_says_so_on_the_bus(service_env: di
 
 
 async def test_a_live_source_that_gives_up_exits_1_for_a_restart(service_env: dict[str, str]) -> None:
-    env = service_env | {"video_source": "rtsp://127.0.0.1:9/none", "max_reconnects": "1", "reconnect_initial": "0.2",
-                         "reconnect_max": "0.5", "open_timeout": "2"}
+    env = service_env | {
+        "video_source": "rtsp://127.0.0.1:9/none",
+        "max_reconnects": "1",
+        "reconnect_initial": "0.2",
+        "reconnect_max": "0.5",
+        "open_timeout": "2",
+    }
     reader = ReaderService(ReaderSettings(_env_file=None, **env))  # type: ignore[arg-type]
     await asyncio.wait_for(reader.execute(), 60)
     assert reader.exit_code == 1  # a camera may be back: the restart policy should try again

@@ -51,9 +51,7 @@ async def streaming_reader(
 
 
 @pytest.mark.timeout(150)
-async def test_camera_outage_is_reported_and_survived_without_a_restart(
-    service_env: dict[str, str], repo_root: Path
-) -> None:
+async def test_camera_outage_is_reported_and_survived_without_a_restart(service_env: dict[str, str], repo_root: Path) -> None:
     with RtspServer(repo_root / "video" / "vtest.mp4") as server:
         reader, health, nc, task = await streaming_reader(service_env, server.url, stall_timeout=5, read_timeout=3)
         runner = reader.runners[0]

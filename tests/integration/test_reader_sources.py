@@ -98,8 +98,9 @@ async def test_stream_index_picks_the_stream(service_env: dict[str, str], tmp_pa
     video = tmp_path / "two.mp4"
     two_stream_video(video, frames=10)
     for index, size in ((0, (64, 48)), (1, (32, 24))):
-        reader = reader_for(service_env | {"subject_prefix": f"{service_env['subject_prefix']}s{index}"},
-                            video_source=video, stream_index=index)
+        reader = reader_for(
+            service_env | {"subject_prefix": f"{service_env['subject_prefix']}s{index}"}, video_source=video, stream_index=index
+        )
         await reader.execute()
         frames, _ = await read_stream(reader)
         assert len(frames) == 10 and {(f.width, f.height) for f in frames} == {size}
@@ -158,7 +159,9 @@ async def test_a_file_done_for_good_is_not_read_again(service_env: dict[str, str
     counted = {s: len(f) for s, f in by_source(frames).items()}
     assert counted["whole"] == 20 and 0 < counted["cut"] < 80
     assert sorted((s.source_id, s.state) for s in statuses if s.state is not SourceState.STARTED) == [
-        ("cut", SourceState.FAILED), ("whole", SourceState.ENDED)]
+        ("cut", SourceState.FAILED),
+        ("whole", SourceState.ENDED),
+    ]
 
     again = reader_for(service_env, sources=sources)  # the same files, unchanged: nothing is read again
     await asyncio.wait_for(again.execute(), 60)

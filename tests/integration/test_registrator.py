@@ -48,7 +48,12 @@ PERSON = range(5, 31)  # frames with a person: 0.5 s to 3.0 s
 
 def registrator(env: dict[str, str]) -> RegistratorService:
     settings = RegistratorSettings(  # type: ignore[call-arg]
-        _env_file=None, **env, pre_roll=1.0, post_roll=1.0, event_gap=1.0, finalise_retries=20,
+        _env_file=None,
+        **env,
+        pre_roll=1.0,
+        post_roll=1.0,
+        event_gap=1.0,
+        finalise_retries=20,
     )
     return RegistratorService(settings)
 
@@ -82,17 +87,23 @@ async def feed(bus: Bus, refs: list[FrameRef], *, shuffle: bool) -> None:
     if shuffle:
         rng = random.Random(7)
         for start in range(0, len(results), 4):
-            window = results[start:start + 4]
+            window = results[start : start + 4]
             rng.shuffle(window)
-            results[start:start + 4] = window
+            results[start : start + 4] = window
         results += [results[i] for i in (3, 10, 11, 29)]  # redelivered
     for res in results:
         await bus.publish(bus.subjects.results, res)
 
 
 async def end_source(bus: Bus) -> None:
-    status = SourceStatus(source_id="cam0", state=SourceState.ENDED, wall_time=time.time(),
-                          frames_read=FRAMES, frames_published=FRAMES, last_seq=FRAMES - 1)
+    status = SourceStatus(
+        source_id="cam0",
+        state=SourceState.ENDED,
+        wall_time=time.time(),
+        frames_read=FRAMES,
+        frames_published=FRAMES,
+        last_seq=FRAMES - 1,
+    )
     await bus.publish(bus.subjects.source_status("cam0"), status)
     summary = RoutingSummary(source_id="cam0", frames_routed=FRAMES, tasks={"ssd": FRAMES}, wall_time=time.time())
     await bus.publish(bus.subjects.routed("cam0"), summary)
@@ -138,9 +149,7 @@ async def test_disorder_duplicates_and_a_stranger_make_no_duplicate_event(servic
 
 
 @pytest.mark.timeout(90)
-async def test_a_copy_of_a_result_after_the_drain_opens_no_phantom_event(
-    service_env: dict[str, str], repo_root: Path
-) -> None:
+async def test_a_copy_of_a_result_after_the_drain_opens_no_phantom_event(service_env: dict[str, str], repo_root: Path) -> None:
     refs = await store_frames(service_env, repo_root)
     reg = registrator(service_env)
     async with running(reg, lambda s: s.storage is not None) as service:
@@ -208,9 +217,11 @@ async def test_live_events_close_on_time_when_the_camera_goes_dark_or_the_detect
     events = {e.source_id: e for e in await store.all()}
     await redis.aclose()
     with capsys.disabled():
-        print(f"\nlive events close on time (event_gap {gap:g} s): camera dark -> closed after {dark_after:.2f} s, "
-              f"detector dead -> {dead_after:.2f} s; clips of {events['dark'].clip_frames} and "
-              f"{events['blind'].clip_frames} frames")
+        print(
+            f"\nlive events close on time (event_gap {gap:g} s): camera dark -> closed after {dark_after:.2f} s, "
+            f"detector dead -> {dead_after:.2f} s; clips of {events['dark'].clip_frames} and "
+            f"{events['blind'].clip_frames} frames"
+        )
     assert dark.closed_by is EventClose.NO_FRAMES and dead.closed_by is EventClose.NO_RESULTS
     assert dark_after <= gap + 1.0 and dead_after <= gap + 1.0
     assert (events["dark"].start, events["dark"].end) == (0.5, 1.5) == (events["blind"].start, events["blind"].end)
@@ -282,9 +293,24 @@ async def test_retention_removes_old_events_with_their_files(service_env: dict[s
                 folder.mkdir()
                 (folder / f"{event_id}.mp4").write_bytes(b"clip")
                 url = await storage.put_path(f"vigil/events/{event_id}/{event_id}.mp4", b"clip", content_type="video/mp4")
-                await store.save(Event(id=event_id, source_id="cam0", model="ssd", label="person", label_counts={"person": 1},
-                                       state=EventState.FINISHED, start=0, end=1, start_wall=started, frames=1, best_score=0.9,
-                                       best_frame_seq=0, video_proofs=url, updated_at=now))
+                await store.save(
+                    Event(
+                        id=event_id,
+                        source_id="cam0",
+                        model="ssd",
+                        label="person",
+                        label_counts={"person": 1},
+                        state=EventState.FINISHED,
+                        start=0,
+                        end=1,
+                        start_wall=started,
+                        frames=1,
+                        best_score=0.9,
+                        best_frame_seq=0,
+                        video_proofs=url,
+                        updated_at=now,
+                    )
+                )
             assert await sweep(store, storage, tmp_path, max_age_seconds=2 * 86400) == 1
             assert [e.id for e in await store.all()] == ["new"]
             assert not (tmp_path / "old").exists() and (tmp_path / "new").exists()

@@ -29,20 +29,36 @@ async def test_router_routes_every_frame_to_each_live_model_and_summarises(servi
         await test_bus.ensure_stream(results_stream(settings))
         tasks = task_stream(settings, "m1", "M1Inference", max_age=30, cap=100)
         await test_bus.ensure_stream(tasks)
-        hb = Heartbeat(model="m1", kind=ModelKind.DETECTION, subject="M1Inference", instance="w1",
-                       started_at=time.time(), processed=0, in_flight=0, fps=0)
+        hb = Heartbeat(
+            model="m1",
+            kind=ModelKind.DETECTION,
+            subject="M1Inference",
+            instance="w1",
+            started_at=time.time(),
+            processed=0,
+            in_flight=0,
+            fps=0,
+        )
         await redis.set(keys.heartbeat("m1", "w1"), hb.to_bytes(), ex=10)
         summaries = await test_bus.nc.subscribe(test_bus.subjects.routed("cam0"))
 
         router = RouterService(settings)
         async with running(router, lambda r: "m1" in r.live):
             for seq in range(5):
-                ref = FrameRef(source_id="cam0", seq=seq, pts=seq / 10, wall_time=time.time(),
-                               url="http://127.0.0.1:8080/1,01", width=4, height=4)
+                ref = FrameRef(
+                    source_id="cam0",
+                    seq=seq,
+                    pts=seq / 10,
+                    wall_time=time.time(),
+                    url="http://127.0.0.1:8080/1,01",
+                    width=4,
+                    height=4,
+                )
                 await test_bus.publish(test_bus.subjects.frames, ref)
             await test_bus.js.publish(test_bus.subjects.frames, b"garbage")
-            status = SourceStatus(source_id="cam0", state=SourceState.ENDED, wall_time=time.time(),
-                                  frames_read=5, frames_published=5, last_seq=4)
+            status = SourceStatus(
+                source_id="cam0", state=SourceState.ENDED, wall_time=time.time(), frames_read=5, frames_published=5, last_seq=4
+            )
             await test_bus.publish(test_bus.subjects.source_status("cam0"), status)
             summary = RoutingSummary.from_bytes((await summaries.next_msg(timeout=10)).data)
             assert summary.frames_routed == 5 and summary.tasks == {"m1": 5}

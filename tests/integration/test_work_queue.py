@@ -64,8 +64,9 @@ class Rig:
         await self.bus.close()
 
     def frame(self, seq: int, policy: DropPolicy = DropPolicy.WAIT) -> FrameRef:
-        return FrameRef(source_id="cam0", seq=seq, pts=seq / 10, wall_time=time.time(), url=self.url, width=64, height=48,
-                        policy=policy)
+        return FrameRef(
+            source_id="cam0", seq=seq, pts=seq / 10, wall_time=time.time(), url=self.url, width=64, height=48, policy=policy
+        )
 
     async def publish_frames(self, count: int, policy: DropPolicy = DropPolicy.WAIT, fps: float = 0.0) -> None:
         for seq in range(count):
@@ -85,8 +86,18 @@ def worker_process(env: dict[str, str]) -> AbstractAsyncContextManager[asyncio.s
 async def test_two_replicas_share_the_work(service_env: dict[str, str]) -> None:
     async with Rig(service_env) as rig:
         workers = [
-            NoopWorker(NoopSettings(_env_file=None, **worker_env(service_env, "split", instance=name, batch_size=4,  # type: ignore[arg-type]
-                                                                 noop_delay_ms=2)))
+            NoopWorker(
+                NoopSettings(
+                    _env_file=None,
+                    **worker_env(
+                        service_env,
+                        "split",
+                        instance=name,
+                        batch_size=4,  # type: ignore[arg-type]
+                        noop_delay_ms=2,
+                    ),
+                )
+            )
             for name in ("a", "b")
         ]
         router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
@@ -142,8 +153,10 @@ async def test_a_killed_replica_loses_no_task(service_env: dict[str, str], capsy
     seqs = Counter(r.frame.seq for r in rig.results)
     twice = [seq for seq, n in seqs.items() if n > 1]
     with capsys.disabled():
-        print(f"\nkilled replica (ack_wait {ack_wait:g} s, defaults): held {held} unacked, {redelivered():.0f} redelivered "
-              f"{took:.1f} s after the kill; {len(twice)} answered twice; 400 of 400 answered; {gave_up:.0f} given up")
+        print(
+            f"\nkilled replica (ack_wait {ack_wait:g} s, defaults): held {held} unacked, {redelivered():.0f} redelivered "
+            f"{took:.1f} s after the kill; {len(twice)} answered twice; 400 of 400 answered; {gave_up:.0f} given up"
+        )
     assert held > 0, "the killed replica held no task: the test proved nothing"
     assert redelivered() >= held
     assert took <= ack_wait + 5.0, took  # one ack_wait, not an expiry or a second round
@@ -201,8 +214,10 @@ async def test_seaweedfs_away_for_5_s_costs_no_result(
             retried = counter_value(worker.m_retried, model="blip")
     errors = [r for r in rig.results if r.error]
     with capsys.disabled():
-        print(f"\nSeaweedFS away 5 s: {retried:.0f} tasks given back and answered later; {len(errors)} error results; "
-              f"150 of 150 answered")
+        print(
+            f"\nSeaweedFS away 5 s: {retried:.0f} tasks given back and answered later; {len(errors)} error results; "
+            f"150 of 150 answered"
+        )
     assert retried > 0  # the outage was felt...
     assert not errors, errors[:3]  # ...and cost no result
     assert Counter(r.frame.seq for r in rig.results) == Counter(range(150))
@@ -247,8 +262,10 @@ async def test_a_dead_model_gets_no_tasks_and_a_new_one_gets_them_at_once(
             finally:
                 feeder.cancel()
     with capsys.disabled():
-        print(f"\ndiscovery: a killed model was dropped after {noticed:.2f} s (routing_ttl {ttl} s); "
-              f"a new instance got tasks {adopted:.2f} s after its first heartbeat")
+        print(
+            f"\ndiscovery: a killed model was dropped after {noticed:.2f} s (routing_ttl {ttl} s); "
+            f"a new instance got tasks {adopted:.2f} s after its first heartbeat"
+        )
     assert noticed <= ttl + 1 + 0.5, noticed  # routing_ttl + 1 s, and the test's own polling
     assert adopted <= 2.0, adopted
 
@@ -300,8 +317,10 @@ async def test_overload_sheds_the_oldest_tasks_and_keeps_latency_bounded(
     dropped = routed - len(rig.results)
     p50, p95 = statistics.median(latencies), latencies[int(0.95 * (len(latencies) - 1))]
     with capsys.disabled():
-        print(f"\noverload: routed {routed:.0f} tasks at 40/s to a 10/s worker; answered {len(rig.results)}, shed {dropped:.0f}; "
-              f"backlog max {max(backlog)} (cap {cap}); latency p50 {p50:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s")
+        print(
+            f"\noverload: routed {routed:.0f} tasks at 40/s to a 10/s worker; answered {len(rig.results)}, shed {dropped:.0f}; "
+            f"backlog max {max(backlog)} (cap {cap}); latency p50 {p50:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s"
+        )
     assert routed == 320
     assert max(backlog) <= cap + 1  # the queue plus the one task in the worker's hands
     assert dropped > 150  # the oldest were shed...
@@ -319,8 +338,14 @@ async def test_router_replicas_route_each_frame_once_and_summarise_together(serv
         live = lambda r: "dual" in r.live  # noqa: E731
         async with running(worker), running(routers[0], live), running(routers[1], live):
             await rig.publish_frames(500)
-            ended = SourceStatus(source_id="cam0", state=SourceState.ENDED, wall_time=time.time(),
-                                 frames_read=500, frames_published=500, last_seq=499)
+            ended = SourceStatus(
+                source_id="cam0",
+                state=SourceState.ENDED,
+                wall_time=time.time(),
+                frames_read=500,
+                frames_published=500,
+                last_seq=499,
+            )
             await rig.bus.publish(rig.bus.subjects.source_status("cam0"), ended)
             summary = RoutingSummary.from_bytes((await summaries.next_msg(timeout=30)).data)
             await wait_for(lambda: len(rig.results) >= 500, 30, "500 results")
@@ -342,8 +367,9 @@ async def test_a_summary_that_waits_stalls_no_other_source(
         other = lambda: sum(r.frame.source_id == "cam1" for r in rig.results)  # noqa: E731
         async with running(worker), running(router, lambda r: "lanes" in r.live):
             await rig.publish_frames(10)
-            ended = SourceStatus(source_id="cam0", state=SourceState.ENDED, wall_time=time.time(),
-                                 frames_read=20, frames_published=20, last_seq=19)  # 10 of them never come
+            ended = SourceStatus(
+                source_id="cam0", state=SourceState.ENDED, wall_time=time.time(), frames_read=20, frames_published=20, last_seq=19
+            )  # 10 of them never come
             await rig.bus.publish(rig.bus.subjects.source_status("cam0"), ended)
             started = time.monotonic()
             for seq in range(10):
@@ -355,7 +381,9 @@ async def test_a_summary_that_waits_stalls_no_other_source(
             with pytest.raises(nats.errors.TimeoutError):  # one summary: the status was not delivered again
                 await summaries.next_msg(timeout=3)
     with capsys.disabled():
-        print(f"\nno head-of-line blocking: another source answered {took:.2f} s after an ended source began its "
-              f"{waited:.1f} s summary wait (frames_ack_wait 2 s, one summary)")
+        print(
+            f"\nno head-of-line blocking: another source answered {took:.2f} s after an ended source began its "
+            f"{waited:.1f} s summary wait (frames_ack_wait 2 s, one summary)"
+        )
     assert took < 3.0 and waited >= 7.0
     assert summary.frames_routed == 10 and summary.tasks == {"lanes": 10}

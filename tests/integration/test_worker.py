@@ -31,9 +31,7 @@ def vtest_frame(repo_root: Path, index: int = 10) -> bytes:
     return encode_jpeg(image)
 
 
-async def test_worker_detects_reports_errors_and_keeps_serving(
-    service_env: dict[str, str], repo_root: Path
-) -> None:
+async def test_worker_detects_reports_errors_and_keeps_serving(service_env: dict[str, str], repo_root: Path) -> None:
     env = service_env | {"model_dir": str(repo_root / "models" / "ssd_mobilenet_v2_coco")}
     settings = DetectionSettings(_env_file=None, **env)  # type: ignore[arg-type]
     worker = InferenceWorker(settings)

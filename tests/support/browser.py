@@ -15,8 +15,14 @@ def browser(width: int = 1500, height: int = 950) -> Any:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM or ""
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}",
-                "--autoplay-policy=no-user-gesture-required", "--mute-audio"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+        "--autoplay-policy=no-user-gesture-required",
+        "--mute-audio",
+    ):
         options.add_argument(arg)
     return webdriver.Chrome(options=options, service=Service(executable_path=DRIVER))
 

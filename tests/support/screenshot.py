@@ -14,8 +14,9 @@ def main(url: str, out: Path) -> None:
     try:
         driver.get(url)
         wait_until(driver, "document.querySelectorAll('#events img').length > 1", "the event list")
-        wait_until(driver, "[...document.querySelectorAll('#events img')].every(i => i.complete && i.naturalWidth > 0)",
-                   "the thumbnails")
+        wait_until(
+            driver, "[...document.querySelectorAll('#events img')].every(i => i.complete && i.naturalWidth > 0)", "the thumbnails"
+        )
         driver.find_elements("css selector", "#events li")[1].click()
         wait_until(driver, "document.querySelector('#player').readyState >= 2", "the clip")
         driver.execute_script("const v = document.querySelector('#player'); v.currentTime = 4; v.pause();")

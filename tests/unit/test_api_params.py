@@ -20,41 +20,47 @@ def query(text: str, model: type[Any] = EventsQuery) -> Any:
     return parse_query(model, MultiDict(pair.split("=", 1) for pair in text.split("&") if pair))
 
 
-@pytest.mark.parametrize(("text", "field", "value"), [
-    ("limit=7", "limit", 7),
-    ("since=1795982875.5", "since", 1795982875.5),
-    ("since=-1.5e-07", "since", -1.5e-07),
-    ("since=1e400", "since", float("inf")),  # a JSON number, past a double: an unbounded end
-    ("since=1970-01-02", "since", 86400.0),
-    ("since=1970-01-01T01:00:00Z", "since", 3600.0),
-    ("since=1970-01-01t01:00:00.25z", "since", 3600.25),
-    ("since=1970-01-01T01:00:00%2B01:00".replace("%2B", "+"), "since", 0.0),
-    ("since=1972-06-30T23:59:60Z", "since", 78796800.0),  # a leap second is the next minute's first
-    ("since=1972-07-01T00:59:60%2B01:00".replace("%2B", "+"), "since", 78796800.0),  # ... at 23:59 UTC
-    ("since=9999-12-31T23:59:60.5Z", "since", 253402300800.5),
-    ("since=9999-12-31T23:59:59-23:59", "since", 253402387139.0),  # past datetime's range once in UTC
-])
+@pytest.mark.parametrize(
+    ("text", "field", "value"),
+    [
+        ("limit=7", "limit", 7),
+        ("since=1795982875.5", "since", 1795982875.5),
+        ("since=-1.5e-07", "since", -1.5e-07),
+        ("since=1e400", "since", float("inf")),  # a JSON number, past a double: an unbounded end
+        ("since=1970-01-02", "since", 86400.0),
+        ("since=1970-01-01T01:00:00Z", "since", 3600.0),
+        ("since=1970-01-01t01:00:00.25z", "since", 3600.25),
+        ("since=1970-01-01T01:00:00%2B01:00".replace("%2B", "+"), "since", 0.0),
+        ("since=1972-06-30T23:59:60Z", "since", 78796800.0),  # a leap second is the next minute's first
+        ("since=1972-07-01T00:59:60%2B01:00".replace("%2B", "+"), "since", 78796800.0),  # ... at 23:59 UTC
+        ("since=9999-12-31T23:59:60.5Z", "since", 253402300800.5),
+        ("since=9999-12-31T23:59:59-23:59", "since", 253402387139.0),  # past datetime's range once in UTC
+    ],
+)
 def test_values_the_document_allows_are_read(text: str, field: str, value: Any) -> None:
     assert getattr(query(text), field) == value
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("since=nan", "since='nan': is neither"),
-    ("since=NaN", "since='NaN': is neither"),
-    ("since=inf", "since='inf': is neither"),
-    ("since=-Infinity", "is neither"),
-    ("since=1970-01-01T01:00:00", "is neither"),  # RFC 3339 wants an offset
-    ("since=1970-02-30", "is not a valid date or time"),
-    ("since=1972-06-30T12:00:60Z", "is not a valid date or time"),  # leap seconds end a UTC day only
-    ("since=1970-01-01T00:00:00%2B24:00".replace("%2B", "+"), "is not a valid UTC offset"),
-    ("limit=+5", "must be an integer"),
-    ("limit=5.0", "must be an integer"),
-    ("limit=0", "greater than or equal to 1"),
-    ("state=done", "Input should be"),
-    ("cursor=nan_x", "should match pattern"),
-    ("page=2", "unknown query parameter 'page'"),
-    ("limit=1&limit=1", "given more than once"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("since=nan", "since='nan': is neither"),
+        ("since=NaN", "since='NaN': is neither"),
+        ("since=inf", "since='inf': is neither"),
+        ("since=-Infinity", "is neither"),
+        ("since=1970-01-01T01:00:00", "is neither"),  # RFC 3339 wants an offset
+        ("since=1970-02-30", "is not a valid date or time"),
+        ("since=1972-06-30T12:00:60Z", "is not a valid date or time"),  # leap seconds end a UTC day only
+        ("since=1970-01-01T00:00:00%2B24:00".replace("%2B", "+"), "is not a valid UTC offset"),
+        ("limit=+5", "must be an integer"),
+        ("limit=5.0", "must be an integer"),
+        ("limit=0", "greater than or equal to 1"),
+        ("state=done", "Input should be"),
+        ("cursor=nan_x", "should match pattern"),
+        ("page=2", "unknown query parameter 'page'"),
+        ("limit=1&limit=1", "given more than once"),
+    ],
+)
 def test_values_it_does_not_allow_are_refused(text: str, message: str) -> None:
     with pytest.raises(ApiError) as caught:
         query(text)

@@ -6,17 +6,20 @@ from services.api.queries import Cursor
 from services.api.ranges import UnsatisfiableRange, parse_range
 
 
-@pytest.mark.parametrize(("header", "size", "expected"), [
-    (None, 100, None),
-    ("", 100, None),
-    ("bytes=0-0", 100, (0, 0)),
-    ("bytes=10-19", 100, (10, 19)),
-    ("bytes=90-", 100, (90, 99)),
-    ("bytes=90-500", 100, (90, 99)),  # a last byte past the end is cut to the end
-    ("bytes=-10", 100, (90, 99)),
-    ("bytes=-500", 100, (0, 99)),
-    ("bytes=0-5, 10-15", 100, None),  # several ranges: the whole body is a valid answer
-])
+@pytest.mark.parametrize(
+    ("header", "size", "expected"),
+    [
+        (None, 100, None),
+        ("", 100, None),
+        ("bytes=0-0", 100, (0, 0)),
+        ("bytes=10-19", 100, (10, 19)),
+        ("bytes=90-", 100, (90, 99)),
+        ("bytes=90-500", 100, (90, 99)),  # a last byte past the end is cut to the end
+        ("bytes=-10", 100, (90, 99)),
+        ("bytes=-500", 100, (0, 99)),
+        ("bytes=0-5, 10-15", 100, None),  # several ranges: the whole body is a valid answer
+    ],
+)
 def test_ranges(header: str | None, size: int, expected: tuple[int, int] | None) -> None:
     assert parse_range(header, size) == expected
 

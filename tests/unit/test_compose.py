@@ -589,7 +589,7 @@ def _make(tmp_path: Path, *args: str, docker: bool, engine: str = "20.10.24") ->
             "#!/bin/sh\n"
             f'case "$*" in "version --format"*) echo {engine}; exit 0;; "compose version"*) echo 2.40.3; exit 0;; '
             '"compose ps"*) exit 0;; esac\n'
-            f"echo \"$*\" >> {shlex.quote(str(tmp_path / 'docker.log'))}\n"
+            f'echo "$*" >> {shlex.quote(str(tmp_path / "docker.log"))}\n'
         )
         fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in {"GPU", "DETECTION", "CLASSIFICATION", "MAKEFLAGS"}}

@@ -88,7 +88,10 @@ def test_a_late_result_does_not_widen_the_next_event_over_the_closed_one() -> No
 
 def test_labels_and_scores_per_model_and_per_source() -> None:
     rules = EventRules(
-        watch_labels=frozenset({"person"}), min_score=0.5, gap=2.0, max_duration=30.0,
+        watch_labels=frozenset({"person"}),
+        min_score=0.5,
+        gap=2.0,
+        max_duration=30.0,
         per_model={"ssd": {"person": 0.5, "car": 0.6}},
         per_source={("ssd", "gate"): {"person": 0.8}},
     )

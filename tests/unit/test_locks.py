@@ -34,9 +34,11 @@ def test_a_stale_lock_is_found(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     pyproject = (ROOT / "pyproject.toml").read_text()
     pinned = {pin.name: pin.version for pin in read_lock(lock_path("router"))}
-    stale = pyproject.replace('"pyyaml>=6",', f'"pyyaml>{pinned["pyyaml"]}",').replace(
-        '"aiohttp>=3.9,<4",', '"aiohttp>=3.9,<4",\n  "attrs>=20",\n  "brand-new-package>=1",').replace(
-        '"prometheus-client>=0.20",', "")
+    stale = (
+        pyproject.replace('"pyyaml>=6",', f'"pyyaml>{pinned["pyyaml"]}",')
+        .replace('"aiohttp>=3.9,<4",', '"aiohttp>=3.9,<4",\n  "attrs>=20",\n  "brand-new-package>=1",')
+        .replace('"prometheus-client>=0.20",', "")
+    )
     assert stale != pyproject
     (tmp_path / "pyproject.toml").write_text(stale)
     monkeypatch.setattr(lock, "PYPROJECT", tmp_path / "pyproject.toml")

@@ -16,11 +16,13 @@ def test_unnamed_models_see_every_frame() -> None:
 
 
 def test_sources_every_nth_and_max_fps() -> None:
-    rules = RoutingRules({
-        "gate-only": ModelRule(sources=["gate"]),
-        "fifth": ModelRule(every_nth=5),
-        "two-per-second": ModelRule(max_fps=2),
-    })
+    rules = RoutingRules(
+        {
+            "gate-only": ModelRule(sources=["gate"]),
+            "fifth": ModelRule(every_nth=5),
+            "two-per-second": ModelRule(max_fps=2),
+        }
+    )
     assert rules.wants("gate-only", frame(0, "gate")) and not rules.wants("gate-only", frame(0, "yard"))
     assert [i for i in range(20) if rules.wants("fifth", frame(i))] == [0, 5, 10, 15]
     kept = [i for i in range(50) if rules.wants("two-per-second", frame(i, fps=25))]  # 2 s of a 25 fps source

@@ -105,7 +105,10 @@ def test_a_bad_combination_is_one_clear_line_at_start(tmp_path: Path) -> None:
     env.write_text("ack_wait=30\ntask_max_age=30\n")
     bad = subprocess.run(
         [sys.executable, "-m", "services.detection", "--check-config", "--env-file", str(env)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 2
     assert "task_max_age (30 s) must exceed ack_wait x task_max_deliver (30 s x 4 = 120 s)" in bad.stderr, bad.stderr
@@ -123,7 +126,10 @@ def test_seed_keys_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch
 def test_check_config(service: str, tmp_path: Path) -> None:
     ok = subprocess.run(
         [sys.executable, "-m", f"services.{service}", "--check-config", "--env-file", str(tmp_path / "none")],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert ok.returncode == 0, ok.stderr
     assert "configuration OK" in ok.stdout
@@ -131,14 +137,20 @@ def test_check_config(service: str, tmp_path: Path) -> None:
     bad_env.write_text("redis_port=not-a-port\nttl_bucket=forever\n")
     bad = subprocess.run(
         [sys.executable, "-m", f"services.{service}", "--check-config", "--env-file", str(bad_env)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 2
     assert "redis_port" in bad.stderr and "ttl_bucket" in bad.stderr
     assert "not-a-port" not in bad.stderr  # values are never echoed: they may be secrets
     example = subprocess.run(
         [sys.executable, "-m", f"services.{service}", "--check-config", "--env-file", str(ROOT / ".env.example")],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert example.returncode == 0, example.stderr  # the documented example is a valid configuration
 

@@ -7,4 +7,3 @@ from scripts.settings_doc import DOC, current, render
 
 def test_configuration_reference_is_current() -> None:
     assert current() == render(), f"{DOC.name} is out of date: run `make config-docs`"
-
