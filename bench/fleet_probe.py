@@ -4,6 +4,7 @@ processes by name (CPU, RSS), and a fleet that lets the caller read them just be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,10 +57,8 @@ class FleetProcesses:
     def _each(self, read: Callable[[psutil.Process], float]) -> dict[str, float]:
         out: dict[str, float] = {}
         for name, pid in self.pids().items():
-            try:
+            with contextlib.suppress(psutil.Error):  # it has just exited: the next sample goes without it
                 out[name] = read(self._process(pid))
-            except psutil.Error:
-                pass  # it has just exited: the next sample goes without it
         return out
 
     def cpu_seconds(self) -> dict[str, float]:

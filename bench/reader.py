@@ -8,6 +8,7 @@ its STARTED to its ENDED status. Runs alternate so that machine noise hits both 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -61,10 +62,8 @@ async def reader_process(servers: ServerSet, video: Path) -> dict[str, float]:
     async def on_status(msg: Any) -> None:
         status = SourceStatus.from_bytes(msg.data)
         statuses[status.state] = status
-        try:
+        with contextlib.suppress(psutil.Error):
             cpu_at[status.state] = sum(ps.cpu_times()[:2])
-        except psutil.Error:
-            pass
 
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -87,10 +86,8 @@ async def reader_process(servers: ServerSet, video: Path) -> dict[str, float]:
             cpu = times.user + times.system
         except psutil.Error:
             pass
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(process.wait(), 0.1)
-        except asyncio.TimeoutError:
-            pass
     await nc.drain()
     if SourceState.ENDED not in statuses:
         stderr = (await process.stderr.read()).decode()[-2000:] if process.stderr else ""

@@ -100,10 +100,8 @@ def volume_files_mb(weed_dir: Path, ids: set[int]) -> float:
     total = 0
     for f in weed_dir.glob("*.*"):
         if f.stem.isdigit() and int(f.stem) in ids:
-            try:
+            with contextlib.suppress(OSError):  # expired while we look
                 total += f.stat().st_blocks * 512
-            except OSError:
-                pass  # expired while we look
     return total / MB
 
 

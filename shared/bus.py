@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -90,7 +91,7 @@ class Bus:
                 ),
                 timeout=self.settings.startup_timeout,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise InfrastructureUnavailable(
                 f"NATS unreachable after {self.settings.startup_timeout:.0f} s (nats_host is set; is nats-server running?)"
             ) from None
@@ -259,10 +260,8 @@ class Bus:
                 if not warned:
                     self.log.info("waiting for stream %s (its owner has not started yet)", stream)
                     warned = True
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
-            except asyncio.TimeoutError:
-                pass
         return None
 
     async def backlog(self, stream: str, durable: str) -> int | None:
@@ -302,7 +301,7 @@ class Outgoing:
     msg_id: str
 
     @classmethod
-    def of(cls, subject: str, message: Contract) -> "Outgoing":
+    def of(cls, subject: str, message: Contract) -> Outgoing:
         return cls(subject, message.to_bytes(), message.msg_id())
 
     @property
@@ -331,7 +330,7 @@ async def fetch(sub: JetStreamContext.PullSubscription, batch: int, timeout: flo
     """
     try:
         return await sub.fetch(batch, timeout=timeout)
-    except (NatsTimeoutError, asyncio.TimeoutError):  # nats-py raises either, depending on the path
+    except (TimeoutError, NatsTimeoutError):  # nats-py raises either, depending on the path
         return []
     except UNAVAILABLE as exc:
         _warn_unavailable("pull", exc)

@@ -221,7 +221,7 @@ class Detection(BaseModel):
     box_px: PixelBox
 
     @classmethod
-    def on_image(cls, label: str, class_id: int, score: float, box: BBox, width: int, height: int) -> "Detection":
+    def on_image(cls, label: str, class_id: int, score: float, box: BBox, width: int, height: int) -> Detection:
         x1, y1, x2, y2 = box.to_pixels(width, height)
         return cls(label=label, class_id=class_id, score=score, box=box, box_px=PixelBox(x1=x1, y1=y1, x2=x2, y2=y2))
 

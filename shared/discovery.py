@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -41,16 +42,14 @@ class HeartbeatPublisher:
                 if not failing:
                     self.log.warning("heartbeat failed (Redis unreachable?): %r", exc)
                 failing = True
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.ttl / 3)
-            except asyncio.TimeoutError:
-                pass
 
     async def remove(self) -> None:
         """Graceful shutdown: stop receiving work now rather than after the TTL."""
         try:
             await self.redis.delete(self._key(self.beat()))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - shutdown goes on; the TTL removes the heartbeat anyway
             self.log.warning("could not remove heartbeat: %r", exc)
 
 

@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from typing import Any, Generic, TypeVar
 
 from nats.aio.msg import Msg
@@ -90,10 +90,8 @@ class Service(abc.ABC, Generic[S]):
 
     async def pause(self, seconds: float) -> bool:
         """Sleep up to `seconds`, cut short by a stop; True when the service is stopping."""
-        try:
+        with suppress(TimeoutError):
             await asyncio.wait_for(self.stop_event.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
         return self.stop_event.is_set()
 
     async def redis_must(self, what: str, attempt: Callable[[], Awaitable[T]], *, hold: Sequence[Msg] = ()) -> T:
@@ -110,10 +108,8 @@ class Service(abc.ABC, Generic[S]):
                     self.log.warning("Redis unreachable (%s); retrying until it is back: %r", what, exc)
                     failing = True
                 for msg in hold:
-                    try:
+                    with suppress(Exception):  # NATS away too: redelivery is the fallback
                         await msg.in_progress()
-                    except Exception:  # noqa: BLE001, S110 - NATS away too: redelivery is the fallback
-                        pass
                 if await self.pause(next(delays)):
                     raise Stopping(what) from None
                 continue

@@ -60,7 +60,7 @@ class TaskQueueSettings(VigilSettings):
     task_max_age: float = Field(default=45.0, gt=0, description="seconds a task may wait before it is worthless")
 
     @model_validator(mode="after")
-    def _tasks_outlive_their_deliveries(self) -> "TaskQueueSettings":
+    def _tasks_outlive_their_deliveries(self) -> TaskQueueSettings:
         # The work queue removes a task by age whatever its state: one that dies with its worker must still be
         # there when ack_wait runs out, for every delivery it is allowed (issue 15: 30 s and 30 s lost them all).
         deliveries = self.ack_wait * self.task_max_deliver

@@ -56,7 +56,7 @@ class SeaweedStorage:
         self._pools: dict[str, _FidPool] = {}
         self.log = logging.getLogger("vigil.storage")
 
-    async def __aenter__(self) -> "SeaweedStorage":
+    async def __aenter__(self) -> SeaweedStorage:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._max_connections),
             timeout=aiohttp.ClientTimeout(total=30, connect=3),

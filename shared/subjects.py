@@ -22,7 +22,7 @@ class Subjects:
     _prefix: str
 
     @classmethod
-    def from_settings(cls, settings: VigilSettings) -> "Subjects":
+    def from_settings(cls, settings: VigilSettings) -> Subjects:
         prefix = f"{settings.subject_prefix}." if settings.subject_prefix else ""
         return cls(frames=prefix + settings.topic_stream, results=prefix + settings.results_subject, _prefix=prefix)
 

@@ -215,7 +215,7 @@ class InferenceWorker(Service[WorkerSettings]):
                 )
                 for job, output in zip(ready, outputs, strict=True):
                     job.output = output
-            except Exception as exc:  # noqa: BLE001 - a bad batch gives error results, the worker goes on
+            except Exception as exc:  # a bad batch gives error results, the worker goes on
                 self.log.exception("inference failed", extra={"model": self.model_name})
                 for job in ready:
                     job.error = f"inference failed: {exc!r}"

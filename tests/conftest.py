@@ -11,7 +11,7 @@ import pytest
 from fleet.servers import LocalServers, ServerSet
 
 # The sample fleet run, as session fixtures here so e2e and contract tests share one run.
-from tests.support.fleet_run import api, sample_run  # noqa: F401
+from tests.support.fleet_run import api, sample_run  # noqa: F401 - fixtures, found by pytest by name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS = REPO_ROOT / "tests"

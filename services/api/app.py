@@ -312,7 +312,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except RedisError as exc:
         log.warning("event store unavailable: %s", exc)
         return error_response(503, "the event store is unavailable; try again")
-    except Exception:  # noqa: BLE001 - one bad request must not take the api down
+    except Exception:  # one bad request must not take the api down
         log.exception("request failed: %s %s", request.method, request.path)
         return error_response(500, "internal error")
 

@@ -7,6 +7,7 @@ clear last error, so one broken camera never takes the reader's other sources do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -99,7 +100,7 @@ class ReaderCounters:
     reconnects: Counter
 
     @classmethod
-    def create(cls, metrics: Metrics) -> "ReaderCounters":
+    def create(cls, metrics: Metrics) -> ReaderCounters:
         labels = ("source_id",)
         return cls(
             read=metrics.counter("frames_read", "frames taken from the source (after skipping)", labels),
@@ -212,7 +213,7 @@ class SourceRunner:
                     await raw.put_wait(None)
             # Only now is every frame published: the final report must count them all.
             await self._set_state(*self._final)
-        except Exception as exc:  # noqa: BLE001 - a runner ends in a state, never in an exception
+        except Exception as exc:  # a runner ends in a state, never in an exception
             self.log.exception("source pipeline broke", extra=self.extra)
             await self._set_state(SourceRunState.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
@@ -266,10 +267,8 @@ class SourceRunner:
 
     async def _backoff(self, failures: int) -> None:
         ceiling = min(self.settings.reconnect_max, self.settings.reconnect_initial * 2 ** (failures - 1))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), timeout=random.uniform(ceiling / 2, ceiling))
-        except asyncio.TimeoutError:
-            pass
 
     async def _stream(
         self,
@@ -293,7 +292,7 @@ class SourceRunner:
             while not self.stop.is_set():
                 try:
                     batch, ended, failure = await asyncio.wait_for(asyncio.shield(future), timeout=self.settings.stall_timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     # The decoder thread is still blocked in a read: leave it to its read timeout (the source
                     # is closed after it) and reconnect on a fresh thread instead of queueing behind it.
                     self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-{self.config.source_id}")

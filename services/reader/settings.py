@@ -63,7 +63,7 @@ class ReaderSettings(VigilSettings):
     status_interval: float = Field(default=2.0, gt=0, description="seconds between source health reports")
 
     @model_validator(mode="after")
-    def _one_way_to_name_sources(self) -> "ReaderSettings":
+    def _one_way_to_name_sources(self) -> ReaderSettings:
         if self.sources and self.sources_file:
             raise ValueError("set either sources or sources_file, not both")
         return self

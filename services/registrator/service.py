@@ -445,10 +445,9 @@ class RegistratorService(Service[RegistratorSettings]):
 
     async def _forget(self, event: OpenEvent) -> None:
         self.finalising.pop(event.id, None)
-        try:
+        # Stopping: a restart finds its record FINISHED and its saved state: it cuts the proofs once more.
+        with contextlib.suppress(Stopping):
             await self.redis_must("forget event", lambda: self.state.drop(event.id))
-        except Stopping:
-            pass  # a restart finds its record FINISHED and its saved state: it cuts the proofs once more
 
     async def _failed(self, event: OpenEvent, exc: BaseException) -> None:
         assert self.store is not None
@@ -526,10 +525,8 @@ class RegistratorService(Service[RegistratorSettings]):
             del self._last_result[key]
         self.drained_until[feed] = progress.ended_at
         del self.sources[feed]
-        try:
+        with contextlib.suppress(Stopping):  # its saved state stays: the next start drains it again, and finds nothing left to do
             await self.redis_must("drained source", lambda: self.state.forget_source(feed, list(results)))
-        except Stopping:
-            pass  # its saved state stays: the next start drains it again, and finds nothing left to do
 
     async def _restore(self) -> list[OpenEvent]:
         """Pick up where a previous registrator stopped; returns the closed events still owed their proofs."""

@@ -49,7 +49,7 @@ class RegistratorSettings(TaskQueueSettings):
     retention_interval: float = Field(default=300.0, gt=0, description="seconds between retention sweeps")
 
     @model_validator(mode="after")
-    def _frames_outlive_events(self) -> "RegistratorSettings":
+    def _frames_outlive_events(self) -> RegistratorSettings:
         # A clip is cut from frames stored with ttl_bucket: they must still exist when the event closes.
         needed = self.max_event_duration + self.pre_roll + self.post_roll + TTL_MARGIN_SECONDS
         if parse_ttl(self.ttl_bucket) < needed:
@@ -60,7 +60,7 @@ class RegistratorSettings(TaskQueueSettings):
         return self
 
     @model_validator(mode="after")
-    def _drain_outwaits_tasks(self) -> "RegistratorSettings":
+    def _drain_outwaits_tasks(self) -> RegistratorSettings:
         # A task routed just before its source ended may be answered up to task_max_age later (redelivered to
         # another worker); a drain that gives up sooner closes the source without results that were coming.
         if self.drain_timeout <= self.task_max_age:

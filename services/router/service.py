@@ -8,6 +8,7 @@ so the summary of an ended source is exact whichever replica writes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from contextlib import AsyncExitStack
@@ -297,7 +298,5 @@ class _KeepAlive:
             return
         self.next = time.monotonic() + self.every
         for msg in self.msgs:
-            try:
+            with contextlib.suppress(Exception):  # NATS away: redelivery is the fallback
                 await msg.in_progress()
-            except Exception:  # noqa: BLE001, S110 - NATS away: redelivery is the fallback
-                pass

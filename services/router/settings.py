@@ -25,7 +25,7 @@ class RouterSettings(VigilSettings):
     )
 
     @model_validator(mode="after")
-    def _summary_outwaits_redelivery(self) -> "RouterSettings":
+    def _summary_outwaits_redelivery(self) -> RouterSettings:
         # A router killed with frames in hand has them routed again after frames_ack_wait; a summary
         # written before that would count them short.
         if self.summary_timeout <= self.frames_ack_wait:

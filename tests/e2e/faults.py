@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -218,7 +219,7 @@ def check_events(
     person = sorted((e for e in events if e.source_id == SOURCE and e.label == "person"), key=lambda e: e.start)
     assert person, "no events"
     assert all(e.state is EventState.FINISHED for e in person), [(e.id, e.state.value, e.error) for e in person]
-    for a, b in zip(person, person[1:], strict=False):
+    for a, b in pairwise(person):
         assert b.start > a.end, f"{a.id} ({a.start}-{a.end} s) and {b.id} ({b.start}-{b.end} s) overlap"
     seen = sorted({r.frame.pts for r in results if any(d.label == "person" and d.score >= min_score for d in r.detections)})
     assert seen, "the detector saw nobody"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,7 @@ async def test_every_time_the_document_allows_is_accepted(
 async def test_time_filters_read_dates_and_date_times_as_utc(api: str, sample_run: SampleRun) -> None:
     stored = sorted(sample_run.report.events, key=lambda e: (e.start_wall, e.id), reverse=True)
     second = int(min(e.start_wall for e in stored))  # whole seconds: a date-time that is not rounded up
-    when = datetime.fromtimestamp(second, timezone.utc)
+    when = datetime.fromtimestamp(second, UTC)
     async with aiohttp.ClientSession() as http:
         by_day = await get_json(http, f"{api}/api/v1/events?since={when.date().isoformat()}")
         by_time = await get_json(http, f"{api}/api/v1/events?since={when.strftime('%Y-%m-%dT%H:%M:%SZ')}")
@@ -152,9 +152,8 @@ async def test_unknown_ids_and_paths_get_json_404s(api: str) -> None:
     ],
 )
 async def test_path_traversal_is_refused(api: str, path: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(api + path) as resp:
-            body = await resp.read()
+    async with aiohttp.ClientSession() as http, http.get(api + path) as resp:
+        body = await resp.read()
     assert resp.status in (400, 404), (resp.status, body[:200])
     assert b"root:" not in body and b"import" not in body
 
@@ -270,9 +269,12 @@ async def test_openapi_document_describes_every_route(api: str) -> None:
 
 
 async def test_token_auth_and_no_cors_by_default(servers: ServerSet, sample_run: SampleRun, api: str) -> None:
-    async with aiohttp.ClientSession() as http:  # the default api: no token, no CORS headers
-        async with http.get(f"{api}/api/v1/events", headers={"Origin": "http://evil.example"}) as resp:
-            assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
+    # The default api: no token, no CORS headers.
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{api}/api/v1/events", headers={"Origin": "http://evil.example"}) as resp,
+    ):
+        assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
 
     service = api_service(servers, sample_run.prefix, api_token="s3cret-token", api_cors_origins=["http://ops.example"])
     jar = aiohttp.CookieJar(unsafe=True)  # keep cookies of an IP address host, as a browser does

@@ -79,7 +79,7 @@ async def test_registrator_restarted_while_the_camera_streams(local_servers: Loc
     """Issue 15: a restarted registrator rebuilt its frame buffer until a second passed without a frame, which a
     live camera never allows: it absorbed no result and ignored SIGTERM meanwhile. Here the camera never stops."""
     async with live_fleet(local_servers, tmp_path, unique) as live:
-        finished = lambda events: {e.id for e in events if e.state is EventState.FINISHED}  # noqa: E731
+        finished = lambda events: {e.id for e in events if e.state is EventState.FINISHED}  # noqa: E731 - a named condition, read inline where it is used
         await live.until_async(lambda: live.events(), lambda es: bool(finished(es)), 120, "a first FINISHED event")
         before = finished(await live.events())
 
@@ -119,14 +119,14 @@ async def test_reader_killed_mid_event_and_started_again(local_servers: LocalSer
     of the first run's. With run ids each run is its own: the first one's open events close when the second
     starts, and the second's counts are exact."""
     async with live_fleet(local_servers, tmp_path, unique) as live:
-        opened = lambda es: any(e.state in (EventState.CREATED, EventState.PENDING) for e in es)  # noqa: E731
+        opened = lambda es: any(e.state in (EventState.CREATED, EventState.PENDING) for e in es)  # noqa: E731 - a named condition, read inline where it is used
         await live.until_async(live.events, opened, 120, "an open event")
         first_run = live.fleet.progress.status["cam0"].run
         await live.fleet.kill("reader")
         await live.fleet.restart("reader")
         await live.until(lambda: live.fleet.progress.status["cam0"].run != first_run, 60, "the second run to start")
         restarted = time.time()
-        second = lambda es: [e for e in es if e.run != first_run and e.state is EventState.FINISHED]  # noqa: E731
+        second = lambda es: [e for e in es if e.run != first_run and e.state is EventState.FINISHED]  # noqa: E731 - a named condition, read inline where it is used
         took = await live.until_async(live.events, lambda es: bool(second(es)), 120, "a FINISHED event of the second run")
         report = await live.finish()
         results = await live.stored_results(SSD)

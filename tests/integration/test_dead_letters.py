@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import tracemalloc
+from itertools import pairwise
 
 import nats
 import pytest
@@ -62,6 +63,6 @@ async def test_floods_of_bad_messages_are_dead_lettered_and_not_kept(servers: Se
         await nc.close()
         await owner.close()
     assert dead_lettered() == 3 * 1200
-    growth = [(b - a) / 1024 for a, b in zip(heap, heap[1:], strict=False)]
+    growth = [(b - a) / 1024 for a, b in pairwise(heap)]
     print(f"\ntraced heap growth per flood of 1,200 bad messages: {[round(g) for g in growth]} KiB")
     assert all(g < 512 for g in growth), growth  # a kept 64 KiB message per flood would show as megabytes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import av
@@ -64,7 +65,7 @@ def test_serves_the_clip_live(camera: RtspServer) -> None:
     # FFmpeg gives the very first RTSP frame no pts; every later one has one.
     times = [f.time for f in frames if f.time is not None]
     assert len(times) >= len(frames) - 1
-    assert all(a < b for a, b in zip(times, times[1:], strict=False)), times
+    assert all(a < b for a, b in pairwise(times)), times
     span = times[-1] - times[0]
     assert span == pytest.approx(0.1 * (len(times) - 1), abs=0.1)  # 10 fps
     # Live, not as fast as possible: a frame cannot arrive before the camera has "filmed" it.

@@ -43,12 +43,12 @@ class Rig:
         self.url = ""
         self._watch: nats.NATS | None = None
 
-    async def __aenter__(self) -> "Rig":
+    async def __aenter__(self) -> Rig:
         await self.bus.connect()
         await self.bus.ensure_stream(frames_stream(self.settings))
         await self.bus.ensure_stream(results_stream(self.settings))
         async with SeaweedStorage(self.settings) as storage:
-            ok, jpeg = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))
+            _ok, jpeg = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))
             self.url = await storage.upload(jpeg.tobytes(), ttl="5m")
         self._watch = await nats.connect(self.env["nats_host"])
 
@@ -144,7 +144,7 @@ async def test_a_killed_replica_loses_no_task(service_env: dict[str, str], capsy
         async with running(router):
             held, killed, publisher = await kill_a_busy_replica(rig, router, env, 400)
             async with running(survivor):
-                redelivered = lambda: counter_value(survivor.m_redelivered, model="kill")  # noqa: E731
+                redelivered = lambda: counter_value(survivor.m_redelivered, model="kill")  # noqa: E731 - a named condition, read inline where it is used
                 await wait_for(lambda: redelivered() >= held, 3 * ack_wait, f"the {held} held tasks to be redelivered")
                 took = time.monotonic() - killed
                 await wait_for(lambda: len({r.frame.seq for r in rig.results}) >= 400, 120, "every frame answered")
@@ -179,7 +179,7 @@ async def test_a_task_past_its_last_delivery_is_counted(service_env: dict[str, s
         async with running(router):
             held, _, publisher = await kill_a_busy_replica(rig, router, env, 300, fps=20)
             async with running(survivor):
-                gave_up = lambda: counter_value(survivor.bus.max_deliveries, stream=stream, consumer=durable)  # noqa: E731
+                gave_up = lambda: counter_value(survivor.bus.max_deliveries, stream=stream, consumer=durable)  # noqa: E731 - a named condition, read inline where it is used
                 await wait_for(lambda: gave_up() >= held, 30, f"{held} max-delivery advisories")
                 await publisher
                 await wait_for(lambda: max(r.frame.seq for r in rig.results) == 299, 60, "the last frame answered")
@@ -231,7 +231,7 @@ async def test_a_dead_model_gets_no_tasks_and_a_new_one_gets_them_at_once(
     async with Rig(service_env) as rig:
         # No grace: a model gone for good (the next test has a restarting one, with the default grace).
         router = RouterService(RouterSettings(_env_file=None, **service_env, model_grace=0))  # type: ignore[arg-type]
-        tasks = lambda: counter_value(router.m_tasks, source_id="cam0", model="flaky")  # noqa: E731
+        tasks = lambda: counter_value(router.m_tasks, source_id="cam0", model="flaky")  # noqa: E731 - a named condition, read inline where it is used
         async with running(router):
             feeder = asyncio.create_task(rig.publish_frames(100_000, DropPolicy.DROP_OLDEST, fps=20))
             try:
@@ -275,7 +275,7 @@ async def test_a_restarting_model_has_its_tasks_queued(service_env: dict[str, st
     env = worker_env(service_env, "phoenix", routing_ttl=2)
     async with Rig(service_env) as rig:
         router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
-        tasks = lambda: counter_value(router.m_tasks, source_id="cam0", model="phoenix")  # noqa: E731
+        tasks = lambda: counter_value(router.m_tasks, source_id="cam0", model="phoenix")  # noqa: E731 - a named condition, read inline where it is used
         async with running(router):
             async with worker_process(env | {"instance": "first"}) as first:
                 await wait_for(lambda: "phoenix" in router.live, 30, "the first instance to be live")
@@ -335,7 +335,7 @@ async def test_router_replicas_route_each_frame_once_and_summarise_together(serv
             for i in range(2)
         ]
         summaries = await rig.bus.nc.subscribe(rig.bus.subjects.routed("cam0"))  # type: ignore[union-attr]
-        live = lambda r: "dual" in r.live  # noqa: E731
+        live = lambda r: "dual" in r.live  # noqa: E731 - a named condition, read inline where it is used
         async with running(worker), running(routers[0], live), running(routers[1], live):
             await rig.publish_frames(500)
             ended = SourceStatus(
@@ -364,7 +364,7 @@ async def test_a_summary_that_waits_stalls_no_other_source(
         settings = RouterSettings(_env_file=None, **service_env, frames_ack_wait=2, summary_timeout=8)  # type: ignore[arg-type]
         router = RouterService(settings)
         summaries = await rig.bus.nc.subscribe(rig.bus.subjects.routed("cam0"))  # type: ignore[union-attr]
-        other = lambda: sum(r.frame.source_id == "cam1" for r in rig.results)  # noqa: E731
+        other = lambda: sum(r.frame.source_id == "cam1" for r in rig.results)  # noqa: E731 - a named condition, read inline where it is used
         async with running(worker), running(router, lambda r: "lanes" in r.live):
             await rig.publish_frames(10)
             ended = SourceStatus(

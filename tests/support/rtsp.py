@@ -46,7 +46,7 @@ def rtsp_available() -> str | None:
     except subprocess.TimeoutExpired:
         return f"checking GStreamer under {SYSTEM_PYTHON} timed out"
     if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or ["exit status %d" % done.returncode]
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
         return f"test RTSP server unavailable ({lines[-1]}); {INSTALL_HINT}"
     return None
 
@@ -84,7 +84,7 @@ class RtspServer:
             raise FileNotFoundError(self.video)
         self._lines = queue.Queue()
         # A file, not a pipe: GStreamer's warnings must never block the server on a full pipe.
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - open for the server's life; stop() closes it
         command = [str(SYSTEM_PYTHON), "-I", "-u", str(SERVER_SCRIPT), "--port", str(self.port), "--video", str(self.video)]
         command += ["--path", self.path]
         self._proc = subprocess.Popen(

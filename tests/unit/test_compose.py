@@ -505,7 +505,7 @@ def _healthcheck_argv() -> list[str]:
 
 
 class _Health(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:  # http.server's name
         code = self.server.status if self.path == "/healthz" else 404  # type: ignore[attr-defined]
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -546,7 +546,7 @@ def _free_port() -> int:
 
 
 def test_healthcheck_follows_healthz(health_servers: list[ThreadingHTTPServer]) -> None:
-    metrics, api = health_servers
+    metrics, _api = health_servers
     port = metrics.server_address[1]
     assert _check({"metrics_port": port}) == 0
     assert _check({"METRICS_PORT": port}) == 0
