@@ -123,6 +123,7 @@ class Bus:
             except BadRequestError:
                 # A work queue made by an older version with another storage type cannot be updated in
                 # place; its tasks are short-lived, so it is made again.
+                assert config.name is not None  # add_stream refuses a stream without one
                 old = (await self.js.stream_info(config.name)).config
                 if config.retention is not RetentionPolicy.WORK_QUEUE or old.storage == config.storage:
                     raise

@@ -38,7 +38,8 @@ class Metrics:
 def counter_value(counter: Counter, **labels: str) -> float:
     """Read a counter back (tests and end-of-run summaries)."""
     child = counter.labels(**labels) if labels else counter
-    return child._value.get()  # prometheus_client has no public read API
+    value: float = child._value.get()  # prometheus_client has no public read API
+    return value
 
 
 async def start_http(metrics: Metrics, health: Callable[[], dict[str, Any]], host: str, port: int) -> web.AppRunner | None:

@@ -105,7 +105,7 @@ class SeaweedStorage:
         deadline = time.monotonic() + _ASSIGN_GROW_SECONDS
         while True:
             async with self.session.get(f"{self.master_url}/dir/assign", params=params) as resp:
-                doc = await resp.json(content_type=None)
+                doc: dict[str, Any] = await resp.json(content_type=None)
             if "fid" in doc:
                 return doc
             # The first assign for a TTL the master has not seen answers "No writable volumes"

@@ -211,7 +211,7 @@ class InferenceWorker(Service[WorkerSettings]):
                 outputs, timings = await asyncio.get_running_loop().run_in_executor(
                     self._infer_thread,
                     self._infer,
-                    [job.image for job in ready],  # type: ignore[misc]
+                    [job.image for job in ready if job.image is not None],  # all of them: _fetch_image set it
                 )
                 for job, output in zip(ready, outputs, strict=True):
                     job.output = output

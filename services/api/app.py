@@ -276,7 +276,7 @@ def _validating(route: Route, token: bool) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         query = request.query
         if token and "token" in query:  # the token scheme's parameter, already checked by token_auth
-            query = MultiDict((k, v) for k, v in query.items() if k != "token")  # type: ignore[assignment]
+            query = MultiDict((k, v) for k, v in query.items() if k != "token")
         request[QUERY] = parse_query(route.query, query)
         if route.path_params is not None:
             request[PATH] = parse_query(route.path_params, request.match_info, "path")

@@ -27,12 +27,15 @@ class EventLinks(Answer):
 
 # The stored Event less its internal fields, plus links: derived from the contract, so a field added to
 # Event shows up here (and in the document) without anyone remembering to.
+_PUBLIC_FIELDS: dict[str, Any] = {
+    name: (info.annotation, info) for name, info in Event.model_fields.items() if name not in INTERNAL_FIELDS
+}
 PublicEvent: type[Answer] = create_model(
     "Event",
     __base__=Answer,
     __doc__=Event.__doc__,
     links=(EventLinks, ...),
-    **{name: (info.annotation, info) for name, info in Event.model_fields.items() if name not in INTERNAL_FIELDS},
+    **_PUBLIC_FIELDS,
 )
 
 

@@ -50,7 +50,8 @@ class Route:
 def document(routes: tuple[Route, ...], *, token: bool) -> dict[str, Any]:
     """The api's document; `token`: whether requests need one (then 401 is an answer, and `token` a parameter)."""
     bodies = [r.body for r in routes if r.body is not None]
-    keys, top = models_json_schema([(m, "serialization") for m in {*bodies, Error}], ref_template=REF)
+    models: set[type[BaseModel]] = {*bodies, Error}
+    keys, top = models_json_schema([(m, "serialization") for m in models], ref_template=REF)
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
     paths = {route.path: {"get": _operation(route, keys, schemas, token)} for route in routes}
     doc: dict[str, Any] = {

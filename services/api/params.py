@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
 
@@ -188,7 +188,10 @@ def parse_headers(model: type[Headers], headers: Mapping[str, str]) -> Headers:
     return _validate(model, {n: headers[n] for n in names if n in headers}, "header")
 
 
-def _validate(model: type[Any], given: dict[str, str], where: str) -> Any:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validate(model: type[M], given: dict[str, str], where: str) -> M:
     try:
         return model.model_validate(given)
     except ValidationError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -81,7 +81,10 @@ class FleetView:
         found: list[Event] = []
         offset = 0
         while True:
-            raws = await self.redis.zrevrangebyscore(self.keys.events, high, low, start=offset, num=_SCAN_CHUNK)
+            # No decode_responses, no scores: a list of bytes.
+            raws = cast(
+                list[bytes], await self.redis.zrevrangebyscore(self.keys.events, high, low, start=offset, num=_SCAN_CHUNK)
+            )
             for raw in raws:
                 event = Event.from_bytes(raw)
                 if cursor is not None and not cursor.after(event):
@@ -120,7 +123,7 @@ class FleetView:
         ids = set(health) | set(await self._ids_of(self.keys.totals("*")))
         out: dict[str, dict[str, Any]] = {}
         for source_id in sorted(ids):
-            counted = _decode_hash(await self.redis.hgetall(self.keys.totals(source_id)))
+            counted = _decode_hash(cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.totals(source_id))))
             h = health.get(source_id)
             models = sorted({k[len(p) :] for p in (ROUTED_TASKS, TOTAL_INFERRED) for k in counted if k.startswith(p)})
             out[source_id] = {

@@ -31,7 +31,8 @@ class DecodedFrame:
         stage that cannot run in parallel, so it does as little as possible."""
         if isinstance(self.raw, np.ndarray):
             return self.raw
-        return self.raw.to_ndarray(format="bgr24")
+        frame: np.ndarray = self.raw.to_ndarray(format="bgr24")
+        return frame
 
 
 class FrameSource(Protocol):

@@ -424,8 +424,9 @@ class RegistratorService(Service[RegistratorSettings]):
             return False
         event.state = EventState.FINISHED
         record = event.record(**proofs)
+        store = self.store  # narrowed above, for the lambda
         try:
-            await self.redis_must("finished event", lambda: self.store.save(record))  # type: ignore[union-attr]
+            await self.redis_must("finished event", lambda: store.save(record))
         except Stopping:
             return True  # the event stays DONE in the saved state: the next start cuts its proofs again
         await self._forget(event)
@@ -570,7 +571,7 @@ class RegistratorService(Service[RegistratorSettings]):
         since = datetime.fromtimestamp(time.time() - s.max_event_duration - s.pre_roll - s.event_gap - _REBUILD_MARGIN, UTC)
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=since.isoformat().replace("+00:00", "Z"),
+            opt_start_time=since,
             ack_policy=AckPolicy.NONE,
             filter_subject=self.bus.subjects.frames,
             inactive_threshold=60.0,

@@ -7,6 +7,7 @@ registrator killed at any moment resumes where the acked results left it: nothin
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from typing import cast
 
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
@@ -76,10 +77,12 @@ class RegistratorState:
         return [RoutingSummary.from_bytes(raw) for raw in (await self.redis.hgetall(self.summary_key)).values()]
 
     async def ended_sources(self) -> set[str]:
-        return {raw.decode() for raw in await self.redis.smembers(self.ended_key)}
+        raws = cast(set[bytes], await self.redis.smembers(self.ended_key))  # no decode_responses: bytes
+        return {raw.decode() for raw in raws}
 
     async def ended_at(self) -> dict[str, float]:
-        return {k.decode(): float(v) for k, v in (await self.redis.hgetall(self.ended_at_key)).items()}
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.ended_at_key))  # no decode_responses: bytes
+        return {k.decode(): float(v) for k, v in raw.items()}
 
     async def seen_results(self) -> dict[tuple[str, str], set[int]]:
         found: dict[tuple[str, str], set[int]] = defaultdict(set)

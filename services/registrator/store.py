@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
@@ -32,7 +34,8 @@ class EventStore:
 
     async def save_in(self, pipe: Pipeline, event: Event) -> None:
         """The same, queued in the caller's pipeline (written together with what it depends on)."""
-        keys, args = [self.keys.events, self.keys.event_index], [event.id, event.start_wall, event.model_dump_json()]
+        keys = [self.keys.events, self.keys.event_index]
+        args: list[str | float] = [event.id, event.start_wall, event.model_dump_json()]
         await self._replace(keys=keys, args=args, client=pipe)  # on a pipeline this queues, it does not send
 
     async def get(self, event_id: str) -> Event | None:
@@ -41,7 +44,8 @@ class EventStore:
 
     async def started_before(self, unix_time: float, limit: int = 500) -> list[tuple[bytes, Event]]:
         """Oldest first, each with its member as stored (what `delete` removes)."""
-        raws = await self.redis.zrangebyscore(self.keys.events, "-inf", f"({unix_time}", start=0, num=limit)
+        # No decode_responses, no scores: a list of bytes.
+        raws = cast(list[bytes], await self.redis.zrangebyscore(self.keys.events, "-inf", f"({unix_time}", start=0, num=limit))
         return [(raw, Event.from_bytes(raw)) for raw in raws]
 
     async def delete(self, member: bytes, event_id: str) -> None:
@@ -51,4 +55,5 @@ class EventStore:
             await pipe.execute()
 
     async def all(self) -> list[Event]:
-        return [Event.from_bytes(raw) for raw in await self.redis.zrange(self.keys.events, 0, -1)]
+        raws = cast(list[bytes], await self.redis.zrange(self.keys.events, 0, -1))  # no decode_responses: bytes
+        return [Event.from_bytes(raw) for raw in raws]

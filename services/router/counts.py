@@ -10,6 +10,7 @@ a redelivery does not. Bits live in blocks of BLOCK frames that expire with the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -60,7 +61,8 @@ class RoutedCounts:
         self._script = redis.register_script(_COUNT_ONCE)
 
     async def read(self, feed: str) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in (await self.redis.hgetall(self.keys.routed(feed))).items()}
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.routed(feed)))  # no decode_responses: bytes
+        return {k.decode(): int(v) for k, v in raw.items()}
 
     async def forget(self, feed: str) -> None:
         """Once summarised; a run that never ended (a crashed reader) has its counts expire with COUNTS_TTL."""

@@ -191,8 +191,8 @@ class RouterService(Service[RouterSettings]):
         fresh = await self.redis_must("routed counts", lambda: self.counts.add(routed), hold=msgs)
         self._count_metrics([c for c, new in zip(routed, fresh, strict=True) if new], skipped)
         self.frames_total += len(routed)
-        for msg, count in counted:
-            if id(count) in unrouted:
+        for msg, frame_count in counted:
+            if id(frame_count) in unrouted:
                 await msg.nak(delay=1.0)
             else:
                 await msg.ack()
