@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -18,6 +19,7 @@ from nats.aio.msg import Msg
 from redis.asyncio import Redis
 
 from services.router.counts import FrameCount, RoutedCounts
+from services.router.lanes import SourceLanes
 from services.router.rules import RoutingRules
 from services.router.settings import RouterSettings
 from shared.bus import Outgoing, fetch
@@ -28,6 +30,8 @@ from shared.lifecycle import Service, Stopping
 from shared.subjects import ROUTER_DURABLE, frames_stream_name, task_stream_name, worker_durable
 
 _BACKLOG_FRESH_SECONDS = 0.05
+
+Routed = tuple[Msg, FrameRef | SourceStatus]  # a message of the frames stream, parsed
 
 
 class RouterService(Service[RouterSettings]):
@@ -44,6 +48,8 @@ class RouterService(Service[RouterSettings]):
         self._last_seen: dict[str, float] = {}  # model -> when (monotonic) an instance of it was last live
         self._backlog: dict[str, tuple[int, float]] = {}  # model -> (tasks queued, valid until)
         self._summaries: set[asyncio.Task[None]] = set()  # ended sources waiting to be summarised, off the routing path
+        self.lanes = SourceLanes[Routed](self._route_lane, self._spawn_lane)
+        self._tg: asyncio.TaskGroup | None = None
         self.frames_total = 0
         self.m_frames = self.metrics.counter("frames_routed", "frame references routed", ("source_id",))
         self.m_tasks = self.metrics.counter("tasks_routed", "tasks published", ("source_id", "model"))
@@ -68,6 +74,7 @@ class RouterService(Service[RouterSettings]):
             "live_models": sorted(self.live),
             "models_restarting": restarting,
             "frames_routed": self.frames_total,
+            "frames_held": self.lanes.held(),  # per source: a lane that keeps a count here is waiting
         }
 
     # -- live models -----------------------------------------------------------------------------
@@ -113,6 +120,8 @@ class RouterService(Service[RouterSettings]):
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch_live())
+            self._tg = tg
+            keeper = tg.create_task(self._keep_held_alive())
             sub = await self.bus.bind_when_ready(
                 self.frames_stream,
                 ROUTER_DURABLE,
@@ -120,47 +129,74 @@ class RouterService(Service[RouterSettings]):
                 max_ack_pending=4 * self.settings.route_batch,
                 ack_wait=self.settings.frames_ack_wait,
             )
-            try:
-                while sub is not None and not self.stop_event.is_set():
-                    await self._route_batch(await fetch(sub, self.settings.route_batch, timeout=0.5))
-            except Stopping:
-                pass  # stopped while Redis was away: the frames in hand are routed again by the next router
+            while sub is not None and not self.stop_event.is_set():
+                for source_id, items in (await self._by_source(await fetch(sub, self.settings.route_batch, timeout=0.5))).items():
+                    self.lanes.put(source_id, items)
+            await self.lanes.close(grace=5.0)
             # A summary still waiting leaves its status unacked: the next router summarises the source.
             for task in self._summaries:
                 task.cancel()
+            keeper.cancel()
 
-    async def _route_batch(self, msgs: list[Msg]) -> None:
-        """Frames between two lifecycle messages go out together; a lifecycle message waits for what came before it."""
-        run: list[Msg] = []
+    async def _keep_held_alive(self) -> None:
+        """In-progress acks, a third of frames_ack_wait apart, for every frame a lane holds: one that waits behind a
+        full model queue or a Redis outage is not redelivered to another router and routed twice (issue 15)."""
+        while True:
+            await asyncio.sleep(self.settings.frames_ack_wait / 3)
+            for msg, _ in self.lanes.held_items():
+                with contextlib.suppress(Exception):  # NATS away: redelivery is the fallback
+                    await msg.in_progress()
+
+    def _spawn_lane(self, lane: Coroutine[Any, Any, None]) -> None:
+        assert self._tg is not None
+        self._tg.create_task(lane)  # in the service's task group: a lane that fails fails the router, as routing did
+
+    async def _by_source(self, msgs: list[Msg]) -> dict[str, list[Routed]]:
+        """The batch split by source, in order within each; a message that does not parse is dead-lettered and acked."""
+        lanes: dict[str, list[Routed]] = {}
         for msg in msgs:
+            item: FrameRef | SourceStatus | None
             if self.bus.subjects.is_source_status(msg.subject):
-                await self._route_frames(run)
-                run = []
-                status = await self.bus.decode(msg, SourceStatus)
-                if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
-                    # Beside the routing, not in its way: a summary may wait summary_timeout for other replicas,
-                    # and no other source's frames wait with it (issue 15). It acks the status when done.
-                    task = asyncio.create_task(self._summarise(status, msg))
+                item = await self.bus.decode(msg, SourceStatus)
+            else:
+                item = await self.bus.decode(msg, FrameRef)
+            if item is None:
+                await msg.ack()
+                continue
+            lanes.setdefault(item.source_id, []).append((msg, item))
+        return lanes
+
+    async def _route_lane(self, items: list[Routed]) -> None:
+        """One source's messages: frames between two lifecycle messages go out together; a lifecycle message waits
+        for what came before it."""
+        frames: list[tuple[Msg, FrameRef]] = []
+        try:
+            for msg, item in items:
+                if isinstance(item, FrameRef):
+                    frames.append((msg, item))
+                    continue
+                await self._route_frames(frames)
+                frames = []
+                if item.state in (SourceState.ENDED, SourceState.FAILED):
+                    # Beside the routing, not in its way: a summary may wait summary_timeout for other replicas.
+                    # It acks the status when done.
+                    task = asyncio.create_task(self._summarise(item, msg))
                     self._summaries.add(task)
                     task.add_done_callback(self._summaries.discard)
                 else:
                     await msg.ack()
-            else:
-                run.append(msg)
-        await self._route_frames(run)
+            await self._route_frames(frames)
+        except Stopping:
+            pass  # stopped while Redis was away: the frames in hand are routed again by the next router
 
-    async def _route_frames(self, msgs: list[Msg]) -> None:
-        if not msgs:
+    async def _route_frames(self, frames: list[tuple[Msg, FrameRef]]) -> None:
+        if not frames:
             return
-        counted: list[tuple[Msg, FrameCount | None]] = []  # per message, its frame's count (None: dead-lettered)
+        counted: list[tuple[Msg, FrameCount]] = []
         skipped: Counter[str] = Counter()
         plans: list[tuple[str, FrameCount, Outgoing]] = []  # (model, frame's count, its task)
         now = time.time()
-        for msg in msgs:
-            frame = await self.bus.decode(msg, FrameRef)
-            if frame is None:
-                counted.append((msg, None))
-                continue
+        for msg, frame in frames:
             count = FrameCount(frame.source_id, frame.feed, frame.seq, [ROUTED_FRAMES])
             counted.append((msg, count))
             if not self.live:
@@ -170,7 +206,7 @@ class RouterService(Service[RouterSettings]):
                     skipped[model] += 1
                     continue
                 if frame.policy is DropPolicy.WAIT:
-                    await self._wait_for_room(model, msgs)
+                    await self._wait_for_room(model)
                 task = InferenceTask.encode(msg.data, model, now)
                 subject = self.bus.subjects.task(hb.subject)
                 plans.append((model, count, Outgoing(subject, task, InferenceTask.id_for(frame, model))))
@@ -186,9 +222,9 @@ class RouterService(Service[RouterSettings]):
             count.fields.append(ROUTED_TASKS + model)
         # A frame whose task could not be published (NATS away past publish_many's retries) is given back, neither
         # counted nor acked: routed again, its tasks that did go out are dropped by the stream as copies.
-        routed = [c for _, c in counted if c is not None and id(c) not in unrouted]
+        routed = [c for _, c in counted if id(c) not in unrouted]
         # Counted before the frames are acked: no replica's work goes uncounted, and none twice (counts.py).
-        fresh = await self.redis_must("routed counts", lambda: self.counts.add(routed), hold=msgs)
+        fresh = await self.redis_must("routed counts", lambda: self.counts.add(routed))
         self._count_metrics([c for c, new in zip(routed, fresh, strict=True) if new], skipped)
         self.frames_total += len(routed)
         for msg, frame_count in counted:
@@ -228,16 +264,14 @@ class RouterService(Service[RouterSettings]):
         queued = await self._queued(model)
         return queued is None or queued >= self.settings.task_backlog_limit  # not known is full: NATS is away
 
-    async def _wait_for_room(self, model: str, hold: list[Msg]) -> None:
-        """A file in as-fast-as-possible mode waits here instead of overflowing the capped task queue; the frames in
-        hand are kept from redelivery meanwhile (issue 15: held past frames_ack_wait, they were routed twice)."""
+    async def _wait_for_room(self, model: str) -> None:
+        """A file in as-fast-as-possible mode waits here instead of overflowing the capped task queue. Only its own
+        lane waits; the frames it holds are kept from redelivery by _keep_held_alive."""
         waited = False
-        keep_alive = _KeepAlive(self.settings.frames_ack_wait, hold)
         while model in self.live and not self.stop_event.is_set() and await self._full(model):
             if not waited:
                 self.m_waits.labels(model=model).inc()
                 waited = True
-            await keep_alive.tick()
             await asyncio.sleep(0.02)
             self._backlog.pop(model, None)
         if waited:

@@ -387,3 +387,29 @@ async def test_a_summary_that_waits_stalls_no_other_source(
         )
     assert took < 3.0 and waited >= 7.0
     assert summary.frames_routed == 10 and summary.tasks == {"lanes": 10}
+
+
+async def test_a_file_waiting_for_room_stalls_no_live_camera(
+    service_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 15: routed in fetch order, a file waiting for room in a full model queue (WAIT) held every live camera's
+    # frames behind it. The worker takes 2 s a task and the queue holds 2, so the file waits for most of the test.
+    async with Rig(service_env) as rig:
+        slow = worker_env(service_env, "busy", noop_delay_ms=2000, batch_size=1)
+        worker = NoopWorker(NoopSettings(_env_file=None, **slow))  # type: ignore[arg-type]
+        router = RouterService(RouterSettings(_env_file=None, **service_env, task_backlog_limit=2))  # type: ignore[arg-type]
+        routed = lambda source: counter_value(router.m_frames, source_id=source)  # noqa: E731 - a named reading
+        async with running(worker), running(router, lambda r: "busy" in r.live):
+            await rig.publish_frames(20)
+            await wait_for(lambda: counter_value(router.m_waits, model="busy") >= 1, 15, "the file waiting for room")
+            started = time.monotonic()
+            for seq in range(10):
+                live = rig.frame(seq, DropPolicy.DROP_OLDEST).model_copy(update={"source_id": "cam1"})
+                await rig.bus.publish(rig.bus.subjects.frames, live)
+            await wait_for(lambda: routed("cam1") == 10, 15, "the live camera's frames routed while the file waits")
+            took = time.monotonic() - started
+            file_routed, held = routed("cam0"), router.health()["frames_held"]
+    with capsys.disabled():
+        print(f"\nno head-of-line blocking: a live camera routed {took:.2f} s after a file began waiting ({file_routed:.0f}/20)")
+    assert file_routed < 20 and held.get("cam0", 0) > 0  # the file was still waiting, in its own lane
+    assert "cam1" not in held
