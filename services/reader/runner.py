@@ -27,6 +27,7 @@ from shared.contracts import DropPolicy, FrameRef, SourceHealth, SourceRunState
 from shared.jpeg import encode_jpeg
 from shared.metrics import Metrics
 from shared.queues import PolicyQueue
+from shared.rate import StreamRate
 from shared.retry import retry_until
 from shared.storage import SeaweedStorage
 
@@ -75,21 +76,13 @@ class FrameSelector:
 
     def __init__(self, skip_frames: int, target_fps: float) -> None:
         self.every = skip_frames + 1
-        self.interval = 1.0 / target_fps if target_fps > 0 else 0.0
+        self.rate = StreamRate(target_fps)
         self._count = 0
-        self._next_due = 0.0
 
     def take(self, pts: float) -> bool:
         keep = self._count % self.every == 0
         self._count += 1
-        if not keep:
-            return False
-        if self.interval:
-            if pts + 1e-6 < self._next_due:
-                return False
-            # Anchored to the schedule, not to this frame, so a 25 fps source at 10 fps keeps 10, not 8.33.
-            self._next_due = max(self._next_due + self.interval, pts - self.interval)
-        return True
+        return keep and self.rate.take(pts)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ from redis.asyncio import Redis
 from services.reader.finished import FinishedFiles
 from services.reader.runner import ReaderCounters, SourceRunner
 from services.reader.settings import ReaderSettings, SourceConfig
+from shared.backlog import BacklogGate
 from shared.contracts import FrameRef, SourceHealth, SourceRunState, SourceState, SourceStatus
 from shared.keys import RedisKeys
 from shared.lifecycle import Service, StartupError
 from shared.storage import SeaweedStorage
 from shared.subjects import ROUTER_DURABLE, frames_stream, frames_stream_name
 
-_BACKLOG_CHECK_SECONDS = 0.1
 # An ended or failed source's last health stays readable for a while; a live one is refreshed.
 _FINAL_HEALTH_TTL = 24 * 3600
 
@@ -42,7 +42,8 @@ class ReaderService(Service[ReaderSettings]):
         self.redis: Redis | None = None
         self.finished: FinishedFiles | None = None
         self.stream_name = frames_stream_name(settings)
-        self._backlog_ok_until = 0.0
+        # One reading serves every source for a moment: the backlog moves slowly next to frame rates.
+        self.router_gate = BacklogGate(self.bus, self.stream_name, ROUTER_DURABLE, settings.frames_ahead + 1, 0.1, poll=0.05)
         self.counters = ReaderCounters.create(self.metrics)
         self.m_fps = self.metrics.gauge("fps", "frames read per second", ("source_id",))
 
@@ -146,16 +147,8 @@ class ReaderService(Service[ReaderSettings]):
         await self.bus.publish(self.bus.subjects.frames, ref)
 
     async def _wait_for_router(self) -> None:
-        """Backpressure for files: keep at most `frames_ahead` references waiting for the router.
-
-        While NATS cannot say (a restart), it waits: the frames could not be published anyway."""
-        while time.monotonic() > self._backlog_ok_until and not self.stop_event.is_set():
-            backlog = await self.bus.backlog(self.stream_name, ROUTER_DURABLE)
-            if backlog is not None and backlog <= self.settings.frames_ahead:
-                # One check serves every source for a moment: the backlog moves slowly next to frame rates.
-                self._backlog_ok_until = time.monotonic() + _BACKLOG_CHECK_SECONDS
-                return
-            await asyncio.sleep(0.05)
+        """Backpressure for files: keep at most `frames_ahead` references waiting for the router."""
+        await self.router_gate.wait_open(self.stop_event.is_set)
 
     async def _report(self, health: SourceHealth) -> None:
         source_id = health.source_id

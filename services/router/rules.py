@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts import FrameRef
+from shared.rate import StreamRate
 
 ALL_SOURCES = "*"
 
@@ -23,7 +24,7 @@ class RoutingRules:
 
     def __init__(self, rules: dict[str, ModelRule]) -> None:
         self.rules = rules
-        self._next_due: dict[tuple[str, str], tuple[str, float]] = {}  # (model, source) -> (run, next due pts)
+        self._rates: dict[tuple[str, str], tuple[str, StreamRate]] = {}  # (model, source) -> (run, its gate)
 
     def wants(self, model: str, frame: FrameRef) -> bool:
         rule = self.rules.get(model)
@@ -35,11 +36,9 @@ class RoutingRules:
             return False
         if rule.max_fps:
             key = (model, frame.source_id)
-            run, due = self._next_due.get(key, (frame.run, 0.0))
-            if run != frame.run:
-                due = 0.0  # a new run of the source: its pts start at 0 again, and so does its schedule
-            if frame.pts + 1e-6 < due:
-                return False
-            interval = 1.0 / rule.max_fps
-            self._next_due[key] = (frame.run, max(due + interval, frame.pts - interval))
+            run, rate = self._rates.get(key, ("", None))
+            if rate is None or run != frame.run:
+                rate = StreamRate(rule.max_fps)  # a new run of the source: its pts start at 0 again, and so does its schedule
+                self._rates[key] = (frame.run, rate)
+            return rate.take(frame.pts)
         return True

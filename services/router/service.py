@@ -22,14 +22,13 @@ from services.router.counts import FrameCount, RoutedCounts
 from services.router.lanes import SourceLanes
 from services.router.rules import RoutingRules
 from services.router.settings import RouterSettings
+from shared.backlog import BacklogGate
 from shared.bus import Outgoing, fetch
 from shared.contracts import DropPolicy, FrameRef, Heartbeat, InferenceTask, RoutingSummary, SourceState, SourceStatus
 from shared.discovery import live_instances
 from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, RedisKeys
 from shared.lifecycle import Service, Stopping
 from shared.subjects import ROUTER_DURABLE, frames_stream_name, task_stream_name, worker_durable
-
-_BACKLOG_FRESH_SECONDS = 0.05
 
 Routed = tuple[Msg, FrameRef | SourceStatus]  # a message of the frames stream, parsed
 
@@ -46,7 +45,7 @@ class RouterService(Service[RouterSettings]):
         # gone stays here for model_grace, its tasks queued for the restart (issue 15: a worker restart was a gap).
         self.live: dict[str, Heartbeat] = {}
         self._last_seen: dict[str, float] = {}  # model -> when (monotonic) an instance of it was last live
-        self._backlog: dict[str, tuple[int, float]] = {}  # model -> (tasks queued, valid until)
+        self._gates: dict[str, BacklogGate] = {}  # model -> the gate WAIT frames wait at
         self._summaries: set[asyncio.Task[None]] = set()  # ended sources waiting to be summarised, off the routing path
         self.lanes = SourceLanes[Routed](self._route_lane, self._spawn_lane)
         self._tg: asyncio.TaskGroup | None = None
@@ -111,7 +110,9 @@ class RouterService(Service[RouterSettings]):
             try:
                 await self._refresh_live()
                 for model in self.live:
-                    await self._queued(model, fresh=True)
+                    queued = await self._gate(model).read()
+                    if queued is not None:
+                        self.m_backlog.labels(model=model).set(queued)
             except Exception as exc:  # noqa: BLE001 - keep the last view while Redis or NATS is away
                 self.log.warning("could not refresh live models: %r", exc)
 
@@ -248,34 +249,21 @@ class RouterService(Service[RouterSettings]):
         for model, n in skipped.items():
             self.m_skipped.labels(model=model).inc(n)
 
-    async def _queued(self, model: str, *, fresh: bool = False) -> int | None:
-        """Tasks queued for `model` (cached a moment); None while NATS cannot say."""
-        value, until = self._backlog.get(model, (0, 0.0))
-        if fresh or time.monotonic() >= until:
-            found = await self.bus.backlog(task_stream_name(self.settings, model), worker_durable(model))
-            if found is None:
-                return None
-            value = found
-            self._backlog[model] = (value, time.monotonic() + _BACKLOG_FRESH_SECONDS)
-            self.m_backlog.labels(model=model).set(value)
-        return value
-
-    async def _full(self, model: str) -> bool:
-        queued = await self._queued(model)
-        return queued is None or queued >= self.settings.task_backlog_limit  # not known is full: NATS is away
+    def _gate(self, model: str) -> BacklogGate:
+        gate = self._gates.get(model)
+        if gate is None:
+            stream, durable = task_stream_name(self.settings, model), worker_durable(model)
+            gate = self._gates[model] = BacklogGate(self.bus, stream, durable, self.settings.task_backlog_limit, 0.05)
+        return gate
 
     async def _wait_for_room(self, model: str) -> None:
         """A file in as-fast-as-possible mode waits here instead of overflowing the capped task queue. Only its own
         lane waits; the frames it holds are kept from redelivery by _keep_held_alive."""
-        waited = False
-        while model in self.live and not self.stop_event.is_set() and await self._full(model):
-            if not waited:
-                self.m_waits.labels(model=model).inc()
-                waited = True
-            await asyncio.sleep(0.02)
-            self._backlog.pop(model, None)
-        if waited:
-            self._backlog.pop(model, None)
+        gate = self._gate(model)
+        if await gate.wait_open(lambda: model not in self.live or self.stop_event.is_set()):
+            self.m_waits.labels(model=model).inc()
+        if gate.last is not None:
+            self.m_backlog.labels(model=model).set(gate.last)
 
     async def _summarise(self, status: SourceStatus, msg: Msg) -> None:
         """Once every replica has counted the source's frames, say how many tasks each model got; then ack the status,
