@@ -7,6 +7,7 @@ everything model-specific lives in `models/<name>/model.yaml` and `shared.model_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from shared.jpeg import decode_jpeg
 from shared.keys import RedisKeys
 from shared.lifecycle import Service, StartupError
 from shared.model_registry import ModelError, load_model
+from shared.retry import backoff_delays
 from shared.settings import TaskQueueSettings
 from shared.storage import FileGone, ForbiddenURL, SeaweedStorage
 from shared.subjects import task_stream, task_stream_name, worker_durable
@@ -92,7 +94,9 @@ class InferenceWorker(Service[WorkerSettings]):
         self.m_errors = self.metrics.counter("error_results", "error results (download, decode, inference)", ("model", "reason"))
         self.m_infer = self.metrics.histogram("infer", "onnxruntime time per batch", labels)
         self.m_redelivered = self.metrics.counter("tasks_redelivered", "tasks delivered again (a replica died)", labels)
-        self.m_retried = self.metrics.counter("tasks_retried", "tasks given back (nak) after a transient failure", labels)
+        self.m_retried = self.metrics.counter(
+            "tasks_retried", "tasks whose frame was fetched again after a transient failure", labels
+        )
 
     def load_model(self) -> InferenceModel:
         s = self.settings
@@ -192,8 +196,48 @@ class InferenceWorker(Service[WorkerSettings]):
                 self.m_redelivered.labels(model=self.model_name).inc()
             jobs.append(_Job(msg, task))
         self.in_flight += len(jobs)
-        await asyncio.gather(*(self._fetch_image(job) for job in jobs))
+        # Kept from redelivery while they load: a download that hangs (a server stopping) can outlast ack_wait,
+        # and the copy delivered meanwhile would be answered twice.
+        keeper = asyncio.create_task(self._keep_alive(jobs))
+        try:
+            await asyncio.gather(*(self._fetch_image(job) for job in jobs))
+            await self._retry_in_place([job for job in jobs if job.transient is not None])
+        finally:
+            keeper.cancel()
         return jobs
+
+    async def _keep_alive(self, jobs: list[_Job]) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ack_wait / 3)
+            for job in jobs:
+                with contextlib.suppress(Exception):  # NATS away too: redelivery is the fallback
+                    await job.msg.in_progress()
+
+    async def _retry_in_place(self, jobs: list[_Job]) -> None:
+        """Storage away: the batch is held (kept from redelivery by _keep_alive) and its downloads tried again
+        with backoff. No newer task overtakes it (given back, it came back after newer frames, and results out of
+        stream order split events), and an outage costs time, not results, while the task can still be answered
+        before it expires (task_max_age, less one ack_wait). Past that, an error result; on a stop, it is given
+        back (see _give_back)."""
+        s = self.settings
+        delays = backoff_delays(0.5, 4.0)
+        if jobs:
+            self.m_retried.labels(model=self.model_name).inc(len(jobs))
+            self.log.warning(
+                "%s; %d task(s) held and tried again", jobs[0].transient, len(jobs), extra={"model": self.model_name}
+            )
+        while jobs:
+            left = min(job.task.routed_at for job in jobs) + s.task_max_age - s.ack_wait - time.time()
+            if left <= 0:
+                for job in jobs:
+                    job.error, job.transient = f"frame unavailable until the task's age ran out: {job.transient}", None
+                return
+            if await self.pause(min(next(delays), left)):
+                return  # stopping: still transient, so given back
+            for job in jobs:
+                job.transient = None
+            await asyncio.gather(*(self._fetch_image(job) for job in jobs))
+            jobs = [job for job in jobs if job.transient is not None]
 
     async def _publish(self, answered: asyncio.Queue[tuple[list[_Job], Timings] | None]) -> None:
         while (item := await answered.get()) is not None:
@@ -277,10 +321,9 @@ class InferenceWorker(Service[WorkerSettings]):
         )
 
     async def _give_back(self, job: _Job) -> bool:
-        """A transient failure: nak the task with a backoff (4 s, 8 s, ... up to ack_wait), so that a storage outage of
-        several seconds costs time, not results. On its last delivery it is answered with an error instead: the
-        registrator then waits for nothing that will never come. True when given back. Each delay is at most ack_wait,
-        so the settings' check (task_max_age > ack_wait x task_max_deliver) keeps the task alive for all its tries."""
+        """Stopping with a task whose frame could not be fetched yet: nak it with a backoff (4 s, 8 s, ... up to
+        ack_wait) for the next replica. On its last delivery it is answered with an error instead: the registrator
+        then waits for nothing that will never come. True when given back."""
         delivered = job.msg.metadata.num_delivered or 1
         if delivered >= self.settings.task_max_deliver:
             job.error = f"frame unavailable after {delivered} tries: {job.transient}"
