@@ -7,7 +7,6 @@ clear last error, so one broken camera never takes the reader's other sources do
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -26,6 +25,7 @@ from services.reader.sources import DecodedFrame, FrameSource, SourceError, is_l
 from shared.contracts import DropPolicy, FrameRef, SourceHealth, SourceRunState
 from shared.jpeg import encode_jpeg
 from shared.metrics import Metrics
+from shared.pause import sleep_unless_stopped
 from shared.queues import PolicyQueue
 from shared.retry import retry_until
 from shared.storage import SeaweedStorage
@@ -267,8 +267,7 @@ class SourceRunner:
 
     async def _backoff(self, failures: int) -> None:
         ceiling = min(self.settings.reconnect_max, self.settings.reconnect_initial * 2 ** (failures - 1))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), timeout=random.uniform(ceiling / 2, ceiling))
+        await sleep_unless_stopped(self.stop, random.uniform(ceiling / 2, ceiling))
 
     async def _stream(
         self,

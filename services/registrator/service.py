@@ -614,8 +614,7 @@ class RegistratorService(Service[RegistratorSettings]):
             await self.pause(self.settings.retention_interval)
 
     async def _watch_drain_timeouts(self) -> None:
-        while not self.stop_event.is_set():
-            await asyncio.sleep(1.0)
+        while not await self.pause(1.0):
             now = time.monotonic()
             for feed, progress in list(self.sources.items()):
                 waited = now - progress.summary_at
