@@ -12,6 +12,8 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.validation import describe_errors
+
 # A source id is a NATS subject token and part of file names, so it is kept plain.
 SOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # A run id: one per reader start, so that two runs of a source, both counting from seq 0, are never confused.
@@ -53,7 +55,7 @@ class Contract(BaseModel):
         try:
             return cls.model_validate_json(data)
         except ValidationError as exc:
-            raise ContractError(f"{cls.__name__}: {exc.error_count()} invalid field(s): {_short(exc)}") from exc
+            raise ContractError(f"{cls.__name__}: {exc.error_count()} invalid field(s): {describe_errors(exc, limit=3)}") from exc
 
 
 C = TypeVar("C", bound=Contract)
@@ -61,11 +63,6 @@ C = TypeVar("C", bound=Contract)
 
 class ContractError(ValueError):
     """A message that does not match its contract."""
-
-
-def _short(exc: ValidationError) -> str:
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:3]]
-    return "; ".join(parts)
 
 
 class DropPolicy(str, enum.Enum):
