@@ -191,7 +191,7 @@ class RegistratorService(Service[RegistratorSettings]):
     async def _on_frames_msg(self, msg: Msg) -> None:
         if self.bus.subjects.is_source_status(msg.subject):
             status = await self.bus.decode(msg, SourceStatus)
-            if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
+            if status is not None and status.state.final:
                 await self._end_feed(status.feed, status.wall_time, hold=[msg])
                 self._check_drained(status.feed)
             elif status is not None and status.state is SourceState.STARTED:
