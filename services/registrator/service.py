@@ -24,7 +24,6 @@ from services.registrator.proofs import make_proofs
 from services.registrator.retention import sweep
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
-from services.registrator.store import EventStore
 from shared.bus import ConsumerLag, fetch
 from shared.contracts import (
     DropPolicy,
@@ -39,6 +38,7 @@ from shared.contracts import (
     SourceStatus,
     split_feed,
 )
+from shared.event_store import EventStore
 from shared.keys import TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, RedisKeys
 from shared.lifecycle import Service, Stopping
 from shared.storage import SeaweedStorage
