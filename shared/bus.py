@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -21,6 +20,7 @@ from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from shared.contracts import Contract, ContractError
 from shared.metrics import Metrics
+from shared.pause import sleep_unless_stopped
 from shared.retry import InfrastructureUnavailable, backoff_delays
 from shared.settings import VigilSettings
 from shared.subjects import Subjects
@@ -261,8 +261,7 @@ class Bus:
                 if not warned:
                     self.log.info("waiting for stream %s (its owner has not started yet)", stream)
                     warned = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            await sleep_unless_stopped(stop, 0.5)
         return None
 
     async def backlog(self, stream: str, durable: str) -> int | None:

@@ -12,6 +12,8 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.validation import describe_errors
+
 # A source id is a NATS subject token and part of file names, so it is kept plain.
 SOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # A run id: one per reader start, so that two runs of a source, both counting from seq 0, are never confused.
@@ -53,7 +55,7 @@ class Contract(BaseModel):
         try:
             return cls.model_validate_json(data)
         except ValidationError as exc:
-            raise ContractError(f"{cls.__name__}: {exc.error_count()} invalid field(s): {_short(exc)}") from exc
+            raise ContractError(f"{cls.__name__}: {exc.error_count()} invalid field(s): {describe_errors(exc, limit=3)}") from exc
 
 
 C = TypeVar("C", bound=Contract)
@@ -61,11 +63,6 @@ C = TypeVar("C", bound=Contract)
 
 class ContractError(ValueError):
     """A message that does not match its contract."""
-
-
-def _short(exc: ValidationError) -> str:
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:3]]
-    return "; ".join(parts)
 
 
 class DropPolicy(str, enum.Enum):
@@ -107,27 +104,45 @@ class FrameRef(Contract):
 
 
 class SourceState(str, enum.Enum):
-    STARTED = "started"
-    ENDED = "ended"
-    FAILED = "failed"
+    """Where a source is: the one vocabulary of both its messages, SourceStatus and SourceHealth.
 
+    The values are the ones both messages have always carried, so records already in Redis and in the frames
+    stream read as before."""
 
-class SourceRunState(str, enum.Enum):
-    """Where a source is now: shown by the api, and the reason a live source is not producing."""
-
+    STARTED = "started"  # a run began: SourceStatus only (its health meanwhile says CONNECTING)
     CONNECTING = "connecting"
     STREAMING = "streaming"
-    STALLED = "stalled"
+    STALLED = "stalled"  # live: no frame for stall_timeout, reconnecting next
     RECONNECTING = "reconnecting"
-    ENDED = "ended"
-    FAILED = "failed"
+    ENDED = "ended"  # read to its end, or stopped by request
+    FAILED = "failed"  # gave up; `error` / `last_error` says why
+
+    @property
+    def final(self) -> bool:
+        """The run is over: nothing more comes from it."""
+        return self in (SourceState.ENDED, SourceState.FAILED)
+
+
+# What each message may say (checked when built or read, and by mypy): a run's lifecycle has three steps;
+# its health has every state but the first.
+LifecycleState = Literal[SourceState.STARTED, SourceState.ENDED, SourceState.FAILED]
+HealthState = Literal[
+    SourceState.CONNECTING,
+    SourceState.STREAMING,
+    SourceState.STALLED,
+    SourceState.RECONNECTING,
+    SourceState.ENDED,
+    SourceState.FAILED,
+]
 
 
 class SourceHealth(Contract):
-    """A source's state and rates, published on every change and every few seconds (Redis key + NATS)."""
+    """A source's live state and rates, for people and the api: published on every change and every
+    `status_interval` on core NATS, and kept in a Redis key with a TTL. Nothing downstream of the reader
+    acts on it; the accounting of a run rides on SourceStatus."""
 
     source_id: str = Field(pattern=SOURCE_ID_PATTERN)
-    state: SourceRunState
+    state: HealthState
     url: str = Field(description="the source with any credentials removed")
     live: bool
     fps: float = Field(ge=0)
@@ -142,11 +157,13 @@ class SourceHealth(Contract):
 
 
 class SourceStatus(Contract):
-    """A source's lifecycle on the bus; ENDED/FAILED carry the totals the drain check needs."""
+    """A run's lifecycle: STARTED, then ENDED or FAILED with the totals the drain check needs. Published in the
+    frames stream after the run's last frame, so that the router and the registrator, reading in order, know
+    the run is complete when it arrives."""
 
     source_id: str = Field(pattern=SOURCE_ID_PATTERN)
     run: str = Field(default="", pattern=RUN_ID_PATTERN)
-    state: SourceState
+    state: LifecycleState
     wall_time: float
     frames_read: int = Field(default=0, ge=0)
     frames_published: int = Field(default=0, ge=0)

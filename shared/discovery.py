@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -11,6 +10,7 @@ from redis.asyncio import Redis
 
 from shared.contracts import ContractError, Heartbeat
 from shared.keys import RedisKeys
+from shared.pause import sleep_unless_stopped
 
 
 class HeartbeatPublisher:
@@ -42,8 +42,7 @@ class HeartbeatPublisher:
                 if not failing:
                     self.log.warning("heartbeat failed (Redis unreachable?): %r", exc)
                 failing = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.ttl / 3)
+            await sleep_unless_stopped(stop, self.ttl / 3)
 
     async def remove(self) -> None:
         """Graceful shutdown: stop receiving work now rather than after the TTL."""

@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.bus import Bus
 from shared.logs import setup_logging
 from shared.metrics import Metrics, start_http
+from shared.pause import sleep_unless_stopped
 from shared.retry import InfrastructureUnavailable, backoff_delays, retry_until
 from shared.settings import VigilSettings, load_settings
 from shared.storage import SeaweedStorage
@@ -90,9 +91,7 @@ class Service(abc.ABC, Generic[S]):
 
     async def pause(self, seconds: float) -> bool:
         """Sleep up to `seconds`, cut short by a stop; True when the service is stopping."""
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self.stop_event.wait(), timeout=seconds)
-        return self.stop_event.is_set()
+        return await sleep_unless_stopped(self.stop_event, seconds)
 
     async def redis_must(self, what: str, attempt: Callable[[], Awaitable[T]], *, hold: Sequence[Msg] = ()) -> T:
         """A Redis write that must happen before the messages behind it are acked: retried with backoff for as long

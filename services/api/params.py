@@ -15,9 +15,11 @@ from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
+from pydantic_core import ErrorDetails
 
 from services.api.errors import bad_request
 from shared.contracts import SOURCE_ID_PATTERN, EventState
+from shared.validation import describe_error, describe_errors, error_message, field_path
 
 EVENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 _JSON_INT = re.compile(r"^-?(0|[1-9][0-9]*)$")
@@ -195,13 +197,13 @@ def _validate(model: type[M], given: dict[str, str], where: str) -> M:
     try:
         return model.model_validate(given)
     except ValidationError as exc:
-        raise bad_request("; ".join(_describe(e, where) for e in exc.errors())) from None
+        raise bad_request(describe_errors(exc, describe=lambda error: _describe(error, where))) from None
 
 
-def _describe(error: Any, where: str) -> str:
-    name = ".".join(str(p) for p in error["loc"])
+def _describe(error: ErrorDetails, where: str) -> str:
+    # A request's own values are echoed (unlike settings' or messages'): they are short, and the caller sent them.
+    name = field_path(error)
     if error["type"] == "extra_forbidden":
         return f"unknown {where} parameter {name!r}"
     value = error.get("input")
-    message = error["msg"].removeprefix("Value error, ")
-    return f"{name}={value!r}: {message}" if isinstance(value, str) else f"{name}: {message}"
+    return f"{name}={value!r}: {error_message(error)}" if isinstance(value, str) else describe_error(error)

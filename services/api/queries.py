@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -9,9 +10,8 @@ from redis.asyncio import Redis
 
 from shared.contracts import ContractError, Event, EventState, SourceHealth
 from shared.discovery import live_instances
+from shared.event_store import EventStore
 from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, RedisKeys
-
-_SCAN_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -66,27 +66,20 @@ class FleetView:
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
         self.redis = redis
         self.keys = keys
+        self.events_store = EventStore(redis, keys)
 
     async def event(self, event_id: str) -> Event | None:
-        raw = await self.redis.hget(self.keys.event_index, event_id)
-        return Event.from_bytes(raw) if raw else None
+        return await self.events_store.get(event_id)
 
     async def events(self, where: EventFilter, limit: int, cursor: Cursor | None = None) -> EventPage:
-        """Newest first. The time range narrows the sorted-set scan; the other filters apply to what it yields,
+        """Newest first. The time range narrows the store's scan; the other filters apply to what it yields,
         so a page may read several chunks before it has `limit` events."""
-        high: str | float = "+inf" if where.until is None else where.until
+        newest = where.until
         if cursor is not None:
-            high = cursor.start_wall if where.until is None else min(cursor.start_wall, where.until)
-        low: str | float = "-inf" if where.since is None else where.since
+            newest = cursor.start_wall if newest is None else min(cursor.start_wall, newest)
         found: list[Event] = []
-        offset = 0
-        while True:
-            # No decode_responses, no scores: a list of bytes.
-            raws = cast(
-                list[bytes], await self.redis.zrevrangebyscore(self.keys.events, high, low, start=offset, num=_SCAN_CHUNK)
-            )
-            for raw in raws:
-                event = Event.from_bytes(raw)
+        async with aclosing(self.events_store.newest_first(newest=newest, oldest=where.since)) as scan:
+            async for event in scan:
                 if cursor is not None and not cursor.after(event):
                     continue
                 if where.matches(event):
@@ -94,9 +87,7 @@ class FleetView:
                     if len(found) > limit:  # one more than asked says whether a next page exists
                         last = found[limit - 1]
                         return EventPage(found[:limit], Cursor(last.start_wall, last.id))
-            if len(raws) < _SCAN_CHUNK:
-                return EventPage(found, None)
-            offset += len(raws)
+        return EventPage(found, None)
 
     async def sources(self) -> list[SourceHealth]:
         names = sorted([k async for k in self.redis.scan_iter(match=self.keys.source_health_pattern, count=500)])

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from services.reader.settings import SourceConfig
 from services.reader.sources import redact
-from shared.contracts import Contract, SourceRunState
+from shared.contracts import Contract, SourceState
 from shared.keys import RedisKeys
 
 # Long enough for any restart loop or reboot; bounded, so a source id long gone leaves no key behind.
@@ -31,7 +31,7 @@ class FinishedFile(Contract):
 
     source_id: str
     file: str = Field(description="the file's identity: path, size and modification time, or the URL")
-    state: SourceRunState
+    state: SourceState
     error: str | None = None
     at: float
 
@@ -66,6 +66,6 @@ class FinishedFiles:
             return None
         return record if record.file == file_identity(config) else None
 
-    async def record(self, config: SourceConfig, state: SourceRunState, error: str | None) -> None:
+    async def record(self, config: SourceConfig, state: SourceState, error: str | None) -> None:
         record = FinishedFile(source_id=config.source_id, file=file_identity(config), state=state, error=error, at=time.time())
         await self.redis.set(self.keys.source_finished(config.source_id), record.to_bytes(), ex=_KEEP_SECONDS)

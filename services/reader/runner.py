@@ -7,7 +7,6 @@ clear last error, so one broken camera never takes the reader's other sources do
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -23,9 +22,10 @@ from prometheus_client import Counter
 
 from services.reader.settings import ReaderSettings, SourceConfig
 from services.reader.sources import DecodedFrame, FrameSource, SourceError, is_live, open_source, redact
-from shared.contracts import DropPolicy, FrameRef, SourceHealth, SourceRunState
+from shared.contracts import DropPolicy, FrameRef, HealthState, SourceHealth, SourceState
 from shared.jpeg import encode_jpeg
 from shared.metrics import Metrics
+from shared.pause import sleep_unless_stopped
 from shared.queues import PolicyQueue
 from shared.rate import StreamRate
 from shared.retry import retry_until
@@ -132,8 +132,8 @@ class SourceRunner:
         self.policy = DropPolicy.DROP_OLDEST if (self.live or config.realtime) else DropPolicy.WAIT
         self.log = logging.getLogger("vigil.reader.source")
         self.extra = {"source_id": config.source_id}
-        self.state = SourceRunState.CONNECTING
-        self._final: tuple[SourceRunState, str | None] = (SourceRunState.ENDED, None)
+        self.state: HealthState = SourceState.CONNECTING
+        self._final: tuple[HealthState, str | None] = (SourceState.ENDED, None)
         # A file read to its end or to an error it cannot get past, as opposed to one stopped by request:
         # only such a file is done for good (services/reader/finished.py).
         self.ran_to_end = False
@@ -176,13 +176,13 @@ class SourceRunner:
             instance=self.instance,
         )
 
-    async def _set_state(self, state: SourceRunState, error: str | None = None) -> None:
+    async def _set_state(self, state: HealthState, error: str | None = None) -> None:
         if error is not None:
             self.last_error = error
         if state is self.state and error is None:
             return
         self.state, self.state_since = state, time.time()
-        troubled = state in (SourceRunState.STALLED, SourceRunState.RECONNECTING, SourceRunState.FAILED)
+        troubled = state in (SourceState.STALLED, SourceState.RECONNECTING, SourceState.FAILED)
         level = logging.WARNING if troubled else logging.INFO
         self.log.log(level, "source %s%s", state.value, f": {error}" if error else "", extra=self.extra)
         await self.on_health(self.health())
@@ -208,7 +208,7 @@ class SourceRunner:
             await self._set_state(*self._final)
         except Exception as exc:  # a runner ends in a state, never in an exception
             self.log.exception("source pipeline broke", extra=self.extra)
-            await self._set_state(SourceRunState.FAILED, f"{type(exc).__name__}: {exc}")
+            await self._set_state(SourceState.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
             self._decoder.shutdown(wait=False, cancel_futures=True)
 
@@ -222,14 +222,14 @@ class SourceRunner:
                 )
             except SourceError as exc:
                 if not self.live:
-                    return self._finish(SourceRunState.FAILED, str(exc))
+                    return self._finish(SourceState.FAILED, str(exc))
                 failures += 1
                 if self.settings.max_reconnects and failures > self.settings.max_reconnects:
-                    return self._finish(SourceRunState.FAILED, f"gave up after {failures - 1} reconnect(s): {exc}")
-                await self._set_state(SourceRunState.RECONNECTING, str(exc))
+                    return self._finish(SourceState.FAILED, f"gave up after {failures - 1} reconnect(s): {exc}")
+                await self._set_state(SourceState.RECONNECTING, str(exc))
                 await self._backoff(failures)
                 continue
-            await self._set_state(SourceRunState.STREAMING)
+            await self._set_state(SourceState.STREAMING)
             outcome, error, got_frames = await self._stream(source, raw, selector)
             if got_frames:
                 failures = 0
@@ -238,30 +238,29 @@ class SourceRunner:
             if outcome is Outcome.EOF and not self.live:
                 if self.config.loop and got_frames:
                     continue
-                return self._finish(SourceRunState.ENDED)
+                return self._finish(SourceState.ENDED)
             if outcome in (Outcome.ERROR, Outcome.STALLED) and not self.live:
-                return self._finish(SourceRunState.FAILED, error)
+                return self._finish(SourceState.FAILED, error)
             # A live source that ended, broke or stalled: cameras come back, so reconnect.
             failures += 1
             if self.settings.max_reconnects and failures > self.settings.max_reconnects:
-                return self._finish(SourceRunState.FAILED, f"gave up after {failures - 1} reconnect(s): {error}")
-            await self._set_state(SourceRunState.STALLED if outcome is Outcome.STALLED else SourceRunState.RECONNECTING, error)
+                return self._finish(SourceState.FAILED, f"gave up after {failures - 1} reconnect(s): {error}")
+            await self._set_state(SourceState.STALLED if outcome is Outcome.STALLED else SourceState.RECONNECTING, error)
             self.reconnects += 1
             self.counters.reconnects.labels(source_id=self.config.source_id).inc()
             await self._backoff(failures)
-            if self.state is SourceRunState.STALLED:
-                await self._set_state(SourceRunState.RECONNECTING)
-        self._final = (SourceRunState.ENDED, None)  # stopped by request
+            if self.state is SourceState.STALLED:
+                await self._set_state(SourceState.RECONNECTING)
+        self._final = (SourceState.ENDED, None)  # stopped by request
         return None
 
-    def _finish(self, state: SourceRunState, error: str | None = None) -> None:
+    def _finish(self, state: HealthState, error: str | None = None) -> None:
         self._final = (state, error)
         self.ran_to_end = not self.live
 
     async def _backoff(self, failures: int) -> None:
         ceiling = min(self.settings.reconnect_max, self.settings.reconnect_initial * 2 ** (failures - 1))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), timeout=random.uniform(ceiling / 2, ceiling))
+        await sleep_unless_stopped(self.stop, random.uniform(ceiling / 2, ceiling))
 
     async def _stream(
         self,

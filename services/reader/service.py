@@ -14,7 +14,7 @@ from services.reader.finished import FinishedFiles
 from services.reader.runner import ReaderCounters, SourceRunner
 from services.reader.settings import ReaderSettings, SourceConfig
 from shared.backlog import BacklogGate
-from shared.contracts import FrameRef, SourceHealth, SourceRunState, SourceState, SourceStatus
+from shared.contracts import FrameRef, LifecycleState, SourceHealth, SourceState, SourceStatus
 from shared.keys import RedisKeys
 from shared.lifecycle import Service, StartupError
 from shared.storage import SeaweedStorage
@@ -94,7 +94,7 @@ class ReaderService(Service[ReaderSettings]):
                     tg.create_task(self._run_source(runner))
         finally:
             reporter.cancel()
-        failed = [r for r in self.runners if r.state is SourceRunState.FAILED]
+        failed = [r for r in self.runners if r.state is SourceState.FAILED]
         # Exit 1 asks the restart policy (compose's on-failure) for another try: right for a camera that gave up,
         # which may be back, wrong for a file, which would be read again from its start and replay every frame
         # it published. A failed file says so on the bus (FAILED), in its health and in the log, and exits 0.
@@ -107,7 +107,7 @@ class ReaderService(Service[ReaderSettings]):
         source_id = runner.config.source_id
         await self._lifecycle(runner, SourceState.STARTED)
         await runner.run()
-        final = SourceState.FAILED if runner.state is SourceRunState.FAILED else SourceState.ENDED
+        final: LifecycleState = SourceState.FAILED if runner.state is SourceState.FAILED else SourceState.ENDED
         await self._lifecycle(runner, final)
         if runner.ran_to_end:
             await self._remember_finished(runner)
@@ -121,7 +121,7 @@ class ReaderService(Service[ReaderSettings]):
             extra={"source_id": source_id},
         )
 
-    async def _lifecycle(self, runner: SourceRunner, state: SourceState) -> None:
+    async def _lifecycle(self, runner: SourceRunner, state: LifecycleState) -> None:
         """Lifecycle on the frames stream, after the source's last frame: how downstream knows it is complete."""
         status = SourceStatus(
             source_id=runner.config.source_id,
@@ -153,7 +153,7 @@ class ReaderService(Service[ReaderSettings]):
     async def _report(self, health: SourceHealth) -> None:
         source_id = health.source_id
         self.m_fps.labels(source_id=source_id).set(health.fps)
-        final = health.state in (SourceRunState.ENDED, SourceRunState.FAILED)
+        final = health.state.final
         ttl = _FINAL_HEALTH_TTL if final else max(3, int(3 * self.settings.status_interval))
         try:
             assert self.redis is not None

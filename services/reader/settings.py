@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.contracts import SOURCE_ID_PATTERN
 from shared.settings import VigilSettings
+from shared.validation import describe_errors
 
 ReaderType = Literal["av", "opencv"]
 
@@ -106,7 +106,10 @@ def load_sources_file(path: Path) -> list[SourceConfig]:
         doc = doc.get("sources")
     if not isinstance(doc, list) or not doc:
         raise ValueError(f"sources_file {path} must hold a non-empty list of sources")
-    try:
-        return [SourceConfig.model_validate(item) for item in doc]
-    except ValidationError as exc:
-        raise ValueError(f"sources_file {path}: {json.dumps([e['msg'] for e in exc.errors()][:3])}") from None
+    configs = []
+    for number, item in enumerate(doc, start=1):
+        try:
+            configs.append(SourceConfig.model_validate(item))
+        except ValidationError as exc:
+            raise ValueError(f"sources_file {path}, source {number}: {describe_errors(exc, limit=3)}") from None
+    return configs

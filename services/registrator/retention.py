@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from services.registrator.proofs import proof_paths, remote_folder
-from services.registrator.store import EventStore
+from shared.event_store import EventStore
 from shared.storage import SeaweedStorage, StorageError
 
 log = logging.getLogger("vigil.registrator.retention")

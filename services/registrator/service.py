@@ -24,7 +24,6 @@ from services.registrator.proofs import make_proofs
 from services.registrator.retention import sweep
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
-from services.registrator.store import EventStore
 from shared.bus import ConsumerLag, fetch
 from shared.contracts import (
     DropPolicy,
@@ -39,6 +38,7 @@ from shared.contracts import (
     SourceStatus,
     split_feed,
 )
+from shared.event_store import EventStore
 from shared.keys import TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, RedisKeys
 from shared.lifecycle import Service, Stopping
 from shared.storage import SeaweedStorage
@@ -191,7 +191,7 @@ class RegistratorService(Service[RegistratorSettings]):
     async def _on_frames_msg(self, msg: Msg) -> None:
         if self.bus.subjects.is_source_status(msg.subject):
             status = await self.bus.decode(msg, SourceStatus)
-            if status is not None and status.state in (SourceState.ENDED, SourceState.FAILED):
+            if status is not None and status.state.final:
                 await self._end_feed(status.feed, status.wall_time, hold=[msg])
                 self._check_drained(status.feed)
             elif status is not None and status.state is SourceState.STARTED:
@@ -614,8 +614,7 @@ class RegistratorService(Service[RegistratorSettings]):
             await self.pause(self.settings.retention_interval)
 
     async def _watch_drain_timeouts(self) -> None:
-        while not self.stop_event.is_set():
-            await asyncio.sleep(1.0)
+        while not await self.pause(1.0):
             now = time.monotonic()
             for feed, progress in list(self.sources.items()):
                 waited = now - progress.summary_at

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from fleet.run import Fleet, FleetOptions, FleetReport, run_fleet
 from fleet.servers import LocalServers
 from shared.contracts import ContractError, Event, EventState, InferenceResult
+from shared.event_store import EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from shared.subjects import Subjects, results_stream_name, task_stream_name, worker_durable
@@ -137,7 +138,7 @@ class LiveFleet:
         """The event records in Redis now."""
         redis = Redis(host=self.servers.servers.redis_host, port=self.servers.servers.redis_port)
         try:
-            return [Event.model_validate_json(raw) for raw in await redis.zrange(RedisKeys(self.settings).events, 0, -1)]
+            return await EventStore(redis, RedisKeys(self.settings)).all()
         finally:
             await redis.aclose()
 

@@ -11,7 +11,8 @@ import pytest
 from redis.asyncio import Redis
 
 from fleet.servers import ServerSet
-from shared.contracts import Event, EventState
+from shared.contracts import EventState
+from shared.event_store import EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from tests.e2e.conftest import FPS, POST, PRE, SampleRun
@@ -35,11 +36,10 @@ async def test_sample_video_gives_finished_person_events_with_proofs(servers: Se
     redis = Redis(host=servers.redis_host, port=servers.redis_port)
     keys = RedisKeys(VigilSettings(_env_file=None, subject_prefix=unique))  # type: ignore[call-arg]
     try:
-        scored = await redis.zrange(keys.events, 0, -1, withscores=True)
+        events = await EventStore(redis, keys).all()
     finally:
         await redis.aclose()
-    events = [Event.model_validate_json(raw) for raw, _ in scored]
-    assert [score for _, score in scored] == [e.start_wall for e in events]  # scored by start time
+    assert [e.start_wall for e in events] == sorted(e.start_wall for e in events)  # listed by start time
     finished = [e for e in events if e.state is EventState.FINISHED and e.label == "person"]
     assert len(finished) >= 3, [f"{e.id} {e.state} {e.error}" for e in events]
     assert any(e.start >= PRE for e in finished)  # at least one clip has a real pre-roll

@@ -31,6 +31,10 @@ async def test_each_instance_has_its_own_key_that_expires(service_env: dict[str,
         a, b = beat("a"), beat("b")
         stop = asyncio.Event()
         runner = asyncio.create_task(a.run(stop))  # refreshed every ttl/3: stays
+        # a's first beat is in before b's, so b's TTL runs from a known moment (on a loaded machine a's may be slow).
+        deadline = time.monotonic() + 5
+        while not (await live_instances(redis, keys)).get("ssd") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         await b.publish_once()  # never refreshed: gone after the TTL
         live = await live_instances(redis, keys)
         assert sorted(h.instance for h in live["ssd"]) == ["a", "b"]

@@ -9,7 +9,7 @@ import nats
 import pytest
 
 from services.reader.service import ReaderService
-from shared.contracts import SourceHealth, SourceRunState
+from shared.contracts import SourceHealth, SourceState
 from tests.integration.helpers import wait_for
 from tests.integration.test_reader import read_stream
 from tests.integration.test_reader_sources import reader_for
@@ -35,7 +35,7 @@ class HealthLog:
         await nc.subscribe(reader.bus.subjects.source_health_all, cb=on_msg)
         return nc
 
-    def states(self) -> list[SourceRunState]:
+    def states(self) -> list[SourceState]:
         return [r.state for r in self.reports]
 
 
@@ -60,14 +60,14 @@ async def test_camera_outage_is_reported_and_survived_without_a_restart(service_
 
         server.stop()
         outage = time.monotonic()
-        await wait_for(lambda: runner.state is not SourceRunState.STREAMING, 10, "the outage to be noticed")
+        await wait_for(lambda: runner.state is not SourceState.STREAMING, 10, "the outage to be noticed")
         noticed = time.monotonic() - outage
         await asyncio.sleep(max(0.0, 10 - (time.monotonic() - outage)))  # the camera is away for 10 s
-        assert runner.state in (SourceRunState.RECONNECTING, SourceRunState.STALLED)
+        assert runner.state in (SourceState.RECONNECTING, SourceState.STALLED)
         before = runner.frames_published
         server.start()
         await wait_for(lambda: runner.frames_published >= before + 20, 40, "frames after the camera came back")
-        assert runner.state is SourceRunState.STREAMING and runner.reconnects >= 1
+        assert runner.state is SourceState.STREAMING and runner.reconnects >= 1
         assert not task.done()  # the same process went on
         reader.stop_event.set()
         await asyncio.wait_for(task, 30)
@@ -75,9 +75,9 @@ async def test_camera_outage_is_reported_and_survived_without_a_restart(service_
 
     assert noticed < 5
     states = health.states()
-    assert SourceRunState.RECONNECTING in states
-    assert states.index(SourceRunState.RECONNECTING) < len(states) - 1 - states[::-1].index(SourceRunState.STREAMING)
-    outage_report = next(r for r in health.reports if r.state is SourceRunState.RECONNECTING)
+    assert SourceState.RECONNECTING in states
+    assert states.index(SourceState.RECONNECTING) < len(states) - 1 - states[::-1].index(SourceState.STREAMING)
+    outage_report = next(r for r in health.reports if r.state is SourceState.RECONNECTING)
     assert outage_report.last_error and outage_report.url == server.url
     frames, _ = await read_stream(reader)
     seqs = [f.seq for f in frames]
@@ -96,7 +96,7 @@ async def test_a_camera_that_goes_silent_trips_the_watchdog(service_env: dict[st
 
         server.pause()  # the connection stays open; no frame comes
         paused = time.monotonic()
-        await wait_for(lambda: SourceRunState.STALLED in health.states(), 15, "the watchdog")
+        await wait_for(lambda: SourceState.STALLED in health.states(), 15, "the watchdog")
         fired = time.monotonic() - paused
         server.resume()
         before = runner.frames_published
@@ -106,5 +106,5 @@ async def test_a_camera_that_goes_silent_trips_the_watchdog(service_env: dict[st
         await nc.drain()
 
     assert 2.5 < fired < 8  # stall_timeout is 3 s (plus at most one buffered frame)
-    stalled = next(r for r in health.reports if r.state is SourceRunState.STALLED)
+    stalled = next(r for r in health.reports if r.state is SourceState.STALLED)
     assert "no frame for 3 s" in (stalled.last_error or "")

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from fleet.servers import free_ports
 from services.reader.service import ReaderService
 from services.reader.settings import ReaderSettings
-from shared.contracts import SourceHealth, SourceRunState, SourceState
+from shared.contracts import SourceHealth, SourceState
 from shared.keys import RedisKeys
 from tests.integration.test_reader import read_stream
 from tests.support.media import hls_from, truncated_copy, two_stream_video
@@ -65,7 +65,7 @@ async def test_one_reader_serves_several_sources_and_a_broken_one_hurts_no_other
     finally:
         await redis.aclose()
     health = SourceHealth.from_bytes(raw)
-    assert health.state is SourceRunState.ENDED and health.frames_published == 80
+    assert health.state is SourceState.ENDED and health.frames_published == 80
     seen = set()
     while True:
         try:
@@ -74,7 +74,7 @@ async def test_one_reader_serves_several_sources_and_a_broken_one_hurts_no_other
             break
         seen.add((SourceHealth.from_bytes(msg.data).source_id, SourceHealth.from_bytes(msg.data).state))
     await watcher.close()
-    assert ("good", SourceRunState.STREAMING) in seen and ("cut", SourceRunState.FAILED) in seen
+    assert ("good", SourceState.STREAMING) in seen and ("cut", SourceState.FAILED) in seen
 
 
 async def test_a_looped_file_keeps_counting_stream_time(service_env: dict[str, str], repo_root: Path) -> None:

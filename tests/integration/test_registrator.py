@@ -19,7 +19,6 @@ from services.registrator.retention import sweep
 from services.registrator.service import RegistratorService
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
-from services.registrator.store import EventStore
 from shared.bus import Bus
 from shared.contracts import (
     BBox,
@@ -35,6 +34,7 @@ from shared.contracts import (
     SourceState,
     SourceStatus,
 )
+from shared.event_store import EventStore
 from shared.jpeg import encode_jpeg
 from shared.keys import RedisKeys
 from shared.metrics import Metrics, counter_value

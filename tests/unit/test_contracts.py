@@ -9,6 +9,8 @@ from shared.contracts import (
     InferenceResult,
     InferenceTask,
     ModelKind,
+    SourceHealth,
+    SourceState,
     SourceStatus,
     split_feed,
 )
@@ -72,3 +74,42 @@ def test_a_task_encoded_around_the_frame_json_is_the_same_task() -> None:
     ref = frame()
     encoded = InferenceTask.encode(ref.to_bytes(), 'ssd "v2"', 1795821315.5661154)
     assert InferenceTask.from_bytes(encoded) == InferenceTask(frame=ref, model='ssd "v2"', routed_at=1795821315.5661154)
+
+
+# One source-state vocabulary for a run's lifecycle (SourceStatus) and its live health (SourceHealth).
+_HEALTH = dict(
+    source_id="cam0",
+    url="rtsp://cam",
+    live=True,
+    fps=0.0,
+    frames_read=0,
+    frames_published=0,
+    frames_dropped={},
+    reconnects=0,
+    state_since=1.0,
+    updated_at=1.0,
+    instance="r1",
+)
+
+
+@pytest.mark.parametrize("value", ["started", "ended", "failed"])
+def test_lifecycle_records_already_stored_still_read(value: str) -> None:
+    # What the frames stream holds from before the merge: the same JSON, the same message id.
+    raw = b'{"v":1,"source_id":"cam0","run":"r1","state":"%s","wall_time":5.0}' % value.encode()
+    status = SourceStatus.from_bytes(raw)
+    assert status.state is SourceState(value) and status.msg_id() == f"status:cam0@r1:{value}@5.000000"
+    assert status.state.final is (value != "started")
+
+
+@pytest.mark.parametrize("value", ["connecting", "streaming", "stalled", "reconnecting", "ended", "failed"])
+def test_health_records_already_stored_still_read(value: str) -> None:
+    raw = json.dumps(_HEALTH | {"v": 1, "state": value}).encode()  # as the Redis key `vigil:source:<id>` holds it
+    health = SourceHealth.from_bytes(raw)
+    assert health.state is SourceState(value) and health.to_bytes() == SourceHealth.from_bytes(health.to_bytes()).to_bytes()
+
+
+def test_each_message_says_only_what_is_its_to_say() -> None:
+    with pytest.raises(ContractError, match="state"):  # a lifecycle has no streaming step
+        SourceStatus.from_bytes(b'{"v":1,"source_id":"cam0","state":"streaming","wall_time":5.0}')
+    with pytest.raises(ContractError, match="state"):  # a health report never says "started": it says connecting
+        SourceHealth.from_bytes(json.dumps(_HEALTH | {"v": 1, "state": "started"}).encode())
