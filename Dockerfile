@@ -12,7 +12,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # ---- dependencies ----------------------------------------------------------------------------
 # Each deps stage takes only its role's lock, so the slow layers (opencv, av, onnxruntime) are rebuilt
 # when that lock changes, not on every code edit nor on another role's change. The project itself is not
-# installed: the code runs from /app, where shared/model_registry.py finds models/ next to it.
+# installed: the code runs from /app, where services/worker/manifest.py finds models/ next to it.
 # No compiler or -dev packages: install-deps takes wheels only, and every locked package ships manylinux
 # wheels for CPython 3.11.
 # A site's package index and CA come in as build secrets (compose: VIGIL_PIP_CONF, VIGIL_PIP_CA), mounted
@@ -98,7 +98,7 @@ RUN python -m compileall -q shared services
 USER vigil
 CMD ["python", "-m", "services.router"]
 
-# One image for every model: compose picks the service with `command:`.
+# One image for every model: compose picks the worker's role (services.worker --role ...) with `command:`.
 FROM runtime AS worker
 COPY --from=deps-worker /opt/venv /opt/venv
 COPY shared ./shared

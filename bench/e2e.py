@@ -42,9 +42,10 @@ from bench.fleet_probe import FleetProcesses, ProbedFleet, exit_logs, is_server,
 from fleet.run import FleetOptions, run_fleet
 from fleet.servers import LocalServers
 from services.reader.settings import ReaderSettings
+from services.worker.manifest import load_spec
+from services.worker.onnx_model import load_model
 from shared.contracts import InferenceResult, SourceHealth
 from shared.jpeg import decode_jpeg, encode_jpeg
-from shared.model_registry import load_model, load_spec
 from shared.settings import VigilSettings
 from shared.subjects import Subjects
 
@@ -508,7 +509,7 @@ async def main(repeats: int, threads: int, realtime_seconds: float, echo: bool) 
 
 
 def cli() -> None:
-    from shared.worker import WorkerSettings
+    from services.worker.settings import WorkerSettings
 
     parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.splitlines()[0])
     parser.add_argument("repeats", nargs="?", type=int, default=1, help="runs of every case (medians are reported)")

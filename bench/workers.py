@@ -22,13 +22,14 @@ from redis.asyncio import Redis
 
 from bench.common import ROOT, median, print_table, write_result
 from fleet.servers import LocalServers, ServerSet
+from services.worker.manifest import load_spec
+from services.worker.onnx_model import load_model
 from shared.bus import Bus
 from shared.contracts import FrameRef, InferenceResult, InferenceTask
 from shared.discovery import live_instances
 from shared.jpeg import decode_jpeg, encode_jpeg
 from shared.keys import RedisKeys
 from shared.metrics import Metrics
-from shared.model_registry import load_model, load_spec
 from shared.settings import VigilSettings
 from shared.storage import SeaweedStorage
 from shared.subjects import results_stream

@@ -27,9 +27,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from fleet.servers import LocalServers, ServerError, ServerSet, free_ports
+from services.worker.manifest import load_spec
 from shared.contracts import Event, InferenceResult, SourceDrained, SourceState, SourceStatus
 from shared.keys import RedisKeys
-from shared.model_registry import load_spec
 from shared.settings import VigilSettings
 from shared.subjects import Subjects
 

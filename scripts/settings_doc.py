@@ -20,6 +20,7 @@ import annotated_types
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
+from services.worker.settings import ROLES
 from shared.settings import VigilSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,8 @@ BOUNDS = (
 
 
 def settings_class(service: str) -> type[VigilSettings]:
-    module = import_module(f"services.{service}.settings")
+    # Detection and classification are roles of one service: their settings classes live in services.worker.
+    module = import_module("services.worker.settings" if service in ROLES else f"services.{service}.settings")
     (cls,) = {
         obj
         for obj in vars(module).values()

@@ -1,10 +1,5 @@
-from services.classification.settings import ClassificationSettings
-from shared.lifecycle import main
-from shared.worker import InferenceWorker
+"""The classification worker: the worker service (services/worker) in its classification role."""
 
+from services.worker.cli import run_role
 
-class ClassificationWorker(InferenceWorker):
-    name = "classification"
-
-
-main(ClassificationWorker, ClassificationSettings)
+run_role("classification")

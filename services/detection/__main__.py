@@ -1,10 +1,5 @@
-from services.detection.settings import DetectionSettings
-from shared.lifecycle import main
-from shared.worker import InferenceWorker
+"""The detection worker: the worker service (services/worker) in its detection role."""
 
+from services.worker.cli import run_role
 
-class DetectionWorker(InferenceWorker):
-    name = "detection"
-
-
-main(DetectionWorker, DetectionSettings)
+run_role("detection")

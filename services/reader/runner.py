@@ -20,13 +20,13 @@ from enum import Enum
 import cv2
 from prometheus_client import Counter
 
+from services.reader.queues import PolicyQueue
 from services.reader.settings import ReaderSettings, SourceConfig
 from services.reader.sources import DecodedFrame, FrameSource, SourceError, is_live, open_source, redact
 from shared.contracts import DropPolicy, FrameRef, HealthState, SourceHealth, SourceState
 from shared.jpeg import encode_jpeg
 from shared.metrics import Metrics
 from shared.pause import sleep_unless_stopped
-from shared.queues import PolicyQueue
 from shared.rate import StreamRate
 from shared.retry import retry_until
 from shared.storage import SeaweedStorage

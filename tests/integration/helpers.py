@@ -38,19 +38,24 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> 
 
 
 @asynccontextmanager
-async def service_process(module: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m <module>` with these settings (and no .env), killed at the end if still running."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        module,
-        "--env-file",
-        os.devnull,
-        cwd=Path(__file__).resolve().parents[2],
-        env=os.environ | env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+async def service_process(
+    module: str, env: dict[str, str], *args: str, log: Path | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m <module> *args` with these settings (and no .env), killed at the end if still running.
+    Its output goes to `log` when given (to say why it failed), else nowhere."""
+    with open(log or os.devnull, "wb") as out:  # noqa: ASYNC230 - opened once, before the process starts
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            module,
+            *args,
+            "--env-file",
+            os.devnull,
+            cwd=Path(__file__).resolve().parents[2],
+            env=os.environ | env,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
     try:
         yield process
     finally:

@@ -1,4 +1,6 @@
 import asyncio
+import contextlib
+import signal
 import time
 from pathlib import Path
 
@@ -7,7 +9,8 @@ import nats
 import pytest
 from redis.asyncio import Redis
 
-from services.detection.settings import DetectionSettings
+from services.worker.service import InferenceWorker
+from services.worker.settings import DetectionSettings
 from shared.bus import Bus
 from shared.contracts import FrameRef, InferenceResult, InferenceTask
 from shared.discovery import live_instances
@@ -18,8 +21,7 @@ from shared.metrics import Metrics, counter_value
 from shared.settings import VigilSettings
 from shared.storage import SeaweedStorage
 from shared.subjects import results_stream
-from shared.worker import InferenceWorker
-from tests.integration.helpers import running, wait_for
+from tests.integration.helpers import running, service_process, wait_for
 
 
 def vtest_frame(repo_root: Path, index: int = 10) -> bytes:
@@ -92,6 +94,72 @@ async def test_worker_detects_reports_errors_and_keeps_serving(service_env: dict
 
 
 async def test_missing_model_is_a_clear_start_error(service_env: dict[str, str], tmp_path: Path) -> None:
-    settings = DetectionSettings(_env_file=None, **(service_env | {"model_dir": str(tmp_path / "absent")}))  # type: ignore[arg-type]
+    env = service_env | {"model_dir": str(tmp_path / "absent"), "task_subject": "AbsentInference"}
+    settings = DetectionSettings(_env_file=None, **env)  # type: ignore[arg-type]
     with pytest.raises(StartupError, match=r"absent.*model\.yaml|model\.yaml.*absent"):
         await InferenceWorker(settings).execute()
+
+
+# Each way to start a worker -> (its command line after `python -m`, its environment, its model, its task subject).
+ENTRY_POINTS = {
+    "detection": (["services.detection"], {}, "ssd_mobilenet_v2_coco", "DetectionInference"),
+    "classification": (["services.classification"], {}, "efficientnet_lite0", "ClassificationInference"),
+    "worker-role-argument": (["services.worker", "--role", "detection"], {}, "ssd_mobilenet_v2_coco", "DetectionInference"),
+    "worker-role-environment": (
+        ["services.worker"],
+        {"worker_role": "classification"},
+        "efficientnet_lite0",
+        "ClassificationInference",
+    ),
+}
+
+
+async def test_every_entry_point_starts_its_role_and_stops_cleanly(service_env: dict[str, str], tmp_path: Path) -> None:
+    redis = Redis(host=service_env["redis_host"], port=int(service_env["redis_port"]))
+    keys = RedisKeys(VigilSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
+    logs = {name: tmp_path / f"{name}.log" for name in ENTRY_POINTS}
+
+    def output() -> str:
+        return "\n".join(f"--- {name}:\n{log.read_text()[-2000:]}" for name, log in logs.items())
+
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            procs = {}
+            for name, (command, env, _, _) in ENTRY_POINTS.items():
+                module, *args = command
+                # No worker_role from the caller's environment: each process gets only its own.
+                own = service_env | {"worker_role": "", "intra_op_threads": "1", "instance": name} | env
+                procs[name] = await stack.enter_async_context(service_process(module, own, *args, log=logs[name]))
+            expected = {(model, name, subject) for name, (_, _, model, subject) in ENTRY_POINTS.items()}
+            serving: set[tuple[str, str, str]] = set()
+            deadline = time.monotonic() + 90
+            while serving != expected:  # each one's heartbeat: started, with its role's model and subject
+                exited = {name: p.returncode for name, p in procs.items() if p.returncode is not None}
+                assert not exited and time.monotonic() < deadline, f"missing {expected - serving}; exited {exited}\n{output()}"
+                await asyncio.sleep(0.2)
+                live = await live_instances(redis, keys)
+                serving = {(model, hb.instance, hb.subject) for model, beats in live.items() for hb in beats}
+            for process in procs.values():
+                process.send_signal(signal.SIGTERM)
+            codes = {name: await asyncio.wait_for(p.wait(), 30) for name, p in procs.items()}
+            assert codes == dict.fromkeys(ENTRY_POINTS, 0), output()
+        assert await live_instances(redis, keys) == {}  # each removed its heartbeat on the way out
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+async def test_every_entry_point_names_a_missing_model_file(name: str, tmp_path: Path) -> None:
+    # The model is loaded before any connection is made, so no servers are needed to see this error.
+    command, env, model, _ = ENTRY_POINTS[name]
+    module, *args = command
+    folder = tmp_path / model  # named as the role's own model, but empty
+    folder.mkdir()
+    log = tmp_path / "worker.log"
+    own = {"worker_role": "", "model_dir": str(folder)} | env
+    async with service_process(module, own, *args, log=log) as process:
+        code = await asyncio.wait_for(process.wait(), 60)
+    text = log.read_text()
+    assert code == 1, text
+    assert f"model manifest not found: {folder / 'model.yaml'}" in text, text
+    assert "Traceback" not in text, text

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from services.worker.service import InferenceModel, InferenceWorker
+from services.worker.settings import WorkerSettings
 from shared.contracts import ModelKind
 from shared.lifecycle import main
-from shared.worker import InferenceModel, InferenceWorker, WorkerSettings
 
 
 class NoopModel:

@@ -375,11 +375,11 @@ def test_worker_machine_runs_the_same_workers_against_the_hub(compose_bin: Path)
 
 
 @pytest.mark.parametrize("layout", ["single-host", "worker-machine"])
-def test_worker_commands_pick_their_service(compose_bin: Path, layout: str) -> None:
+def test_worker_commands_pick_their_role(compose_bin: Path, layout: str) -> None:
     services = _resolved(compose_bin, layout)["services"]
     for name in WORKERS:
-        module = name.removesuffix("-gpu")
-        assert services[name]["command"] == ["python", "-m", f"services.{module}"], name
+        role = name.removesuffix("-gpu")
+        assert services[name]["command"] == ["python", "-m", "services.worker", "--role", role], name
 
 
 # -- Dockerfile, statically --------------------------------------------------------------------------
@@ -469,7 +469,7 @@ def _python_modules() -> set[str]:
 
 def test_commands_exist() -> None:
     modules = _python_modules()
-    assert {"services.reader", "services.classification", "compileall"} <= modules
+    assert {"services.reader", "services.worker", "compileall"} <= modules
     missing = {m for m in modules if not _module_exists(m)}
     if missing == {"services.api"}:
         pytest.skip("services/api is not written yet: the image and the compose service are ready for it")

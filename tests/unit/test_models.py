@@ -10,16 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
+from services.worker.adapters import PostParams, decode_yolov8
+from services.worker.manifest import DEFAULT_MODELS_ROOT, ModelError, discover_models, load_spec
+from services.worker.onnx_model import LoadedModel, load_model
+from services.worker.preprocess import InputSpec, geometry, preprocess
 from shared.contracts import Classification, Detection, ModelKind
-from shared.model_registry import (
-    DEFAULT_MODELS_ROOT,
-    LoadedModel,
-    ModelError,
-    discover_models,
-    load_model,
-    load_spec,
-)
-from shared.vision import InputSpec, PostParams, decode_yolov8, geometry, preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"

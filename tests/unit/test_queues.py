@@ -1,7 +1,7 @@
 import asyncio
 
+from services.reader.queues import PolicyQueue
 from shared.contracts import DropPolicy
-from shared.queues import PolicyQueue
 
 
 async def test_drop_oldest_keeps_the_newest_and_counts_drops() -> None:

@@ -1,4 +1,4 @@
-"""A bounded queue with a named drop policy: every queue in Vigil is one of these."""
+"""A bounded queue with a named drop policy: each queue between the reader's stages is one of these."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The generic inference worker: pull tasks, download, decode, infer in batches, publish results, ack.
+"""The inference worker: pull tasks, download, decode, infer in batches, publish results, ack.
 
-Detection and classification differ only in their settings' defaults and the model folder;
-everything model-specific lives in `models/<name>/model.yaml` and `shared.model_registry`.
+One service for every model: detection and classification are two roles of it, which differ only in their
+settings' defaults (services.worker.settings) and their model folder. Everything model-specific lives in
+`models/<name>/model.yaml`, read by services.worker.manifest and run by services.worker.onnx_model.
 """
 
 from __future__ import annotations
@@ -12,24 +13,23 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from pydantic import Field
 from redis.asyncio import Redis
 
+from services.worker.manifest import ModelError
+from services.worker.onnx_model import load_model
+from services.worker.settings import WorkerSettings
 from shared.bus import Outgoing, fetch
 from shared.contracts import Heartbeat, InferenceResult, InferenceTask, ModelKind, Timings
 from shared.discovery import HeartbeatPublisher
 from shared.jpeg import decode_jpeg
 from shared.keys import RedisKeys
 from shared.lifecycle import Service, StartupError
-from shared.model_registry import ModelError, load_model
 from shared.retry import backoff_delays
-from shared.settings import TaskQueueSettings
 from shared.storage import FileGone, ForbiddenURL, SeaweedStorage
 from shared.subjects import task_stream, task_stream_name, worker_durable
 
@@ -53,16 +53,6 @@ class InferenceModel(Protocol):
     def postprocess(self, outputs: Any, original_sizes: Sequence[tuple[int, int]]) -> list[Any]: ...
 
 
-class WorkerSettings(TaskQueueSettings):
-    model_dir: Path
-    task_subject: str
-    batch_size: int = Field(default=1, ge=1, le=64, description="tasks fetched and inferred together")
-    intra_op_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 lets it choose")
-    ort_allow_spinning: bool = Field(default=False, description="let idle onnxruntime threads spin (faster only on idle cores)")
-    providers: list[str] = Field(default_factory=list, description="onnxruntime providers in order; empty = best available")
-    task_queue_cap: int = Field(default=1000, ge=1, description="most tasks queued for this model; the oldest go first")
-
-
 class _Job:
     """One task on its way through a batch."""
 
@@ -80,6 +70,8 @@ class InferenceWorker(Service[WorkerSettings]):
     name = "worker"
 
     def __init__(self, settings: WorkerSettings) -> None:
+        # One class for every role: its logs and metrics take the role's name (vigil.detection, vigil_detection_*).
+        self.name = settings.service_name
         super().__init__(settings)
         self.keys = RedisKeys(settings)
         self.model: InferenceModel | None = None

@@ -1,7 +1,8 @@
-"""Model folders (model.onnx + labels.txt + model.yaml) -> checked, ready-to-run onnxruntime models.
+"""A checked model folder -> a ready-to-run onnxruntime model (`LoadedModel`).
 
-Everything that can be wrong with a model folder is found at load time and raised as one ModelError whose
-one-line message names the file, so a worker with a bad model fails at start, not on its first frame.
+The network is checked against its manifest (hash, input shape and dtype, outputs, class count) at load time;
+any mismatch is one ModelError whose one-line message names the file, so a worker with a bad model fails at
+start, not on its first frame.
 """
 
 from __future__ import annotations
@@ -9,121 +10,21 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from services.worker.adapters import ADAPTERS, PostParams, Results
+from services.worker.manifest import MANIFEST, ModelError, ModelSpec, first_line, load_labels, load_spec
+from services.worker.preprocess import Geometry, geometry, image_size
+from services.worker.preprocess import preprocess as _preprocess
 from shared.contracts import Classification, Detection, ModelKind
-from shared.vision import ADAPTERS, AdapterName, Geometry, InputSpec, PostParams, Results, geometry, image_size
-from shared.vision import preprocess as _preprocess
 
 log = logging.getLogger("vigil.models")
 
-MANIFEST = "model.yaml"
-DEFAULT_MODELS_ROOT = Path(__file__).resolve().parent.parent / "models"
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _ORT_DTYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
-
-
-class ModelError(RuntimeError):
-    """A model folder that cannot be used; the message is one line and names the offending file."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _relative(value: str) -> str:
-    # Manifests may come from users: keep every referenced file inside the model's own folder.
-    p = PurePosixPath(value)
-    if not value or p.is_absolute() or ".." in p.parts or "\\" in value:
-        raise ValueError(f"{value!r} must be a plain path relative to the model folder")
-    return value
-
-
-class OutputSpec(_Strict):
-    adapter: AdapterName
-    iou_threshold: float = Field(default=0.45, gt=0, le=1, description="NMS IoU for adapters that run NMS (yolov8)")
-
-
-class LabelsSpec(_Strict):
-    file: str
-    format: Literal["id_label", "lines"] = Field(description="'id label' lines (ids may have gaps) or one name a line")
-    # ImageNet lines list synonyms ("fox squirrel, eastern fox squirrel, Sciurus niger"); events want the first.
-    first_name_only: bool = False
-
-    @field_validator("file")
-    @classmethod
-    def _file_relative(cls, value: str) -> str:
-        return _relative(value)
-
-
-class ModelSpec(_Strict):
-    """A parsed model.yaml."""
-
-    # YAML reads `version: 1` as an int; a version is a name, not a number.
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="also used in subjects and keys")
-    version: str = Field(min_length=1)
-    kind: ModelKind
-    file: str = "model.onnx"
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    input: InputSpec
-    output: OutputSpec
-    labels: LabelsSpec
-    score_threshold: float = Field(default=0.5, ge=0, le=1)
-    top_k: int = Field(default=5, ge=1, description="classification: how many classes to report")
-    class_filter: list[str] | None = Field(default=None, description="labels to keep; None keeps all")
-    provenance: str = ""
-
-    @field_validator("file")
-    @classmethod
-    def _file_relative(cls, value: str) -> str:
-        return _relative(value)
-
-    @field_validator("sha256", mode="before")
-    @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _adapter_fits_kind(self) -> ModelSpec:
-        adapter_kind = ADAPTERS[self.output.adapter].kind
-        if adapter_kind != self.kind:
-            raise ValueError(f"adapter {self.output.adapter} produces {adapter_kind.value}, but kind is {self.kind.value}")
-        return self
-
-
-def _short(exc: ValidationError) -> str:
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:3]]
-    more = f" (+{exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
-    return "; ".join(parts) + more
-
-
-def load_spec(model_dir: Path) -> ModelSpec:
-    path = Path(model_dir) / MANIFEST
-    if not path.is_file():
-        raise ModelError(f"model manifest not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ModelError(f"cannot read {path}: {_first_line(exc)}") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"invalid {path}: expected a mapping at the top level")
-    try:
-        return ModelSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ModelError(f"invalid {path}: {_short(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def sha256_of(path: Path) -> str:
@@ -132,36 +33,6 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def load_labels(path: Path, spec: LabelsSpec) -> dict[int, str]:
-    if not path.is_file():
-        raise ModelError(f"labels file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"cannot read labels file {path}: {_first_line(exc)}") from exc
-    labels: dict[int, str] = {}
-    for lineno, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if spec.format == "lines":
-            # Line order is the class id, so a blank line would silently shift every class after it.
-            if not line:
-                raise ModelError(f"labels file {path}: line {lineno} is empty")
-            cid, name = lineno - 1, line
-        else:
-            if not line:
-                continue
-            parts = line.split(None, 1)
-            if len(parts) != 2 or not parts[0].isdigit():
-                raise ModelError(f"labels file {path}: line {lineno} is not 'id label': {line[:60]!r}")
-            cid, name = int(parts[0]), parts[1].strip()
-            if cid in labels:
-                raise ModelError(f"labels file {path}: id {cid} appears twice (line {lineno})")
-        labels[cid] = name.split(",")[0].strip() if spec.first_name_only else name
-    if not labels:
-        raise ModelError(f"labels file {path} is empty")
-    return labels
 
 
 def resolve_providers(requested: Sequence[str] | None) -> list[str]:
@@ -261,7 +132,7 @@ def load_model(
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
     except Exception as exc:  # onnxruntime raises its own untyped exceptions (Fail, InvalidGraph, ...)
-        raise ModelError(f"onnxruntime cannot load {model_path}: {_first_line(exc)}") from exc
+        raise ModelError(f"onnxruntime cannot load {model_path}: {first_line(exc)}") from exc
     _check_io(session, spec, model_path, labels)
 
     model = LoadedModel(spec, labels, session, model_dir)
@@ -312,17 +183,3 @@ def _check_io(session: ort.InferenceSession, spec: ModelSpec, model_path: Path, 
     }.get(spec.output.adapter)
     if isinstance(classes, int) and classes > 0 and spec.labels.format == "lines" and classes != len(labels):
         raise ModelError(f"labels file {model_path.parent / spec.labels.file} has {len(labels)} classes, model outputs {classes}")
-
-
-def discover_models(models_root: Path = DEFAULT_MODELS_ROOT) -> dict[str, Path]:
-    """Model name -> folder, for every <models_root>/*/model.yaml. Invalid manifests raise, never vanish silently."""
-    root = Path(models_root)
-    if not root.is_dir():
-        raise ModelError(f"models folder not found: {root}")
-    found: dict[str, Path] = {}
-    for manifest in sorted(root.glob(f"*/{MANIFEST}")):
-        spec = load_spec(manifest.parent)
-        if spec.name in found:
-            raise ModelError(f"model name {spec.name!r} is declared by both {found[spec.name]} and {manifest.parent}")
-        found[spec.name] = manifest.parent
-    return found
