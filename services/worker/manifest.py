@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from services.worker.adapters import ADAPTERS, AdapterName
 from services.worker.preprocess import InputSpec
 from shared.contracts import ModelKind
+from shared.validation import describe_errors
 
 MANIFEST = "model.yaml"
 DEFAULT_MODELS_ROOT = Path(__file__).resolve().parents[2] / "models"
@@ -91,12 +92,6 @@ class ModelSpec(_Strict):
         return self
 
 
-def _short(exc: ValidationError) -> str:
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:3]]
-    more = f" (+{exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
-    return "; ".join(parts) + more
-
-
 def load_spec(model_dir: Path) -> ModelSpec:
     path = Path(model_dir) / MANIFEST
     if not path.is_file():
@@ -110,7 +105,7 @@ def load_spec(model_dir: Path) -> ModelSpec:
     try:
         return ModelSpec.model_validate(data)
     except ValidationError as exc:
-        raise ModelError(f"invalid {path}: {_short(exc)}") from exc
+        raise ModelError(f"invalid {path}: {describe_errors(exc, limit=3)}") from exc
 
 
 def first_line(exc: BaseException) -> str:
