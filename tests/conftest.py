@@ -16,12 +16,13 @@ from tests.support.fleet_run import api, sample_run  # noqa: F401 - fixtures, fo
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS = REPO_ROOT / "tests"
 # Folder under tests/ -> marker, so `-m "not integration"` works without decorating every test.
-# The contract tests run against the sample fleet run, so they are e2e tests too.
+# The contract tests run against the sample fleet run, so they are e2e tests too. tests/deploy has no folder
+# marker: its files that need a Docker engine mark themselves `deploy`, and test_compose_files.py, which
+# needs none, runs in `make test`.
 _FOLDER_MARKERS = {
     "integration": pytest.mark.integration,
     "e2e": pytest.mark.e2e,
     "contract": pytest.mark.e2e,
-    "deploy": pytest.mark.deploy,
 }
 
 
