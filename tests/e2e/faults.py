@@ -28,6 +28,7 @@ from shared.contracts import ContractError, Event, EventState, InferenceResult
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from shared.subjects import Subjects, results_stream_name, task_stream_name, worker_durable
+from tests.support.settings import settings_from
 
 SOURCE = "cam0"
 T = TypeVar("T")
@@ -103,7 +104,7 @@ class LiveFleet:
 
     @property
     def settings(self) -> VigilSettings:
-        return VigilSettings(_env_file=None, subject_prefix=self.prefix)  # type: ignore[call-arg]
+        return settings_from(VigilSettings, subject_prefix=self.prefix)
 
     async def stored_results(self, model: str) -> list[InferenceResult]:
         """Every result of `model` the RESULTS stream holds (on disk: what the registrator was given)."""

@@ -11,10 +11,11 @@ from shared.metrics import Metrics, counter_value
 from shared.retry import InfrastructureUnavailable
 from shared.settings import VigilSettings
 from shared.subjects import frames_stream
+from tests.support.settings import settings_from
 
 
 def make_bus(env: dict[str, str], service: str = "test") -> Bus:
-    return Bus(VigilSettings(_env_file=None, **env), service, "i1", Metrics(service))  # type: ignore[arg-type]
+    return Bus(settings_from(VigilSettings, env), service, "i1", Metrics(service))
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from shared.storage import SeaweedStorage
 from shared.subjects import frames_stream, results_stream, task_stream_name, worker_durable
 from tests.integration.helpers import running, service_process, wait_for
 from tests.support.noop_worker import NoopSettings, NoopWorker
+from tests.support.settings import MakeSettings, settings_from
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +38,7 @@ class Rig:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
-        self.settings = VigilSettings(_env_file=None, **env)  # type: ignore[arg-type]
+        self.settings = settings_from(VigilSettings, env)
         self.bus = Bus(self.settings, "rig", "rig", Metrics("rig"))
         self.results: list[InferenceResult] = []
         self.url = ""
@@ -83,24 +84,15 @@ def worker_process(env: dict[str, str]) -> AbstractAsyncContextManager[asyncio.s
     return service_process("tests.support.noop_worker", env)
 
 
-async def test_two_replicas_share_the_work(service_env: dict[str, str]) -> None:
+async def test_two_replicas_share_the_work(service_env: dict[str, str], make_settings: MakeSettings) -> None:
     async with Rig(service_env) as rig:
         workers = [
             NoopWorker(
-                NoopSettings(
-                    _env_file=None,
-                    **worker_env(
-                        service_env,
-                        "split",
-                        instance=name,
-                        batch_size=4,  # type: ignore[arg-type]
-                        noop_delay_ms=2,
-                    ),
-                )
+                settings_from(NoopSettings, worker_env(service_env, "split", instance=name, batch_size=4, noop_delay_ms=2))
             )
             for name in ("a", "b")
         ]
-        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
+        router = RouterService(make_settings(RouterSettings))
         async with running(workers[0]), running(workers[1]), running(router, lambda r: "split" in r.live):
             await rig.publish_frames(1000)
             await wait_for(lambda: len(rig.results) >= 1000, 60, "1000 results")
@@ -133,14 +125,16 @@ async def kill_a_busy_replica(
     return held, time.monotonic(), publisher
 
 
-async def test_a_killed_replica_loses_no_task(service_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+async def test_a_killed_replica_loses_no_task(
+    service_env: dict[str, str], make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The shipped ack_wait, task_max_deliver and task_max_age (issue 15: with 30 s and 30 s every held task expired).
     env = worker_env(service_env, "kill", batch_size=4, noop_delay_ms=30)
-    ack_wait = NoopSettings(_env_file=None, **env).ack_wait  # type: ignore[arg-type]
-    stream, durable = task_stream_name(VigilSettings(_env_file=None, **service_env), "kill"), worker_durable("kill")  # type: ignore[arg-type]
+    ack_wait = settings_from(NoopSettings, env).ack_wait
+    stream, durable = task_stream_name(make_settings(VigilSettings), "kill"), worker_durable("kill")
     async with Rig(service_env) as rig:
-        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
-        survivor = NoopWorker(NoopSettings(_env_file=None, **env, instance="survivor"))  # type: ignore[arg-type]
+        router = RouterService(make_settings(RouterSettings))
+        survivor = NoopWorker(settings_from(NoopSettings, env, instance="survivor"))
         async with running(router):
             held, killed, publisher = await kill_a_busy_replica(rig, router, env, 400)
             async with running(survivor):
@@ -168,14 +162,14 @@ async def test_a_killed_replica_loses_no_task(service_env: dict[str, str], capsy
         assert [r.instance for r in rig.results if r.frame.seq == seq] == ["doomed", "survivor"]
 
 
-async def test_a_task_past_its_last_delivery_is_counted(service_env: dict[str, str]) -> None:
+async def test_a_task_past_its_last_delivery_is_counted(service_env: dict[str, str], make_settings: MakeSettings) -> None:
     # One delivery, so that the held tasks are given up after one ack_wait: JetStream's advisory is the
     # only trace of them, and the worker counts it. Frames come at 20/s, so the replica is frozen mid-stream.
     env = worker_env(service_env, "once", batch_size=4, noop_delay_ms=30, ack_wait=5, task_max_deliver=1)
-    stream, durable = task_stream_name(VigilSettings(_env_file=None, **service_env), "once"), worker_durable("once")  # type: ignore[arg-type]
+    stream, durable = task_stream_name(make_settings(VigilSettings), "once"), worker_durable("once")
     async with Rig(service_env) as rig:
-        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
-        survivor = NoopWorker(NoopSettings(_env_file=None, **env, instance="survivor"))  # type: ignore[arg-type]
+        router = RouterService(make_settings(RouterSettings))
+        survivor = NoopWorker(settings_from(NoopSettings, env, instance="survivor"))
         async with running(router):
             held, _, publisher = await kill_a_busy_replica(rig, router, env, 300, fps=20)
             async with running(survivor):
@@ -192,14 +186,14 @@ async def test_a_task_past_its_last_delivery_is_counted(service_env: dict[str, s
 
 @pytest.mark.timeout(120)
 async def test_seaweedfs_away_for_5_s_costs_no_result(
-    service_env: dict[str, str], local_servers: LocalServers, capsys: pytest.CaptureFixture[str]
+    service_env: dict[str, str], make_settings: MakeSettings, local_servers: LocalServers, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The default task timing: frames the worker cannot fetch while storage is away are given back, not answered
     # with a final error (issue 15: a SeaweedFS blip was a permanent miss).
     env = worker_env(service_env, "blip", batch_size=4)
     async with Rig(service_env) as rig:
-        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
-        worker = NoopWorker(NoopSettings(_env_file=None, **env))  # type: ignore[arg-type]
+        router = RouterService(make_settings(RouterSettings))
+        worker = NoopWorker(settings_from(NoopSettings, env))
         async with running(worker), running(router, lambda r: "blip" in r.live):
             feeder = asyncio.create_task(rig.publish_frames(150, DropPolicy.DROP_OLDEST, fps=10))
             try:
@@ -224,13 +218,13 @@ async def test_seaweedfs_away_for_5_s_costs_no_result(
 
 
 async def test_a_dead_model_gets_no_tasks_and_a_new_one_gets_them_at_once(
-    service_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    service_env: dict[str, str], make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ttl = 2
     env = worker_env(service_env, "flaky", routing_ttl=ttl)
     async with Rig(service_env) as rig:
         # No grace: a model gone for good (the next test has a restarting one, with the default grace).
-        router = RouterService(RouterSettings(_env_file=None, **service_env, model_grace=0))  # type: ignore[arg-type]
+        router = RouterService(make_settings(RouterSettings, model_grace=0))
         tasks = lambda: counter_value(router.m_tasks, source_id="cam0", model="flaky")  # noqa: E731 - a named condition, read inline where it is used
         async with running(router):
             feeder = asyncio.create_task(rig.publish_frames(100_000, DropPolicy.DROP_OLDEST, fps=20))
@@ -270,11 +264,13 @@ async def test_a_dead_model_gets_no_tasks_and_a_new_one_gets_them_at_once(
     assert adopted <= 2.0, adopted
 
 
-async def test_a_restarting_model_has_its_tasks_queued(service_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+async def test_a_restarting_model_has_its_tasks_queued(
+    service_env: dict[str, str], make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
     # routing_ttl 2 s, so that the killed instance's heartbeat is gone at once; the router's default model_grace.
     env = worker_env(service_env, "phoenix", routing_ttl=2)
     async with Rig(service_env) as rig:
-        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
+        router = RouterService(make_settings(RouterSettings))
         tasks = lambda: counter_value(router.m_tasks, source_id="cam0", model="phoenix")  # noqa: E731 - a named condition, read inline where it is used
         async with running(router):
             async with worker_process(env | {"instance": "first"}) as first:
@@ -297,14 +293,14 @@ async def test_a_restarting_model_has_its_tasks_queued(service_env: dict[str, st
 
 @pytest.mark.timeout(120)
 async def test_overload_sheds_the_oldest_tasks_and_keeps_latency_bounded(
-    service_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    service_env: dict[str, str], make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cap, age = 16, 5.0
     # A short max age, to bound latency in a short test; ack_wait shorter still, as the settings require.
     env = worker_env(service_env, "slow", noop_delay_ms=100, task_queue_cap=cap, task_max_age=age, ack_wait=1)
     backlog: list[int] = []
     async with Rig(service_env) as rig:
-        router = RouterService(RouterSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
+        router = RouterService(make_settings(RouterSettings))
         async with worker_process(env), running(router, lambda r: "slow" in r.live, timeout=30):
             stream, durable = task_stream_name(rig.settings, "slow"), worker_durable("slow")
             feeder = asyncio.create_task(rig.publish_frames(320, DropPolicy.DROP_OLDEST, fps=40))  # 4x what it can do
@@ -327,13 +323,12 @@ async def test_overload_sheds_the_oldest_tasks_and_keeps_latency_bounded(
     assert latencies[-1] < (cap + 2) * 0.1 + 1.0  # ...so what is answered is fresh: no queue without bound
 
 
-async def test_router_replicas_route_each_frame_once_and_summarise_together(service_env: dict[str, str]) -> None:
+async def test_router_replicas_route_each_frame_once_and_summarise_together(
+    service_env: dict[str, str], make_settings: MakeSettings
+) -> None:
     async with Rig(service_env) as rig:
-        worker = NoopWorker(NoopSettings(_env_file=None, **worker_env(service_env, "dual", batch_size=16)))  # type: ignore[arg-type]
-        routers = [
-            RouterService(RouterSettings(_env_file=None, **service_env, route_batch=16, instance=f"r{i}"))  # type: ignore[arg-type]
-            for i in range(2)
-        ]
+        worker = NoopWorker(settings_from(NoopSettings, worker_env(service_env, "dual", batch_size=16)))
+        routers = [RouterService(make_settings(RouterSettings, route_batch=16, instance=f"r{i}")) for i in range(2)]
         summaries = await rig.bus.nc.subscribe(rig.bus.subjects.routed("cam0"))  # type: ignore[union-attr]
         live = lambda r: "dual" in r.live  # noqa: E731 - a named condition, read inline where it is used
         async with running(worker), running(routers[0], live), running(routers[1], live):
@@ -355,13 +350,13 @@ async def test_router_replicas_route_each_frame_once_and_summarise_together(serv
 
 
 async def test_a_summary_that_waits_stalls_no_other_source(
-    service_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    service_env: dict[str, str], make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A short frames_ack_wait, so that a status held through the summary's wait would be redelivered without the
     # in-progress acks; the summary waits 8 s for frames that never come.
     async with Rig(service_env) as rig:
-        worker = NoopWorker(NoopSettings(_env_file=None, **worker_env(service_env, "lanes")))  # type: ignore[arg-type]
-        settings = RouterSettings(_env_file=None, **service_env, frames_ack_wait=2, summary_timeout=8)  # type: ignore[arg-type]
+        worker = NoopWorker(settings_from(NoopSettings, worker_env(service_env, "lanes")))
+        settings = make_settings(RouterSettings, frames_ack_wait=2, summary_timeout=8)
         router = RouterService(settings)
         summaries = await rig.bus.nc.subscribe(rig.bus.subjects.routed("cam0"))  # type: ignore[union-attr]
         other = lambda: sum(r.frame.source_id == "cam1" for r in rig.results)  # noqa: E731 - a named condition, read inline where it is used

@@ -20,6 +20,7 @@ from shared.storage import SeaweedStorage
 from shared.subjects import results_stream
 from shared.worker import InferenceWorker
 from tests.integration.helpers import running, wait_for
+from tests.support.settings import MakeSettings, settings_from
 
 
 def vtest_frame(repo_root: Path, index: int = 10) -> bytes:
@@ -31,11 +32,13 @@ def vtest_frame(repo_root: Path, index: int = 10) -> bytes:
     return encode_jpeg(image)
 
 
-async def test_worker_detects_reports_errors_and_keeps_serving(service_env: dict[str, str], repo_root: Path) -> None:
+async def test_worker_detects_reports_errors_and_keeps_serving(
+    service_env: dict[str, str], make_settings: MakeSettings, repo_root: Path
+) -> None:
     env = service_env | {"model_dir": str(repo_root / "models" / "ssd_mobilenet_v2_coco")}
-    settings = DetectionSettings(_env_file=None, **env)  # type: ignore[arg-type]
+    settings = settings_from(DetectionSettings, env)
     worker = InferenceWorker(settings)
-    owner = Bus(VigilSettings(_env_file=None, **service_env), "registrator", "t", Metrics("owner"))  # type: ignore[arg-type]
+    owner = Bus(make_settings(VigilSettings), "registrator", "t", Metrics("owner"))
     await owner.connect()
     await owner.ensure_stream(results_stream(owner.settings))  # the registrator's stream, as in the fleet
     watcher = await nats.connect(env["nats_host"])
@@ -91,7 +94,7 @@ async def test_worker_detects_reports_errors_and_keeps_serving(service_env: dict
         await owner.close()
 
 
-async def test_missing_model_is_a_clear_start_error(service_env: dict[str, str], tmp_path: Path) -> None:
-    settings = DetectionSettings(_env_file=None, **(service_env | {"model_dir": str(tmp_path / "absent")}))  # type: ignore[arg-type]
+async def test_missing_model_is_a_clear_start_error(make_settings: MakeSettings, tmp_path: Path) -> None:
+    settings = make_settings(DetectionSettings, model_dir=str(tmp_path / "absent"))
     with pytest.raises(StartupError, match=r"absent.*model\.yaml|model\.yaml.*absent"):
         await InferenceWorker(settings).execute()

@@ -12,6 +12,7 @@ from services.router.settings import RouterSettings
 from shared.settings import VigilSettings
 from shared.ttl import parse_ttl
 from shared.worker import WorkerSettings
+from tests.support.settings import settings_from
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -62,16 +63,16 @@ def test_bad_ttl(ttl: str) -> None:
 
 def test_registrator_refuses_a_ttl_shorter_than_an_event(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError, match="frames would expire"):
-        RegistratorSettings(_env_file=None, ttl_bucket="1m", max_event_duration=120)  # type: ignore[call-arg]
-    assert RegistratorSettings(_env_file=None, ttl_bucket="5m", max_event_duration=120).ttl_bucket == "5m"  # type: ignore[call-arg]
+        settings_from(RegistratorSettings, ttl_bucket="1m", max_event_duration=120)
+    assert settings_from(RegistratorSettings, ttl_bucket="5m", max_event_duration=120).ttl_bucket == "5m"
 
 
 def test_the_defaults_hold_together() -> None:
-    worker = WorkerSettings(_env_file=None, model_dir=".", task_subject="X")  # type: ignore[call-arg]
+    worker = settings_from(WorkerSettings, model_dir=".", task_subject="X")
     assert worker.task_max_age > worker.ack_wait * worker.task_max_deliver
-    registrator = RegistratorSettings(_env_file=None)  # type: ignore[call-arg]
+    registrator = settings_from(RegistratorSettings)
     assert registrator.drain_timeout > registrator.task_max_age
-    router = RouterSettings(_env_file=None)  # type: ignore[call-arg]
+    router = settings_from(RouterSettings)
     assert router.summary_timeout > router.frames_ack_wait
 
 
@@ -91,7 +92,7 @@ def test_settings_that_depend_on_each_other_are_checked_together(
 ) -> None:
     required = {"model_dir": ".", "task_subject": "X"} if cls is WorkerSettings else {}
     with pytest.raises(ValidationError, match=message):
-        cls(_env_file=None, **required, **values)  # type: ignore[arg-type]
+        settings_from(cls, required, **values)
 
 
 def test_a_bad_combination_is_one_clear_line_at_start(tmp_path: Path) -> None:
@@ -111,7 +112,7 @@ def test_a_bad_combination_is_one_clear_line_at_start(tmp_path: Path) -> None:
 def test_seed_keys_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TMP_PATH", "/tmp/elsewhere")
     monkeypatch.setenv("ROUTING_TTL", "7")
-    settings = RegistratorSettings(_env_file=None)  # type: ignore[call-arg]
+    settings = settings_from(RegistratorSettings)
     assert str(settings.TMP_PATH) == "/tmp/elsewhere"
     assert settings.routing_ttl == 7
 
