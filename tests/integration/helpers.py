@@ -1,13 +1,10 @@
-"""Running services in the test's event loop, against the real servers."""
+"""Running services in the test's event loop, against the real servers (as processes: fleet/processes.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TypeVar
 
 from shared.lifecycle import Service
@@ -35,25 +32,3 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> 
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-@asynccontextmanager
-async def service_process(module: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m <module>` with these settings (and no .env), killed at the end if still running."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        module,
-        "--env-file",
-        os.devnull,
-        cwd=Path(__file__).resolve().parents[2],
-        env=os.environ | env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()

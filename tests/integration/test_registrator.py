@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import cv2
 import pytest
 from redis.asyncio import Redis
 
+from fleet.processes import service_process
 from fleet.servers import LocalServers
 from services.registrator.retention import sweep
 from services.registrator.service import RegistratorService
@@ -40,7 +40,7 @@ from shared.keys import RedisKeys
 from shared.metrics import counter_value
 from shared.storage import SeaweedStorage
 from shared.subjects import frames_stream, results_stream_name
-from tests.integration.helpers import running, service_process, wait_for
+from tests.integration.helpers import running, wait_for
 from tests.support.settings import MakeSettings, settings_from
 
 FRAMES = 40  # 4 s of vtest at 10 fps
@@ -330,9 +330,9 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
             await bus.publish(bus.subjects.results, result(ref, ref.seq in PERSON))
         deadline = time.monotonic() + 60
         while not (open_now := await state.open_events()) or open_now[0].frames < 15:
-            assert time.monotonic() < deadline and first.returncode is None, open_now
+            assert time.monotonic() < deadline and first.running, (open_now, first.tail)
             await asyncio.sleep(0.1)
-        first.send_signal(signal.SIGKILL)
+        await first.kill()
     for ref in refs[20:]:
         await bus.publish(bus.subjects.results, result(ref, ref.seq in PERSON))
     async with service_process("services.registrator", env):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
+from fleet.processes import ServiceProcess, service_process
 from fleet.servers import LocalServers
 from services.router.service import RouterService
 from services.router.settings import RouterSettings
@@ -26,7 +27,7 @@ from shared.metrics import Metrics, counter_value
 from shared.settings import VigilSettings
 from shared.storage import SeaweedStorage
 from shared.subjects import frames_stream, results_stream, task_stream_name, worker_durable
-from tests.integration.helpers import running, service_process, wait_for
+from tests.integration.helpers import running, wait_for
 from tests.support.noop_worker import NoopSettings, NoopWorker
 from tests.support.settings import MakeSettings, settings_from
 
@@ -80,7 +81,7 @@ def worker_env(env: dict[str, str], model: str, **extra: object) -> dict[str, st
     return env | {"noop_model": model, "task_subject": f"{model}Inference"} | {k: str(v) for k, v in extra.items()}
 
 
-def worker_process(env: dict[str, str]) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
+def worker_process(env: dict[str, str]) -> AbstractAsyncContextManager[ServiceProcess]:
     return service_process("tests.support.noop_worker", env)
 
 
@@ -115,13 +116,13 @@ async def kill_a_busy_replica(
         await wait_for(lambda: model in router.live, 30, "the doomed replica to be live")
         publisher = asyncio.create_task(rig.publish_frames(frames, fps=fps))
         await wait_for(lambda: len(rig.results) >= 20, 60, "the doomed replica at work")
-        doomed.send_signal(signal.SIGSTOP)
+        doomed.signal(signal.SIGSTOP)
         stream, durable = task_stream_name(rig.settings, model), worker_durable(model)
         held, previous = -1, -2
         while held != previous:
             await asyncio.sleep(1.0)
             previous, held = held, (await rig.bus.js.consumer_info(stream, durable)).num_ack_pending
-        doomed.kill()
+        await doomed.kill()
     return held, time.monotonic(), publisher
 
 
@@ -231,7 +232,7 @@ async def test_a_dead_model_gets_no_tasks_and_a_new_one_gets_them_at_once(
             try:
                 async with worker_process(env | {"instance": "first"}) as first:
                     await wait_for(lambda: len(rig.results) >= 20, 30, "results from the first instance")
-                    first.send_signal(signal.SIGKILL)
+                    await first.kill()
                     died = time.monotonic()
                 await wait_for(lambda: "flaky" not in router.live, ttl + 3, "the router to drop the model")
                 noticed = time.monotonic() - died
@@ -277,7 +278,7 @@ async def test_a_restarting_model_has_its_tasks_queued(
                 await wait_for(lambda: "phoenix" in router.live, 30, "the first instance to be live")
                 feeder = asyncio.create_task(rig.publish_frames(200, DropPolicy.DROP_OLDEST, fps=20))
                 await wait_for(lambda: len(rig.results) >= 20, 30, "results from the first instance")
-                first.kill()
+                await first.kill()
             await wait_for(lambda: router.health()["models_restarting"] == ["phoenix"], 10, "the model to be seen restarting")
             gone = tasks()
             await wait_for(lambda: tasks() >= gone + 20, 10, "tasks routed while no instance is live")
