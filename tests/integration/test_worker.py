@@ -57,9 +57,9 @@ async def test_worker_detects_reports_errors_and_keeps_serving(
                 return InferenceTask(frame=ref, model="ssd_mobilenet_v2_coco", routed_at=time.time())
 
             subject = owner.subjects.task(settings.task_subject)
-            for _ in range(100):  # the worker declares its task stream during start
-                if (await live_instances(redis, keys)).get("ssd_mobilenet_v2_coco"):
-                    break
+            deadline = time.monotonic() + 60  # the worker declares its task stream during start, then beats
+            while not (await live_instances(redis, keys)).get("ssd_mobilenet_v2_coco"):
+                assert time.monotonic() < deadline, "the worker never said it was live"
                 await asyncio.sleep(0.1)
             await owner.publish(subject, task(1, good))
             await owner.publish(subject, task(2, corrupt))
