@@ -95,6 +95,13 @@ class LiveFleet:
         async with aiohttp.ClientSession() as http, http.get(self._url(label, "/healthz")) as resp:
             return dict(await resp.json())
 
+    async def health_or_none(self, label: str) -> dict[str, Any] | None:
+        """/healthz, or None while the service does not answer yet (just started)."""
+        try:
+            return await self.health(label)
+        except aiohttp.ClientConnectionError:
+            return None
+
     async def flowing(self, timeout: float = 30.0) -> None:
         """New results from every model again: the fleet works, whatever happened before."""
         before = dict(self.fleet.progress.results)
