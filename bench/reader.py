@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import nats
 import psutil
 
 from bench.common import ROOT, median, print_table, write_result
+from fleet.processes import start_service
 from fleet.servers import LocalServers, ServerSet
 from shared.contracts import SourceState, SourceStatus
 from shared.jpeg import encode_jpeg
@@ -52,7 +52,7 @@ async def bare_loop(servers: ServerSet, video: Path) -> dict[str, float]:
 
 async def reader_process(servers: ServerSet, video: Path) -> dict[str, float]:
     prefix = f"b{secrets.token_hex(3)}"
-    env = os.environ | servers.env() | {"subject_prefix": prefix, "video_source": str(video), "source_id": "bench"}
+    env = servers.env() | {"subject_prefix": prefix, "video_source": str(video), "source_id": "bench"}
     subjects = Subjects.from_settings(VigilSettings(_env_file=None, subject_prefix=prefix))  # type: ignore[call-arg]
     nc = await nats.connect(servers.nats_url)
     statuses: dict[SourceState, SourceStatus] = {}
@@ -65,21 +65,11 @@ async def reader_process(servers: ServerSet, video: Path) -> dict[str, float]:
         with contextlib.suppress(psutil.Error):
             cpu_at[status.state] = sum(ps.cpu_times()[:2])
 
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.reader",
-        "--env-file",
-        os.devnull,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_service("services.reader", env)
     ps = psutil.Process(process.pid)
     await nc.subscribe(subjects.source_status_all, cb=on_status)
     peak_rss = cpu = 0.0
-    while process.returncode is None:
+    while process.running:
         try:
             peak_rss = max(peak_rss, ps.memory_info().rss)
             times = ps.cpu_times()
@@ -90,8 +80,7 @@ async def reader_process(servers: ServerSet, video: Path) -> dict[str, float]:
             await asyncio.wait_for(process.wait(), 0.1)
     await nc.drain()
     if SourceState.ENDED not in statuses:
-        stderr = (await process.stderr.read()).decode()[-2000:] if process.stderr else ""
-        raise RuntimeError(f"the reader did not end its source (exit {process.returncode}): {stderr}")
+        raise RuntimeError(f"the reader did not end its source: {process.describe_exit()}")
     start, end = statuses[SourceState.STARTED], statuses[SourceState.ENDED]
     seconds = end.wall_time - start.wall_time
     return {

@@ -7,7 +7,6 @@ at full speed stays within the disk SeaweedFS is given here; the reader's own wo
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import tempfile
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import psutil
 
 from bench.common import ROOT, print_table, write_result
+from fleet.processes import start_service
 from fleet.servers import LocalServers
 
 SAMPLE_EVERY = 5.0
@@ -36,44 +36,28 @@ async def main(duration: float) -> None:
     with tempfile.TemporaryDirectory(prefix="vigil-soak-") as tmp:
         servers = LocalServers(Path(tmp))
         server_set = servers.start()
-        env = (
-            os.environ
-            | server_set.env()
-            | {
-                "video_source": str(ROOT / "video" / "vtest.mp4"),
-                "video_loop": "true",
-                "max_width": "384",
-                "ttl_bucket": "2m",
-                "source_id": "soak",
-                "metrics_port": "0",
-            }
-        )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.reader",
-            "--env-file",
-            os.devnull,
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        env = server_set.env() | {
+            "video_source": str(ROOT / "video" / "vtest.mp4"),
+            "video_loop": "true",
+            "max_width": "384",
+            "ttl_bucket": "2m",
+            "source_id": "soak",
+            "metrics_port": "0",
+        }
+        process = await start_service("services.reader", env)
         ps = psutil.Process(process.pid)
         samples: list[tuple[float, float]] = []
         started = time.monotonic()
         try:
             while (elapsed := time.monotonic() - started) < duration:
                 await asyncio.sleep(SAMPLE_EVERY)
-                if process.returncode is not None:
-                    raise RuntimeError(f"the reader exited early with {process.returncode}")
+                process.check_running()  # ServiceExited, with its last lines
                 samples.append((elapsed / 60, ps.memory_info().rss / 2**20))
                 if len(samples) % 12 == 0:
                     print(f"{elapsed:6.0f} s  RSS {samples[-1][1]:.1f} MB", flush=True)
             cpu = sum(ps.cpu_times()[:2])
         finally:
-            process.terminate()
-            await process.wait()
+            await process.stop()
             servers.stop()
     half = samples[len(samples) // 2 :]
     rows = [

@@ -4,7 +4,6 @@ decode, H.264 encode, upload) next to PyAV encoding the same frames alone, in th
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from typing import Any
 import cv2
 
 from bench.common import ROOT, median, print_table, write_result
+from fleet.processes import start_service
 from fleet.servers import LocalServers, ServerSet
 from services.registrator.clips import write_clip
 from services.registrator.events import OpenEvent
@@ -38,24 +38,15 @@ async def absorb(servers: ServerSet) -> dict[str, float]:
     bus = Bus(settings, "bench", "bench", Metrics("bench"))
     await bus.connect()
     await bus.ensure_stream(frames_stream(settings))
-    env = os.environ | servers.env() | {"subject_prefix": prefix, "max_event_duration": "1000", "ttl_bucket": "30m"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.registrator",
-        "--env-file",
-        os.devnull,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    env = servers.env() | {"subject_prefix": prefix, "max_event_duration": "1000", "ttl_bucket": "30m"}
+    process = await start_service("services.registrator", env)
     try:
         while True:  # the registrator declares its stream and consumer when it starts
             try:
                 await bus.js.consumer_info(results_stream_name(settings), REGISTRATOR_RESULTS_DURABLE)
                 break
             except Exception:  # noqa: BLE001 - not up yet
+                process.check_running()
                 await asyncio.sleep(0.1)
         det = Detection.on_image("person", 0, 0.9, BBox(x1=0.1, y1=0.1, x2=0.3, y2=0.6), 768, 576)
         items: list[tuple[str, Any]] = [
@@ -87,8 +78,7 @@ async def absorb(servers: ServerSet) -> dict[str, float]:
             await asyncio.sleep(0.02)
         seconds = time.perf_counter() - started
     finally:
-        process.terminate()
-        await process.wait()
+        await process.stop()
         await bus.close()
     return {"results_per_s": RESULTS / seconds}
 

@@ -9,7 +9,6 @@ publishes the same tasks with the same pipelining (one batch of JetStream publis
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import sys
 import tempfile
@@ -21,7 +20,8 @@ import aiohttp
 import psutil
 from redis.asyncio import Redis
 
-from bench.common import ROOT, median, print_table, write_result
+from bench.common import median, print_table, write_result
+from fleet.processes import start_service
 from fleet.servers import LocalServers, ServerSet, free_ports
 from shared.bus import Bus, Outgoing, fetch
 from shared.contracts import DropPolicy, FrameRef, Heartbeat, InferenceTask, ModelKind
@@ -112,18 +112,8 @@ async def router_process(servers: ServerSet) -> dict[str, float]:
     stop = asyncio.Event()
     drains = [asyncio.create_task(drain_tasks(bus, settings, model, stop)) for model in MODELS]
     port = free_ports(1)[0]
-    env = os.environ | servers.env() | {"subject_prefix": settings.subject_prefix, "metrics_port": str(port)}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.router",
-        "--env-file",
-        os.devnull,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    env = servers.env() | {"subject_prefix": settings.subject_prefix, "metrics_port": str(port)}
+    process = await start_service("services.router", env)
     ps = psutil.Process(process.pid)
     first: tuple[float, float, int] | None = None
     last: tuple[float, float, int] = (0.0, 0.0, 0)
@@ -134,6 +124,7 @@ async def router_process(servers: ServerSet) -> dict[str, float]:
                 async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
                     routed = (await resp.json())["frames_routed"]
             except (aiohttp.ClientError, KeyError):
+                process.check_running()
                 await asyncio.sleep(0.05)
                 continue
             sample = (time.perf_counter(), sum(ps.cpu_times()[:2]), routed)
@@ -141,8 +132,7 @@ async def router_process(servers: ServerSet) -> dict[str, float]:
                 first = sample
             last = sample
             await asyncio.sleep(0.02)
-    process.terminate()
-    await process.wait()
+    await process.stop()
     stop.set()
     acked = sum(await asyncio.gather(*drains))
     await redis.aclose()

@@ -9,7 +9,6 @@ loop runs the model's own preprocess, session and postprocess over the decoded J
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import cv2
 from redis.asyncio import Redis
 
 from bench.common import ROOT, median, print_table, write_result
+from fleet.processes import start_service
 from fleet.servers import LocalServers, ServerSet
 from services.worker.manifest import load_spec
 from services.worker.onnx_model import load_model
@@ -97,35 +97,20 @@ async def worker_run(
         stages.append(result.timings)
 
     await bus.nc.subscribe(bus.subjects.results, cb=on_result)  # type: ignore[union-attr]
-    env = (
-        os.environ
-        | servers.env()
-        | {
-            "subject_prefix": prefix,
-            "batch_size": str(batch),
-            "intra_op_threads": str(threads // replicas),
-            "model_dir": str(ROOT / "models" / folder),
-        }
-    )
-    processes = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            f"services.{service}",
-            "--env-file",
-            os.devnull,
-            cwd=ROOT,
-            env=env | {"instance": f"w{i}"},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        for i in range(replicas)
-    ]
+    env = servers.env() | {
+        "subject_prefix": prefix,
+        "batch_size": str(batch),
+        "intra_op_threads": str(threads // replicas),
+        "model_dir": str(ROOT / "models" / folder),
+    }
+    processes = [await start_service(f"services.{service}", env | {"instance": f"w{i}"}, name=f"w{i}") for i in range(replicas)]
     redis = Redis(host=servers.redis_host, port=servers.redis_port)
     try:
         deadline = time.monotonic() + 60
         while sum(len(v) for v in (await live_instances(redis, RedisKeys(settings))).values()) < replicas:
-            if time.monotonic() > deadline or any(p.returncode is not None for p in processes):
+            for process in processes:
+                process.check_running()
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"the {service} workers did not come up")
             await asyncio.sleep(0.05)
         model = load_spec(ROOT / "models" / folder).name
@@ -147,8 +132,7 @@ async def worker_run(
             await asyncio.sleep(0.05)
     finally:
         for process in processes:
-            process.terminate()
-            await process.wait()
+            await process.stop()
         await redis.aclose()
         await bus.close()
     # From the first result to the last: the steady state, without the model's load and first run.

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import signal
 import sys
@@ -26,6 +25,7 @@ from nats.aio.msg import Msg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from fleet.processes import ServiceProcess, start_service
 from fleet.servers import LocalServers, ServerError, ServerSet, free_ports
 from services.worker.manifest import load_spec
 from shared.contracts import Event, InferenceResult, SourceDrained, SourceState, SourceStatus
@@ -42,12 +42,18 @@ class Proc:
     name: str
     service: str
     extra: dict[str, str]
-    process: asyncio.subprocess.Process
+    handle: ServiceProcess
     metrics_port: int
-    pump: asyncio.Task[None] | None = None
     killed: bool = False  # by Fleet.kill: its exit is no failure of the run
-    # Its last log lines, also when they are not echoed: a quiet caller can still say why a service died.
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+    @property
+    def process(self) -> asyncio.subprocess.Process:
+        return self.handle.process
+
+    @property
+    def tail(self) -> deque[str]:
+        """Its last log lines, also when they are not echoed: a quiet caller can still say why a service died."""
+        return self.handle.tail
 
 
 @dataclass
@@ -73,20 +79,15 @@ class Fleet:
     async def spawn(self, service: str, label: str, extra: dict[str, str] | None = None) -> Proc:
         port = free_ports(1, avoid=self.ports)[0]
         self.ports.add(port)  # not bound until the service starts: another spawn must not pick it meanwhile
-        env = os.environ | self.env_base | {"metrics_port": str(port), "instance": label} | (extra or {})
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            f"services.{service}",
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            # Own process group: Ctrl-C reaches the runner, which stops the services in order.
-            start_new_session=True,
+        env = self.env_base | {"metrics_port": str(port), "instance": label} | (extra or {})
+        colour = COLOURS.get(service, 37)
+        prefix = f"\x1b[{colour}m{label:>15} |\x1b[0m " if self.colour else f"{label:>15} | "
+        # No --env-file: the services read the repository's .env, under the settings given here. Own process
+        # group: Ctrl-C reaches the runner, which stops the services in order.
+        handle = await start_service(
+            f"services.{service}", env, name=label, env_file=None, echo=lambda line: self._echo(prefix, line), own_session=True
         )
-        proc = Proc(label, service, extra or {}, process, port)
-        proc.pump = asyncio.create_task(self._pump(proc, COLOURS.get(service, 37)))
+        proc = Proc(label, service, extra or {}, handle, port)
         self.procs.append(proc)
         return proc
 
@@ -97,49 +98,30 @@ class Fleet:
         """SIGKILL, as a crash would: nothing of the service's own shutdown runs."""
         proc = self.proc(label)
         proc.killed = True
-        proc.process.kill()
-        await proc.process.wait()
+        await proc.handle.kill()
 
     async def stop(self, label: str, grace: float = 20.0) -> float:
         """SIGTERM, as compose's stop does; killed after `grace` seconds. Returns the seconds it took to exit."""
-        proc = self.proc(label)
-        started = time.monotonic()
-        if proc.process.returncode is None:
-            proc.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.process.wait(), timeout=grace)
-            except TimeoutError:
-                print(f"{proc.name} did not stop in {grace:.0f} s: killed", flush=True)
-                proc.process.kill()
-                await proc.process.wait()
-        return time.monotonic() - started
+        return await self.proc(label).handle.stop(grace)
 
     async def restart(self, label: str) -> Proc:
         """Start a killed or stopped service again under the same name and settings."""
         old = self.proc(label)
-        if old.process.returncode is None:
+        if old.handle.running:
             raise RuntimeError(f"{label} is still running")
-        if old.pump:
-            await old.pump
+        await old.handle.wait()  # the last of its output
         self.procs.remove(old)
         return await self.spawn(old.service, label, old.extra)
 
-    async def _pump(self, proc: Proc, colour: int) -> None:
-        assert proc.process.stdout is not None
-        prefix = f"\x1b[{colour}m{proc.name:>15} |\x1b[0m " if self.colour else f"{proc.name:>15} | "
-        async for line in proc.process.stdout:
-            text = line.decode(errors="replace")
-            proc.tail.append(text)
-            if self.echo:
-                sys.stdout.write(prefix + text)
-                sys.stdout.flush()
+    def _echo(self, prefix: str, line: str) -> None:
+        if self.echo:
+            sys.stdout.write(prefix + line)
+            sys.stdout.flush()
 
     async def stop_all(self) -> None:
         # Reverse start order: the reader stops first, the registrator (which finalises events) last.
         for proc in reversed(self.procs):
             await self.stop(proc.name)
-            if proc.pump:
-                await proc.pump
 
     async def wait_for_models(self, router: Proc, models: set[str], timeout: float = 90.0) -> None:
         """The reader starts only once the router routes to every model: no frame goes uninferred."""
@@ -147,8 +129,7 @@ class Fleet:
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
                 for proc in self.procs:
-                    if proc.process.returncode is not None:
-                        raise RuntimeError(f"{proc.name} exited with code {proc.process.returncode} during start-up")
+                    proc.handle.check_running()  # ServiceExited, with its last lines
                 try:
                     async with http.get(f"http://127.0.0.1:{router.metrics_port}/healthz") as resp:
                         if models <= set((await resp.json()).get("live_models", [])):
@@ -243,7 +224,7 @@ async def run_fleet(server_set: ServerSet, options: FleetOptions, stop: asyncio.
     A caller that passes its own `fleet` can watch and kill or restart its processes meanwhile.
     """
     fleet = fleet or Fleet()
-    fleet.env_base = server_set.env() | {"TMP_PATH": str(options.data_dir / "events"), "PYTHONUNBUFFERED": "1"} | options.settings
+    fleet.env_base = server_set.env() | {"TMP_PATH": str(options.data_dir / "events")} | options.settings
     settings = VigilSettings(**{k: v for k, v in fleet.env_base.items() if k in VigilSettings.model_fields})  # type: ignore[arg-type]
     subjects, keys = Subjects.from_settings(settings), RedisKeys(settings)
     started = time.monotonic()

@@ -34,13 +34,16 @@ class BacklogGate:
     def _open(self) -> bool:
         return self._estimate < self.limit and time.monotonic() < self._fresh_until
 
-    async def wait_open(self, give_up: Callable[[], bool]) -> bool:
-        """Until the gate lets one more through, or `give_up()`; True when it had to wait."""
+    async def wait_open(self, give_up: Callable[[], bool], on_wait: Callable[[], None] = lambda: None) -> bool:
+        """Until the gate lets one more through, or `give_up()`; calls `on_wait` once if it has to wait, and says
+        whether it did."""
         waited = False
         while not give_up():
             if self._open() or (await self.read() is not None and self._open()):
                 self._estimate += 1  # what passes counts as queued until the next reading says otherwise
                 break
-            waited = True
+            if not waited:
+                on_wait()
+                waited = True
             await asyncio.sleep(self.poll)
         return waited

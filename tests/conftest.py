@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from fleet.servers import LocalServers, ServerSet
+from shared.bus import Bus
+from shared.metrics import Metrics
+from shared.settings import VigilSettings
 
 # The sample fleet run, as session fixtures here so e2e and contract tests share one run.
 from tests.support.fleet_run import api, sample_run  # noqa: F401 - fixtures, found by pytest by name
+from tests.support.settings import MakeSettings, S, settings_from
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS = REPO_ROOT / "tests"
 # Folder under tests/ -> marker, so `-m "not integration"` works without decorating every test.
-# The contract tests run against the sample fleet run, so they are e2e tests too.
+# The contract tests run against the sample fleet run, so they are e2e tests too. tests/deploy has no folder
+# marker: its files that need a Docker engine mark themselves `deploy`, and test_compose_files.py, which
+# needs none, runs in `make test`.
 _FOLDER_MARKERS = {
     "integration": pytest.mark.integration,
     "e2e": pytest.mark.e2e,
     "contract": pytest.mark.e2e,
-    "deploy": pytest.mark.deploy,
 }
 
 
@@ -71,3 +77,34 @@ def unique() -> str:
 def service_env(servers: ServerSet, unique: str, tmp_path: Path) -> dict[str, str]:
     """Settings for services under test: the test servers, and a prefix so tests never see each other's traffic."""
     return servers.env() | {"subject_prefix": unique, "TMP_PATH": str(tmp_path / "events"), "startup_timeout": "15"}
+
+
+@pytest.fixture
+def make_settings(service_env: dict[str, str]) -> MakeSettings:
+    """Settings of any class over `service_env`: `make_settings(RouterSettings, route_batch=16)`."""
+
+    def make(cls: type[S], /, **values: object) -> S:
+        return settings_from(cls, service_env, **values)
+
+    return make
+
+
+@pytest.fixture
+async def bus(make_settings: MakeSettings) -> AsyncIterator[Bus]:
+    """A connected bus under the test's prefix, for a test that publishes or watches beside the services."""
+    connected = Bus(make_settings(VigilSettings), "test", "test", Metrics("test"))
+    await connected.connect()
+    try:
+        yield connected
+    finally:
+        await connected.close()
+
+
+@pytest.fixture
+async def redis(servers: ServerSet) -> AsyncIterator[Redis]:
+    """A client of the test Redis; keys are the test's own through `unique` (RedisKeys of its settings)."""
+    client = Redis(host=servers.redis_host, port=servers.redis_port)
+    try:
+        yield client
+    finally:
+        await client.aclose()

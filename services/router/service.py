@@ -260,8 +260,9 @@ class RouterService(Service[RouterSettings]):
         """A file in as-fast-as-possible mode waits here instead of overflowing the capped task queue. Only its own
         lane waits; the frames it holds are kept from redelivery by _keep_held_alive."""
         gate = self._gate(model)
-        if await gate.wait_open(lambda: model not in self.live or self.stop_event.is_set()):
-            self.m_waits.labels(model=model).inc()
+        await gate.wait_open(
+            lambda: model not in self.live or self.stop_event.is_set(), on_wait=self.m_waits.labels(model=model).inc
+        )
         if gate.last is not None:
             self.m_backlog.labels(model=model).set(gate.last)
 

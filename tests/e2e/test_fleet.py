@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-from fleet.servers import ServerSet
 from shared.contracts import EventState
 from shared.event_store import EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from tests.e2e.conftest import FPS, POST, PRE, SampleRun
+from tests.support.settings import settings_from
 
 LAST_PTS = 79.4  # vtest: 795 frames at 10 fps; with one frame in two kept, frame 794 is the last
 
 
 @pytest.mark.timeout(400)
-async def test_sample_video_gives_finished_person_events_with_proofs(servers: ServerSet, sample_run: SampleRun) -> None:
+async def test_sample_video_gives_finished_person_events_with_proofs(redis: Redis, sample_run: SampleRun) -> None:
     report, unique, tmp_path = sample_run.report, sample_run.prefix, sample_run.data_dir
     assert report.code == 0
 
@@ -33,12 +33,8 @@ async def test_sample_video_gives_finished_person_events_with_proofs(servers: Se
     assert drained.results == drained.tasks  # every routed task answered: nothing lost
     assert report.error_results == {}  # and every frame could be fetched, decoded and inferred
 
-    redis = Redis(host=servers.redis_host, port=servers.redis_port)
-    keys = RedisKeys(VigilSettings(_env_file=None, subject_prefix=unique))  # type: ignore[call-arg]
-    try:
-        events = await EventStore(redis, keys).all()
-    finally:
-        await redis.aclose()
+    keys = RedisKeys(settings_from(VigilSettings, subject_prefix=unique))
+    events = await EventStore(redis, keys).all()
     assert [e.start_wall for e in events] == sorted(e.start_wall for e in events)  # listed by start time
     finished = [e for e in events if e.state is EventState.FINISHED and e.label == "person"]
     assert len(finished) >= 3, [f"{e.id} {e.state} {e.error}" for e in events]

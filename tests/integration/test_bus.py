@@ -1,6 +1,5 @@
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import nats
 import pytest
@@ -11,20 +10,11 @@ from shared.metrics import Metrics, counter_value
 from shared.retry import InfrastructureUnavailable
 from shared.settings import VigilSettings
 from shared.subjects import frames_stream
+from tests.support.settings import settings_from
 
 
 def make_bus(env: dict[str, str], service: str = "test") -> Bus:
-    return Bus(VigilSettings(_env_file=None, **env), service, "i1", Metrics(service))  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def bus(service_env: dict[str, str]) -> AsyncIterator[Bus]:
-    bus = make_bus(service_env)
-    await bus.connect()
-    try:
-        yield bus
-    finally:
-        await bus.close()
+    return Bus(settings_from(VigilSettings, env), service, "i1", Metrics(service))
 
 
 def frame(seq: int) -> FrameRef:
@@ -130,4 +120,4 @@ async def test_unreachable_nats_gives_a_clear_error_after_the_startup_timeout() 
     started = time.monotonic()
     with pytest.raises(InfrastructureUnavailable, match="NATS unreachable after 2 s"):
         await bus.connect()
-    assert 1.4 < time.monotonic() - started < 5  # it waited and retried, then gave up
+    assert 1.4 < time.monotonic() - started < 15  # it waited and retried, then gave up (not at once, not never)

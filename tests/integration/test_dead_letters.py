@@ -20,11 +20,12 @@ from shared.metrics import Metrics, counter_value
 from shared.subjects import Subjects, frames_stream
 from tests.integration.helpers import running, wait_for
 from tests.support.garbage import garbage
+from tests.support.settings import MakeSettings
 
 
 @pytest.mark.timeout(180)
-async def test_floods_of_bad_messages_are_dead_lettered_and_not_kept(servers: ServerSet, service_env: dict[str, str]) -> None:
-    settings = RegistratorSettings(_env_file=None, **service_env)  # type: ignore[arg-type]
+async def test_floods_of_bad_messages_are_dead_lettered_and_not_kept(servers: ServerSet, make_settings: MakeSettings) -> None:
+    settings = make_settings(RegistratorSettings)
     owner = Bus(settings, "test", "test", Metrics("test"))  # the reader would own the frames stream
     await owner.connect()
     await owner.ensure_stream(frames_stream(settings))

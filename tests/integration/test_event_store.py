@@ -12,6 +12,7 @@ from shared.contracts import Event, EventState
 from shared.event_store import EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
+from tests.support.settings import settings_from
 
 
 def event(event_id: str, start_wall: float, *, state: EventState = EventState.CREATED, label: str = "person") -> Event:
@@ -34,7 +35,7 @@ def event(event_id: str, start_wall: float, *, state: EventState = EventState.CR
 
 @pytest.fixture
 async def redis(service_env: dict[str, str]) -> AsyncIterator[tuple[Redis, RedisKeys]]:
-    settings = VigilSettings(_env_file=None, **service_env)  # type: ignore[arg-type]
+    settings = settings_from(VigilSettings, service_env)
     client = Redis(host=settings.redis_host, port=settings.redis_port)
     try:
         yield client, RedisKeys(settings)  # the test's own prefix: its keys are its own

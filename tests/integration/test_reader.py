@@ -8,6 +8,7 @@ from services.reader.settings import ReaderSettings
 from shared.bus import fetch
 from shared.contracts import FrameRef, SourceState, SourceStatus
 from shared.subjects import frames_stream
+from tests.support.settings import settings_from
 
 
 async def read_stream(reader: ReaderService) -> tuple[list[FrameRef], list[SourceStatus]]:
@@ -37,7 +38,7 @@ async def test_reader_publishes_every_kept_frame_then_ended(
         "video_skip_frames": "4",
         "max_width": "384",
     }
-    reader = ReaderService(ReaderSettings(_env_file=None, **env))  # type: ignore[arg-type]
+    reader = ReaderService(settings_from(ReaderSettings, env))
     await reader.execute()  # a file source ends by itself
     frames, statuses = await read_stream(reader)
     assert len(frames) == 159  # 795 frames, one in five kept
@@ -52,7 +53,7 @@ async def test_reader_publishes_every_kept_frame_then_ended(
 
 async def test_missing_file_fails_clearly_and_says_so_on_the_bus(service_env: dict[str, str], tmp_path: Path) -> None:
     env = service_env | {"video_source": str(tmp_path / "missing.mp4")}
-    reader = ReaderService(ReaderSettings(_env_file=None, **env))  # type: ignore[arg-type]
+    reader = ReaderService(settings_from(ReaderSettings, env))
     await reader.execute()
     assert reader.exit_code == 0  # FAILED, but a restart (compose's on-failure) would only replay a file: no retry
     frames, statuses = await read_stream(reader)
@@ -68,7 +69,7 @@ async def test_a_live_source_that_gives_up_exits_1_for_a_restart(service_env: di
         "reconnect_max": "0.5",
         "open_timeout": "2",
     }
-    reader = ReaderService(ReaderSettings(_env_file=None, **env))  # type: ignore[arg-type]
+    reader = ReaderService(settings_from(ReaderSettings, env))
     await asyncio.wait_for(reader.execute(), 60)
     assert reader.exit_code == 1  # a camera may be back: the restart policy should try again
     _, statuses = await read_stream(reader)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import cv2
 import pytest
 from redis.asyncio import Redis
 
+from fleet.processes import service_process
 from fleet.servers import LocalServers
 from services.registrator.retention import sweep
 from services.registrator.service import RegistratorService
@@ -37,29 +37,24 @@ from shared.contracts import (
 from shared.event_store import EventStore
 from shared.jpeg import encode_jpeg
 from shared.keys import RedisKeys
-from shared.metrics import Metrics, counter_value
+from shared.metrics import counter_value
 from shared.storage import SeaweedStorage
 from shared.subjects import frames_stream, results_stream_name
-from tests.integration.helpers import running, service_process, wait_for
+from tests.integration.helpers import running, wait_for
+from tests.support.settings import MakeSettings, settings_from
 
 FRAMES = 40  # 4 s of vtest at 10 fps
 PERSON = range(5, 31)  # frames with a person: 0.5 s to 3.0 s
 
 
 def registrator(env: dict[str, str]) -> RegistratorService:
-    settings = RegistratorSettings(  # type: ignore[call-arg]
-        _env_file=None,
-        **env,
-        pre_roll=1.0,
-        post_roll=1.0,
-        event_gap=1.0,
-        finalise_retries=20,
+    return RegistratorService(
+        settings_from(RegistratorSettings, env, pre_roll=1.0, post_roll=1.0, event_gap=1.0, finalise_retries=20)
     )
-    return RegistratorService(settings)
 
 
 async def store_frames(env: dict[str, str], repo_root: Path) -> list[FrameRef]:
-    settings = RegistratorSettings(_env_file=None, **env)  # type: ignore[call-arg]
+    settings = settings_from(RegistratorSettings, env)
     cap = cv2.VideoCapture(str(repo_root / "video" / "vtest.mp4"))
     refs = []
     async with SeaweedStorage(settings) as storage:
@@ -110,7 +105,7 @@ async def end_source(bus: Bus) -> None:
 
 
 async def events_of(env: dict[str, str]) -> list[Event]:
-    settings = RegistratorSettings(_env_file=None, **env)  # type: ignore[call-arg]
+    settings = settings_from(RegistratorSettings, env)
     redis = Redis(host=settings.redis_host, port=settings.redis_port)
     try:
         return await EventStore(redis, RedisKeys(settings)).all()
@@ -223,13 +218,15 @@ async def test_live_events_close_on_time_when_the_camera_goes_dark_or_the_detect
             f"{events['blind'].clip_frames} frames"
         )
     assert dark.closed_by is EventClose.NO_FRAMES and dead.closed_by is EventClose.NO_RESULTS
-    assert dark_after <= gap + 1.0 and dead_after <= gap + 1.0
+    # Closed by the gap (about gap + 0.1 s on a quiet machine), not left open until the frames expire (issue 15: minutes);
+    # the bound leaves room for a loaded machine.
+    assert dark_after <= gap + 10 and dead_after <= gap + 10
     assert (events["dark"].start, events["dark"].end) == (0.5, 1.5) == (events["blind"].start, events["blind"].end)
 
 
 @pytest.mark.timeout(90)
-async def test_healthz_turns_unhealthy_while_results_lag(service_env: dict[str, str]) -> None:
-    service = RegistratorService(RegistratorSettings(_env_file=None, **service_env, results_lag_max_age=2))  # type: ignore[call-arg]
+async def test_healthz_turns_unhealthy_while_results_lag(make_settings: MakeSettings) -> None:
+    service = RegistratorService(make_settings(RegistratorSettings, results_lag_max_age=2))
     gate = asyncio.Event()
     absorb = service._on_results
 
@@ -281,79 +278,68 @@ async def test_storage_outage_during_finalisation_gives_error_then_finished(
     assert events[0].error is None and Path(events[0].video_proof_path or "").stat().st_size > 0
 
 
-async def test_retention_removes_old_events_with_their_files(service_env: dict[str, str], tmp_path: Path) -> None:
-    settings = RegistratorSettings(_env_file=None, **service_env)  # type: ignore[call-arg]
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+async def test_retention_removes_old_events_with_their_files(redis: Redis, make_settings: MakeSettings, tmp_path: Path) -> None:
+    settings = make_settings(RegistratorSettings)
     store = EventStore(redis, RedisKeys(settings))
     now = time.time()
-    try:
-        async with SeaweedStorage(settings) as storage, aiohttp.ClientSession() as http:
-            for event_id, started in (("old", now - 3 * 86400), ("new", now - 3600)):
-                folder = tmp_path / event_id
-                folder.mkdir()
-                (folder / f"{event_id}.mp4").write_bytes(b"clip")
-                url = await storage.put_path(f"vigil/events/{event_id}/{event_id}.mp4", b"clip", content_type="video/mp4")
-                await store.save(
-                    Event(
-                        id=event_id,
-                        source_id="cam0",
-                        model="ssd",
-                        label="person",
-                        label_counts={"person": 1},
-                        state=EventState.FINISHED,
-                        start=0,
-                        end=1,
-                        start_wall=started,
-                        frames=1,
-                        best_score=0.9,
-                        best_frame_seq=0,
-                        video_proofs=url,
-                        updated_at=now,
-                    )
+    async with SeaweedStorage(settings) as storage, aiohttp.ClientSession() as http:
+        for event_id, started in (("old", now - 3 * 86400), ("new", now - 3600)):
+            folder = tmp_path / event_id
+            folder.mkdir()
+            (folder / f"{event_id}.mp4").write_bytes(b"clip")
+            url = await storage.put_path(f"vigil/events/{event_id}/{event_id}.mp4", b"clip", content_type="video/mp4")
+            await store.save(
+                Event(
+                    id=event_id,
+                    source_id="cam0",
+                    model="ssd",
+                    label="person",
+                    label_counts={"person": 1},
+                    state=EventState.FINISHED,
+                    start=0,
+                    end=1,
+                    start_wall=started,
+                    frames=1,
+                    best_score=0.9,
+                    best_frame_seq=0,
+                    video_proofs=url,
+                    updated_at=now,
                 )
-            assert await sweep(store, storage, tmp_path, max_age_seconds=2 * 86400) == 1
-            assert [e.id for e in await store.all()] == ["new"]
-            assert not (tmp_path / "old").exists() and (tmp_path / "new").exists()
-            async with http.get(f"{settings.filer_url}/vigil/events/old/old.mp4") as resp:
-                assert resp.status == 404
-            async with http.get(f"{settings.filer_url}/vigil/events/new/new.mp4") as resp:
-                assert resp.status == 200
-    finally:
-        await redis.aclose()
+            )
+        assert await sweep(store, storage, tmp_path, max_age_seconds=2 * 86400) == 1
+        assert [e.id for e in await store.all()] == ["new"]
+        assert not (tmp_path / "old").exists() and (tmp_path / "new").exists()
+        async with http.get(f"{settings.filer_url}/vigil/events/old/old.mp4") as resp:
+            assert resp.status == 404
+        async with http.get(f"{settings.filer_url}/vigil/events/new/new.mp4") as resp:
+            assert resp.status == 200
 
 
 @pytest.mark.timeout(150)
 async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
-    service_env: dict[str, str], repo_root: Path
+    bus: Bus, redis: Redis, service_env: dict[str, str], make_settings: MakeSettings, repo_root: Path
 ) -> None:
     refs = await store_frames(service_env, repo_root)
     env = service_env | {"pre_roll": "1", "post_roll": "1", "event_gap": "1"}
-    settings = RegistratorSettings(_env_file=None, **service_env)  # type: ignore[call-arg]
-    bus = Bus(settings, "test", "t", Metrics("test"))
-    await bus.connect()
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    settings = make_settings(RegistratorSettings)
     state = RegistratorState(redis, RedisKeys(settings))
-    try:
-        await bus.ensure_stream(frames_stream(settings))
-        drained = await bus.nc.subscribe(bus.subjects.drained("cam0"))  # type: ignore[union-attr]
-        for ref in refs:
-            await bus.publish(bus.subjects.frames, ref)
-        async with service_process("services.registrator", env) as first:
-            for ref in refs[:20]:  # the event is open, 15 frames in, when the registrator dies
-                await bus.publish(bus.subjects.results, result(ref, ref.seq in PERSON))
-            deadline = time.monotonic() + 60
-            while not (open_now := await state.open_events()) or open_now[0].frames < 15:
-                assert time.monotonic() < deadline and first.returncode is None, open_now
-                await asyncio.sleep(0.1)
-            first.send_signal(signal.SIGKILL)
-        for ref in refs[20:]:
+    await bus.ensure_stream(frames_stream(settings))
+    drained = await bus.nc.subscribe(bus.subjects.drained("cam0"))  # type: ignore[union-attr]
+    for ref in refs:
+        await bus.publish(bus.subjects.frames, ref)
+    async with service_process("services.registrator", env) as first:
+        for ref in refs[:20]:  # the event is open, 15 frames in, when the registrator dies
             await bus.publish(bus.subjects.results, result(ref, ref.seq in PERSON))
-        async with service_process("services.registrator", env):
-            await end_source(bus)
-            done = SourceDrained.from_bytes((await drained.next_msg(timeout=90)).data)
-    finally:
-        await redis.aclose()
-        await bus.close()
+        deadline = time.monotonic() + 60
+        while not (open_now := await state.open_events()) or open_now[0].frames < 15:
+            assert time.monotonic() < deadline and first.running, (open_now, first.tail)
+            await asyncio.sleep(0.1)
+        await first.kill()
+    for ref in refs[20:]:
+        await bus.publish(bus.subjects.results, result(ref, ref.seq in PERSON))
+    async with service_process("services.registrator", env):
+        await end_source(bus)
+        done = SourceDrained.from_bytes((await drained.next_msg(timeout=90)).data)
     assert done.results == {"ssd": FRAMES}  # every result counted once, across the restart
     events = await events_of(service_env)
     assert len(events) == 1, events  # the event went on; no second one

@@ -9,84 +9,78 @@ from services.router.settings import RouterSettings
 from shared.bus import Bus, fetch
 from shared.contracts import FrameRef, Heartbeat, InferenceTask, ModelKind, RoutingSummary, SourceState, SourceStatus
 from shared.keys import RedisKeys
-from shared.metrics import Metrics, counter_value
+from shared.metrics import counter_value
 from shared.subjects import frames_stream, results_stream, task_stream, worker_durable
 from tests.integration.helpers import running, wait_for
+from tests.support.settings import MakeSettings
 
 
-async def test_router_routes_every_frame_to_each_live_model_and_summarises(service_env: dict[str, str]) -> None:
+async def test_router_routes_every_frame_to_each_live_model_and_summarises(
+    bus: Bus, redis: Redis, make_settings: MakeSettings
+) -> None:
     port = free_ports(1)[0]
     # No model_grace: the model's last instance goes away below and must get no task at once (a restarting model
     # keeps its tasks for the grace: test_work_queue.py).
-    settings = RouterSettings(_env_file=None, **service_env, metrics_port=port, model_grace=0)  # type: ignore[arg-type]
+    settings = make_settings(RouterSettings, metrics_port=port, model_grace=0)
     keys = RedisKeys(settings)
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
-    test_bus = Bus(settings, "test", "t", Metrics("test"))
-    await test_bus.connect()
-    try:
-        # What a reader, a worker of model "m1" and the registrator would have declared.
-        await test_bus.ensure_stream(frames_stream(settings))
-        await test_bus.ensure_stream(results_stream(settings))
-        tasks = task_stream(settings, "m1", "M1Inference", max_age=30, cap=100)
-        await test_bus.ensure_stream(tasks)
-        hb = Heartbeat(
-            model="m1",
-            kind=ModelKind.DETECTION,
-            subject="M1Inference",
-            instance="w1",
-            started_at=time.time(),
-            processed=0,
-            in_flight=0,
-            fps=0,
-        )
-        await redis.set(keys.heartbeat("m1", "w1"), hb.to_bytes(), ex=10)
-        summaries = await test_bus.nc.subscribe(test_bus.subjects.routed("cam0"))
+    # What a reader, a worker of model "m1" and the registrator would have declared.
+    await bus.ensure_stream(frames_stream(settings))
+    await bus.ensure_stream(results_stream(settings))
+    tasks = task_stream(settings, "m1", "M1Inference", max_age=30, cap=100)
+    await bus.ensure_stream(tasks)
+    hb = Heartbeat(
+        model="m1",
+        kind=ModelKind.DETECTION,
+        subject="M1Inference",
+        instance="w1",
+        started_at=time.time(),
+        processed=0,
+        in_flight=0,
+        fps=0,
+    )
+    await redis.set(keys.heartbeat("m1", "w1"), hb.to_bytes(), ex=10)
+    summaries = await bus.nc.subscribe(bus.subjects.routed("cam0"))
 
-        router = RouterService(settings)
-        async with running(router, lambda r: "m1" in r.live):
-            for seq in range(5):
-                ref = FrameRef(
-                    source_id="cam0",
-                    seq=seq,
-                    pts=seq / 10,
-                    wall_time=time.time(),
-                    url="http://127.0.0.1:8080/1,01",
-                    width=4,
-                    height=4,
-                )
-                await test_bus.publish(test_bus.subjects.frames, ref)
-            await test_bus.js.publish(test_bus.subjects.frames, b"garbage")
-            status = SourceStatus(
-                source_id="cam0", state=SourceState.ENDED, wall_time=time.time(), frames_read=5, frames_published=5, last_seq=4
-            )
-            await test_bus.publish(test_bus.subjects.source_status("cam0"), status)
-            summary = RoutingSummary.from_bytes((await summaries.next_msg(timeout=10)).data)
-            assert summary.frames_routed == 5 and summary.tasks == {"m1": 5}
-            assert counter_value(router.bus.dead_letters, subject=test_bus.subjects.frames) == 1
-
-            sub = await test_bus.durable_pull(tasks.name, worker_durable("m1"))
-            routed = [InferenceTask.from_bytes(m.data) for m in await fetch(sub, 10, timeout=2)]
-            assert [t.frame.frame_id for t in routed] == [f"cam0:{i}" for i in range(5)]
-            assert {t.model for t in routed} == {"m1"}
-
-            # The model's last instance goes away: its frames get no task.
-            await redis.delete(keys.heartbeat("m1", "w1"))
-            await wait_for(lambda: not router.live, 5, "router to see the model gone")
+    router = RouterService(settings)
+    async with running(router, lambda r: "m1" in r.live):
+        for seq in range(5):
             ref = FrameRef(
-                source_id="cam1", seq=0, pts=0, wall_time=time.time(), url="http://127.0.0.1:8080/1,02", width=4, height=4
+                source_id="cam0",
+                seq=seq,
+                pts=seq / 10,
+                wall_time=time.time(),
+                url="http://127.0.0.1:8080/1,01",
+                width=4,
+                height=4,
             )
-            await test_bus.publish(test_bus.subjects.frames, ref)
-            await wait_for(lambda: counter_value(router.m_unrouted, source_id="cam1") == 1, 5, "unrouted frame")
-            assert await fetch(sub, 10, timeout=0.5) == []
+            await bus.publish(bus.subjects.frames, ref)
+        await bus.js.publish(bus.subjects.frames, b"garbage")
+        status = SourceStatus(
+            source_id="cam0", state=SourceState.ENDED, wall_time=time.time(), frames_read=5, frames_published=5, last_seq=4
+        )
+        await bus.publish(bus.subjects.source_status("cam0"), status)
+        summary = RoutingSummary.from_bytes((await summaries.next_msg(timeout=10)).data)
+        assert summary.frames_routed == 5 and summary.tasks == {"m1": 5}
+        assert counter_value(router.bus.dead_letters, subject=bus.subjects.frames) == 1
 
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
-                    text = await resp.text()
-                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                    health = await resp.json()
-            assert 'vigil_router_tasks_routed_total{model="m1",source_id="cam0"} 5.0' in text
-            assert 'vigil_router_frames_without_models_total{source_id="cam1"} 1.0' in text
-            assert health["ok"] is True and health["live_models"] == []
-    finally:
-        await test_bus.close()
-        await redis.aclose()
+        sub = await bus.durable_pull(tasks.name, worker_durable("m1"))
+        routed = [InferenceTask.from_bytes(m.data) for m in await fetch(sub, 10, timeout=2)]
+        assert [t.frame.frame_id for t in routed] == [f"cam0:{i}" for i in range(5)]
+        assert {t.model for t in routed} == {"m1"}
+
+        # The model's last instance goes away: its frames get no task.
+        await redis.delete(keys.heartbeat("m1", "w1"))
+        await wait_for(lambda: not router.live, 5, "router to see the model gone")
+        ref = FrameRef(source_id="cam1", seq=0, pts=0, wall_time=time.time(), url="http://127.0.0.1:8080/1,02", width=4, height=4)
+        await bus.publish(bus.subjects.frames, ref)
+        await wait_for(lambda: counter_value(router.m_unrouted, source_id="cam1") == 1, 5, "unrouted frame")
+        assert await fetch(sub, 10, timeout=0.5) == []
+
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                health = await resp.json()
+        assert 'vigil_router_tasks_routed_total{model="m1",source_id="cam0"} 5.0' in text
+        assert 'vigil_router_frames_without_models_total{source_id="cam1"} 1.0' in text
+        assert health["ok"] is True and health["live_models"] == []

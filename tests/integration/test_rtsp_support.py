@@ -105,7 +105,9 @@ def test_pause_starves_connected_clients_until_resume(camera: RtspServer) -> Non
             for _ in frames:
                 arrivals.append(time.monotonic() - paused)
         raised = time.monotonic() - paused
-    assert len(arrivals) <= 3, arrivals
+    # What comes in the first second was on its way before the pause (more of it when a loaded machine left the
+    # client behind live); after it, only the stale frame the parser held. A camera still sending gives ~50.
+    assert len([a for a in arrivals if a > 1.0]) <= 1, arrivals
     assert raised >= 2 * READ_TIMEOUT - 0.5, (raised, arrivals)
     assert raised < 2 * READ_TIMEOUT + 3.0, (raised, arrivals)
     assert port_is_open(camera.port)  # paused, not gone

@@ -2,10 +2,11 @@ import pytest
 
 from shared.settings import VigilSettings
 from shared.storage import ForbiddenURL, SeaweedStorage
+from tests.support.settings import MakeSettings
 
 
-async def test_upload_with_ttl_download_and_delete(service_env: dict[str, str]) -> None:
-    async with SeaweedStorage(VigilSettings(_env_file=None, **service_env)) as storage:  # type: ignore[arg-type]
+async def test_upload_with_ttl_download_and_delete(make_settings: MakeSettings) -> None:
+    async with SeaweedStorage(make_settings(VigilSettings)) as storage:
         await storage.wait_ready()
         urls = [await storage.upload(f"frame {i}".encode(), ttl="5m") for i in range(70)]  # crosses an assign batch
         assert len(set(urls)) == 70
@@ -15,8 +16,8 @@ async def test_upload_with_ttl_download_and_delete(service_env: dict[str, str]) 
             await storage.download(urls[0])
 
 
-async def test_filer_paths_hold_proofs(service_env: dict[str, str], unique: str) -> None:
-    async with SeaweedStorage(VigilSettings(_env_file=None, **service_env)) as storage:  # type: ignore[arg-type]
+async def test_filer_paths_hold_proofs(service_env: dict[str, str], make_settings: MakeSettings, unique: str) -> None:
+    async with SeaweedStorage(make_settings(VigilSettings)) as storage:
         url = await storage.put_path(f"vigil/{unique}/clip.mp4", b"\x00\x01mp4", content_type="video/mp4")
         assert url.startswith(service_env["filer_url"])
         assert await storage.download(url) == b"\x00\x01mp4"
@@ -25,7 +26,7 @@ async def test_filer_paths_hold_proofs(service_env: dict[str, str], unique: str)
 @pytest.mark.parametrize(
     "url", ["http://169.254.169.254/latest/meta-data", "file:///etc/passwd", "http://127.0.0.1:1/3,01", "gopher://x"]
 )
-async def test_foreign_urls_are_never_fetched(service_env: dict[str, str], url: str) -> None:
-    async with SeaweedStorage(VigilSettings(_env_file=None, **service_env)) as storage:  # type: ignore[arg-type]
+async def test_foreign_urls_are_never_fetched(make_settings: MakeSettings, url: str) -> None:
+    async with SeaweedStorage(make_settings(VigilSettings)) as storage:
         with pytest.raises(ForbiddenURL):
             await storage.download(url)

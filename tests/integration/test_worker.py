@@ -9,6 +9,7 @@ import nats
 import pytest
 from redis.asyncio import Redis
 
+from fleet.processes import ServiceProcess, service_process
 from services.worker.service import InferenceWorker
 from services.worker.settings import DetectionSettings
 from shared.bus import Bus
@@ -21,7 +22,8 @@ from shared.metrics import Metrics, counter_value
 from shared.settings import VigilSettings
 from shared.storage import SeaweedStorage
 from shared.subjects import results_stream
-from tests.integration.helpers import running, service_process, wait_for
+from tests.integration.helpers import running, wait_for
+from tests.support.settings import MakeSettings, settings_from
 
 
 def vtest_frame(repo_root: Path, index: int = 10) -> bytes:
@@ -33,11 +35,13 @@ def vtest_frame(repo_root: Path, index: int = 10) -> bytes:
     return encode_jpeg(image)
 
 
-async def test_worker_detects_reports_errors_and_keeps_serving(service_env: dict[str, str], repo_root: Path) -> None:
+async def test_worker_detects_reports_errors_and_keeps_serving(
+    service_env: dict[str, str], make_settings: MakeSettings, repo_root: Path
+) -> None:
     env = service_env | {"model_dir": str(repo_root / "models" / "ssd_mobilenet_v2_coco")}
-    settings = DetectionSettings(_env_file=None, **env)  # type: ignore[arg-type]
+    settings = settings_from(DetectionSettings, env)
     worker = InferenceWorker(settings)
-    owner = Bus(VigilSettings(_env_file=None, **service_env), "registrator", "t", Metrics("owner"))  # type: ignore[arg-type]
+    owner = Bus(make_settings(VigilSettings), "registrator", "t", Metrics("owner"))
     await owner.connect()
     await owner.ensure_stream(results_stream(owner.settings))  # the registrator's stream, as in the fleet
     watcher = await nats.connect(env["nats_host"])
@@ -56,9 +60,9 @@ async def test_worker_detects_reports_errors_and_keeps_serving(service_env: dict
                 return InferenceTask(frame=ref, model="ssd_mobilenet_v2_coco", routed_at=time.time())
 
             subject = owner.subjects.task(settings.task_subject)
-            for _ in range(100):  # the worker declares its task stream during start
-                if (await live_instances(redis, keys)).get("ssd_mobilenet_v2_coco"):
-                    break
+            deadline = time.monotonic() + 60  # the worker declares its task stream during start, then beats
+            while not (await live_instances(redis, keys)).get("ssd_mobilenet_v2_coco"):
+                assert time.monotonic() < deadline, "the worker never said it was live"
                 await asyncio.sleep(0.1)
             await owner.publish(subject, task(1, good))
             await owner.publish(subject, task(2, corrupt))
@@ -93,9 +97,8 @@ async def test_worker_detects_reports_errors_and_keeps_serving(service_env: dict
         await owner.close()
 
 
-async def test_missing_model_is_a_clear_start_error(service_env: dict[str, str], tmp_path: Path) -> None:
-    env = service_env | {"model_dir": str(tmp_path / "absent"), "task_subject": "AbsentInference"}
-    settings = DetectionSettings(_env_file=None, **env)  # type: ignore[arg-type]
+async def test_missing_model_is_a_clear_start_error(make_settings: MakeSettings, tmp_path: Path) -> None:
+    settings = make_settings(DetectionSettings, model_dir=str(tmp_path / "absent"), task_subject="AbsentInference")
     with pytest.raises(StartupError, match=r"absent.*model\.yaml|model\.yaml.*absent"):
         await InferenceWorker(settings).execute()
 
@@ -116,20 +119,19 @@ ENTRY_POINTS = {
 
 async def test_every_entry_point_starts_its_role_and_stops_cleanly(service_env: dict[str, str], tmp_path: Path) -> None:
     redis = Redis(host=service_env["redis_host"], port=int(service_env["redis_port"]))
-    keys = RedisKeys(VigilSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
-    logs = {name: tmp_path / f"{name}.log" for name in ENTRY_POINTS}
+    keys = RedisKeys(settings_from(VigilSettings, service_env))  # type: ignore[arg-type]
 
     def output() -> str:
-        return "\n".join(f"--- {name}:\n{log.read_text()[-2000:]}" for name, log in logs.items())
+        return "\n".join(f"--- {name}:\n{''.join(p.tail)[-2000:]}" for name, p in procs.items())
 
+    procs: dict[str, ServiceProcess] = {}
     try:
         async with contextlib.AsyncExitStack() as stack:
-            procs = {}
             for name, (command, env, _, _) in ENTRY_POINTS.items():
                 module, *args = command
                 # No worker_role from the caller's environment: each process gets only its own.
                 own = service_env | {"worker_role": "", "intra_op_threads": "1", "instance": name} | env
-                procs[name] = await stack.enter_async_context(service_process(module, own, *args, log=logs[name]))
+                procs[name] = await stack.enter_async_context(service_process(module, own, args=args, name=name))
             expected = {(model, name, subject) for name, (_, _, model, subject) in ENTRY_POINTS.items()}
             serving: set[tuple[str, str, str]] = set()
             deadline = time.monotonic() + 90
@@ -140,7 +142,7 @@ async def test_every_entry_point_starts_its_role_and_stops_cleanly(service_env: 
                 live = await live_instances(redis, keys)
                 serving = {(model, hb.instance, hb.subject) for model, beats in live.items() for hb in beats}
             for process in procs.values():
-                process.send_signal(signal.SIGTERM)
+                process.signal(signal.SIGTERM)
             codes = {name: await asyncio.wait_for(p.wait(), 30) for name, p in procs.items()}
             assert codes == dict.fromkeys(ENTRY_POINTS, 0), output()
         assert await live_instances(redis, keys) == {}  # each removed its heartbeat on the way out
@@ -155,11 +157,10 @@ async def test_every_entry_point_names_a_missing_model_file(name: str, tmp_path:
     module, *args = command
     folder = tmp_path / model  # named as the role's own model, but empty
     folder.mkdir()
-    log = tmp_path / "worker.log"
     own = {"worker_role": "", "model_dir": str(folder)} | env
-    async with service_process(module, own, *args, log=log) as process:
+    async with service_process(module, own, args=args) as process:
         code = await asyncio.wait_for(process.wait(), 60)
-    text = log.read_text()
+    text = "".join(process.tail)
     assert code == 1, text
     assert f"model manifest not found: {folder / 'model.yaml'}" in text, text
     assert "Traceback" not in text, text

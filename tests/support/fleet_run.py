@@ -19,6 +19,7 @@ from fleet.servers import ServerSet
 from services.api.service import ApiService
 from services.api.settings import ApiSettings
 from tests.integration.helpers import running
+from tests.support.settings import settings_from
 
 PRE, POST, FPS = 2.0, 2.0, 10
 
@@ -47,7 +48,7 @@ def sample_run(servers: ServerSet, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def api_service(servers: ServerSet, prefix: str, **extra: Any) -> ApiService:
-    settings = ApiSettings(_env_file=None, **servers.env(), subject_prefix=prefix, api_port=0, **extra)  # type: ignore[arg-type]
+    settings = settings_from(ApiSettings, servers.env(), subject_prefix=prefix, api_port=0, **extra)
     return ApiService(settings)
 
 

@@ -14,6 +14,7 @@ from services.api.errors import ApiError
 from services.api.params import ClipHeaders, EventsQuery, KeyframeQuery, events_query, parse_headers, parse_query
 from services.api.queries import Cursor
 from services.api.settings import ApiSettings
+from tests.support.settings import settings_from
 
 
 def query(text: str, model: type[Any] = EventsQuery) -> Any:
@@ -103,7 +104,7 @@ def _refs(node: Any) -> list[str]:
 
 @pytest.mark.parametrize("token", ["", "t0ken"])
 def test_the_document_is_whole(token: str) -> None:
-    doc = openapi_document(ApiSettings(_env_file=None, api_token=token))  # type: ignore[call-arg]
+    doc = openapi_document(settings_from(ApiSettings, api_token=token))
     schemas = doc["components"]["schemas"]
     assert "$defs" not in json.dumps(doc)
     assert {r.removeprefix("#/components/schemas/") for r in _refs(doc)} <= set(schemas)

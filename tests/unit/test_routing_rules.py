@@ -4,6 +4,7 @@ from pydantic import ValidationError
 from services.router.rules import ModelRule, RoutingRules
 from services.router.settings import RouterSettings
 from shared.contracts import FrameRef
+from tests.support.settings import settings_from
 
 
 def frame(seq: int, source: str = "cam0", fps: float = 10.0) -> FrameRef:
@@ -33,8 +34,8 @@ def test_sources_every_nth_and_max_fps() -> None:
 
 def test_rules_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROUTING_RULES", '{"efficientnet_lite0": {"every_nth": 5, "sources": ["cam1"]}}')
-    settings = RouterSettings(_env_file=None)  # type: ignore[call-arg]
+    settings = settings_from(RouterSettings)
     assert settings.routing_rules["efficientnet_lite0"] == ModelRule(every_nth=5, sources=["cam1"])
     monkeypatch.setenv("ROUTING_RULES", '{"m": {"every_nth": 0}}')
     with pytest.raises(ValidationError):
-        RouterSettings(_env_file=None)  # type: ignore[call-arg]
+        settings_from(RouterSettings)

@@ -12,6 +12,7 @@ from services.router.settings import RouterSettings
 from services.worker.settings import ROLES, WorkerSettings
 from shared.settings import VigilSettings
 from shared.ttl import parse_ttl
+from tests.support.settings import settings_from
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -22,9 +23,8 @@ NOT_IN_ENV_EXAMPLE = {"service_name"}
 # Read by `docker compose` from .env, not by the services: its own COMPOSE_*, and the VIGIL_* variables
 # that the compose files interpolate.
 COMPOSE_OWN_KEYS = {"COMPOSE_FILE", "COMPOSE_PROFILES"}
-# The api's settings; services/api is written beside this work, so its keys are checked once it exists.
+# The api's own settings, which .env.example documents.
 API_KEYS = {"api_host", "api_port", "api_token", "api_cors_origins", "api_page_limit", "api_clip_cache_mb"}
-API_SETTINGS = ROOT / "services" / "api" / "settings.py"
 
 
 def env_example_keys() -> set[str]:
@@ -50,11 +50,6 @@ def setting_names() -> set[str]:
     return {name.lower() for cls in settings_classes() for name in cls.model_fields}
 
 
-def readable_keys() -> set[str]:
-    """The settings, with the api's counted while services/api is not written yet (test_api_keys_are_api_settings skips)."""
-    return setting_names() | (set() if API_SETTINGS.exists() else API_KEYS)
-
-
 @pytest.mark.parametrize(("ttl", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("2d", 172800)])
 def test_ttl(ttl: str, seconds: int) -> None:
     assert parse_ttl(ttl) == seconds
@@ -68,16 +63,16 @@ def test_bad_ttl(ttl: str) -> None:
 
 def test_registrator_refuses_a_ttl_shorter_than_an_event(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError, match="frames would expire"):
-        RegistratorSettings(_env_file=None, ttl_bucket="1m", max_event_duration=120)  # type: ignore[call-arg]
-    assert RegistratorSettings(_env_file=None, ttl_bucket="5m", max_event_duration=120).ttl_bucket == "5m"  # type: ignore[call-arg]
+        settings_from(RegistratorSettings, ttl_bucket="1m", max_event_duration=120)
+    assert settings_from(RegistratorSettings, ttl_bucket="5m", max_event_duration=120).ttl_bucket == "5m"
 
 
 def test_the_defaults_hold_together() -> None:
-    worker = WorkerSettings(_env_file=None, model_dir=".", task_subject="X")  # type: ignore[call-arg]
+    worker = settings_from(WorkerSettings, model_dir=".", task_subject="X")
     assert worker.task_max_age > worker.ack_wait * worker.task_max_deliver
-    registrator = RegistratorSettings(_env_file=None)  # type: ignore[call-arg]
+    registrator = settings_from(RegistratorSettings)
     assert registrator.drain_timeout > registrator.task_max_age
-    router = RouterSettings(_env_file=None)  # type: ignore[call-arg]
+    router = settings_from(RouterSettings)
     assert router.summary_timeout > router.frames_ack_wait
 
 
@@ -97,7 +92,7 @@ def test_settings_that_depend_on_each_other_are_checked_together(
 ) -> None:
     required = {"model_dir": ".", "task_subject": "X"} if cls is WorkerSettings else {}
     with pytest.raises(ValidationError, match=message):
-        cls(_env_file=None, **required, **values)  # type: ignore[arg-type]
+        settings_from(cls, required, **values)
 
 
 def test_a_bad_combination_is_one_clear_line_at_start(tmp_path: Path) -> None:
@@ -117,7 +112,7 @@ def test_a_bad_combination_is_one_clear_line_at_start(tmp_path: Path) -> None:
 def test_seed_keys_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TMP_PATH", "/tmp/elsewhere")
     monkeypatch.setenv("ROUTING_TTL", "7")
-    settings = RegistratorSettings(_env_file=None)  # type: ignore[call-arg]
+    settings = settings_from(RegistratorSettings)
     assert str(settings.TMP_PATH) == "/tmp/elsewhere"
     assert settings.routing_ttl == 7
 
@@ -176,16 +171,14 @@ def test_every_setting_is_in_env_example() -> None:
 
 def test_every_env_example_key_is_read() -> None:
     keys = env_example_keys()
-    settings = readable_keys()
+    settings = setting_names()
     unread = {k for k in keys - COMPOSE_OWN_KEYS - compose_variables() if k.lower() not in settings}
     assert not unread, f".env.example keys no settings class or compose file reads: {sorted(unread)}"
     assert not keys & NOT_IN_ENV_EXAMPLE
 
 
 def test_api_keys_are_api_settings() -> None:
-    if not API_SETTINGS.exists():
-        pytest.skip("services/api/settings.py is not written yet: its keys in .env.example are checked once it is")
-    from services.api.settings import ApiSettings  # type: ignore[import-not-found]
+    from services.api.settings import ApiSettings
 
     assert set(ApiSettings.model_fields) >= API_KEYS
 

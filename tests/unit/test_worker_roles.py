@@ -9,11 +9,12 @@ from pydantic import ValidationError
 
 from services.worker.cli import ROLE_VARIABLE, main
 from services.worker.settings import ROLES, ClassificationSettings, DetectionSettings
+from tests.support.settings import settings_from
 
 
 def test_each_role_has_its_own_model_subject_and_batch() -> None:
-    detection = DetectionSettings(_env_file=None)  # type: ignore[call-arg]
-    classification = ClassificationSettings(_env_file=None)  # type: ignore[call-arg]
+    detection = settings_from(DetectionSettings)
+    classification = settings_from(ClassificationSettings)
     assert set(ROLES) == {"detection", "classification"}
     assert (detection.service_name, detection.model_dir.name, detection.task_subject, detection.batch_size) == (
         "detection",
@@ -29,7 +30,7 @@ def test_each_role_has_its_own_model_subject_and_batch() -> None:
     assert classification.batch_size == 8  # a dynamic batch dimension: batching pays
     # A role's default keeps the base's bounds and description.
     with pytest.raises(ValidationError, match="batch_size"):
-        ClassificationSettings(_env_file=None, batch_size=65)  # type: ignore[call-arg]
+        settings_from(ClassificationSettings, batch_size=65)
     described = {cls.model_fields["batch_size"].description for cls in (DetectionSettings, ClassificationSettings)}
     assert described == {"tasks fetched and inferred together"}
 
@@ -37,16 +38,16 @@ def test_each_role_has_its_own_model_subject_and_batch() -> None:
 def test_another_model_in_a_role_needs_its_own_task_subject(monkeypatch: pytest.MonkeyPatch) -> None:
     # On the role's subject it would declare a second task stream over the same subject, which NATS refuses.
     with pytest.raises(ValidationError, match=r"model_dir models/yolov8n is not the detection role's own model.*task_subject"):
-        DetectionSettings(_env_file=None, model_dir="models/yolov8n")  # type: ignore[call-arg]
-    own = DetectionSettings(_env_file=None, model_dir="models/yolov8n", task_subject="YoloInference")  # type: ignore[call-arg]
+        settings_from(DetectionSettings, model_dir="models/yolov8n")
+    own = settings_from(DetectionSettings, model_dir="models/yolov8n", task_subject="YoloInference")
     assert own.task_subject == "YoloInference"
     # Its own model elsewhere (a test's or an image's absolute path) keeps the role's subject.
-    moved = DetectionSettings(_env_file=None, model_dir=Path("/opt/vigil/models/ssd_mobilenet_v2_coco"))  # type: ignore[call-arg]
+    moved = settings_from(DetectionSettings, model_dir=Path("/opt/vigil/models/ssd_mobilenet_v2_coco"))
     assert moved.task_subject == "DetectionInference"
     # From the environment, as compose's `environment:` gives them.
     monkeypatch.setenv("model_dir", "models/yolov8n")
     monkeypatch.setenv("task_subject", "YoloInference")
-    assert DetectionSettings(_env_file=None).task_subject == "YoloInference"  # type: ignore[call-arg]
+    assert settings_from(DetectionSettings).task_subject == "YoloInference"
 
 
 @pytest.mark.parametrize(

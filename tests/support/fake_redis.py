@@ -1,0 +1,64 @@
+"""A write-only Redis stand-in, for unit tests of the registrator's decisions beside tests/support/fake_bus.py.
+
+The registrator writes its state and event records (RegistratorState, EventStore) in pipelines and a Lua script,
+and reads them back only when it starts. Tests that skip its start need the writes to succeed and, for events,
+to be readable: commands are recorded, and each event record the store's script saves is kept by id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from shared.contracts import Event
+
+
+class FakePipeline:
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+        self.queued: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def __aenter__(self) -> FakePipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    def __getattr__(self, command: str) -> Callable[..., FakePipeline]:
+        def queue(*args: Any, **kwargs: Any) -> FakePipeline:
+            self.queued.append((command, args))
+            return self
+
+        return queue
+
+    async def execute(self) -> list[Any]:
+        self.redis.commands += self.queued
+        done, self.queued = self.queued, []
+        return [1] * len(done)
+
+
+class FakeScript:
+    """EventStore's replace script: ARGV is (event id, start, JSON record)."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+
+    async def __call__(self, keys: list[str], args: list[Any], client: Any = None) -> int:
+        self.redis.events[str(args[0])] = Event.model_validate_json(args[2])
+        return 1
+
+
+class FakeRedis:
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, tuple[Any, ...]]] = []  # what pipelines executed, in order
+        self.events: dict[str, Event] = {}  # event id -> its last saved record
+
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        return FakePipeline(self)
+
+    def register_script(self, script: str) -> FakeScript:
+        return FakeScript(self)
+
+    async def hdel(self, key: str, *fields: str) -> int:
+        self.commands.append(("hdel", (key, *fields)))
+        return len(fields)
