@@ -18,6 +18,9 @@ from shared.secrets import scrub
 SOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # A run id: one per reader start, so that two runs of a source, both counting from seq 0, are never confused.
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{0,32}$"
+# An event id names a folder under TMP_PATH, a filer path and an api URL: plain characters only, so that no id
+# is `..`, holds a `/`, or needs escaping (ids once held the label, and "traffic light" made events unreachable).
+EVENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 
 
 def feed_key(source_id: str, run: str) -> str:
@@ -320,7 +323,7 @@ class EventClose(str, enum.Enum):
 class Event(Contract):
     """One occurrence of a watched label in one source, with its proofs once finalised."""
 
-    id: str
+    id: str = Field(pattern=EVENT_ID_PATTERN, description="<source id>-<random hex>; never the label")
     source_id: str
     run: str = Field(default="", description="the reader start whose frames it is made of")
     model: str

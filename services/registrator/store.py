@@ -7,7 +7,7 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared.contracts import Event
+from shared.contracts import ContractError, Event
 from shared.keys import RedisKeys
 
 # The member of a sorted set is its value, so an update must remove the previous JSON and add
@@ -42,11 +42,12 @@ class EventStore:
         raw = await self.redis.hget(self.keys.event_index, event_id)
         return Event.from_bytes(raw) if raw else None
 
-    async def started_before(self, unix_time: float, limit: int = 500) -> list[tuple[bytes, Event]]:
-        """Oldest first, each with its member as stored (what `delete` removes)."""
+    async def started_before(self, unix_time: float, limit: int = 500) -> list[tuple[bytes, Event | None]]:
+        """Oldest first, each with its member as stored (what `delete` removes); None for a record that does not
+        parse (an id from before ids were checked), which retention must still be able to remove."""
         # No decode_responses, no scores: a list of bytes.
         raws = cast(list[bytes], await self.redis.zrangebyscore(self.keys.events, "-inf", f"({unix_time}", start=0, num=limit))
-        return [(raw, Event.from_bytes(raw)) for raw in raws]
+        return [(raw, _parsed(raw)) for raw in raws]
 
     async def delete(self, member: bytes, event_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -57,3 +58,10 @@ class EventStore:
     async def all(self) -> list[Event]:
         raws = cast(list[bytes], await self.redis.zrange(self.keys.events, 0, -1))  # no decode_responses: bytes
         return [Event.from_bytes(raw) for raw in raws]
+
+
+def _parsed(raw: bytes) -> Event | None:
+    try:
+        return Event.from_bytes(raw)
+    except ContractError:
+        return None
