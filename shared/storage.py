@@ -22,12 +22,24 @@ class StorageError(RuntimeError):
     """SeaweedFS refused or failed a request."""
 
 
-class ForbiddenURL(StorageError):
+class Unfetchable(StorageError):
+    """A download that no retry can bring: the caller answers with an error instead of trying again."""
+
+
+class ForbiddenURL(Unfetchable):
     """A URL outside the configured SeaweedFS hosts: never fetched (SSRF guard)."""
 
 
-class FileGone(StorageError):
+class FileGone(Unfetchable):
     """SeaweedFS answered that the file is not there (404): expired by its TTL or never stored. Final."""
+
+
+class RefusedDownload(Unfetchable):
+    """An answer that is not a file to read: a redirect (it could lead anywhere, past the host check), or a body
+    over download_max_mb. Final."""
+
+
+_CHUNK = 64 * 1024
 
 
 @dataclass
@@ -51,6 +63,7 @@ class SeaweedStorage:
             _netloc(h) for h in settings.storage_allowed_hosts
         }
         self.startup_timeout = settings.startup_timeout
+        self.max_download_bytes = int(settings.download_max_mb * 1024 * 1024)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._pools: dict[str, _FidPool] = {}
@@ -136,13 +149,32 @@ class SeaweedStorage:
         return url
 
     async def download(self, url: str) -> bytes:
+        """The file at `url`, read in chunks and refused past max_download_bytes; a redirect is refused, not
+        followed (the host check applies to the URL asked for, not to wherever an answer points)."""
         self.check_url(url)
-        async with self.session.get(url) as resp:
+        cap = self.max_download_bytes
+        async with self.session.get(url, allow_redirects=False) as resp:
             if resp.status == 404:
                 raise FileGone(f"download of {url} failed: 404, not found")
+            if 300 <= resp.status < 400:
+                where = resp.headers.get("Location", "nowhere")
+                raise RefusedDownload(f"download of {url} answered a redirect ({resp.status} to {where}): not followed")
             if resp.status != 200:
                 raise StorageError(f"download of {url} failed: {resp.status}")
-            return await resp.read()
+            if resp.content_length is not None and resp.content_length > cap:
+                raise RefusedDownload(self._too_large(url, resp.content_length))
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                body += chunk
+                if len(body) > cap:  # a missing or lying Content-Length stops here
+                    raise RefusedDownload(self._too_large(url, len(body)))
+            return bytes(body)
+
+    def _too_large(self, url: str, size: int) -> str:
+        return (
+            f"download of {url} refused: {size} bytes or more, over download_max_mb "
+            f"({self.max_download_bytes / 1024 / 1024:g} MiB)"
+        )
 
     async def delete(self, url: str) -> None:
         self.check_url(url)
