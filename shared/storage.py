@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +42,8 @@ class RefusedDownload(Unfetchable):
 
 
 _CHUNK = 64 * 1024
+# A stream to a slow client may take long as a whole; only a silent server is an error.
+_STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
 
 
 @dataclass
@@ -175,6 +179,29 @@ class SeaweedStorage:
             f"download of {url} refused: {size} bytes or more, over download_max_mb "
             f"({self.max_download_bytes / 1024 / 1024:g} MiB)"
         )
+
+    async def size(self, url: str) -> int:
+        """The file's size in bytes, from a HEAD request: nothing of the body is read."""
+        self.check_url(url)
+        async with self.session.head(url, allow_redirects=False) as resp:
+            if resp.status == 404:
+                raise FileGone(f"{url}: 404, not found")
+            if resp.status != 200 or resp.content_length is None:
+                raise StorageError(f"size of {url} unknown: {resp.status}")
+            return resp.content_length
+
+    @asynccontextmanager
+    async def stream(self, url: str, byte_range: tuple[int, int] | None = None) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The file's bytes (or bytes first..last, inclusive) in chunks, as SeaweedFS sends them: for a caller that
+        passes them on, never holding the file whole."""
+        self.check_url(url)
+        headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else None
+        async with self.session.get(url, headers=headers, allow_redirects=False, timeout=_STREAM_TIMEOUT) as resp:
+            if resp.status == 404:
+                raise FileGone(f"{url}: 404, not found")
+            if resp.status != (206 if byte_range else 200):
+                raise StorageError(f"reading {url} failed: {resp.status}")
+            yield resp.content.iter_chunked(_CHUNK)
 
     async def delete(self, url: str) -> None:
         self.check_url(url)

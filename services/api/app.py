@@ -32,12 +32,11 @@ from services.api.params import (
     parse_headers,
     parse_query,
 )
-from services.api.proof_cache import ProofCache
 from services.api.queries import Cursor, EventFilter, FleetView
 from services.api.ranges import UnsatisfiableRange, parse_range
 from services.api.settings import ApiSettings
 from shared.contracts import Event
-from shared.storage import StorageError
+from shared.storage import SeaweedStorage, StorageError
 
 API = "/api/v1"
 TOKEN_COOKIE = "vigil_token"
@@ -114,24 +113,37 @@ async def get_event(request: web.Request) -> web.Response:
     return _json(dump(PublicEvent, public_event(await _event_or_404(request))))
 
 
-async def get_clip(request: web.Request) -> web.Response:
+async def get_clip(request: web.Request) -> web.StreamResponse:
+    """Streamed from the filer, a range passed on as a range: the api never holds a clip, and a browser seeking
+    costs what it reads, not the whole file each time."""
     event = await _event_or_404(request)
     if not event.video_proofs:
         raise not_found(f"event {event.id} has no clip (state {event.state.value})")
-    data = await request.app[PROOFS].get(event.video_proofs)
-    size = len(data)
-    headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, max-age=3600"}
+    storage, cap = request.app[STORAGE], request.app[SETTINGS].api_clip_max_mb * 1024 * 1024
+    size = await storage.size(event.video_proofs)
+    if size > cap:
+        raise ApiError(502, f"the clip is {size / 2**20:.1f} MiB, over api_clip_max_mb ({cap / 2**20:g} MiB)")
     wanted_header = request[HEADERS]
     assert isinstance(wanted_header, ClipHeaders)
     try:
         wanted = parse_range(wanted_header.range, size)
     except UnsatisfiableRange as exc:
         raise ApiError(416, str(exc), {"Content-Range": f"bytes */{size}"}) from None
+    response = web.StreamResponse(
+        status=206 if wanted else 200, headers={"Accept-Ranges": "bytes", "Cache-Control": "private, max-age=3600"}
+    )
+    response.content_type = "video/mp4"
     if wanted is None:
-        return web.Response(body=data, content_type="video/mp4", headers=headers)
-    first, last = wanted
-    headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    return web.Response(status=206, body=data[first : last + 1], content_type="video/mp4", headers=headers)
+        response.content_length = size
+    else:
+        response.content_length = wanted[1] - wanted[0] + 1
+        response.headers["Content-Range"] = f"bytes {wanted[0]}-{wanted[1]}/{size}"
+    async with storage.stream(event.video_proofs, wanted) as chunks:
+        await response.prepare(request)
+        async for chunk in chunks:
+            await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def get_keyframe(request: web.Request) -> web.Response:
@@ -141,7 +153,7 @@ async def get_keyframe(request: web.Request) -> web.Response:
     url = event.image_annotated_proofs if q.annotated else event.image_proofs
     if not url:
         raise not_found(f"event {event.id} has no key frame (state {event.state.value})")
-    data = await request.app[PROOFS].get(url)
+    data = await request.app[STORAGE].download(url)  # a JPEG: small, and capped by download_max_mb
     return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -222,6 +234,7 @@ def routes(page_limit: int) -> tuple[Route, ...]:
                 "206": "one range of the clip",
                 "404": "no such event, or no clip yet",
                 "416": "a range outside the clip",
+                "502": "the stored clip is larger than api_clip_max_mb",
                 "503": _UNAVAILABLE,
             },
             content_type="video/mp4",
@@ -290,7 +303,7 @@ def _validating(route: Route, token: bool) -> Handler:
 
 VIEW = web.AppKey("view", FleetView)
 DOCUMENT = web.AppKey("document", dict)
-PROOFS = web.AppKey("proofs", ProofCache)
+STORAGE = web.AppKey("storage", SeaweedStorage)
 SETTINGS = web.AppKey("settings", ApiSettings)
 
 
@@ -373,7 +386,7 @@ async def no_sniff(request: web.Request, handler: Handler) -> web.StreamResponse
     return response
 
 
-def build_app(settings: ApiSettings, view: FleetView, proofs: ProofCache) -> web.Application:
+def build_app(settings: ApiSettings, view: FleetView, storage: SeaweedStorage) -> web.Application:
     middlewares: list[Any] = [no_sniff, json_errors]
     if settings.api_cors_origins:
         middlewares.insert(0, cors(settings.api_cors_origins))
@@ -381,7 +394,7 @@ def build_app(settings: ApiSettings, view: FleetView, proofs: ProofCache) -> web
     if token:
         middlewares.append(token_auth(token))
     app = web.Application(middlewares=middlewares)
-    app[VIEW], app[PROOFS], app[SETTINGS] = view, proofs, settings
+    app[VIEW], app[STORAGE], app[SETTINGS] = view, storage, settings
     app[DOCUMENT] = openapi_document(settings)
     for route in routes(settings.api_page_limit):
         app.router.add_get(route.path, _validating(route, bool(token)))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from shared.contracts import ContractError, Event, EventState, SourceHealth
+from shared.contracts import Contract, ContractError, Event, EventState, SourceHealth
 from shared.discovery import live_instances
 from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, RedisKeys
 
 _SCAN_CHUNK = 500
+log = logging.getLogger("vigil.api.queries")
+C = TypeVar("C", bound=Contract)
 
 
 @dataclass(frozen=True)
@@ -63,13 +67,24 @@ class EventPage:
 
 
 class FleetView:
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, unreadable: Counter | None = None) -> None:
         self.redis = redis
         self.keys = keys
+        self.unreadable = unreadable  # by kind: records skipped because they do not parse
+
+    def _parse(self, contract: type[C], raw: bytes | str) -> C | None:
+        """The record, or None (counted, logged) when it does not parse: one bad record must not fail a listing."""
+        try:
+            return contract.from_bytes(raw)
+        except ContractError as exc:
+            if self.unreadable is not None:
+                self.unreadable.labels(kind=contract.__name__).inc()
+            log.warning("unreadable record skipped: %s", exc)
+            return None
 
     async def event(self, event_id: str) -> Event | None:
         raw = await self.redis.hget(self.keys.event_index, event_id)
-        return Event.from_bytes(raw) if raw else None
+        return self._parse(Event, raw) if raw else None
 
     async def events(self, where: EventFilter, limit: int, cursor: Cursor | None = None) -> EventPage:
         """Newest first. The time range narrows the sorted-set scan; the other filters apply to what it yields,
@@ -86,7 +101,9 @@ class FleetView:
                 list[bytes], await self.redis.zrevrangebyscore(self.keys.events, high, low, start=offset, num=_SCAN_CHUNK)
             )
             for raw in raws:
-                event = Event.from_bytes(raw)
+                event = self._parse(Event, raw)
+                if event is None:
+                    continue
                 if cursor is not None and not cursor.after(event):
                     continue
                 if where.matches(event):
@@ -102,12 +119,8 @@ class FleetView:
         names = sorted([k async for k in self.redis.scan_iter(match=self.keys.source_health_pattern, count=500)])
         healths = []
         for raw in await self.redis.mget(names) if names else []:
-            if raw is None:  # expired between SCAN and MGET
-                continue
-            try:
-                healths.append(SourceHealth.from_bytes(raw))
-            except ContractError:
-                continue
+            if raw is not None and (health := self._parse(SourceHealth, raw)) is not None:  # None: expired since SCAN
+                healths.append(health)
         return sorted(healths, key=lambda h: h.source_id)
 
     async def workers(self) -> dict[str, list[dict[str, Any]]]:

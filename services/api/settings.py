@@ -15,4 +15,6 @@ class ApiSettings(VigilSettings):
     )
     api_cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the api from a browser")
     api_page_limit: int = Field(default=200, ge=1, le=1000, description="most events one page may ask for")
-    api_clip_cache_mb: int = Field(default=64, ge=0, description="clips kept in memory for seeking (Range requests)")
+    api_clip_max_mb: int = Field(
+        default=256, ge=1, description="largest clip the api serves (streamed from the filer, never held in memory)"
+    )

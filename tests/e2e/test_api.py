@@ -19,10 +19,11 @@ from redis.asyncio import Redis
 
 from fleet.servers import ServerSet
 from services.api.app import public_event, routes
+from services.api.settings import ApiSettings
 from services.registrator.events import EventRules, EventTracker
 from services.registrator.proofs import remote_folder
 from services.registrator.store import EventStore
-from shared.contracts import EVENT_ID_PATTERN, BBox, Detection, EventState, FrameRef, InferenceResult, ModelKind
+from shared.contracts import EVENT_ID_PATTERN, BBox, Detection, Event, EventState, FrameRef, InferenceResult, ModelKind
 from shared.jpeg import encode_jpeg
 from shared.keys import RedisKeys
 from shared.storage import SeaweedStorage
@@ -257,7 +258,7 @@ async def test_openapi_document_describes_every_route(api: str) -> None:
     assert doc["openapi"] == "3.1.0" and "security" not in doc  # no token configured, so none asked for
     assert set(doc["paths"]) == {r.path for r in routes(200)}
     clip = doc["paths"]["/api/v1/events/{event_id}/clip"]["get"]
-    assert set(clip["responses"]) == {"200", "206", "400", "404", "416", "503"}
+    assert set(clip["responses"]) == {"200", "206", "400", "404", "416", "502", "503"}
     assert clip["responses"]["206"]["headers"]["Content-Range"]["required"] is True
     assert "video_proof_path" not in doc["components"]["schemas"]["Event"]["properties"]
     params = {p["name"]: p["schema"] for p in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
@@ -315,11 +316,9 @@ async def test_token_auth_and_no_cors_by_default(servers: ServerSet, sample_run:
             assert "Access-Control-Allow-Origin" not in resp.headers
 
 
-async def test_an_event_of_a_label_with_a_space_can_be_opened(servers: ServerSet) -> None:
-    """15 of the 80 COCO labels hold a space; their events' ids once did too, and every api route refused them."""
-    prefix = f"t{secrets.token_hex(4)}"
-    rules = EventRules(watch_labels=frozenset({"traffic light"}), min_score=0.5, gap=2.0, max_duration=30.0)
-    tracker = EventTracker(rules)
+async def store_event(settings: ApiSettings, label: str, clip: bytes, jpeg: bytes) -> Event:
+    """A FINISHED event of `label` with this clip and key frame, its id made by the registrator's own rule."""
+    rules = EventRules(watch_labels=frozenset({label}), min_score=0.5, gap=2.0, max_duration=30.0)
     box = BBox(x1=0.1, y1=0.1, x2=0.3, y2=0.4)
     frame = FrameRef(source_id="cam9", seq=0, pts=0.0, wall_time=time.time(), url="http://h/0", width=10, height=10)
     result = InferenceResult(
@@ -327,35 +326,78 @@ async def test_an_event_of_a_label_with_a_space_can_be_opened(servers: ServerSet
         model="ssd",
         kind=ModelKind.DETECTION,
         instance="i",
-        detections=[Detection.on_image("traffic light", 9, 0.9, box, 10, 10)],
+        detections=[Detection.on_image(label, 9, 0.9, box, 10, 10)],
         finished_at=0,
     )
-    (opened,), _ = tracker.observe(result)  # the registrator's own id rule
-    clip = secrets.token_bytes(100_000)  # what the api serves is the stored bytes, whatever they are
-    jpeg = encode_jpeg(np.zeros((10, 10, 3), np.uint8))
-    service = api_service(servers, prefix)
-    settings = service.settings
+    (opened,), _ = EventTracker(rules).observe(result)
+    opened.state = EventState.FINISHED
+    async with SeaweedStorage(settings) as storage:
+        folder = remote_folder(opened.id)
+        event = opened.record(
+            video_proofs=await storage.put_path(f"{folder}/c.mp4", clip, content_type="video/mp4"),
+            image_proofs=await storage.put_path(f"{folder}/k.jpg", jpeg, content_type="image/jpeg"),
+            image_annotated_proofs=await storage.put_path(f"{folder}/b.jpg", jpeg, content_type="image/jpeg"),
+        )
     redis = Redis(host=settings.redis_host, port=settings.redis_port)
     try:
-        async with SeaweedStorage(settings) as storage:
-            folder = remote_folder(opened.id)
-            opened.state = EventState.FINISHED
-            event = opened.record(
-                video_proofs=await storage.put_path(f"{folder}/c.mp4", clip, content_type="video/mp4"),
-                image_proofs=await storage.put_path(f"{folder}/k.jpg", jpeg, content_type="image/jpeg"),
-                image_annotated_proofs=await storage.put_path(f"{folder}/b.jpg", jpeg, content_type="image/jpeg"),
-            )
         await EventStore(redis, RedisKeys(settings)).save(event)
-        async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession() as http:
-            base = f"{service.url}api/v1/events/{event.id}"
-            assert (await get_json(http, base))["label"] == "traffic light"
-            async with http.get(f"{base}/clip") as resp:
-                assert resp.status == 200 and await resp.read() == clip
-            for query in ("", "?annotated=true"):
-                async with http.get(f"{base}/keyframe{query}") as resp:
-                    assert resp.status == 200 and await resp.read() == jpeg
-            listed = await get_json(http, f"{service.url}api/v1/events?label=traffic%20light")
-            assert [e["id"] for e in listed["events"]] == [event.id]
     finally:
         await redis.aclose()
+    return event
+
+
+async def test_an_event_of_a_label_with_a_space_can_be_opened(servers: ServerSet) -> None:
+    """15 of the 80 COCO labels hold a space; their events' ids once did too, and every api route refused them."""
+    clip = secrets.token_bytes(100_000)  # what the api serves is the stored bytes, whatever they are
+    jpeg = encode_jpeg(np.zeros((10, 10, 3), np.uint8))
+    service = api_service(servers, f"t{secrets.token_hex(4)}")
+    event = await store_event(service.settings, "traffic light", clip, jpeg)
     assert "traffic" not in event.id and re.fullmatch(EVENT_ID_PATTERN, event.id)
+    async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession() as http:
+        base = f"{service.url}api/v1/events/{event.id}"
+        assert (await get_json(http, base))["label"] == "traffic light"
+        async with http.get(f"{base}/clip") as resp:
+            assert resp.status == 200 and await resp.read() == clip
+        # Ranges go to the filer as ranges: the bytes asked for, from a clip the api never holds.
+        for header, (first, last) in {
+            "bytes=10-19": (10, 19),
+            "bytes=99990-": (99990, 99999),
+            "bytes=-5": (99995, 99999),
+        }.items():
+            async with http.get(f"{base}/clip", headers={"Range": header}) as resp:
+                assert resp.status == 206 and resp.headers["Content-Range"] == f"bytes {first}-{last}/100000"
+                assert await resp.read() == clip[first : last + 1]
+        async with http.get(f"{base}/clip", headers={"Range": "bytes=100000-"}) as resp:
+            assert resp.status == 416 and resp.headers["Content-Range"] == "bytes */100000"
+        for query in ("", "?annotated=true"):
+            async with http.get(f"{base}/keyframe{query}") as resp:
+                assert resp.status == 200 and await resp.read() == jpeg
+        listed = await get_json(http, f"{service.url}api/v1/events?label=traffic%20light")
+        assert [e["id"] for e in listed["events"]] == [event.id]
+
+
+async def test_unreadable_records_are_skipped_and_counted_and_big_clips_refused(servers: ServerSet) -> None:
+    service = api_service(servers, f"t{secrets.token_hex(4)}", api_clip_max_mb=1)
+    settings, keys = service.settings, RedisKeys(service.settings)
+    jpeg = encode_jpeg(np.zeros((10, 10, 3), np.uint8))
+    small = await store_event(settings, "person", b"\x00" * 1000, jpeg)
+    big = await store_event(settings, "person", b"\x00" * (1024 * 1024 + 1), jpeg)
+    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    try:  # a record of no known shape, and one whose id is a traversal: written by anyone who reaches Redis
+        await redis.zadd(keys.events, {b'{"v": 1, "id": "x"}': time.time(), b"not json": time.time()})
+        await redis.hset(keys.event_index, "broken", b'{"v": 1, "id": "x"}')
+        await redis.set(keys.source_health("cam9"), b'{"v": 1, "source_id": "cam9"}')
+    finally:
+        await redis.aclose()
+    async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession() as http:
+        page = await get_json(http, f"{service.url}api/v1/events")
+        assert sorted(e["id"] for e in page["events"]) == sorted([small.id, big.id])  # once a 500
+        assert (await get_json(http, f"{service.url}api/v1/sources"))["sources"] == []
+        await get_json(http, f"{service.url}api/v1/events/broken", 404)
+        unreadable = service.metrics.registry.get_sample_value
+        assert unreadable("vigil_api_unreadable_records_total", {"kind": "Event"}) == 3
+        assert unreadable("vigil_api_unreadable_records_total", {"kind": "SourceHealth"}) == 1
+        async with http.get(f"{service.url}api/v1/events/{small.id}/clip") as resp:
+            assert resp.status == 200 and len(await resp.read()) == 1000
+        body = await get_json(http, f"{service.url}api/v1/events/{big.id}/clip", 502)
+        assert body["error"]["message"] == "the clip is 1.0 MiB, over api_clip_max_mb (1 MiB)"
