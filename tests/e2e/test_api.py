@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import secrets
 import time
@@ -279,41 +280,87 @@ async def test_openapi_document_describes_every_route(api: str) -> None:
         assert path["get"]["responses"]["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
 
 
-async def test_token_auth_and_no_cors_by_default(servers: ServerSet, sample_run: SampleRun, api: str) -> None:
-    # The default api: no token, no CORS headers.
+TOKEN = "Kq9xQ2mZ7vB4nT8wR1yH5jL3pF6sD0gA-test"
+
+
+async def test_token_auth_and_no_cors_by_default(servers: ServerSet, caplog: pytest.LogCaptureFixture) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    # The default api (loopback, no token): no CORS headers.
     async with (
+        running(api_service(servers, prefix), ready=lambda s: bool(s.url)) as open_api,
         aiohttp.ClientSession() as http,
-        http.get(f"{api}/api/v1/events", headers={"Origin": "http://evil.example"}) as resp,
+        http.get(f"{open_api.url}api/v1/events", headers={"Origin": "http://evil.example"}) as resp,
     ):
         assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
 
-    service = api_service(servers, sample_run.prefix, api_token="s3cret-token", api_cors_origins=["http://ops.example"])
+    service = api_service(servers, prefix, api_token=TOKEN, api_cors_origins=["http://ops.example"])
     jar = aiohttp.CookieJar(unsafe=True)  # keep cookies of an IP address host, as a browser does
-    async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession(cookie_jar=jar) as http:
+    with caplog.at_level(logging.INFO, logger="vigil.api"):
+        async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession(cookie_jar=jar) as http:
+            base = service.url.rstrip("/")
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+                async with http.get(f"{base}/api/v1/events", headers=headers) as resp:
+                    assert resp.status == 401 and (await resp.json())["error"]["status"] == 401
+            # A token never travels in a URL (logs, history, Referer): in one it opens nothing.
+            await get_json(http, f"{base}/api/v1/events?token={TOKEN}", 401)
+            async with http.get(f"{base}/api/v1/events", headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+                assert resp.status == 200
+            doc = await get_json(http, f"{base}/api/v1/openapi.json")  # the description is public
+            assert {"bearer", "session"} == set(doc["components"]["securitySchemes"]) and doc["security"]
+            assert all(("401" in p["get"]["responses"]) == ("security" not in p["get"]) for p in doc["paths"].values())
+            assert doc["paths"]["/api/v1/openapi.json"]["get"]["security"] == []
+            async with http.get(f"{base}/healthz") as resp:  # probes need no token
+                assert resp.status == 200
+            async with http.get(f"{base}/", allow_redirects=False) as resp:  # a person is sent to log in
+                assert resp.status == 303 and resp.headers["Location"] == "/login"
+            async with http.post(f"{base}/login", data={"token": "wrong"}, allow_redirects=False) as resp:
+                assert resp.status == 401 and "vigil_session" not in resp.cookies
+            async with http.post(f"{base}/login", data={"token": TOKEN}, allow_redirects=False) as resp:
+                assert resp.status == 303 and resp.headers["Location"] == "/"
+                cookie = resp.cookies["vigil_session"]
+                assert cookie["httponly"] and cookie["samesite"] == "Strict" and int(cookie["max-age"]) == 12 * 3600
+                assert TOKEN not in cookie.value and TOKEN not in resp.headers.get("Set-Cookie", "")
+            async with http.get(f"{base}/api/v1/totals") as resp:  # the session: the page's own requests carry it
+                assert resp.status == 200
+            async with http.get(f"{base}/") as resp:
+                assert resp.status == 200 and "<title>Vigil</title>" in await resp.text()
+            expires, _, signature = cookie.value.partition(".")
+            forged = f"{int(expires) + 86400}.{signature}"  # a longer session, with the old signature
+            async with (
+                aiohttp.ClientSession() as other,
+                other.get(f"{base}/api/v1/totals", headers={"Cookie": f"vigil_session={forged}"}) as resp,
+            ):
+                assert resp.status == 401
+            async with http.get(
+                f"{base}/api/v1/events", headers={"Origin": "http://ops.example", "Authorization": f"Bearer {TOKEN}"}
+            ) as resp:
+                assert resp.headers["Access-Control-Allow-Origin"] == "http://ops.example"
+            async with http.options(f"{base}/api/v1/events", headers={"Origin": "http://evil.example"}) as resp:
+                assert "Access-Control-Allow-Origin" not in resp.headers
+    access = [r.getMessage() for r in caplog.records if r.name == "vigil.api.access"]
+    assert any(re.fullmatch(r"GET /api/v1/totals 200 [0-9.]+ ms 127\.0\.0\.1", line) for line in access), access
+    assert any(line.startswith("POST /login 401 ") for line in access)
+    assert any(line.startswith("GET /api/v1/events?token=*** 401 ") for line in access)
+    assert TOKEN not in caplog.text
+
+
+async def test_failed_logins_are_limited_per_client(servers: ServerSet) -> None:
+    service = api_service(servers, f"t{secrets.token_hex(4)}", api_token=TOKEN, api_login_failures=3)
+    async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession() as http:
         base = service.url.rstrip("/")
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
-            async with http.get(f"{base}/api/v1/events", headers=headers) as resp:
-                assert resp.status == 401 and (await resp.json())["error"]["status"] == 401
-        await get_json(http, f"{base}/api/v1/events?token=nope", 401)
-        async with http.get(f"{base}/api/v1/events", headers={"Authorization": "Bearer s3cret-token"}) as resp:
+        for _ in range(2):
+            async with http.post(f"{base}/login", data={"token": "guess"}, allow_redirects=False) as resp:
+                assert resp.status == 401
+        async with http.get(f"{base}/api/v1/events", headers={"Authorization": "Bearer guess"}) as resp:
+            assert resp.status == 401  # a wrong bearer token counts too: the third failure
+        for attempt in ({"data": {"token": TOKEN}}, {"data": {"token": "guess"}}):  # even the right one, now
+            async with http.post(f"{base}/login", allow_redirects=False, **attempt) as resp:  # type: ignore[arg-type]
+                assert resp.status == 429 and 1 <= int(resp.headers["Retry-After"]) <= 60
+                assert "too many failed logins" in (await resp.json())["error"]["message"]
+        async with http.get(f"{base}/api/v1/events", headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            assert resp.status == 429
+        async with http.get(f"{base}/healthz") as resp:
             assert resp.status == 200
-        await get_json(http, f"{base}/api/v1/events?token=s3cret-token&limit=1")  # the token scheme's parameter
-        doc = await get_json(http, f"{base}/api/v1/openapi.json?token=s3cret-token")
-        assert {"bearer", "token", "cookie"} == set(doc["components"]["securitySchemes"]) and doc["security"]
-        assert all("401" in p["get"]["responses"] for p in doc["paths"].values())
-        async with http.get(f"{base}/healthz") as resp:  # probes need no token
-            assert resp.status == 200
-        async with http.get(f"{base}/?token=s3cret-token") as resp:  # the page keeps the token in a cookie
-            assert resp.status == 200 and "vigil_token" in resp.cookies
-            assert resp.cookies["vigil_token"]["httponly"]
-        async with http.get(f"{base}/api/v1/totals") as resp:  # ... which its own requests then carry
-            assert resp.status == 200
-        async with http.get(
-            f"{base}/api/v1/events", headers={"Origin": "http://ops.example", "Authorization": "Bearer s3cret-token"}
-        ) as resp:
-            assert resp.headers["Access-Control-Allow-Origin"] == "http://ops.example"
-        async with http.options(f"{base}/api/v1/events", headers={"Origin": "http://evil.example"}) as resp:
-            assert "Access-Control-Allow-Origin" not in resp.headers
 
 
 async def store_event(settings: ApiSettings, label: str, clip: bytes, jpeg: bytes) -> Event:
