@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from shared.secrets import scrub
 from shared.validation import describe_errors
 
 # A source id is a NATS subject token and part of file names, so it is kept plain.
 SOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # A run id: one per reader start, so that two runs of a source, both counting from seq 0, are never confused.
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{0,32}$"
+# An event id names a folder under TMP_PATH, a filer path and an api URL: plain characters only, so that no id
+# is `..`, holds a `/`, or needs escaping (ids once held the label, and "traffic light" made events unreachable).
+EVENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 
 
 def feed_key(source_id: str, run: str) -> str:
@@ -30,6 +34,10 @@ def split_feed(feed: str) -> tuple[str, str]:
     source_id, _, run = feed.partition("@")
     return source_id, run
 
+
+# Text that may quote a URL (an error, a source's address): credentials are scrubbed whenever one is built or
+# read, so no record on the bus, in Redis or from the api carries a password, whoever wrote it.
+Scrubbed = Annotated[str, AfterValidator(scrub)]
 
 # Frame references carry a URL and a few numbers; anything near this size is not ours.
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -143,14 +151,14 @@ class SourceHealth(Contract):
 
     source_id: str = Field(pattern=SOURCE_ID_PATTERN)
     state: HealthState
-    url: str = Field(description="the source with any credentials removed")
+    url: Scrubbed = Field(description="the source with any credentials removed")
     live: bool
     fps: float = Field(ge=0)
     frames_read: int = Field(ge=0)
     frames_published: int = Field(ge=0)
     frames_dropped: dict[str, int] = Field(description="dropped frames by reason")
     reconnects: int = Field(ge=0)
-    last_error: str | None = None
+    last_error: Scrubbed | None = None
     state_since: float
     updated_at: float
     instance: str
@@ -169,7 +177,7 @@ class SourceStatus(Contract):
     frames_published: int = Field(default=0, ge=0)
     frames_dropped: int = Field(default=0, ge=0)
     last_seq: int = Field(default=-1, ge=-1)
-    error: str | None = None
+    error: Scrubbed | None = None
 
     @property
     def feed(self) -> str:
@@ -273,7 +281,7 @@ class InferenceResult(Contract):
     model_version: str = ""
     detections: list[Detection] = Field(default_factory=list)
     classifications: list[Classification] = Field(default_factory=list)
-    error: str | None = None
+    error: Scrubbed | None = None
     timings: Timings = Field(default_factory=Timings)
     finished_at: float
 
@@ -331,7 +339,7 @@ class EventClose(str, enum.Enum):
 class Event(Contract):
     """One occurrence of a watched label in one source, with its proofs once finalised."""
 
-    id: str
+    id: str = Field(pattern=EVENT_ID_PATTERN, description="<source id>-<random hex>; never the label")
     source_id: str
     run: str = Field(default="", description="the reader start whose frames it is made of")
     model: str
@@ -350,7 +358,7 @@ class Event(Contract):
     image_proofs: str | None = Field(default=None, description="SeaweedFS URL of the key frame JPEG")
     image_proof_path: str | None = Field(default=None, description="local path of the key frame JPEG")
     image_annotated_proofs: str | None = Field(default=None, description="SeaweedFS URL of the key frame with its boxes")
-    error: str | None = None
+    error: Scrubbed | None = None
     closed_by: EventClose | None = Field(default=None, description="why it closed; None while open")
     updated_at: float
 

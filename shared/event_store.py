@@ -7,13 +7,14 @@ these keys.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import logging
+from collections.abc import AsyncGenerator, Callable
 from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared.contracts import Event
+from shared.contracts import ContractError, Event
 from shared.keys import RedisKeys
 
 # The member of a sorted set is its value, so an update must remove the previous JSON and add
@@ -27,13 +28,27 @@ return 1
 """
 
 SCAN_CHUNK = 500
+log = logging.getLogger("vigil.events")
 
 
 class EventStore:
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    """on_unreadable: told of each record that does not parse (an id from before ids were checked, a record
+    written by hand): it is skipped, so that one bad record never fails a listing."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys, on_unreadable: Callable[[ContractError], None] | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self._replace = redis.register_script(_REPLACE)
+        self._on_unreadable = on_unreadable
+
+    def _parse(self, raw: bytes | str) -> Event | None:
+        try:
+            return Event.from_bytes(raw)
+        except ContractError as exc:
+            log.warning("unreadable event record skipped: %s", exc)
+            if self._on_unreadable is not None:
+                self._on_unreadable(exc)
+            return None
 
     # Writing (the registrator) ----------------------------------------------------------------
 
@@ -56,7 +71,7 @@ class EventStore:
 
     async def get(self, event_id: str) -> Event | None:
         raw = await self.redis.hget(self.keys.event_index, event_id)
-        return Event.from_bytes(raw) if raw else None
+        return self._parse(raw) if raw else None
 
     async def newest_first(
         self, *, newest: float | None = None, oldest: float | None = None, chunk: int = SCAN_CHUNK
@@ -69,21 +84,23 @@ class EventStore:
         while True:
             raws = cast(list[bytes], await self.redis.zrevrangebyscore(self.keys.events, high, low, start=offset, num=chunk))
             for raw in raws:
-                yield Event.from_bytes(raw)
+                if (event := self._parse(raw)) is not None:
+                    yield event
             if len(raws) < chunk:
                 return
             offset += len(raws)
 
-    async def started_before(self, unix_time: float, limit: int = SCAN_CHUNK) -> list[tuple[bytes, Event]]:
-        """Oldest first, each with its member as stored (what `delete` removes)."""
+    async def started_before(self, unix_time: float, limit: int = SCAN_CHUNK) -> list[tuple[bytes, Event | None]]:
+        """Oldest first, each with its member as stored (what `delete` removes); None for a record that does not
+        parse, which retention must still be able to remove."""
         # No decode_responses, no scores: a list of bytes.
         raws = cast(list[bytes], await self.redis.zrangebyscore(self.keys.events, "-inf", f"({unix_time}", start=0, num=limit))
-        return [(raw, Event.from_bytes(raw)) for raw in raws]
+        return [(raw, self._parse(raw)) for raw in raws]
 
     async def all(self) -> list[Event]:
         """Every record, oldest start first."""
         raws = cast(list[bytes], await self.redis.zrange(self.keys.events, 0, -1))  # no decode_responses: bytes
-        return [Event.from_bytes(raw) for raw in raws]
+        return [event for raw in raws if (event := self._parse(raw)) is not None]
 
     def _keys(self) -> list[str]:
         return [self.keys.events, self.keys.event_index]

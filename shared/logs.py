@@ -6,8 +6,42 @@ import json
 import logging
 import sys
 import time
+from typing import Any
+
+from shared.secrets import scrub
 
 _CONTEXT_FIELDS = ("source_id", "frame_id", "model", "subject")
+
+
+_make_record = logging.getLogRecordFactory()
+
+
+def _scrubbed_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    """Every record of the process, ours and the libraries', with credentials scrubbed out of its message and its
+    traceback before any handler sees it: PyAV, redis-py and nats-py quote the URLs they were given."""
+    record = _make_record(*args, **kwargs)
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a bad format string: the handler reports it, as logging does
+        return record
+    clean = scrub(message)
+    if clean != message:
+        record.msg, record.args = clean, ()
+    if record.exc_info and not record.exc_text:
+        record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+    if record.stack_info:
+        record.stack_info = scrub(record.stack_info)
+    return record
+
+
+def scrub_every_record() -> None:
+    """Install the scrubbing record factory (once). Done on import, so that a process that runs a service without
+    `setup_logging` (the tests, the fleet runner) scrubs too."""
+    if logging.getLogRecordFactory() is not _scrubbed_record:
+        logging.setLogRecordFactory(_scrubbed_record)
+
+
+scrub_every_record()
 
 
 class _TextFormatter(logging.Formatter):

@@ -29,6 +29,14 @@ class VigilSettings(BaseSettings):
     # Hosts a worker may download frames from, besides the ones of volume_url and master_url
     # (several volume servers in a multi-machine fleet).
     storage_allowed_hosts: list[str] = Field(default_factory=list)
+    download_max_mb: float = Field(
+        default=32.0, gt=0, description="largest file a service downloads from SeaweedFS (a frame, a proof); more is refused"
+    )
+    image_max_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="most pixels a downloaded JPEG may have, read from its header before decoding; more is refused",
+    )
     ttl_bucket: str = "5m"
 
     topic_stream: str = "frames-stream"

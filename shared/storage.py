@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,12 +24,26 @@ class StorageError(RuntimeError):
     """SeaweedFS refused or failed a request."""
 
 
-class ForbiddenURL(StorageError):
+class Unfetchable(StorageError):
+    """A download that no retry can bring: the caller answers with an error instead of trying again."""
+
+
+class ForbiddenURL(Unfetchable):
     """A URL outside the configured SeaweedFS hosts: never fetched (SSRF guard)."""
 
 
-class FileGone(StorageError):
+class FileGone(Unfetchable):
     """SeaweedFS answered that the file is not there (404): expired by its TTL or never stored. Final."""
+
+
+class RefusedDownload(Unfetchable):
+    """An answer that is not a file to read: a redirect (it could lead anywhere, past the host check), or a body
+    over download_max_mb. Final."""
+
+
+_CHUNK = 64 * 1024
+# A stream to a slow client may take long as a whole; only a silent server is an error.
+_STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
 
 
 @dataclass
@@ -51,6 +67,7 @@ class SeaweedStorage:
             _netloc(h) for h in settings.storage_allowed_hosts
         }
         self.startup_timeout = settings.startup_timeout
+        self.max_download_bytes = int(settings.download_max_mb * 1024 * 1024)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._pools: dict[str, _FidPool] = {}
@@ -136,13 +153,55 @@ class SeaweedStorage:
         return url
 
     async def download(self, url: str) -> bytes:
+        """The file at `url`, read in chunks and refused past max_download_bytes; a redirect is refused, not
+        followed (the host check applies to the URL asked for, not to wherever an answer points)."""
         self.check_url(url)
-        async with self.session.get(url) as resp:
+        cap = self.max_download_bytes
+        async with self.session.get(url, allow_redirects=False) as resp:
             if resp.status == 404:
                 raise FileGone(f"download of {url} failed: 404, not found")
+            if 300 <= resp.status < 400:
+                where = resp.headers.get("Location", "nowhere")
+                raise RefusedDownload(f"download of {url} answered a redirect ({resp.status} to {where}): not followed")
             if resp.status != 200:
                 raise StorageError(f"download of {url} failed: {resp.status}")
-            return await resp.read()
+            if resp.content_length is not None and resp.content_length > cap:
+                raise RefusedDownload(self._too_large(url, resp.content_length))
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                body += chunk
+                if len(body) > cap:  # a missing or lying Content-Length stops here
+                    raise RefusedDownload(self._too_large(url, len(body)))
+            return bytes(body)
+
+    def _too_large(self, url: str, size: int) -> str:
+        return (
+            f"download of {url} refused: {size} bytes or more, over download_max_mb "
+            f"({self.max_download_bytes / 1024 / 1024:g} MiB)"
+        )
+
+    async def size(self, url: str) -> int:
+        """The file's size in bytes, from a HEAD request: nothing of the body is read."""
+        self.check_url(url)
+        async with self.session.head(url, allow_redirects=False) as resp:
+            if resp.status == 404:
+                raise FileGone(f"{url}: 404, not found")
+            if resp.status != 200 or resp.content_length is None:
+                raise StorageError(f"size of {url} unknown: {resp.status}")
+            return resp.content_length
+
+    @asynccontextmanager
+    async def stream(self, url: str, byte_range: tuple[int, int] | None = None) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The file's bytes (or bytes first..last, inclusive) in chunks, as SeaweedFS sends them: for a caller that
+        passes them on, never holding the file whole."""
+        self.check_url(url)
+        headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else None
+        async with self.session.get(url, headers=headers, allow_redirects=False, timeout=_STREAM_TIMEOUT) as resp:
+            if resp.status == 404:
+                raise FileGone(f"{url}: 404, not found")
+            if resp.status != (206 if byte_range else 200):
+                raise StorageError(f"reading {url} failed: {resp.status}")
+            yield resp.content.iter_chunked(_CHUNK)
 
     async def delete(self, url: str) -> None:
         self.check_url(url)

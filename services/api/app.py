@@ -9,15 +9,17 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from multidict import MultiDict
 from redis.exceptions import RedisError
 
 from services.api import openapi
+from services.api.auth import SESSION_COOKIE, FailedLogins, Sessions
 from services.api.errors import ApiError, error_response, not_found
 from services.api.models import INTERNAL_FIELDS, EventPage, OpenApiDocument, PublicEvent, Services, Sources, Totals, dump
 from services.api.openapi import Link, Route
@@ -32,15 +34,14 @@ from services.api.params import (
     parse_headers,
     parse_query,
 )
-from services.api.proof_cache import ProofCache
 from services.api.queries import Cursor, EventFilter, FleetView
 from services.api.ranges import UnsatisfiableRange, parse_range
 from services.api.settings import ApiSettings
 from shared.contracts import Event
-from shared.storage import StorageError
+from shared.secrets import scrub
+from shared.storage import SeaweedStorage, StorageError
 
 API = "/api/v1"
-TOKEN_COOKIE = "vigil_token"
 # Served files: a fixed table, so no part of a request ever becomes a file-system path.
 _STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
 _PAGE_HEADERS = {
@@ -50,6 +51,7 @@ _PAGE_HEADERS = {
 }
 
 log = logging.getLogger("vigil.api")
+access_log = logging.getLogger("vigil.api.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 QUERY = web.RequestKey("query", Params)
 PATH = web.RequestKey("path", Params)
@@ -114,24 +116,37 @@ async def get_event(request: web.Request) -> web.Response:
     return _json(dump(PublicEvent, public_event(await _event_or_404(request))))
 
 
-async def get_clip(request: web.Request) -> web.Response:
+async def get_clip(request: web.Request) -> web.StreamResponse:
+    """Streamed from the filer, a range passed on as a range: the api never holds a clip, and a browser seeking
+    costs what it reads, not the whole file each time."""
     event = await _event_or_404(request)
     if not event.video_proofs:
         raise not_found(f"event {event.id} has no clip (state {event.state.value})")
-    data = await request.app[PROOFS].get(event.video_proofs)
-    size = len(data)
-    headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, max-age=3600"}
+    storage, cap = request.app[STORAGE], request.app[SETTINGS].api_clip_max_mb * 1024 * 1024
+    size = await storage.size(event.video_proofs)
+    if size > cap:
+        raise ApiError(502, f"the clip is {size / 2**20:.1f} MiB, over api_clip_max_mb ({cap / 2**20:g} MiB)")
     wanted_header = request[HEADERS]
     assert isinstance(wanted_header, ClipHeaders)
     try:
         wanted = parse_range(wanted_header.range, size)
     except UnsatisfiableRange as exc:
         raise ApiError(416, str(exc), {"Content-Range": f"bytes */{size}"}) from None
+    response = web.StreamResponse(
+        status=206 if wanted else 200, headers={"Accept-Ranges": "bytes", "Cache-Control": "private, max-age=3600"}
+    )
+    response.content_type = "video/mp4"
     if wanted is None:
-        return web.Response(body=data, content_type="video/mp4", headers=headers)
-    first, last = wanted
-    headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    return web.Response(status=206, body=data[first : last + 1], content_type="video/mp4", headers=headers)
+        response.content_length = size
+    else:
+        response.content_length = wanted[1] - wanted[0] + 1
+        response.headers["Content-Range"] = f"bytes {wanted[0]}-{wanted[1]}/{size}"
+    async with storage.stream(event.video_proofs, wanted) as chunks:
+        await response.prepare(request)
+        async for chunk in chunks:
+            await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def get_keyframe(request: web.Request) -> web.Response:
@@ -141,7 +156,7 @@ async def get_keyframe(request: web.Request) -> web.Response:
     url = event.image_annotated_proofs if q.annotated else event.image_proofs
     if not url:
         raise not_found(f"event {event.id} has no key frame (state {event.state.value})")
-    data = await request.app[PROOFS].get(url)
+    data = await request.app[STORAGE].download(url)  # a JPEG: small, and capped by download_max_mb
     return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -222,6 +237,7 @@ def routes(page_limit: int) -> tuple[Route, ...]:
                 "206": "one range of the clip",
                 "404": "no such event, or no clip yet",
                 "416": "a range outside the clip",
+                "502": "the stored clip is larger than api_clip_max_mb",
                 "503": _UNAVAILABLE,
             },
             content_type="video/mp4",
@@ -262,7 +278,9 @@ def routes(page_limit: int) -> tuple[Route, ...]:
             {"200": "counts per source", "503": _UNAVAILABLE},
             Totals,
         ),
-        Route(f"{API}/openapi.json", get_openapi, "This document", {"200": "the OpenAPI 3.1 document"}, OpenApiDocument),
+        Route(
+            f"{API}/openapi.json", get_openapi, "This document", {"200": "the OpenAPI 3.1 document"}, OpenApiDocument, public=True
+        ),
     )
 
 
@@ -270,14 +288,11 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
     return openapi.document(routes(settings.api_page_limit), token=bool(settings.api_token.get_secret_value()))
 
 
-def _validating(route: Route, token: bool) -> Handler:
+def _validating(route: Route) -> Handler:
     """The route's handler, after its parameters are read by the route's own models (400 otherwise)."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        query = request.query
-        if token and "token" in query:  # the token scheme's parameter, already checked by token_auth
-            query = MultiDict((k, v) for k, v in query.items() if k != "token")
-        request[QUERY] = parse_query(route.query, query)
+        request[QUERY] = parse_query(route.query, request.query)
         if route.path_params is not None:
             request[PATH] = parse_query(route.path_params, request.match_info, "path")
         request[HEADERS] = parse_headers(route.headers, request.headers)
@@ -290,7 +305,7 @@ def _validating(route: Route, token: bool) -> Handler:
 
 VIEW = web.AppKey("view", FleetView)
 DOCUMENT = web.AppKey("document", dict)
-PROOFS = web.AppKey("proofs", ProofCache)
+STORAGE = web.AppKey("storage", SeaweedStorage)
 SETTINGS = web.AppKey("settings", ApiSettings)
 
 
@@ -317,29 +332,121 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal error")
 
 
-def _token_of(request: web.Request) -> str:
-    auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
-        return auth[len("Bearer ") :]
-    return request.query.get("token") or request.cookies.get(TOKEN_COOKIE, "")
+# Reachable without a session, besides the public routes of the table: probes and the login page.
+_PUBLIC = frozenset({"/healthz", "/login", "/static/style.css"})
+_NEEDS_TOKEN = "a valid token is required: Authorization: Bearer <token>, or a session from /login"
 
 
-def token_auth(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _bearer(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization")
+    if auth is None:
+        return None
+    return auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
+
+
+def _too_many(wait: float) -> web.Response:
+    seconds = max(1, round(wait))
+    return error_response(
+        429, f"too many failed logins from this address; try again in {seconds} s", {"Retry-After": str(seconds)}
+    )
+
+
+def token_auth(
+    token: str, sessions: Sessions, failures: FailedLogins, public: frozenset[str]
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """A bearer token (programs) or a session cookie (browsers); wrong tokens count against the client address."""
+
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/healthz":
+        if request.path in public:
             return await handler(request)
-        if not hmac.compare_digest(_token_of(request).encode(), token.encode()):
-            return error_response(
-                401, "a valid token is required (Authorization: Bearer <token>, or ?token=)", {"WWW-Authenticate": "Bearer"}
-            )
-        response = await handler(request)
-        # A page opened with ?token= keeps it in a cookie, so its <video> and <img> requests carry it too.
-        if "token" in request.query and request.path == "/":
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
-        return response
+        client = request.remote or "unknown"
+        if wait := failures.retry_after(client):
+            return _too_many(wait)
+        bearer = _bearer(request)
+        if bearer is not None:
+            if hmac.compare_digest(bearer.encode(), token.encode()):
+                return await handler(request)
+            failures.fail(client)
+            log.warning("wrong token from %s for %s %s", client, request.method, request.path)
+        elif sessions.valid(request.cookies.get(SESSION_COOKIE, "")):
+            return await handler(request)
+        elif request.path == "/":
+            raise web.HTTPSeeOther("/login")  # a person: the login page, not a JSON error
+        return error_response(401, _NEEDS_TOKEN, {"WWW-Authenticate": "Bearer"})
 
     return check
+
+
+def login_routes(app: web.Application, token: str, sessions: Sessions, failures: FailedLogins, secure: bool) -> None:
+    """GET /login: a form; POST /login: the token in, a session cookie out (never the token); POST /logout."""
+
+    async def page(request: web.Request) -> web.Response:
+        return _login_page()
+
+    async def log_in(request: web.Request) -> web.StreamResponse:
+        client = request.remote or "unknown"
+        if wait := failures.retry_after(client):
+            return _too_many(wait)
+        given = (await request.post()).get("token", "")
+        if not isinstance(given, str) or not hmac.compare_digest(given.encode(), token.encode()):
+            failures.fail(client)
+            log.warning("failed login from %s", client)
+            return _login_page("That token is not right.", 401)
+        response = web.Response(status=303, headers={"Location": "/"})
+        response.set_cookie(
+            SESSION_COOKIE,
+            sessions.issue(),
+            max_age=int(sessions.lifetime),
+            httponly=True,
+            samesite="Strict",
+            secure=secure or request.secure,
+            path="/",
+        )
+        return response
+
+    async def log_out(request: web.Request) -> web.StreamResponse:
+        response = web.Response(status=303, headers={"Location": "/login"})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    app.router.add_get("/login", page)
+    app.router.add_post("/login", log_in)
+    app.router.add_post("/logout", log_out)
+
+
+def _login_page(message: str = "", status: int = 200) -> web.Response:
+    note = f'<p role="alert">{message}</p>' if message else ""  # a fixed text of ours, never the request's
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Vigil: log in</title>'
+        '<link rel="stylesheet" href="/static/style.css"></head><body><main><h1>Vigil</h1>'
+        f'{note}<form method="post" action="/login"><label>Token <input type="password" name="token" '
+        'autocomplete="current-password" required autofocus></label> <button type="submit">Log in</button>'
+        "</form></main></body></html>"
+    )
+    return web.Response(status=status, text=body, content_type="text/html", headers=_PAGE_HEADERS)
+
+
+# Query parameters whose values are never logged, whatever route they come with.
+_SECRET_PARAM = re.compile(r"([?&](?:[^=&]*(?:token|password|secret|key)[^=&]*)=)[^&]*", re.IGNORECASE)
+
+
+@web.middleware
+async def log_access(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One line per request: method, path (secret query values masked), status, milliseconds, client."""
+    started = time.perf_counter()
+    status = 500  # unless the handler answers
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # redirects raised by handlers
+        status = exc.status
+        raise
+    finally:
+        target = scrub(_SECRET_PARAM.sub(r"\1***", request.rel_url.raw_path_qs))
+        ms = (time.perf_counter() - started) * 1000
+        access_log.info("%s %s %d %.1f ms %s", request.method, target, status, ms, request.remote or "-")
 
 
 def cors(origins: list[str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
@@ -373,18 +480,23 @@ async def no_sniff(request: web.Request, handler: Handler) -> web.StreamResponse
     return response
 
 
-def build_app(settings: ApiSettings, view: FleetView, proofs: ProofCache) -> web.Application:
-    middlewares: list[Any] = [no_sniff, json_errors]
+def build_app(settings: ApiSettings, view: FleetView, storage: SeaweedStorage) -> web.Application:
+    middlewares: list[Any] = [log_access, no_sniff, json_errors]
     if settings.api_cors_origins:
-        middlewares.insert(0, cors(settings.api_cors_origins))
+        middlewares.insert(1, cors(settings.api_cors_origins))
     token = settings.api_token.get_secret_value()
+    sessions = Sessions(token, settings.api_session_hours * 3600)
+    failures = FailedLogins(settings.api_login_failures)
     if token:
-        middlewares.append(token_auth(token))
+        public = _PUBLIC | {route.path for route in routes(settings.api_page_limit) if route.public}
+        middlewares.append(token_auth(token, sessions, failures, public))
     app = web.Application(middlewares=middlewares)
-    app[VIEW], app[PROOFS], app[SETTINGS] = view, proofs, settings
+    if token:
+        login_routes(app, token, sessions, failures, settings.api_cookie_secure)
+    app[VIEW], app[STORAGE], app[SETTINGS] = view, storage, settings
     app[DOCUMENT] = openapi_document(settings)
     for route in routes(settings.api_page_limit):
-        app.router.add_get(route.path, _validating(route, bool(token)))
+        app.router.add_get(route.path, _validating(route))
     app.router.add_get("/", dashboard)
     app.router.add_get("/static/{name}", static_file)
     app.router.add_get("/healthz", healthz)

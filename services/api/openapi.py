@@ -45,6 +45,7 @@ class Route:
     headers: type[Headers] = NoHeaders
     response_headers: dict[str, dict[str, str]] = field(default_factory=dict)  # status -> header -> description
     links: tuple[Link, ...] = ()
+    public: bool = False  # answered without a token (nothing in it is secret)
 
 
 def document(routes: tuple[Route, ...], *, token: bool) -> dict[str, Any]:
@@ -68,10 +69,9 @@ def document(routes: tuple[Route, ...], *, token: bool) -> dict[str, Any]:
     if token:
         doc["components"]["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer"},
-            "token": {"type": "apiKey", "in": "query", "name": "token"},
-            "cookie": {"type": "apiKey", "in": "cookie", "name": "vigil_token"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "vigil_session", "description": "from POST /login"},
         }
-        doc["security"] = [{"bearer": []}, {"token": []}, {"cookie": []}]
+        doc["security"] = [{"bearer": []}, {"session": []}]
     return doc
 
 
@@ -81,7 +81,7 @@ def _operation(route: Route, keys: dict[Any, Any], schemas: dict[str, Any], toke
         parameters = _parameters(route.path_params, "path", schemas) + parameters
     statuses = dict(route.responses)
     statuses.setdefault("400", "a bad or unknown parameter")
-    if token:
+    if token and not route.public:
         statuses["401"] = "no valid token"
     responses: dict[str, Any] = {}
     for status, description in sorted(statuses.items()):
@@ -104,7 +104,15 @@ def _operation(route: Route, keys: dict[Any, Any], schemas: dict[str, Any], toke
                 name: {"description": text, "required": True, "schema": {"type": "string"}} for name, text in headers.items()
             }
         responses[status] = entry
-    return {"summary": route.summary, "operationId": route.handler.__name__, "parameters": parameters, "responses": responses}
+    operation = {
+        "summary": route.summary,
+        "operationId": route.handler.__name__,
+        "parameters": parameters,
+        "responses": responses,
+    }
+    if token and route.public:
+        operation["security"] = []  # overrides the document's: no token needed
+    return operation
 
 
 def _bytes(content_type: str) -> dict[str, Any]:

@@ -18,10 +18,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import ErrorDetails
 
 from services.api.errors import bad_request
-from shared.contracts import SOURCE_ID_PATTERN, EventState
+from shared.contracts import EVENT_ID_PATTERN, SOURCE_ID_PATTERN, EventState
 from shared.validation import describe_error, describe_errors, error_message, field_path
 
-EVENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 _JSON_INT = re.compile(r"^-?(0|[1-9][0-9]*)$")
 _JSON_NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
 # RFC 3339 §5.6 (what `format: date-time` and `format: date` mean), with its case-insensitive T and Z.
@@ -115,7 +114,7 @@ class NoQuery(Params):
 
 
 class EventPath(Params):
-    event_id: str = Field(pattern=EVENT_ID_PATTERN, description="the event's id", examples=["cam0-person-0e0428da6e1d"])
+    event_id: str = Field(pattern=EVENT_ID_PATTERN, description="the event's id", examples=["cam0-0e0428da6e1d4c7a"])
 
 
 class EventsQuery(Params):
@@ -138,7 +137,7 @@ class EventsQuery(Params):
         None,
         pattern=CURSOR_PATTERN,
         description="next_cursor of the previous page",
-        examples=["1795982875.8444576_cam0-person-0e0428da6e1d"],
+        examples=["1795982875.8444576_cam0-0e0428da6e1d4c7a"],
     )
 
 

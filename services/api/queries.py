@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from shared.contracts import ContractError, Event, EventState, SourceHealth
+from shared.contracts import Contract, ContractError, Event, EventState, SourceHealth
 from shared.discovery import live_instances
 from shared.event_store import EventStore
 from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, RedisKeys
+
+log = logging.getLogger("vigil.api.queries")
+C = TypeVar("C", bound=Contract)
 
 
 @dataclass(frozen=True)
@@ -63,10 +68,24 @@ class EventPage:
 
 
 class FleetView:
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, unreadable: Counter | None = None) -> None:
         self.redis = redis
         self.keys = keys
-        self.events_store = EventStore(redis, keys)
+        self.unreadable = unreadable  # by kind: records skipped because they do not parse
+        self.events_store = EventStore(redis, keys, on_unreadable=lambda exc: self._count_unreadable(Event))
+
+    def _count_unreadable(self, contract: type[Contract]) -> None:
+        if self.unreadable is not None:
+            self.unreadable.labels(kind=contract.__name__).inc()
+
+    def _parse(self, contract: type[C], raw: bytes | str) -> C | None:
+        """The record, or None (counted, logged) when it does not parse: one bad record must not fail a listing."""
+        try:
+            return contract.from_bytes(raw)
+        except ContractError as exc:
+            self._count_unreadable(contract)
+            log.warning("unreadable record skipped: %s", exc)
+            return None
 
     async def event(self, event_id: str) -> Event | None:
         return await self.events_store.get(event_id)
@@ -93,12 +112,8 @@ class FleetView:
         names = sorted([k async for k in self.redis.scan_iter(match=self.keys.source_health_pattern, count=500)])
         healths = []
         for raw in await self.redis.mget(names) if names else []:
-            if raw is None:  # expired between SCAN and MGET
-                continue
-            try:
-                healths.append(SourceHealth.from_bytes(raw))
-            except ContractError:
-                continue
+            if raw is not None and (health := self._parse(SourceHealth, raw)) is not None:  # None: expired since SCAN
+                healths.append(health)
         return sorted(healths, key=lambda h: h.source_id)
 
     async def workers(self) -> dict[str, list[dict[str, Any]]]:

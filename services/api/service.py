@@ -8,7 +8,6 @@ from typing import Any
 from aiohttp import web
 
 from services.api.app import build_app
-from services.api.proof_cache import ProofCache
 from services.api.queries import FleetView
 from services.api.settings import ApiSettings
 from shared.keys import RedisKeys
@@ -27,7 +26,8 @@ class ApiService(Service[ApiSettings]):
         s = self.settings
         redis = await self.open_redis(stack)
         storage = await self.open_storage(stack)
-        app = build_app(s, FleetView(redis, RedisKeys(s)), ProofCache(storage, s.api_clip_cache_mb * 1024 * 1024))
+        unreadable = self.metrics.counter("unreadable_records", "records in Redis skipped as unreadable", ("kind",))
+        app = build_app(s, FleetView(redis, RedisKeys(s), unreadable), storage)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         stack.push_async_callback(self._runner.cleanup)

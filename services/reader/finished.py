@@ -17,9 +17,9 @@ from pydantic import Field
 from redis.asyncio import Redis
 
 from services.reader.settings import SourceConfig
-from services.reader.sources import redact
-from shared.contracts import Contract, SourceState
+from shared.contracts import Contract, Scrubbed, SourceState
 from shared.keys import RedisKeys
+from shared.secrets import scrub
 
 # Long enough for any restart loop or reboot; bounded, so a source id long gone leaves no key behind.
 _KEEP_SECONDS = 90 * 24 * 3600
@@ -32,7 +32,7 @@ class FinishedFile(Contract):
     source_id: str
     file: str = Field(description="the file's identity: path, size and modification time, or the URL")
     state: SourceState
-    error: str | None = None
+    error: Scrubbed | None = None
     at: float
 
 
@@ -42,7 +42,7 @@ def file_identity(config: SourceConfig) -> str:
     try:
         stat = path.stat()
     except OSError:
-        return f"{path.resolve() if not _is_url(config.url) else redact(config.url)}|absent"
+        return f"{path.resolve() if not _is_url(config.url) else scrub(config.url)}|absent"
     return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 

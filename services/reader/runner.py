@@ -22,7 +22,7 @@ from prometheus_client import Counter
 
 from services.reader.queues import PolicyQueue
 from services.reader.settings import ReaderSettings, SourceConfig
-from services.reader.sources import DecodedFrame, FrameSource, SourceError, is_live, open_source, redact
+from services.reader.sources import DecodedFrame, FrameSource, SourceError, is_live, open_source
 from shared.contracts import DropPolicy, FrameRef, HealthState, SourceHealth, SourceState
 from shared.jpeg import encode_jpeg
 from shared.metrics import Metrics
@@ -163,7 +163,7 @@ class SourceRunner:
         return SourceHealth(
             source_id=self.config.source_id,
             state=self.state,
-            url=redact(self.config.url),
+            url=self.config.url,  # the contract scrubs any credentials out
             live=self.live,
             fps=round(max(self.fps, 0.0), 2),
             frames_read=self.frames_read,

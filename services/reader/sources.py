@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -12,6 +11,7 @@ import cv2
 import numpy as np
 
 from services.reader.settings import SourceConfig
+from shared.secrets import scrub
 
 _LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp")
 
@@ -63,11 +63,6 @@ def is_live(config: SourceConfig) -> bool:
     return _scheme(config.url) in _LIVE_SCHEMES or usb_device(config.url) is not None
 
 
-def redact(url: str) -> str:
-    """The URL without user and password: safe for logs and status."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1***@", url, flags=re.IGNORECASE)
-
-
 def _check_file(url: str) -> None:
     if _scheme(url) or usb_device(url) is not None:
         return
@@ -94,12 +89,13 @@ class AvSource:
             # The read timeout makes a silent peer raise inside the decoder instead of blocking its thread forever.
             self._container = av.open(url, format=fmt, options=options, timeout=(open_timeout, read_timeout))
         except (av.FFmpegError, OSError) as exc:
-            raise SourceError(f"cannot open {redact(config.url)}: {exc}") from exc
+            # PyAV's message quotes the URL as given, password and all.
+            raise SourceError(scrub(f"cannot open {config.url}: {exc}")) from exc
         videos = self._container.streams.video
         if config.stream_index >= len(videos):
             self._container.close()
             raise SourceError(
-                f"{redact(config.url)} has {len(videos)} video stream(s); stream index {config.stream_index} does not exist"
+                f"{scrub(config.url)} has {len(videos)} video stream(s); stream index {config.stream_index} does not exist"
             )
         self._stream = videos[config.stream_index]
         # Frame-level threading nearly halves H.264 decode time per frame (DESIGN.md §5).
@@ -107,7 +103,7 @@ class AvSource:
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.fps = float(rate) if rate else 25.0
         self.expected_frames = int(self._stream.frames or 0)
-        self._url = redact(config.url)
+        self._url = scrub(config.url)
 
     def frames(self) -> Iterator[DecodedFrame]:
         import av
@@ -147,7 +143,7 @@ class OpenCvSource:
                 params += [cv2.CAP_PROP_VIDEO_STREAM, config.stream_index]
             self._cap = cv2.VideoCapture(config.url, cv2.CAP_FFMPEG, params)
         if not self._cap.isOpened():
-            raise SourceError(f"cannot open {redact(config.url)} with OpenCV")
+            raise SourceError(f"cannot open {scrub(config.url)} with OpenCV")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 0 < fps < 1000 else 25.0
         self.expected_frames = max(0, int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)) if device is None else 0

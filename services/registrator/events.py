@@ -128,7 +128,8 @@ class EventTracker:
                 event = None
             if event is None:
                 event = OpenEvent(
-                    id=f"{frame.source_id}-{label}-{uuid.uuid4().hex[:12]}",
+                    # Not the label: labels hold spaces ("traffic light"), and an id must be plain (the contract).
+                    id=f"{frame.source_id}-{uuid.uuid4().hex[:16]}",
                     source_id=frame.source_id,
                     run=frame.run,
                     model=result.model,

@@ -30,7 +30,7 @@ from shared.jpeg import decode_jpeg
 from shared.keys import RedisKeys
 from shared.lifecycle import Service, StartupError
 from shared.retry import backoff_delays
-from shared.storage import FileGone, ForbiddenURL, SeaweedStorage
+from shared.storage import SeaweedStorage, Unfetchable
 from shared.subjects import task_stream, task_stream_name, worker_durable
 
 
@@ -265,13 +265,13 @@ class InferenceWorker(Service[WorkerSettings]):
         t0 = time.perf_counter()
         try:
             data = await self.storage.download(job.task.frame.url)
-        except (ForbiddenURL, FileGone) as exc:  # final: no retry brings it back
+        except Unfetchable as exc:  # final (gone, foreign host, redirect, too large): no retry brings it back
             job.error = f"frame unavailable: {exc}"
         except Exception as exc:  # noqa: BLE001 - storage unreachable or failing: transient
             job.transient = f"storage: {exc!r}"
         else:
             try:
-                job.image = await asyncio.to_thread(decode_jpeg, data)
+                job.image = await asyncio.to_thread(decode_jpeg, data, self.settings.image_max_pixels)
             except Exception as exc:  # noqa: BLE001 - a corrupt JPEG: final
                 job.error = f"bad image: {exc}"
         job.download_ms = (time.perf_counter() - t0) * 1000

@@ -297,6 +297,8 @@ def test_registrator_and_api_settings(compose_bin: Path) -> None:
     # .env's api_host is loopback (right for a local process): in a container it must listen on all.
     api = services["api"]
     assert api["environment"]["api_host"] == "0.0.0.0"
+    # ... and says where it is published, so that without api_token it starts on loopback only (fails closed).
+    assert api["environment"]["api_published_host"] == "127.0.0.1"
     assert [(p["host_ip"], p["published"], p["target"]) for p in api["ports"]] == [("127.0.0.1", "8080", 8080)]
     assert int(api["environment"]["api_port"]) == 8080
     assert not api.get("volumes"), "the api reads proofs from SeaweedFS, not from the registrator's volume"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
+import secrets
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,10 +16,18 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
+from redis.asyncio import Redis
 
 from fleet.servers import ServerSet
 from services.api.app import public_event, routes
-from shared.contracts import EventState
+from services.api.settings import ApiSettings
+from services.registrator.events import EventRules, EventTracker
+from services.registrator.proofs import remote_folder
+from shared.contracts import EVENT_ID_PATTERN, BBox, Detection, Event, EventState, FrameRef, InferenceResult, ModelKind
+from shared.event_store import EventStore
+from shared.jpeg import encode_jpeg
+from shared.keys import RedisKeys
+from shared.storage import SeaweedStorage
 from tests.e2e.conftest import SampleRun, api_service
 from tests.integration.helpers import running
 from tests.support.noop_worker import NoopSettings, NoopWorker
@@ -243,7 +254,7 @@ async def test_openapi_document_describes_every_route(api: str) -> None:
     assert doc["openapi"] == "3.1.0" and "security" not in doc  # no token configured, so none asked for
     assert set(doc["paths"]) == {r.path for r in routes(200)}
     clip = doc["paths"]["/api/v1/events/{event_id}/clip"]["get"]
-    assert set(clip["responses"]) == {"200", "206", "400", "404", "416", "503"}
+    assert set(clip["responses"]) == {"200", "206", "400", "404", "416", "502", "503"}
     assert clip["responses"]["206"]["headers"]["Content-Range"]["required"] is True
     assert "video_proof_path" not in doc["components"]["schemas"]["Event"]["properties"]
     params = {p["name"]: p["schema"] for p in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
@@ -264,38 +275,171 @@ async def test_openapi_document_describes_every_route(api: str) -> None:
         assert path["get"]["responses"]["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
 
 
-async def test_token_auth_and_no_cors_by_default(servers: ServerSet, sample_run: SampleRun, api: str) -> None:
-    # The default api: no token, no CORS headers.
+TOKEN = "Kq9xQ2mZ7vB4nT8wR1yH5jL3pF6sD0gA-test"
+
+
+async def test_token_auth_and_no_cors_by_default(servers: ServerSet, caplog: pytest.LogCaptureFixture) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    # The default api (loopback, no token): no CORS headers.
     async with (
+        running(api_service(servers, prefix), ready=lambda s: bool(s.url)) as open_api,
         aiohttp.ClientSession() as http,
-        http.get(f"{api}/api/v1/events", headers={"Origin": "http://evil.example"}) as resp,
+        http.get(f"{open_api.url}api/v1/events", headers={"Origin": "http://evil.example"}) as resp,
     ):
         assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
 
-    service = api_service(servers, sample_run.prefix, api_token="s3cret-token", api_cors_origins=["http://ops.example"])
+    service = api_service(servers, prefix, api_token=TOKEN, api_cors_origins=["http://ops.example"])
     jar = aiohttp.CookieJar(unsafe=True)  # keep cookies of an IP address host, as a browser does
-    async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession(cookie_jar=jar) as http:
+    with caplog.at_level(logging.INFO, logger="vigil.api"):
+        async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession(cookie_jar=jar) as http:
+            base = service.url.rstrip("/")
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+                async with http.get(f"{base}/api/v1/events", headers=headers) as resp:
+                    assert resp.status == 401 and (await resp.json())["error"]["status"] == 401
+            # A token never travels in a URL (logs, history, Referer): in one it opens nothing.
+            await get_json(http, f"{base}/api/v1/events?token={TOKEN}", 401)
+            async with http.get(f"{base}/api/v1/events", headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+                assert resp.status == 200
+            doc = await get_json(http, f"{base}/api/v1/openapi.json")  # the description is public
+            assert {"bearer", "session"} == set(doc["components"]["securitySchemes"]) and doc["security"]
+            assert all(("401" in p["get"]["responses"]) == ("security" not in p["get"]) for p in doc["paths"].values())
+            assert doc["paths"]["/api/v1/openapi.json"]["get"]["security"] == []
+            async with http.get(f"{base}/healthz") as resp:  # probes need no token
+                assert resp.status == 200
+            async with http.get(f"{base}/", allow_redirects=False) as resp:  # a person is sent to log in
+                assert resp.status == 303 and resp.headers["Location"] == "/login"
+            async with http.post(f"{base}/login", data={"token": "wrong"}, allow_redirects=False) as resp:
+                assert resp.status == 401 and "vigil_session" not in resp.cookies
+            async with http.post(f"{base}/login", data={"token": TOKEN}, allow_redirects=False) as resp:
+                assert resp.status == 303 and resp.headers["Location"] == "/"
+                cookie = resp.cookies["vigil_session"]
+                assert cookie["httponly"] and cookie["samesite"] == "Strict" and int(cookie["max-age"]) == 12 * 3600
+                assert TOKEN not in cookie.value and TOKEN not in resp.headers.get("Set-Cookie", "")
+            async with http.get(f"{base}/api/v1/totals") as resp:  # the session: the page's own requests carry it
+                assert resp.status == 200
+            async with http.get(f"{base}/") as resp:
+                assert resp.status == 200 and "<title>Vigil</title>" in await resp.text()
+            expires, _, signature = cookie.value.partition(".")
+            forged = f"{int(expires) + 86400}.{signature}"  # a longer session, with the old signature
+            async with (
+                aiohttp.ClientSession() as other,
+                other.get(f"{base}/api/v1/totals", headers={"Cookie": f"vigil_session={forged}"}) as resp,
+            ):
+                assert resp.status == 401
+            async with http.get(
+                f"{base}/api/v1/events", headers={"Origin": "http://ops.example", "Authorization": f"Bearer {TOKEN}"}
+            ) as resp:
+                assert resp.headers["Access-Control-Allow-Origin"] == "http://ops.example"
+            async with http.options(f"{base}/api/v1/events", headers={"Origin": "http://evil.example"}) as resp:
+                assert "Access-Control-Allow-Origin" not in resp.headers
+    access = [r.getMessage() for r in caplog.records if r.name == "vigil.api.access"]
+    assert any(re.fullmatch(r"GET /api/v1/totals 200 [0-9.]+ ms 127\.0\.0\.1", line) for line in access), access
+    assert any(line.startswith("POST /login 401 ") for line in access)
+    assert any(line.startswith("GET /api/v1/events?token=*** 401 ") for line in access)
+    assert TOKEN not in caplog.text
+
+
+async def test_failed_logins_are_limited_per_client(servers: ServerSet) -> None:
+    service = api_service(servers, f"t{secrets.token_hex(4)}", api_token=TOKEN, api_login_failures=3)
+    async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession() as http:
         base = service.url.rstrip("/")
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
-            async with http.get(f"{base}/api/v1/events", headers=headers) as resp:
-                assert resp.status == 401 and (await resp.json())["error"]["status"] == 401
-        await get_json(http, f"{base}/api/v1/events?token=nope", 401)
-        async with http.get(f"{base}/api/v1/events", headers={"Authorization": "Bearer s3cret-token"}) as resp:
+        for _ in range(2):
+            async with http.post(f"{base}/login", data={"token": "guess"}, allow_redirects=False) as resp:
+                assert resp.status == 401
+        async with http.get(f"{base}/api/v1/events", headers={"Authorization": "Bearer guess"}) as resp:
+            assert resp.status == 401  # a wrong bearer token counts too: the third failure
+        for attempt in ({"data": {"token": TOKEN}}, {"data": {"token": "guess"}}):  # even the right one, now
+            async with http.post(f"{base}/login", allow_redirects=False, **attempt) as resp:  # type: ignore[arg-type]
+                assert resp.status == 429 and 1 <= int(resp.headers["Retry-After"]) <= 60
+                assert "too many failed logins" in (await resp.json())["error"]["message"]
+        async with http.get(f"{base}/api/v1/events", headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            assert resp.status == 429
+        async with http.get(f"{base}/healthz") as resp:
             assert resp.status == 200
-        await get_json(http, f"{base}/api/v1/events?token=s3cret-token&limit=1")  # the token scheme's parameter
-        doc = await get_json(http, f"{base}/api/v1/openapi.json?token=s3cret-token")
-        assert {"bearer", "token", "cookie"} == set(doc["components"]["securitySchemes"]) and doc["security"]
-        assert all("401" in p["get"]["responses"] for p in doc["paths"].values())
-        async with http.get(f"{base}/healthz") as resp:  # probes need no token
-            assert resp.status == 200
-        async with http.get(f"{base}/?token=s3cret-token") as resp:  # the page keeps the token in a cookie
-            assert resp.status == 200 and "vigil_token" in resp.cookies
-            assert resp.cookies["vigil_token"]["httponly"]
-        async with http.get(f"{base}/api/v1/totals") as resp:  # ... which its own requests then carry
-            assert resp.status == 200
-        async with http.get(
-            f"{base}/api/v1/events", headers={"Origin": "http://ops.example", "Authorization": "Bearer s3cret-token"}
-        ) as resp:
-            assert resp.headers["Access-Control-Allow-Origin"] == "http://ops.example"
-        async with http.options(f"{base}/api/v1/events", headers={"Origin": "http://evil.example"}) as resp:
-            assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def store_event(settings: ApiSettings, label: str, clip: bytes, jpeg: bytes) -> Event:
+    """A FINISHED event of `label` with this clip and key frame, its id made by the registrator's own rule."""
+    rules = EventRules(watch_labels=frozenset({label}), min_score=0.5, gap=2.0, max_duration=30.0)
+    box = BBox(x1=0.1, y1=0.1, x2=0.3, y2=0.4)
+    frame = FrameRef(source_id="cam9", seq=0, pts=0.0, wall_time=time.time(), url="http://h/0", width=10, height=10)
+    result = InferenceResult(
+        frame=frame,
+        model="ssd",
+        kind=ModelKind.DETECTION,
+        instance="i",
+        detections=[Detection.on_image(label, 9, 0.9, box, 10, 10)],
+        finished_at=0,
+    )
+    (opened,), _ = EventTracker(rules).observe(result)
+    opened.state = EventState.FINISHED
+    async with SeaweedStorage(settings) as storage:
+        folder = remote_folder(opened.id)
+        event = opened.record(
+            video_proofs=await storage.put_path(f"{folder}/c.mp4", clip, content_type="video/mp4"),
+            image_proofs=await storage.put_path(f"{folder}/k.jpg", jpeg, content_type="image/jpeg"),
+            image_annotated_proofs=await storage.put_path(f"{folder}/b.jpg", jpeg, content_type="image/jpeg"),
+        )
+    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    try:
+        await EventStore(redis, RedisKeys(settings)).save(event)
+    finally:
+        await redis.aclose()
+    return event
+
+
+async def test_an_event_of_a_label_with_a_space_can_be_opened(servers: ServerSet) -> None:
+    """15 of the 80 COCO labels hold a space; their events' ids once did too, and every api route refused them."""
+    clip = secrets.token_bytes(100_000)  # what the api serves is the stored bytes, whatever they are
+    jpeg = encode_jpeg(np.zeros((10, 10, 3), np.uint8))
+    service = api_service(servers, f"t{secrets.token_hex(4)}")
+    event = await store_event(service.settings, "traffic light", clip, jpeg)
+    assert "traffic" not in event.id and re.fullmatch(EVENT_ID_PATTERN, event.id)
+    async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession() as http:
+        base = f"{service.url}api/v1/events/{event.id}"
+        assert (await get_json(http, base))["label"] == "traffic light"
+        async with http.get(f"{base}/clip") as resp:
+            assert resp.status == 200 and await resp.read() == clip
+        # Ranges go to the filer as ranges: the bytes asked for, from a clip the api never holds.
+        for header, (first, last) in {
+            "bytes=10-19": (10, 19),
+            "bytes=99990-": (99990, 99999),
+            "bytes=-5": (99995, 99999),
+        }.items():
+            async with http.get(f"{base}/clip", headers={"Range": header}) as resp:
+                assert resp.status == 206 and resp.headers["Content-Range"] == f"bytes {first}-{last}/100000"
+                assert await resp.read() == clip[first : last + 1]
+        async with http.get(f"{base}/clip", headers={"Range": "bytes=100000-"}) as resp:
+            assert resp.status == 416 and resp.headers["Content-Range"] == "bytes */100000"
+        for query in ("", "?annotated=true"):
+            async with http.get(f"{base}/keyframe{query}") as resp:
+                assert resp.status == 200 and await resp.read() == jpeg
+        listed = await get_json(http, f"{service.url}api/v1/events?label=traffic%20light")
+        assert [e["id"] for e in listed["events"]] == [event.id]
+
+
+async def test_unreadable_records_are_skipped_and_counted_and_big_clips_refused(servers: ServerSet) -> None:
+    service = api_service(servers, f"t{secrets.token_hex(4)}", api_clip_max_mb=1)
+    settings, keys = service.settings, RedisKeys(service.settings)
+    jpeg = encode_jpeg(np.zeros((10, 10, 3), np.uint8))
+    small = await store_event(settings, "person", b"\x00" * 1000, jpeg)
+    big = await store_event(settings, "person", b"\x00" * (1024 * 1024 + 1), jpeg)
+    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    try:  # a record of no known shape, and one whose id is a traversal: written by anyone who reaches Redis
+        await redis.zadd(keys.events, {b'{"v": 1, "id": "x"}': time.time(), b"not json": time.time()})
+        await redis.hset(keys.event_index, "broken", b'{"v": 1, "id": "x"}')
+        await redis.set(keys.source_health("cam9"), b'{"v": 1, "source_id": "cam9"}')
+    finally:
+        await redis.aclose()
+    async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession() as http:
+        page = await get_json(http, f"{service.url}api/v1/events")
+        assert sorted(e["id"] for e in page["events"]) == sorted([small.id, big.id])  # once a 500
+        assert (await get_json(http, f"{service.url}api/v1/sources"))["sources"] == []
+        await get_json(http, f"{service.url}api/v1/events/broken", 404)
+        unreadable = service.metrics.registry.get_sample_value
+        assert unreadable("vigil_api_unreadable_records_total", {"kind": "Event"}) == 3
+        assert unreadable("vigil_api_unreadable_records_total", {"kind": "SourceHealth"}) == 1
+        async with http.get(f"{service.url}api/v1/events/{small.id}/clip") as resp:
+            assert resp.status == 200 and len(await resp.read()) == 1000
+        body = await get_json(http, f"{service.url}api/v1/events/{big.id}/clip", 502)
+        assert body["error"]["message"] == "the clip is 1.0 MiB, over api_clip_max_mb (1 MiB)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from pathlib import Path
@@ -15,13 +16,14 @@ from redis.asyncio import Redis
 
 from fleet.processes import service_process
 from fleet.servers import LocalServers
-from services.registrator.retention import sweep
+from services.registrator.retention import event_folder, sweep
 from services.registrator.service import RegistratorService
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
 from shared.bus import Bus
 from shared.contracts import (
     BBox,
+    ContractError,
     Detection,
     Event,
     EventClose,
@@ -346,3 +348,38 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
     event = events[0]
     assert event.state is EventState.FINISHED and event.frames == len(PERSON) and (event.start, event.end) == (0.5, 3.0)
     assert event.clip_frames == 40  # the frames from before the restart were found again for the clip
+
+
+async def test_retention_never_deletes_outside_tmp_path(service_env: dict[str, str], tmp_path: Path) -> None:
+    """A record whose id is `..` (written by anyone who can reach Redis) once made retention rmtree TMP_PATH's
+    parent. Such a record is now refused by the contract; retention removes it and touches no file."""
+    events_dir = tmp_path / "data" / "events"
+    events_dir.mkdir(parents=True)
+    keep = tmp_path / "data" / "precious.txt"
+    keep.write_text("not an event")
+    settings = settings_from(RegistratorSettings, service_env)
+    keys = RedisKeys(settings)
+    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    store = EventStore(redis, keys)
+    old = time.time() - 3 * 86400
+    try:
+        for event_id in ("..", "../.."):
+            record = json.dumps(
+                {
+                    "v": 1, "id": event_id, "source_id": "cam0", "model": "ssd", "label": "person",
+                    "label_counts": {"person": 1}, "state": "FINISHED", "start": 0, "end": 1, "start_wall": old,
+                    "frames": 1, "best_score": 0.9, "best_frame_seq": 0, "updated_at": old,
+                }
+            )  # fmt: skip
+            with pytest.raises(ContractError, match="id: String should match pattern"):
+                Event.from_bytes(record)
+            await redis.zadd(keys.events, {record: old})
+            await redis.hset(keys.event_index, event_id, record)
+        async with SeaweedStorage(settings) as storage:
+            assert await sweep(store, storage, events_dir, max_age_seconds=86400) == 2
+        assert keep.read_text() == "not an event" and events_dir.is_dir()
+        assert await redis.zcard(keys.events) == 0 and await redis.hlen(keys.event_index) == 0
+    finally:
+        await redis.aclose()
+    assert event_folder(events_dir, "..") is None and event_folder(events_dir, "a/../../x") is None
+    assert event_folder(events_dir, "cam0-0e0428da6e1d4c7a") == events_dir.resolve() / "cam0-0e0428da6e1d4c7a"

@@ -5,6 +5,7 @@ import pytest
 from shared.contracts import (
     MAX_MESSAGE_BYTES,
     ContractError,
+    Event,
     FrameRef,
     InferenceResult,
     InferenceTask,
@@ -113,3 +114,25 @@ def test_each_message_says_only_what_is_its_to_say() -> None:
         SourceStatus.from_bytes(b'{"v":1,"source_id":"cam0","state":"streaming","wall_time":5.0}')
     with pytest.raises(ContractError, match="state"):  # a health report never says "started": it says connecting
         SourceHealth.from_bytes(json.dumps(_HEALTH | {"v": 1, "state": "started"}).encode())
+
+
+@pytest.mark.parametrize("event_id", ["..", "../..", "a/b", "cam0-traffic light-0e0428da6e1d", "", "x" * 129, "cam0-é"])
+def test_event_ids_that_are_not_plain_names_are_rejected(event_id: str) -> None:
+    record = {
+        "id": event_id,
+        "source_id": "cam0",
+        "model": "ssd",
+        "label": "person",
+        "label_counts": {"person": 1},
+        "state": "FINISHED",
+        "start": 0,
+        "end": 1,
+        "start_wall": 0,
+        "frames": 1,
+        "best_score": 0.9,
+        "best_frame_seq": 0,
+        "updated_at": 0,
+    }
+    with pytest.raises(ContractError, match="id: String should match pattern"):
+        Event.from_bytes(json.dumps(record))
+    assert Event.from_bytes(json.dumps(record | {"id": "cam0-0e0428da6e1d4c7a"})).id == "cam0-0e0428da6e1d4c7a"

@@ -24,7 +24,7 @@ NOT_IN_ENV_EXAMPLE = {"service_name"}
 # that the compose files interpolate.
 COMPOSE_OWN_KEYS = {"COMPOSE_FILE", "COMPOSE_PROFILES"}
 # The api's own settings, which .env.example documents.
-API_KEYS = {"api_host", "api_port", "api_token", "api_cors_origins", "api_page_limit", "api_clip_cache_mb"}
+API_KEYS = {"api_host", "api_port", "api_token", "api_cors_origins", "api_page_limit", "api_clip_max_mb"}
 
 
 def env_example_keys() -> set[str]:

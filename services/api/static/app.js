@@ -17,6 +17,8 @@ function el(tag, props = {}, ...children) {
 
 async function getJSON(path) {
   const resp = await fetch(path, { credentials: "same-origin" });
+  // The session expired (or the token changed): log in again rather than show errors.
+  if (resp.status === 401) window.location.assign("/login");
   const body = await resp.json();
   if (!resp.ok) throw new Error(body.error ? body.error.message : `${resp.status} ${resp.statusText}`);
   return body;
