@@ -19,7 +19,8 @@ import pytest
 from redis.asyncio import Redis
 
 from fleet.servers import ServerSet
-from services.api.app import public_event, routes
+from services.api.app import routes
+from services.api.handlers import public_event
 from services.api.settings import ApiSettings
 from services.registrator.events import EventRules, EventTracker
 from services.registrator.proofs import remote_folder
