@@ -23,13 +23,20 @@ class VigilSettings(BaseSettings):
     nats_host: str = "nats://127.0.0.1:4222"
     redis_host: str = "127.0.0.1"
     redis_port: int = Field(default=6379, gt=0, lt=65536)
-    master_url: str = "http://127.0.0.1:9333"
-    volume_url: str = "http://127.0.0.1:8080"
-    filer_url: str = "http://127.0.0.1:8888"
-    # Hosts a worker may download frames from, besides the ones of volume_url and master_url
-    # (several volume servers in a multi-machine fleet).
-    storage_allowed_hosts: list[str] = Field(default_factory=list)
-    ttl_bucket: str = "5m"
+    master_url: str = Field(default="http://127.0.0.1:9333", description="SeaweedFS master: assigns where each frame is stored")
+    # The seed's meaning: its .env has volume_url=http://localhost:8888, the filer's address.
+    volume_url: str = Field(
+        default="http://127.0.0.1:8888",
+        description="SeaweedFS address: the filer, as in the seed (or a volume server); workers may download from its host",
+    )
+    filer_url: str = Field(
+        default="", description="SeaweedFS filer, where proof clips and key frames are kept; empty = volume_url"
+    )
+    storage_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="more hosts (host:port) workers may download from; volume servers the master names are trusted anyway",
+    )
+    ttl_bucket: str = Field(default="5m", description="TTL of the frame JPEGs in SeaweedFS (e.g. 30s, 5m, 1h, 2d)")
 
     topic_stream: str = "frames-stream"
     results_subject: str = "inference.results"
@@ -48,6 +55,13 @@ class VigilSettings(BaseSettings):
     def _ttl_parses(cls, value: str) -> str:
         parse_ttl(value)
         return value
+
+    @model_validator(mode="after")
+    def _filer_defaults_to_volume_url(self) -> VigilSettings:
+        # The seed names one SeaweedFS address, volume_url, and it is the filer.
+        if not self.filer_url:
+            self.filer_url = self.volume_url
+        return self
 
 
 class TaskQueueSettings(VigilSettings):
