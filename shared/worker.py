@@ -52,8 +52,8 @@ class InferenceModel(Protocol):
 
 
 class WorkerSettings(TaskQueueSettings):
-    model_dir: Path
-    task_subject: str
+    model_dir: Path = Field(description="the model's folder (model.onnx, labels.txt, model.yaml)")
+    task_subject: str = Field(description="the subject of the model's tasks")
     batch_size: int = Field(default=1, ge=1, le=64, description="tasks fetched and inferred together")
     intra_op_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 lets it choose")
     ort_allow_spinning: bool = Field(default=False, description="let idle onnxruntime threads spin (faster only on idle cores)")
