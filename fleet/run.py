@@ -331,7 +331,7 @@ def print_report(report: FleetReport, data: Path) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     env_file = Path(args.env_file) if args.env_file else None
-    if env_file is not None and not env_file.is_file():
+    if env_file is not None and (not env_file.exists() or env_file.is_dir()):
         print(f"settings file {env_file} (--env-file or VIGIL_ENV_FILE) not found: create it or name another", file=sys.stderr)
         return 2
     data = Path(args.data_dir).resolve()  # noqa: ASYNC240 - once, before anything runs

@@ -147,7 +147,8 @@ def settings_file(given: str | None) -> Path | None:
         default = Path(".env")
         return default if default.is_file() else None
     path = Path(given)
-    if not path.is_file():
+    # Any file that can be read, /dev/null included (no settings at all): only a missing one is a mistake.
+    if not path.exists() or path.is_dir():
         print(
             f"settings file {given} (--env-file) not found: create it (cp .env.example {given}) or name another", file=sys.stderr
         )
