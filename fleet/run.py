@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -69,6 +70,7 @@ class Fleet:
     def __init__(self, echo: bool = True) -> None:
         self.procs: list[Proc] = []
         self.env_base: dict[str, str] = {}
+        self.service_args: list[str] = []  # after `python -m services.<name>`, e.g. --env-file
         self.progress = Progress()
         self.colour = sys.stdout.isatty()
         self.echo = echo  # services' log lines to stdout (benchmarks turn it off)
@@ -82,10 +84,16 @@ class Fleet:
         env = self.env_base | {"metrics_port": str(port), "instance": label} | (extra or {})
         colour = COLOURS.get(service, 37)
         prefix = f"\x1b[{colour}m{label:>15} |\x1b[0m " if self.colour else f"{label:>15} | "
-        # No --env-file: the services read the repository's .env, under the settings given here. Own process
-        # group: Ctrl-C reaches the runner, which stops the services in order.
+        # Without options.env_file the services read the repository's .env, under the settings given here. Own
+        # process group: Ctrl-C reaches the runner, which stops the services in order.
         handle = await start_service(
-            f"services.{service}", env, name=label, env_file=None, echo=lambda line: self._echo(prefix, line), own_session=True
+            f"services.{service}",
+            env,
+            args=self.service_args,
+            name=label,
+            env_file=None,
+            echo=lambda line: self._echo(prefix, line),
+            own_session=True,
         )
         proc = Proc(label, service, extra or {}, handle, port)
         self.procs.append(proc)
@@ -189,6 +197,11 @@ class FleetOptions:
     classification: int = 1
     # Settings for every service (e.g. video_source, subject_prefix), over .env and the environment.
     settings: dict[str, str] = field(default_factory=dict)
+    # The settings file every service reads (--env-file); None: ./.env where there is one.
+    env_file: Path | None = None
+    # The servers' addresses in every service's environment, over the settings file. False leaves them to
+    # the file, which must then name these servers (the seed's .env block test).
+    server_addresses: bool = True
     api_port: int = 0  # the dashboard's port; 0 takes a free one
     keep_serving: bool = False  # after a file source has drained, keep the api up until Ctrl-C
 
@@ -224,8 +237,11 @@ async def run_fleet(server_set: ServerSet, options: FleetOptions, stop: asyncio.
     A caller that passes its own `fleet` can watch and kill or restart its processes meanwhile.
     """
     fleet = fleet or Fleet()
-    fleet.env_base = server_set.env() | {"TMP_PATH": str(options.data_dir / "events")} | options.settings
-    settings = VigilSettings(**{k: v for k, v in fleet.env_base.items() if k in VigilSettings.model_fields})  # type: ignore[arg-type]
+    addresses = server_set.env() if options.server_addresses else {}
+    fleet.env_base = addresses | {"TMP_PATH": str(options.data_dir / "events"), "PYTHONUNBUFFERED": "1"} | options.settings
+    fleet.service_args = ["--env-file", str(options.env_file)] if options.env_file else []
+    known = {k: v for k, v in fleet.env_base.items() if k in VigilSettings.model_fields}
+    settings = VigilSettings(_env_file=options.env_file or ".env", **known)  # type: ignore[arg-type]
     subjects, keys = Subjects.from_settings(settings), RedisKeys(settings)
     started = time.monotonic()
     nc = await nats.connect(server_set.nats_url)
@@ -301,6 +317,10 @@ def print_report(report: FleetReport, data: Path) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    env_file = Path(args.env_file) if args.env_file else None
+    if env_file is not None and (not env_file.exists() or env_file.is_dir()):
+        print(f"settings file {env_file} (--env-file or VIGIL_ENV_FILE) not found: create it or name another", file=sys.stderr)
+        return 2
     data = Path(args.data_dir).resolve()  # noqa: ASYNC240 - once, before anything runs
     # Each run starts from empty servers: old streams, consumers and events would mix into this run.
     for old in ("servers", "events", "logs"):
@@ -324,6 +344,7 @@ async def run(args: argparse.Namespace) -> int:
         {"video_source": args.source} if args.source else {},
         api_port=args.api_port,
         keep_serving=args.serve,
+        env_file=env_file,
     )
     try:
         report = await run_fleet(server_set, options, stop)
@@ -342,6 +363,11 @@ def main() -> None:
     parser.add_argument("--classification", type=int, default=1, help="classification worker processes")
     parser.add_argument("--api-port", type=int, default=8080, help="port of the api and dashboard (0: a free one)")
     parser.add_argument("--serve", action="store_true", help="keep the dashboard up after a file source has drained")
+    parser.add_argument(
+        "--env-file",
+        default=os.environ.get("VIGIL_ENV_FILE"),
+        help="settings file every service reads, which must exist (default: VIGIL_ENV_FILE, else .env if present)",
+    )
     args = parser.parse_args()
     sys.exit(asyncio.run(run(args)))
 

@@ -85,12 +85,18 @@ def _api_running() -> bool:
     return done.returncode == 0 and bool(done.stdout.strip())
 
 
-def ensure_env_file() -> None:
+def ensure_env_file() -> str | None:
     """compose requires the settings file (docker-compose.yml); a first `make up` starts from the example."""
-    if os.environ.get("VIGIL_ENV_FILE") or Path(".env").exists():
-        return
+    named = os.environ.get("VIGIL_ENV_FILE")
+    if named:
+        if not Path(named).is_file():
+            return f"VIGIL_ENV_FILE names {named}, which does not exist: create it (cp .env.example {named}) or unset it."
+        return None
+    if Path(".env").exists():
+        return None
     shutil.copyfile(".env.example", ".env")
     print("created .env from .env.example: edit it to switch sources (docker compose reads it at every up)")
+    return None
 
 
 def check_port(env: dict[str, str]) -> str | None:
@@ -141,8 +147,7 @@ def main(argv: list[str]) -> int:
         return 2
     problem = check_engine()
     if problem is None and mode == "up":
-        ensure_env_file()
-        problem = check_port(_compose_env())
+        problem = ensure_env_file() or check_port(_compose_env())
     if problem:
         print(problem, file=sys.stderr)
         return 1

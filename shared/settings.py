@@ -3,32 +3,86 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from shared.settings_keys import check_keys
 from shared.ttl import parse_ttl
+
+# What names a service's own keys (`<name>_<setting>`, e.g. DETECTION_BATCH_SIZE): its role, where its class
+# has one, else its service_name. Read from the class's defaults or the constructor's arguments, never from a
+# settings file, so that the file cannot rename a service.
+ROLE_ATTRIBUTES = ("role", "service_name")
+BASE_NAME = "vigil"  # VigilSettings' own name: no service, so no prefix (VIGIL_ is the tools' namespace)
+
+
+def role_prefixes(settings_cls: type[BaseSettings], init_kwargs: dict[str, Any] | None = None) -> list[str]:
+    """The prefixes of a settings class's own keys, most specific first."""
+    prefixes: list[str] = []
+    for attribute in ROLE_ATTRIBUTES:
+        field = settings_cls.model_fields.get(attribute)
+        value = (init_kwargs or {}).get(attribute, field.default if field is not None else None)
+        if isinstance(value, str) and value and value != BASE_NAME and value not in prefixes:
+            prefixes.append(value)
+    return prefixes
 
 
 class VigilSettings(BaseSettings):
-    # One .env feeds every service, so each ignores the keys that belong to the others.
+    # One .env feeds every service, so each ignores the keys that belong to the others; load_settings
+    # stops a service on a key that no service reads (shared/settings_keys.py).
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # A service's own keys (DETECTION_BATCH_SIZE) win over the shared ones (batch_size), wherever each is
+        # given; within each kind, the environment wins over the file, as pydantic-settings does.
+        init_kwargs = init_settings.init_kwargs if isinstance(init_settings, InitSettingsSource) else {}
+        env_file = dotenv_settings.env_file if isinstance(dotenv_settings, DotEnvSettingsSource) else None
+        own: list[PydanticBaseSettingsSource] = []
+        for prefix in role_prefixes(settings_cls, init_kwargs):
+            own.append(EnvSettingsSource(settings_cls, env_prefix=f"{prefix}_"))
+            own.append(DotEnvSettingsSource(settings_cls, env_file=env_file, env_prefix=f"{prefix}_"))
+        own.sort(key=lambda source: isinstance(source, DotEnvSettingsSource))
+        return (init_settings, *own, env_settings, dotenv_settings, file_secret_settings)
 
     service_name: str = "vigil"
     instance: str = Field(default="", description="instance id; empty means host-pid")
 
-    nats_host: str = "nats://127.0.0.1:4222"
-    redis_host: str = "127.0.0.1"
-    redis_port: int = Field(default=6379, gt=0, lt=65536)
-    master_url: str = "http://127.0.0.1:9333"
-    volume_url: str = "http://127.0.0.1:8080"
-    filer_url: str = "http://127.0.0.1:8888"
-    # Hosts a worker may download frames from, besides the ones of volume_url and master_url
-    # (several volume servers in a multi-machine fleet).
-    storage_allowed_hosts: list[str] = Field(default_factory=list)
+    nats_host: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL")
+    redis_host: str = Field(default="127.0.0.1", description="Redis host")
+    redis_port: int = Field(default=6379, gt=0, lt=65536, description="Redis port")
+    master_url: str = Field(default="http://127.0.0.1:9333", description="SeaweedFS master: assigns where each frame is stored")
+    # The seed's meaning: its .env has volume_url=http://localhost:8888, the filer's address.
+    volume_url: str = Field(
+        default="http://127.0.0.1:8888",
+        description="SeaweedFS address: the filer, as in the seed (or a volume server); workers may download from its host",
+    )
+    filer_url: str = Field(
+        default="", description="SeaweedFS filer, where proof clips and key frames are kept; empty = volume_url"
+    )
+    storage_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="more hosts (host:port) workers may download from; volume servers the master names are trusted anyway",
+    )
     download_max_mb: float = Field(
         default=32.0, gt=0, description="largest file a service downloads from SeaweedFS (a frame, a proof); more is refused"
     )
@@ -37,18 +91,22 @@ class VigilSettings(BaseSettings):
         ge=1,
         description="most pixels a downloaded JPEG may have, read from its header before decoding; more is refused",
     )
-    ttl_bucket: str = "5m"
+    ttl_bucket: str = Field(default="5m", description="TTL of the frame JPEGs in SeaweedFS (e.g. 30s, 5m, 1h, 2d)")
 
-    topic_stream: str = "frames-stream"
-    results_subject: str = "inference.results"
+    topic_stream: str = Field(default="frames-stream", description="JetStream stream of the frame references (the seed's topic)")
+    results_subject: str = Field(default="inference.results", description="subject the workers publish their results on")
     subject_prefix: str = Field(default="", description="prefix of every subject and stream; lets test runs share a server")
     routing_ttl: int = Field(default=10, ge=2, description="heartbeat TTL in seconds")
 
-    TMP_PATH: Path = Path("/tmp/vigil")
-    log_level: str = "INFO"
-    log_json: bool = False
+    TMP_PATH: Path = Field(default=Path("/tmp/vigil"), description="local copies of clips and key frames: TMP_PATH/<event_id>/")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_json: bool = Field(default=False, description="one JSON object per log line (for a log collector)")
     metrics_port: int = Field(default=0, ge=0, lt=65536, description="port of /metrics and /healthz; 0 disables")
-    metrics_host: str = "127.0.0.1"
+    # Loopback: a service started by hand serves only this machine. Compose binds 0.0.0.0 so that
+    # Prometheus in another container can scrape it.
+    metrics_host: str = Field(
+        default="127.0.0.1", description="address /metrics and /healthz bind to (0.0.0.0 serves other hosts)"
+    )
     startup_timeout: float = Field(default=60.0, gt=0, description="seconds to wait for NATS/Redis/SeaweedFS at start")
 
     @field_validator("ttl_bucket")
@@ -56,6 +114,13 @@ class VigilSettings(BaseSettings):
     def _ttl_parses(cls, value: str) -> str:
         parse_ttl(value)
         return value
+
+    @model_validator(mode="after")
+    def _filer_defaults_to_volume_url(self) -> VigilSettings:
+        # The seed names one SeaweedFS address, volume_url, and it is the filer.
+        if not self.filer_url:
+            self.filer_url = self.volume_url
+        return self
 
 
 class TaskQueueSettings(VigilSettings):
@@ -84,14 +149,36 @@ class TaskQueueSettings(VigilSettings):
 S = TypeVar("S", bound=VigilSettings)
 
 
-def load_settings(cls: type[S], argv: list[str] | None = None) -> S:
+def settings_file(given: str | None) -> Path | None:
+    """The dotenv file to read: the one named, which must exist, else ./.env where there is one."""
+    if given is None:
+        default = Path(".env")
+        return default if default.is_file() else None
+    path = Path(given)
+    # Any file that can be read, /dev/null included (no settings at all): only a missing one is a mistake.
+    if not path.exists() or path.is_dir():
+        print(
+            f"settings file {given} (--env-file) not found: create it (cp .env.example {given}) or name another", file=sys.stderr
+        )
+        raise SystemExit(2)
+    return path
+
+
+def load_settings(cls: type[S], argv: list[str] | None = None, environ: dict[str, str] | None = None) -> S:
     """Parse the command line (`--check-config`, `--env-file`) and load settings, exiting with a clear message."""
     parser = argparse.ArgumentParser(prog=f"python -m services.{cls.model_fields['service_name'].default}")
     parser.add_argument("--check-config", action="store_true", help="validate the settings and exit")
-    parser.add_argument("--env-file", default=".env", help="dotenv file to read (default: .env)")
+    parser.add_argument("--env-file", default=None, help="dotenv file to read, which must exist (default: .env if present)")
     args = parser.parse_args(argv)
+    env_file = settings_file(args.env_file)
+    # A mistyped key would leave its setting at the default without a word (a fake `person` watch, the
+    # sample video instead of the camera): every service stops on it, whichever service it was meant for.
+    unknown = check_keys(env_file, dict(os.environ) if environ is None else environ)
+    if unknown:
+        print("\n".join(unknown), file=sys.stderr)
+        raise SystemExit(2)
     try:
-        settings = cls(_env_file=args.env_file)  # type: ignore[call-arg]
+        settings = cls(_env_file=env_file)  # type: ignore[call-arg]
     except ValidationError as exc:
         # Field names only: values may be secrets.
         # A check of several settings together has no single field: its message names them.

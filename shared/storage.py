@@ -63,6 +63,10 @@ class SeaweedStorage:
     def __init__(self, settings: VigilSettings, *, max_connections: int = 16) -> None:
         self.master_url = settings.master_url.rstrip("/")
         self.filer_url = settings.filer_url.rstrip("/")
+        # The configured SeaweedFS hosts, not the master (its GET endpoints grow and delete volumes). Frames
+        # are on whichever volume server the master assigned, which need not be one of these (the seed's
+        # volume_url is the filer): check_url also trusts a host the master names as holding the URL's
+        # volume, and remembers it.
         self.allowed_hosts = {_netloc(settings.volume_url), _netloc(settings.filer_url)} | {
             _netloc(h) for h in settings.storage_allowed_hosts
         }
@@ -97,10 +101,30 @@ class SeaweedStorage:
 
         await retry_until("SeaweedFS master", probe, timeout=self.startup_timeout, log=self.log)
 
-    def check_url(self, url: str) -> None:
+    async def check_url(self, url: str) -> None:
+        """Refuse a URL outside SeaweedFS: its host must be configured, or named by the master for its volume."""
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or parts.netloc.lower() not in self.allowed_hosts:
-            raise ForbiddenURL(f"URL host {parts.netloc!r} is not a configured SeaweedFS host")
+        host = parts.netloc.lower()
+        if parts.scheme not in ("http", "https"):
+            raise ForbiddenURL(f"URL scheme {parts.scheme!r} is not http or https")
+        if host in self.allowed_hosts:
+            return
+        # A fid URL is http://<volume server>/<volume id>,<needle>: the master knows where each volume lives.
+        volume = parts.path.lstrip("/").split(",", 1)[0].split("/", 1)[0]
+        if volume.isdigit() and host in await self._volume_hosts(volume):
+            self.allowed_hosts.add(host)
+            return
+        raise ForbiddenURL(f"URL host {parts.netloc!r} is not a configured SeaweedFS host, nor one the master names")
+
+    async def _volume_hosts(self, volume: str) -> set[str]:
+        """The hosts the master says hold a volume; none when it knows no such volume."""
+        async with self.session.get(f"{self.master_url}/dir/lookup", params={"volumeId": volume}) as resp:
+            if resp.status == 404:
+                return set()
+            if resp.status != 200:
+                raise StorageError(f"volume lookup answered {resp.status}")
+            doc: dict[str, Any] = await resp.json(content_type=None)
+        return {_netloc(loc[key]) for loc in doc.get("locations") or [] for key in ("url", "publicUrl") if loc.get(key)}
 
     async def _next_fid(self, ttl: str) -> tuple[str, str]:
         pool = self._pools.setdefault(ttl, _FidPool())
@@ -155,7 +179,7 @@ class SeaweedStorage:
     async def download(self, url: str) -> bytes:
         """The file at `url`, read in chunks and refused past max_download_bytes; a redirect is refused, not
         followed (the host check applies to the URL asked for, not to wherever an answer points)."""
-        self.check_url(url)
+        await self.check_url(url)
         cap = self.max_download_bytes
         async with self.session.get(url, allow_redirects=False) as resp:
             if resp.status == 404:
@@ -182,7 +206,7 @@ class SeaweedStorage:
 
     async def size(self, url: str) -> int:
         """The file's size in bytes, from a HEAD request: nothing of the body is read."""
-        self.check_url(url)
+        await self.check_url(url)
         async with self.session.head(url, allow_redirects=False) as resp:
             if resp.status == 404:
                 raise FileGone(f"{url}: 404, not found")
@@ -194,7 +218,7 @@ class SeaweedStorage:
     async def stream(self, url: str, byte_range: tuple[int, int] | None = None) -> AsyncIterator[AsyncIterator[bytes]]:
         """The file's bytes (or bytes first..last, inclusive) in chunks, as SeaweedFS sends them: for a caller that
         passes them on, never holding the file whole."""
-        self.check_url(url)
+        await self.check_url(url)
         headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else None
         async with self.session.get(url, headers=headers, allow_redirects=False, timeout=_STREAM_TIMEOUT) as resp:
             if resp.status == 404:
@@ -204,7 +228,7 @@ class SeaweedStorage:
             yield resp.content.iter_chunked(_CHUNK)
 
     async def delete(self, url: str) -> None:
-        self.check_url(url)
+        await self.check_url(url)
         async with self.session.delete(url) as resp:
             if resp.status not in (200, 202, 204, 404):
                 raise StorageError(f"delete of {url} failed: {resp.status}")

@@ -36,29 +36,40 @@ class ReaderSettings(VigilSettings):
     service_name: str = "reader"
 
     # One source from the seed's keys...
-    video_source: str = "video/vtest.mp4"
-    source_id: str = Field(default="cam0", pattern=SOURCE_ID_PATTERN)
-    reader_type: ReaderType = "av"
-    video_skip_frames: int = Field(default=0, ge=0)
-    stream_index: int = Field(default=0, ge=0)
-    target_fps: float = Field(default=0.0, ge=0)
-    max_width: int = Field(default=0, ge=0)
-    jpeg_quality: int = Field(default=85, ge=10, le=100)
-    video_loop: bool = False
-    video_realtime: bool = False
-    video_live: bool | None = None
-    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    video_source: str = Field(
+        default="video/vtest.mp4",
+        description="a file, rtsp://, http(s):// (a file or an HLS .m3u8), or a USB camera (0, /dev/video0)",
+    )
+    source_id: str = Field(
+        default="cam0", pattern=SOURCE_ID_PATTERN, description="unique per source: part of every frame id and event"
+    )
+    reader_type: ReaderType = Field(default="av", description="av (PyAV) or opencv")
+    video_skip_frames: int = Field(default=0, ge=0, description="frames skipped after each one taken (0 = every frame)")
+    stream_index: int = Field(default=0, ge=0, description="which video stream of the container")
+    target_fps: float = Field(default=0.0, ge=0, description="most frames per second taken, by stream time (0 = all)")
+    max_width: int = Field(default=0, ge=0, description="downscale wider frames before JPEG (0 = keep)")
+    jpeg_quality: int = Field(default=85, ge=10, le=100, description="JPEG quality of the stored frames")
+    video_loop: bool = Field(default=False, description="files: start again at the end (stream time keeps counting)")
+    video_realtime: bool = Field(default=False, description="files: pace at the file's own frame rate (live sources always are)")
+    video_live: bool | None = Field(
+        default=None, description="unset = decided from the URL (rtsp, rtmp, udp, srt, USB are live); true/false forces it"
+    )
+    rtsp_transport: Literal["tcp", "udp"] = Field(default="tcp", description="RTSP over tcp or udp")
     # ...or many: a JSON list of SourceConfig objects, or a YAML file holding that list.
-    sources: list[SourceConfig] = Field(default_factory=list)
-    sources_file: Path | None = None
+    sources: list[SourceConfig] = Field(
+        default_factory=list, description="many sources: a JSON list of {source_id, url, ...} (see Sources above)"
+    )
+    sources_file: Path | None = Field(default=None, description="the same list in a YAML file; set one of sources / sources_file")
 
     upload_concurrency: int = Field(default=8, ge=1, le=64, description="per source: frames encoding or uploading at once")
     frames_ahead: int = Field(default=100, ge=1, description="files: most frames published but not yet routed")
     open_timeout: float = Field(default=10.0, gt=0, description="seconds to open a source")
     read_timeout: float = Field(default=5.0, gt=0, description="seconds a blocked read may wait inside the decoder")
     stall_timeout: float = Field(default=10.0, gt=0, description="seconds without a frame before a live source reconnects")
-    reconnect_initial: float = Field(default=1.0, gt=0)
-    reconnect_max: float = Field(default=30.0, gt=0)
+    reconnect_initial: float = Field(
+        default=1.0, gt=0, description="first reconnect delay; doubles up to reconnect_max, with jitter"
+    )
+    reconnect_max: float = Field(default=30.0, gt=0, description="longest delay between reconnects (seconds)")
     max_reconnects: int = Field(default=0, ge=0, description="consecutive failed reconnects before a source fails; 0 = never")
     status_interval: float = Field(default=2.0, gt=0, description="seconds between source health reports")
 

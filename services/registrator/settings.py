@@ -19,20 +19,25 @@ class ModelEventRule(BaseModel):
 class RegistratorSettings(TaskQueueSettings):
     service_name: str = "registrator"
 
-    watch_labels: list[str] = Field(default_factory=lambda: ["person"], min_length=1)
-    min_score: float = Field(default=0.5, ge=0, le=1)
+    watch_labels: list[str] = Field(
+        default_factory=lambda: ["person"], min_length=1, description="labels that open events (JSON list)"
+    )
+    min_score: float = Field(default=0.5, ge=0, le=1, description="lowest score of a watched label that counts")
     # Per model, and per model and source, the labels watched with their minimum scores, e.g.
     # {"ssd_mobilenet_v2_coco": {"labels": {"person": 0.5, "car": 0.6}, "sources": {"gate": {"person": 0.7}}}}
-    event_rules: dict[str, ModelEventRule] = Field(default_factory=dict)
+    event_rules: dict[str, ModelEventRule] = Field(
+        default_factory=dict,
+        description="per model (and source): labels and minimum scores (JSON); overrides the two above there",
+    )
     event_gap: float = Field(
         default=2.0,
         gt=0,
         description="seconds of stream time without the label that close an event (live: also of wall time without a result)",
     )
     max_event_duration: float = Field(default=120.0, gt=0, description="an event is split after this many seconds")
-    pre_roll: float = Field(default=2.0, ge=0)
-    post_roll: float = Field(default=2.0, ge=0)
-    clip_fps: int = Field(default=10, ge=1, le=60)
+    pre_roll: float = Field(default=2.0, ge=0, description="seconds of video kept before an event in its clip")
+    post_roll: float = Field(default=2.0, ge=0, description="seconds of video kept after an event in its clip")
+    clip_fps: int = Field(default=10, ge=1, le=60, description="frame rate of the proof clips")
     ring_max_frames: int = Field(default=20_000, ge=100, description="most frame references kept per source")
     drain_timeout: float = Field(
         default=90.0, gt=0, description="seconds an ended source waits for missing results (> task_max_age)"
@@ -43,7 +48,7 @@ class RegistratorSettings(TaskQueueSettings):
     results_lag_max_age: float = Field(
         default=60.0, gt=0, description="/healthz is unhealthy while the oldest result not yet absorbed is older (s)"
     )
-    finalise_concurrency: int = Field(default=2, ge=1)
+    finalise_concurrency: int = Field(default=2, ge=1, description="events whose proofs are made at once")
     finalise_retries: int = Field(default=12, ge=0, description="retries of proofs while storage is away (1 s doubling to 30 s)")
     event_retention_days: float = Field(default=0.0, ge=0, description="events older than this go, with their files; 0 keeps all")
     retention_interval: float = Field(default=300.0, gt=0, description="seconds between retention sweeps")

@@ -15,7 +15,9 @@ class RouterSettings(VigilSettings):
     task_backlog_limit: int = Field(default=32, ge=1, description="WAIT frames: most tasks queued per model before routing waits")
     route_batch: int = Field(default=64, ge=1, le=1024, description="frame references fetched and routed together")
     # Per model, e.g. {"efficientnet_lite0": {"sources": ["cam1"], "every_nth": 5, "max_fps": 2}}; others see every frame.
-    routing_rules: dict[str, ModelRule] = Field(default_factory=dict)
+    routing_rules: dict[str, ModelRule] = Field(
+        default_factory=dict, description="per model: sources, every_nth, max_fps (JSON); a model not named sees every frame"
+    )
     model_grace: float = Field(
         default=60.0, ge=0, description="seconds a model with no live instance still gets tasks, queued for its restart"
     )

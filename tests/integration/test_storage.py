@@ -1,5 +1,8 @@
+from urllib.parse import urlsplit
+
 import pytest
 
+from fleet.servers import ServerSet
 from shared.settings import VigilSettings
 from shared.storage import ForbiddenURL, SeaweedStorage
 from tests.support.settings import MakeSettings
@@ -30,3 +33,20 @@ async def test_foreign_urls_are_never_fetched(make_settings: MakeSettings, url: 
     async with SeaweedStorage(make_settings(VigilSettings)) as storage:
         with pytest.raises(ForbiddenURL):
             await storage.download(url)
+
+
+async def test_the_seed_volume_url_names_the_filer_and_frames_still_download(servers: ServerSet) -> None:
+    # The seed's .env has volume_url=http://localhost:8888, the filer, and no other SeaweedFS address than the
+    # master's: the volume server a frame is on is trusted because the master names it for that volume.
+    filer = servers.filer_url.replace("127.0.0.1", "localhost")
+    settings = VigilSettings(_env_file=None, master_url=servers.master_url, volume_url=filer)  # type: ignore[call-arg]
+    assert settings.filer_url == filer  # proofs go to the one SeaweedFS address the seed names
+    async with SeaweedStorage(settings) as storage:
+        assert urlsplit(servers.volume_url).netloc not in storage.allowed_hosts
+        url = await storage.upload(b"frame", ttl="5m")
+        assert await storage.download(url) == b"frame"
+        # The same volume and file on a host the master does not name: refused, never fetched.
+        parts = urlsplit(url)
+        for host in ("169.254.169.254", f"127.0.0.1:{urlsplit(servers.master_url).port}", "localhost:1"):
+            with pytest.raises(ForbiddenURL):
+                await storage.download(f"http://{host}{parts.path}")
