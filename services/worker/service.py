@@ -118,7 +118,9 @@ class InferenceWorker(Service[WorkerSettings]):
         await asyncio.get_running_loop().run_in_executor(self._infer_thread, self._infer, [blank])
         await self.open_bus(stack)
         await self.bus.ensure_stream(
-            task_stream(s, self.model_name, s.task_subject, max_age=s.task_max_age, cap=s.task_queue_cap)
+            # Twice task_max_age: a worker sheds an older task itself, with an error result (see _load); the stream's
+            # own limit only clears a queue that no worker reads.
+            task_stream(s, self.model_name, s.task_subject, max_age=2 * s.task_max_age, cap=s.task_queue_cap)
         )
         self.redis = await self.open_redis(stack)
         self.storage = await self.open_storage(stack)
@@ -186,13 +188,19 @@ class InferenceWorker(Service[WorkerSettings]):
                 continue
             if msg.metadata.num_delivered and msg.metadata.num_delivered > 1:
                 self.m_redelivered.labels(model=self.model_name).inc()
-            jobs.append(_Job(msg, task))
+            job = _Job(msg, task)
+            age = time.time() - task.routed_at
+            if age > self.settings.task_max_age:
+                # Answered, not left to expire: the stream keeps a task twice as long as this, so a worker that fell
+                # behind (after an outage, say) says which frames it shed, and the registrator waits for none of them.
+                job.error = f"expired: routed {age:.0f} s ago, past task_max_age ({self.settings.task_max_age:g} s)"
+            jobs.append(job)
         self.in_flight += len(jobs)
         # Kept from redelivery while they load: a download that hangs (a server stopping) can outlast ack_wait,
         # and the copy delivered meanwhile would be answered twice.
         keeper = asyncio.create_task(self._keep_alive(jobs))
         try:
-            await asyncio.gather(*(self._fetch_image(job) for job in jobs))
+            await asyncio.gather(*(self._fetch_image(job) for job in jobs if job.error is None))
             await self._retry_in_place([job for job in jobs if job.transient is not None])
         finally:
             keeper.cancel()
