@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import TypeVar
@@ -11,6 +12,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.ttl import parse_ttl
+
+_USER_NAME = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class VigilSettings(BaseSettings):
@@ -21,8 +24,12 @@ class VigilSettings(BaseSettings):
     instance: str = Field(default="", description="instance id; empty means host-pid")
 
     nats_host: str = "nats://127.0.0.1:4222"
+    nats_user: str = Field(default="", description="NATS user of this service's role; empty connects without credentials")
+    nats_password_file: Path | None = Field(default=None, description="file holding nats_user's password (a Compose secret)")
     redis_host: str = "127.0.0.1"
     redis_port: int = Field(default=6379, gt=0, lt=65536)
+    redis_user: str = Field(default="", description="Redis ACL user of this service's role; empty uses Redis's default user")
+    redis_password_file: Path | None = Field(default=None, description="file holding redis_user's password (a Compose secret)")
     master_url: str = "http://127.0.0.1:9333"
     volume_url: str = "http://127.0.0.1:8080"
     filer_url: str = "http://127.0.0.1:8888"
@@ -48,6 +55,21 @@ class VigilSettings(BaseSettings):
     def _ttl_parses(cls, value: str) -> str:
         parse_ttl(value)
         return value
+
+    @field_validator("nats_user", "redis_user")
+    @classmethod
+    def _user_is_a_plain_name(cls, value: str) -> str:
+        # A NATS user name is also the last token of the user's inbox prefix (_INBOX.<user>).
+        if not _USER_NAME.fullmatch(value):
+            raise ValueError("use letters, digits, '-' and '_' only (e.g. reader, worker-detection)")
+        return value
+
+    @model_validator(mode="after")
+    def _password_files_have_users(self) -> VigilSettings:
+        for store in ("nats", "redis"):
+            if getattr(self, f"{store}_password_file") is not None and not getattr(self, f"{store}_user"):
+                raise ValueError(f"{store}_password_file is set but {store}_user is empty: set {store}_user too")
+        return self
 
 
 class TaskQueueSettings(VigilSettings):

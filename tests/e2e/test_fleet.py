@@ -8,8 +8,8 @@ import av
 import cv2
 import numpy as np
 import pytest
-from redis.asyncio import Redis
 
+from fleet.clients import redis_client
 from fleet.servers import ServerSet
 from shared.contracts import EventState
 from shared.event_store import EventStore
@@ -33,7 +33,7 @@ async def test_sample_video_gives_finished_person_events_with_proofs(servers: Se
     assert drained.results == drained.tasks  # every routed task answered: nothing lost
     assert report.error_results == {}  # and every frame could be fetched, decoded and inferred
 
-    redis = Redis(host=servers.redis_host, port=servers.redis_port)
+    redis = redis_client(servers.env())
     keys = RedisKeys(VigilSettings(_env_file=None, subject_prefix=unique))  # type: ignore[call-arg]
     try:
         events = await EventStore(redis, keys).all()

@@ -1,8 +1,7 @@
 import asyncio
 import time
 
-from redis.asyncio import Redis
-
+from fleet.clients import redis_client
 from shared.contracts import Heartbeat, ModelKind
 from shared.discovery import HeartbeatPublisher, live_instances
 from shared.keys import RedisKeys
@@ -12,7 +11,7 @@ from shared.settings import VigilSettings
 async def test_each_instance_has_its_own_key_that_expires(service_env: dict[str, str]) -> None:
     settings = VigilSettings(_env_file=None, **service_env)  # type: ignore[arg-type]
     keys = RedisKeys(settings)
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    redis = redis_client(settings)
 
     def beat(instance: str) -> HeartbeatPublisher:
         hb = Heartbeat(

@@ -8,8 +8,8 @@ from pathlib import Path
 import nats
 import pytest
 from aiohttp import web
-from redis.asyncio import Redis
 
+from fleet.clients import connect_nats, redis_client
 from fleet.servers import free_ports
 from services.reader.service import ReaderService
 from services.reader.settings import ReaderSettings
@@ -43,7 +43,7 @@ async def test_one_reader_serves_several_sources_and_a_broken_one_hurts_no_other
         {"source_id": "cv", "url": str(sample), "reader_type": "opencv", "target_fps": 1},
     ]
     reader = reader_for(service_env, sources=sources)
-    watcher = await nats.connect(service_env["nats_host"])
+    watcher = await connect_nats(service_env)
     health_sub = await watcher.subscribe(reader.bus.subjects.source_health_all)
     await asyncio.wait_for(reader.execute(), 120)
     assert reader.exit_code == 0  # two file sources failed: said on the bus; a restart would only replay the files
@@ -59,7 +59,7 @@ async def test_one_reader_serves_several_sources_and_a_broken_one_hurts_no_other
     assert final["cut"].frames_published == len(got["cut"])
     assert final["missing"].state is SourceState.FAILED and "not found" in (final["missing"].error or "")
 
-    redis = Redis(host=service_env["redis_host"], port=int(service_env["redis_port"]))
+    redis = redis_client(service_env)
     try:
         raw = await redis.get(RedisKeys(reader.settings).source_health("good"))
     finally:

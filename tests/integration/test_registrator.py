@@ -12,8 +12,8 @@ import aiohttp
 import av
 import cv2
 import pytest
-from redis.asyncio import Redis
 
+from fleet.clients import redis_client
 from fleet.servers import LocalServers
 from services.registrator.retention import sweep
 from services.registrator.service import RegistratorService
@@ -111,7 +111,7 @@ async def end_source(bus: Bus) -> None:
 
 async def events_of(env: dict[str, str]) -> list[Event]:
     settings = RegistratorSettings(_env_file=None, **env)  # type: ignore[call-arg]
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    redis = redis_client(settings)
     try:
         return await EventStore(redis, RedisKeys(settings)).all()
     finally:
@@ -186,7 +186,7 @@ async def test_live_events_close_on_time_when_the_camera_goes_dark_or_the_detect
     refs = await store_frames(service_env, repo_root)
     service = registrator(service_env)
     gap = service.settings.event_gap
-    redis = Redis(host=service.settings.redis_host, port=service.settings.redis_port)
+    redis = redis_client(service.settings)
     store = EventStore(redis, RedisKeys(service.settings))
 
     async def closes(source_id: str, frames_after: bool) -> tuple[float, Event]:
@@ -283,7 +283,7 @@ async def test_storage_outage_during_finalisation_gives_error_then_finished(
 
 async def test_retention_removes_old_events_with_their_files(service_env: dict[str, str], tmp_path: Path) -> None:
     settings = RegistratorSettings(_env_file=None, **service_env)  # type: ignore[call-arg]
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    redis = redis_client(settings)
     store = EventStore(redis, RedisKeys(settings))
     now = time.time()
     try:
@@ -331,7 +331,7 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
     settings = RegistratorSettings(_env_file=None, **service_env)  # type: ignore[call-arg]
     bus = Bus(settings, "test", "t", Metrics("test"))
     await bus.connect()
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    redis = redis_client(settings)
     state = RegistratorState(redis, RedisKeys(settings))
     try:
         await bus.ensure_stream(frames_stream(settings))

@@ -1,8 +1,8 @@
 import time
 
 import aiohttp
-from redis.asyncio import Redis
 
+from fleet.clients import redis_client
 from fleet.servers import free_ports
 from services.router.service import RouterService
 from services.router.settings import RouterSettings
@@ -20,7 +20,7 @@ async def test_router_routes_every_frame_to_each_live_model_and_summarises(servi
     # keeps its tasks for the grace: test_work_queue.py).
     settings = RouterSettings(_env_file=None, **service_env, metrics_port=port, model_grace=0)  # type: ignore[arg-type]
     keys = RedisKeys(settings)
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    redis = redis_client(settings)
     test_bus = Bus(settings, "test", "t", Metrics("test"))
     await test_bus.connect()
     try:

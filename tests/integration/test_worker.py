@@ -5,10 +5,9 @@ import time
 from pathlib import Path
 
 import cv2
-import nats
 import pytest
-from redis.asyncio import Redis
 
+from fleet.clients import connect_nats, redis_client
 from services.worker.service import InferenceWorker
 from services.worker.settings import DetectionSettings
 from shared.bus import Bus
@@ -40,9 +39,9 @@ async def test_worker_detects_reports_errors_and_keeps_serving(service_env: dict
     owner = Bus(VigilSettings(_env_file=None, **service_env), "registrator", "t", Metrics("owner"))  # type: ignore[arg-type]
     await owner.connect()
     await owner.ensure_stream(results_stream(owner.settings))  # the registrator's stream, as in the fleet
-    watcher = await nats.connect(env["nats_host"])
+    watcher = await connect_nats(env)
     results = await watcher.subscribe(owner.subjects.results)
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    redis = redis_client(settings)
     keys = RedisKeys(settings)
     try:
         async with SeaweedStorage(settings) as storage, running(worker, lambda w: w.processed >= 0 and w.model is not None):
@@ -115,7 +114,7 @@ ENTRY_POINTS = {
 
 
 async def test_every_entry_point_starts_its_role_and_stops_cleanly(service_env: dict[str, str], tmp_path: Path) -> None:
-    redis = Redis(host=service_env["redis_host"], port=int(service_env["redis_port"]))
+    redis = redis_client(service_env)
     keys = RedisKeys(VigilSettings(_env_file=None, **service_env))  # type: ignore[arg-type]
     logs = {name: tmp_path / f"{name}.log" for name in ENTRY_POINTS}
 

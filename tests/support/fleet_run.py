@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fleet.run import FleetOptions, FleetReport, run_fleet
-from fleet.servers import ServerSet
+from fleet.servers import LocalServers, ServerSet
 from services.api.service import ApiService
 from services.api.settings import ApiSettings
 from tests.integration.helpers import running
@@ -31,7 +31,7 @@ class SampleRun:
 
 
 @pytest.fixture(scope="session")
-def sample_run(servers: ServerSet, tmp_path_factory: pytest.TempPathFactory) -> SampleRun:
+def sample_run(local_servers: LocalServers, tmp_path_factory: pytest.TempPathFactory) -> SampleRun:
     prefix = f"t{secrets.token_hex(4)}"
     data_dir = tmp_path_factory.mktemp("sample-run")
     settings = {
@@ -42,7 +42,7 @@ def sample_run(servers: ServerSet, tmp_path_factory: pytest.TempPathFactory) -> 
         "post_roll": str(POST),
     }
     # A sync fixture with its own loop: the run is shared across tests, each of which has its own loop.
-    report = asyncio.run(run_fleet(servers, FleetOptions(data_dir, settings=settings), asyncio.Event()))
+    report = asyncio.run(run_fleet(local_servers, FleetOptions(data_dir, settings=settings), asyncio.Event()))
     return SampleRun(report, prefix, data_dir)
 
 
