@@ -3,7 +3,8 @@ consumers and keys the role's code uses (shared/subjects.py, shared/keys.py), so
 
 nats-server's `authorization` block and Redis's ACL file are both rendered from here. A stream's owner may
 create and update it; only a work queue's owner may delete it (it re-creates an old one, see Bus.ensure_stream).
-Nobody else may delete a stream, and no role but the admin may touch another prefix's subjects or keys.
+Nobody else may delete a stream, and the users of a prefixed fleet cannot touch another prefix's subjects or keys
+(those of the unprefixed fleet can read and write every `vigil:` key: give a shared Redis prefixed fleets only).
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from fleet.run import FleetOptions, FleetReport, run_fleet
 from fleet.servers import LocalServers, ServerSet
 from services.api.service import ApiService
 from services.api.settings import ApiSettings
+from shared.access import Role, user_name
+from shared.settings import VigilSettings
 from tests.integration.helpers import running
 
 PRE, POST, FPS = 2.0, 2.0, 10
@@ -47,7 +49,9 @@ def sample_run(local_servers: LocalServers, tmp_path_factory: pytest.TempPathFac
 
 
 def api_service(servers: ServerSet, prefix: str, **extra: Any) -> ApiService:
-    settings = ApiSettings(_env_file=None, **servers.env(), subject_prefix=prefix, api_port=0, **extra)  # type: ignore[arg-type]
+    """The api as the sample run's api user (read-only Redis), as the fleet runs it."""
+    user = user_name(Role.API, VigilSettings.model_validate({"subject_prefix": prefix}))
+    settings = ApiSettings(_env_file=None, **servers.env(user), subject_prefix=prefix, api_port=0, **extra)  # type: ignore[arg-type]
     return ApiService(settings)
 
 
