@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import av
-import nats
 import numpy as np
 from nats.aio.msg import Msg
 
 from bench.common import ROOT, median, print_table, write_result
 from bench.fleet_probe import FleetProcesses, ProbedFleet, exit_logs, is_server, service_of
+from fleet.clients import connect_nats
 from fleet.run import FleetOptions, run_fleet
 from fleet.servers import LocalServers
 from services.reader.settings import ReaderSettings
@@ -189,7 +189,7 @@ async def fleet_case(case: Case, threads: int, realtime_seconds: float, echo: bo
         data = Path(tmp)
         servers = LocalServers(data / "servers", log_dir=data / "logs")
         server_set = await asyncio.to_thread(servers.start)
-        nc = await nats.connect(server_set.nats_url)
+        nc = await connect_nats(server_set.env())
         fleet = ProbedFleet(lambda: probe.before_stop(), echo=echo)
         probe = Probe(FleetProcesses(fleet, servers))
         sampler = asyncio.create_task(probe.processes.track(probe.peak_rss, RSS_EVERY))
@@ -210,7 +210,7 @@ async def fleet_case(case: Case, threads: int, realtime_seconds: float, echo: bo
 
                 timer = asyncio.create_task(stop_later())
             try:
-                report = await run_fleet(server_set, FleetOptions(data, settings=settings), stop, fleet)
+                report = await run_fleet(servers, FleetOptions(data, settings=settings), stop, fleet)
             except RuntimeError as exc:  # a service died during start-up
                 raise RuntimeError(f"{case.name}: {exc}\n{exit_logs(fleet)}") from exc
         finally:

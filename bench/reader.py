@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import av
-import nats
 import psutil
 
 from bench.common import ROOT, median, print_table, write_result
+from fleet.clients import connect_nats
 from fleet.processes import start_service
 from fleet.servers import LocalServers, ServerSet
 from shared.contracts import SourceState, SourceStatus
@@ -54,7 +54,7 @@ async def reader_process(servers: ServerSet, video: Path) -> dict[str, float]:
     prefix = f"b{secrets.token_hex(3)}"
     env = servers.env() | {"subject_prefix": prefix, "video_source": str(video), "source_id": "bench"}
     subjects = Subjects.from_settings(VigilSettings(_env_file=None, subject_prefix=prefix))  # type: ignore[call-arg]
-    nc = await nats.connect(servers.nats_url)
+    nc = await connect_nats(servers.env())
     statuses: dict[SourceState, SourceStatus] = {}
 
     cpu_at: dict[SourceState, float] = {}

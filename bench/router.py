@@ -21,6 +21,7 @@ import psutil
 from redis.asyncio import Redis
 
 from bench.common import median, print_table, write_result
+from fleet.clients import redis_client
 from fleet.processes import start_service
 from fleet.servers import LocalServers, ServerSet, free_ports
 from shared.bus import Bus, Outgoing, fetch
@@ -57,7 +58,7 @@ async def prepare(servers: ServerSet) -> tuple[VigilSettings, Bus, Redis]:
     bus = Bus(settings, "bench", "bench", Metrics("bench"))
     await bus.connect()
     await bus.ensure_stream(frames_stream(settings))
-    redis = Redis(host=servers.redis_host, port=servers.redis_port)
+    redis = redis_client(servers.env())
     for model in MODELS:
         await bus.ensure_stream(task_stream(settings, model, f"{model}Inference", max_age=60, cap=100_000))
         hb = Heartbeat(

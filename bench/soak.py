@@ -41,6 +41,7 @@ from redis.asyncio import Redis
 from bench.common import ROOT, print_table, write_result
 from bench.fleet_probe import MB, FleetProcesses, exit_logs, folder_mb, is_server
 from bench.reader_soak import slope_mb_per_min
+from fleet.clients import redis_client
 from fleet.run import Fleet, FleetOptions, run_fleet
 from fleet.servers import LocalServers
 
@@ -143,9 +144,9 @@ async def soak(duration: float, echo: bool) -> dict[str, Any]:
         server_set = await asyncio.to_thread(servers.start)
         fleet = Fleet(echo=echo)
         processes = FleetProcesses(fleet, servers)
-        redis = Redis(host=server_set.redis_host, port=server_set.redis_port)
+        redis = redis_client(server_set.env())
         stop = asyncio.Event()
-        run = asyncio.create_task(run_fleet(server_set, FleetOptions(data, settings=SETTINGS), stop, fleet))
+        run = asyncio.create_task(run_fleet(servers, FleetOptions(data, settings=SETTINGS), stop, fleet))
         cycled_at: float | None = None
         seen_ttl: set[int] = set()
         try:

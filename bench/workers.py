@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from redis.asyncio import Redis
 
 from bench.common import ROOT, median, print_table, write_result
+from fleet.clients import redis_client
 from fleet.processes import start_service
 from fleet.servers import LocalServers, ServerSet
 from services.worker.manifest import load_spec
@@ -104,7 +104,7 @@ async def worker_run(
         "model_dir": str(ROOT / "models" / folder),
     }
     processes = [await start_service(f"services.{service}", env | {"instance": f"w{i}"}, name=f"w{i}") for i in range(replicas)]
-    redis = Redis(host=servers.redis_host, port=servers.redis_port)
+    redis = redis_client(servers.env())
     try:
         deadline = time.monotonic() + 60
         while sum(len(v) for v in (await live_instances(redis, RedisKeys(settings))).values()) < replicas:

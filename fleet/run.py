@@ -23,12 +23,14 @@ from pathlib import Path
 import aiohttp
 import nats
 from nats.aio.msg import Msg
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from fleet.clients import connect_nats, redis_client
 from fleet.processes import ServiceProcess, start_service
-from fleet.servers import LocalServers, ServerError, ServerSet, free_ports
+from fleet.servers import LocalServers, ServerError, free_ports
 from services.worker.manifest import load_spec
+from services.worker.settings import ROLES
+from shared.access import Role, fleet_access, user_name
 from shared.contracts import Event, InferenceResult, SourceDrained, SourceState, SourceStatus
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
@@ -71,6 +73,8 @@ class Fleet:
         self.procs: list[Proc] = []
         self.env_base: dict[str, str] = {}
         self.service_args: list[str] = []  # after `python -m services.<name>`, e.g. --env-file
+        # Service -> the environment of its role's user (credentials): each process gets its own role's only.
+        self.logins: dict[str, dict[str, str]] = {}
         self.progress = Progress()
         self.colour = sys.stdout.isatty()
         self.echo = echo  # services' log lines to stdout (benchmarks turn it off)
@@ -81,7 +85,9 @@ class Fleet:
     async def spawn(self, service: str, label: str, extra: dict[str, str] | None = None) -> Proc:
         port = free_ports(1, avoid=self.ports)[0]
         self.ports.add(port)  # not bound until the service starts: another spawn must not pick it meanwhile
-        env = self.env_base | {"metrics_port": str(port), "instance": label} | (extra or {})
+        if service not in self.logins:
+            raise ValueError(f"no user for service {service!r}; known: {', '.join(sorted(self.logins))}")
+        env = self.env_base | self.logins[service] | {"metrics_port": str(port), "instance": label} | (extra or {})
         colour = COLOURS.get(service, 37)
         prefix = f"\x1b[{colour}m{label:>15} |\x1b[0m " if self.colour else f"{label:>15} | "
         # Without options.env_file the services read the repository's .env, under the settings given here. Own
@@ -231,21 +237,46 @@ class FleetReport:
         )
 
 
-async def run_fleet(server_set: ServerSet, options: FleetOptions, stop: asyncio.Event, fleet: Fleet | None = None) -> FleetReport:
+def grant_roles(servers: LocalServers, settings: VigilSettings) -> dict[str, dict[str, str]]:
+    """Give the servers a user per role of this fleet (its subject_prefix), and return, per service, the
+    environment that logs it in as its role's user."""
+    # The worker roles' own models and task subjects: the router may publish those tasks, each worker its own.
+    workers = {
+        role: (load_spec(ROOT / cls.model_fields["model_dir"].default).name, cls.model_fields["task_subject"].default)
+        for role, cls in ROLES.items()
+    }
+    servers.add_users(fleet_access(settings, dict(workers.values())))
+    server_set = servers.servers
+    logins = {role.value: server_set.env(user_name(role, settings)) for role in Role if role is not Role.WORKER}
+    for role, (model, _) in workers.items():
+        logins[role] = server_set.env(user_name(Role.WORKER, settings, model))
+    return logins
+
+
+async def run_fleet(servers: LocalServers, options: FleetOptions, stop: asyncio.Event, fleet: Fleet | None = None) -> FleetReport:
     """Run the services on running servers until the sources drain (files) or `stop` is set (live).
 
+    Each service logs in as its role's user; the runner itself watches as the admin.
     A caller that passes its own `fleet` can watch and kill or restart its processes meanwhile.
     """
     fleet = fleet or Fleet()
-    addresses = server_set.env() if options.server_addresses else {}
+    server_set = servers.servers
+    admin = server_set.env()
+    addresses = admin if options.server_addresses else {}
     fleet.env_base = addresses | {"TMP_PATH": str(options.data_dir / "events"), "PYTHONUNBUFFERED": "1"} | options.settings
     fleet.service_args = ["--env-file", str(options.env_file)] if options.env_file else []
-    known = {k: v for k, v in fleet.env_base.items() if k in VigilSettings.model_fields}
+    known = {k: v for k, v in (admin | fleet.env_base).items() if k in VigilSettings.model_fields}
     settings = VigilSettings(_env_file=options.env_file or ".env", **known)  # type: ignore[arg-type]
+    fleet.logins = await asyncio.to_thread(grant_roles, servers, settings)
+    if not options.server_addresses:  # credentials only: the settings file names the servers
+        fleet.logins = {
+            service: {k: v for k, v in env.items() if k.endswith(("_user", "_password_file"))}
+            for service, env in fleet.logins.items()
+        }
     subjects, keys = Subjects.from_settings(settings), RedisKeys(settings)
     started = time.monotonic()
-    nc = await nats.connect(server_set.nats_url)
-    redis = Redis(host=server_set.redis_host, port=server_set.redis_port)
+    nc = await connect_nats(admin)
+    redis = redis_client(admin)
     code = 0
     p = fleet.progress
     api_port = options.api_port or free_ports(1)[0]
@@ -333,7 +364,7 @@ async def run(args: argparse.Namespace) -> int:
     servers = LocalServers(data / "servers", log_dir=data / "logs")
     print(f"starting nats-server, redis-server and weed under {data}", flush=True)
     try:
-        server_set = await asyncio.to_thread(servers.start)
+        await asyncio.to_thread(servers.start)
     except ServerError as exc:
         print(f"could not start the servers: {exc}", file=sys.stderr)
         return 1
@@ -347,7 +378,7 @@ async def run(args: argparse.Namespace) -> int:
         env_file=env_file,
     )
     try:
-        report = await run_fleet(server_set, options, stop)
+        report = await run_fleet(servers, options, stop)
     finally:
         await asyncio.to_thread(servers.stop)
     print_report(report, data)

@@ -1,7 +1,11 @@
 """Run real nats-server, redis-server and SeaweedFS on 127.0.0.1 for tests and the local fleet runner.
 
-Synchronous and stdlib-only on purpose: pytest fixtures and `python -m fleet run` both use it before any
-event loop exists, and it must work in an environment that has only the server binaries installed.
+Synchronous on purpose: pytest fixtures and `python -m fleet run` both use it before any event loop exists.
+It needs no client library: the probes speak HTTP and Redis's protocol themselves.
+
+Authentication is always on, as in production: each server gets users and generated passwords (files of mode
+0600 under `<data_dir>/credentials`), an `admin` user with every permission at first, and the users of a
+fleet's roles once `add_users` is called (shared/access.py says what each may do).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import atexit
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -22,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from shared.access import ADMIN, ADMIN_ACCESS, Access, nats_authorization, redis_acl
 
 HOST = "127.0.0.1"
 NAMES = ("nats", "redis", "weed")
@@ -56,17 +63,26 @@ class ServerSet:
     master_url: str
     volume_url: str
     filer_url: str
+    credentials_dir: Path
 
-    def env(self) -> dict[str, str]:
-        """Environment for Vigil services (the VigilSettings field names)."""
+    def env(self, user: str = ADMIN) -> dict[str, str]:
+        """Environment for Vigil services (the VigilSettings field names), with `user`'s credentials:
+        the admin's by default (tests' fixtures), a role's for a fleet's services (`LocalServers.add_users`)."""
         return {
             "nats_host": self.nats_url,
+            "nats_user": user,
+            "nats_password_file": str(self.password_file("nats", user)),
             "redis_host": self.redis_host,
             "redis_port": str(self.redis_port),
+            "redis_user": user,
+            "redis_password_file": str(self.password_file("redis", user)),
             "master_url": self.master_url,
             "volume_url": self.volume_url,
             "filer_url": self.filer_url,
         }
+
+    def password_file(self, server: str, user: str) -> Path:
+        return self.credentials_dir / f"{server}-{user}.password"
 
 
 @dataclass(frozen=True)
@@ -140,12 +156,26 @@ def _nats_ready(monitor_url: str) -> bool:
     return got is not None and got[0] == 200
 
 
-def _redis_ready(port: int) -> bool:
-    # Raw RESP so this module needs no redis client; "-LOADING" while the AOF replays is not ready.
+def _redis_command(port: int, user: str, password: str, *command: str) -> bytes:
+    """The raw reply to `command`, sent after AUTH as `user`: raw RESP, so this module needs no redis client."""
+    words = ("AUTH", user, password), command
+    request = b"".join(f"*{len(w)}\r\n".encode() + b"".join(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in w) for w in words)
+    with socket.create_connection((HOST, port), timeout=1.0) as s:
+        s.sendall(request)
+        reply = b""
+        while reply.count(b"\r\n") < 2:  # the AUTH reply, then the command's first line
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    auth, _, rest = reply.partition(b"\r\n")
+    return rest if auth == b"+OK" else auth
+
+
+def _redis_ready(port: int, password: Callable[[], str]) -> bool:
+    # "-LOADING" while the AOF replays is not ready.
     try:
-        with socket.create_connection((HOST, port), timeout=1.0) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+        return _redis_command(port, ADMIN, password(), "PING").startswith(b"+PONG")
     except OSError:
         return False
 
@@ -208,6 +238,8 @@ class LocalServers:
         self._volume_size_limit_mb = volume_size_limit_mb
         self._set: ServerSet | None = None
         self._servers: dict[str, _Server] = {}
+        self._users: dict[str, Access] = {ADMIN: ADMIN_ACCESS}
+        self.credentials_dir = self.data_dir / "credentials"
 
     @property
     def servers(self) -> ServerSet:
@@ -231,11 +263,15 @@ class LocalServers:
             master_url=f"http://{HOST}:{master}",
             volume_url=f"http://{HOST}:{volume}",
             filer_url=f"http://{HOST}:{filer}",
+            credentials_dir=self.credentials_dir,
         )
         d = self.data_dir
         for sub in ("nats", "redis", "weed"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.credentials_dir.mkdir(mode=0o700, exist_ok=True)
+        self._set = s
+        self._write_access()
 
         weed_argv = [
             weed_bin,
@@ -290,6 +326,8 @@ class LocalServers:
                     "-js",
                     "-sd",
                     str(d / "nats"),
+                    "-c",
+                    str(self._nats_config),
                 ],
                 d / "nats",
                 self.log_dir / "nats.log",
@@ -315,10 +353,12 @@ class LocalServers:
                     "yes",
                     "--appendfsync",
                     "everysec",
+                    "--aclfile",
+                    str(self._redis_acl),
                 ],
                 d / "redis",
                 self.log_dir / "redis.log",
-                lambda: _redis_ready(redis),
+                lambda: _redis_ready(redis, lambda: self._password("redis", ADMIN)),
                 STOP_TIMEOUT,
             ),
             "weed": _Server(
@@ -333,7 +373,68 @@ class LocalServers:
                 weed_leftovers,
             ),
         }
-        self._set = s
+
+    # Users -----------------------------------------------------------------------------------------
+
+    @property
+    def _nats_config(self) -> Path:
+        return self.credentials_dir / "nats-users.conf"
+
+    @property
+    def _redis_acl(self) -> Path:
+        return self.credentials_dir / "redis-users.acl"
+
+    def _password(self, server: str, user: str) -> str:
+        """`user`'s password on `server`, made (random, in a file only we can read) the first time it is asked for."""
+        path = self.servers.password_file(server, user)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+        return path.read_text()
+
+    def _write_access(self) -> None:
+        for path, text in (
+            (self._nats_config, nats_authorization((u, self._password("nats", u), a) for u, a in self._users.items())),
+            (self._redis_acl, redis_acl((u, self._password("redis", u), a) for u, a in self._users.items())),
+        ):
+            # Written whole, then renamed: a server reloading meanwhile never reads half a file.
+            part = path.with_suffix(".part")
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            part.replace(path)
+
+    def add_users(self, users: dict[str, Access]) -> None:
+        """Give the servers these users (shared/access.py's `fleet_access`), live: nats-server reloads its
+        configuration and Redis its ACL file. Their credentials are then in `servers.env(user)`."""
+        if self._set is None:
+            self._plan()
+        self._users |= users
+        self._write_access()
+        nats, redis = self._servers["nats"], self._servers["redis"]
+        if nats.running():
+            self._reload_nats(nats)
+        if redis.running():
+            reply = _redis_command(self.servers.redis_port, ADMIN, self._password("redis", ADMIN), "ACL", "LOAD")
+            if not reply.startswith(b"+OK"):
+                raise ServerError(f"redis-server refused the new ACL file {self._redis_acl}: {reply.decode(errors='replace')}")
+
+    def _reload_nats(self, nats: _Server) -> None:
+        """SIGHUP, then wait until the monitor reports a newer configuration load than before."""
+        assert nats.proc is not None
+
+        def loaded_at() -> str:
+            got = _http_get(f"{self.servers.nats_monitor_url}/varz")
+            return str(json.loads(got[1]).get("config_load_time", "")) if got and got[0] == 200 else ""
+
+        before = loaded_at()
+        nats.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while loaded_at() == before:
+            if time.monotonic() > deadline or not nats.running():
+                raise self._error(nats, "nats-server did not reload its configuration")
+            time.sleep(POLL)
 
     def _spawn(self, srv: _Server) -> None:
         if srv.running():

@@ -12,13 +12,14 @@ from typing import Any, TypeVar
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import AuthorizationError, ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from shared.contracts import Contract, ContractError
+from shared.credentials import nats_login
 from shared.metrics import Metrics
 from shared.pause import sleep_unless_stopped
 from shared.retry import InfrastructureUnavailable, backoff_delays
@@ -59,9 +60,13 @@ class Bus:
         return self._js
 
     async def connect(self) -> None:
+        last_error: list[Exception] = []
+
         async def on_error(exc: Exception) -> None:
             if self._connected_once:
                 self.log.warning("NATS error: %r", exc)
+            else:
+                last_error[:] = [exc]
 
         async def on_disconnect() -> None:
             if self._closing:
@@ -82,6 +87,7 @@ class Bus:
                 nats.connect(
                     servers=[self.settings.nats_host],
                     name=f"{self.service}-{self.instance}",
+                    **nats_login(self.settings),
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1.0,
                     connect_timeout=2.0,
@@ -92,6 +98,11 @@ class Bus:
                 timeout=self.settings.startup_timeout,
             )
         except TimeoutError:
+            if last_error and isinstance(last_error[0], AuthorizationError):
+                raise InfrastructureUnavailable(
+                    f"NATS refused user {self.settings.nats_user or '(none)'!r}: {last_error[0]}; "
+                    "check nats_user and nats_password_file"
+                ) from None
             raise InfrastructureUnavailable(
                 f"NATS unreachable after {self.settings.startup_timeout:.0f} s (nats_host is set; is nats-server running?)"
             ) from None

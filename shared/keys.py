@@ -20,6 +20,11 @@ class RedisKeys:
         self._ns = f"vigil:{settings.subject_prefix}:" if settings.subject_prefix else "vigil:"
         self.events = f"{settings.subject_prefix}:events" if settings.subject_prefix else "events"
 
+    @property
+    def acl_patterns(self) -> tuple[str, ...]:
+        """Every key of this prefix, as Redis ACL key patterns (shared/access.py)."""
+        return (f"{self._ns}*", self.events)
+
     def heartbeat(self, model: str, instance: str) -> str:
         return f"{self._ns}svc:{model}:{instance}"
 

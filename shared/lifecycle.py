@@ -17,10 +17,12 @@ from nats.aio.msg import Msg
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.bus import Bus
+from shared.credentials import CredentialsError, redis_login
 from shared.logs import setup_logging
 from shared.metrics import Metrics, start_http
 from shared.pause import sleep_unless_stopped
@@ -65,13 +67,25 @@ class Service(abc.ABC, Generic[S]):
         redis = Redis(
             host=self.settings.redis_host,
             port=self.settings.redis_port,
+            **redis_login(self.settings),
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=5),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             socket_connect_timeout=2.0,
             health_check_interval=10,
         )
         stack.push_async_callback(redis.aclose)
-        await retry_until("Redis", redis.ping, timeout=self.settings.startup_timeout, log=self.log)
+
+        async def ping() -> object:
+            try:
+                return await redis.ping()
+            except (AuthenticationError, NoPermissionError) as exc:
+                # Not a server still starting: waiting would not help.
+                raise CredentialsError(
+                    f"Redis refused user {self.settings.redis_user or '(default)'!r}: {exc}; "
+                    "check redis_user and redis_password_file"
+                ) from None
+
+        await retry_until("Redis", ping, timeout=self.settings.startup_timeout, log=self.log, retry_on=(RedisError, OSError))
         return redis
 
     async def open_storage(self, stack: AsyncExitStack, *, max_connections: int = 16) -> SeaweedStorage:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +40,9 @@ def role_prefixes(settings_cls: type[BaseSettings], init_kwargs: dict[str, Any] 
     return prefixes
 
 
+_USER_NAME = re.compile(r"[A-Za-z0-9_-]*")
+
+
 class VigilSettings(BaseSettings):
     # One .env feeds every service, so each ignores the keys that belong to the others; load_settings
     # stops a service on a key that no service reads (shared/settings_keys.py).
@@ -68,8 +72,12 @@ class VigilSettings(BaseSettings):
     instance: str = Field(default="", description="instance id; empty means host-pid")
 
     nats_host: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL")
+    nats_user: str = Field(default="", description="NATS user of this service's role; empty connects without credentials")
+    nats_password_file: Path | None = Field(default=None, description="file holding nats_user's password (a Compose secret)")
     redis_host: str = Field(default="127.0.0.1", description="Redis host")
     redis_port: int = Field(default=6379, gt=0, lt=65536, description="Redis port")
+    redis_user: str = Field(default="", description="Redis ACL user of this service's role; empty uses Redis's default user")
+    redis_password_file: Path | None = Field(default=None, description="file holding redis_user's password (a Compose secret)")
     master_url: str = Field(default="http://127.0.0.1:9333", description="SeaweedFS master: assigns where each frame is stored")
     # The seed's meaning: its .env has volume_url=http://localhost:8888, the filer's address.
     volume_url: str = Field(
@@ -114,6 +122,21 @@ class VigilSettings(BaseSettings):
     def _ttl_parses(cls, value: str) -> str:
         parse_ttl(value)
         return value
+
+    @field_validator("nats_user", "redis_user")
+    @classmethod
+    def _user_is_a_plain_name(cls, value: str) -> str:
+        # A NATS user name is also the last token of the user's inbox prefix (_INBOX.<user>).
+        if not _USER_NAME.fullmatch(value):
+            raise ValueError("use letters, digits, '-' and '_' only (e.g. reader, worker-detection)")
+        return value
+
+    @model_validator(mode="after")
+    def _password_files_have_users(self) -> VigilSettings:
+        for store in ("nats", "redis"):
+            if getattr(self, f"{store}_password_file") is not None and not getattr(self, f"{store}_user"):
+                raise ValueError(f"{store}_password_file is set but {store}_user is empty: set {store}_user too")
+        return self
 
     @model_validator(mode="after")
     def _filer_defaults_to_volume_url(self) -> VigilSettings:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from fleet.clients import redis_client
 from fleet.servers import LocalServers, ServerSet
 from shared.bus import Bus
 from shared.metrics import Metrics
@@ -103,7 +104,7 @@ async def bus(make_settings: MakeSettings) -> AsyncIterator[Bus]:
 @pytest.fixture
 async def redis(servers: ServerSet) -> AsyncIterator[Redis]:
     """A client of the test Redis; keys are the test's own through `unique` (RedisKeys of its settings)."""
-    client = Redis(host=servers.redis_host, port=servers.redis_port)
+    client = redis_client(servers.env())
     try:
         yield client
     finally:

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import aiohttp
 import nats
 import psutil
-from redis.asyncio import Redis
 
+from fleet.clients import connect_nats, redis_client
 from fleet.run import Fleet, FleetOptions, FleetReport, run_fleet
 from fleet.servers import LocalServers
 from shared.contracts import ContractError, Event, EventState, InferenceResult
@@ -117,7 +117,7 @@ class LiveFleet:
     async def stored_results(self, model: str) -> list[InferenceResult]:
         """Every result of `model` the RESULTS stream holds (on disk: what the registrator was given)."""
         settings = self.settings
-        nc = await nats.connect(self.servers.servers.nats_url)
+        nc = await connect_nats(self.servers.servers.env())
         found: list[InferenceResult] = []
         try:
             js = nc.jetstream()
@@ -144,7 +144,7 @@ class LiveFleet:
 
     async def events(self) -> list[Event]:
         """The event records in Redis now."""
-        redis = Redis(host=self.servers.servers.redis_host, port=self.servers.servers.redis_port)
+        redis = redis_client(self.servers.servers.env())
         try:
             return await EventStore(redis, RedisKeys(self.settings)).all()
         finally:
@@ -153,7 +153,7 @@ class LiveFleet:
     async def tasks_held(self, model: str) -> int:
         """Tasks of `model` delivered to a worker and not yet acked (JetStream's own count)."""
         settings = self.settings
-        nc = await nats.connect(self.servers.servers.nats_url)
+        nc = await connect_nats(self.servers.servers.env())
         try:
             info = await nc.jetstream().consumer_info(task_stream_name(settings, model), worker_durable(model))
             return info.num_ack_pending
@@ -205,7 +205,7 @@ async def live_fleet(servers: LocalServers, data_dir: Path, prefix: str, *, dete
     stop = asyncio.Event()
     fleet = Fleet()  # the services' logs go to stdout: pytest shows them with a failure
     options = FleetOptions(data_dir, detection=detection, settings=SETTINGS | {"subject_prefix": prefix})
-    task = asyncio.create_task(run_fleet(servers.servers, options, stop, fleet))
+    task = asyncio.create_task(run_fleet(servers, options, stop, fleet))
     live = LiveFleet(fleet, servers, stop, task, prefix)
     try:
         await live.until(lambda: live.published >= 10, 90, "the first frames")

@@ -16,8 +16,8 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
-from redis.asyncio import Redis
 
+from fleet.clients import redis_client
 from fleet.servers import ServerSet
 from services.api.app import routes
 from services.api.handlers import public_event
@@ -381,7 +381,7 @@ async def store_event(settings: ApiSettings, label: str, clip: bytes, jpeg: byte
             image_proofs=await storage.put_path(f"{folder}/k.jpg", jpeg, content_type="image/jpeg"),
             image_annotated_proofs=await storage.put_path(f"{folder}/b.jpg", jpeg, content_type="image/jpeg"),
         )
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    redis = redis_client(settings)
     try:
         await EventStore(redis, RedisKeys(settings)).save(event)
     finally:
@@ -425,7 +425,7 @@ async def test_unreadable_records_are_skipped_and_counted_and_big_clips_refused(
     jpeg = encode_jpeg(np.zeros((10, 10, 3), np.uint8))
     small = await store_event(settings, "person", b"\x00" * 1000, jpeg)
     big = await store_event(settings, "person", b"\x00" * (1024 * 1024 + 1), jpeg)
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    redis = redis_client(settings)
     try:  # a record of no known shape, and one whose id is a traversal: written by anyone who reaches Redis
         await redis.zadd(keys.events, {b'{"v": 1, "id": "x"}': time.time(), b"not json": time.time()})
         await redis.hset(keys.event_index, "broken", b'{"v": 1, "id": "x"}')

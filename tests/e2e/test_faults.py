@@ -9,9 +9,9 @@ import signal
 import time
 from pathlib import Path
 
-import nats
 import pytest
 
+from fleet.clients import connect_nats
 from fleet.run import Fleet, FleetOptions, run_fleet
 from fleet.servers import LocalServers
 from shared.contracts import EventState, SourceState
@@ -222,7 +222,7 @@ async def test_nats_restarts_during_a_file_read_as_fast_as_possible(
     retry) and crashed the router (the same check, for the task queues)."""
     fleet = Fleet()
     settings = {"subject_prefix": unique, "video_skip_frames": "1", "max_event_duration": "10", "startup_timeout": "30"}
-    run = asyncio.create_task(run_fleet(local_servers.servers, FleetOptions(tmp_path, settings=settings), asyncio.Event(), fleet))
+    run = asyncio.create_task(run_fleet(local_servers, FleetOptions(tmp_path, settings=settings), asyncio.Event(), fleet))
     try:
         while fleet.progress.frames["published"] < 60:
             assert not run.done(), run.result()
@@ -265,7 +265,7 @@ async def test_malformed_and_oversized_messages_on_every_subject(
         before = {name: await live.metric(name, "dead_letters_total") for name in services}
         rss: list[dict[str, float]] = [await live.rss_floor_mb()]
         dead: dict[str, float] = {}
-        nc = await nats.connect(local_servers.servers.nats_url)
+        nc = await connect_nats(local_servers.servers.env())
         try:
             js = nc.jetstream()
             for r in range(1, rounds + 1):

@@ -1,9 +1,9 @@
 import asyncio
 import time
 
-import nats
 import pytest
 
+from fleet.clients import connect_nats
 from shared.bus import Bus, ConsumerLag, Outgoing, fetch
 from shared.contracts import FrameRef
 from shared.metrics import Metrics, counter_value
@@ -77,7 +77,7 @@ async def test_lag_says_how_many_wait_and_since_when(bus: Bus) -> None:
 async def test_malformed_message_is_dead_lettered_and_counted(service_env: dict[str, str]) -> None:
     bus = make_bus(service_env, "victim")
     await bus.connect()
-    watcher = await nats.connect(service_env["nats_host"])
+    watcher = await connect_nats(service_env)
     try:
         dlq = await watcher.subscribe(bus.subjects.dead_letter("victim"))
         stream = frames_stream(bus.settings)

@@ -9,9 +9,9 @@ import logging
 import tracemalloc
 from itertools import pairwise
 
-import nats
 import pytest
 
+from fleet.clients import connect_nats
 from fleet.servers import ServerSet
 from services.registrator.service import RegistratorService
 from services.registrator.settings import RegistratorSettings
@@ -31,7 +31,7 @@ async def test_floods_of_bad_messages_are_dead_lettered_and_not_kept(servers: Se
     await owner.ensure_stream(frames_stream(settings))
     subjects = Subjects.from_settings(settings)
     targets = [subjects.frames, subjects.source_status("cam0"), subjects.results, subjects.routed("cam0")]
-    nc = await nats.connect(servers.nats_url)
+    nc = await connect_nats(servers.env())
     registrator = RegistratorService(settings)
     # pytest keeps every log record it captures: that would be the test's memory growing, not the service's.
     vigil_logs = logging.getLogger("vigil")

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
+from fleet.clients import connect_nats, redis_client
 from shared.bus import Bus
 from shared.contracts import FrameRef, InferenceResult, InferenceTask
 from shared.discovery import live_instances
@@ -94,9 +95,9 @@ async def test_a_worker_answers_a_bomb_a_redirect_and_an_oversize_frame_once_and
         owner = Bus(settings_from(VigilSettings, service_env), "registrator", "t", Metrics("owner"))  # type: ignore[arg-type]
         await owner.connect()
         await owner.ensure_stream(results_stream(owner.settings))
-        watcher = await nats.connect(service_env["nats_host"])
+        watcher = await connect_nats(service_env)
         results = await watcher.subscribe(owner.subjects.results)
-        redis = Redis(host=settings.redis_host, port=settings.redis_port)
+        redis = redis_client(settings)
         try:
             async with running(worker, lambda w: w.model is not None):
                 await wait_for_worker(redis, RedisKeys(settings))

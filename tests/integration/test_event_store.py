@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from fleet.clients import redis_client
 from services.api.queries import Cursor, EventFilter, FleetView
 from shared.contracts import Event, EventState
 from shared.event_store import EventStore
@@ -36,7 +37,7 @@ def event(event_id: str, start_wall: float, *, state: EventState = EventState.CR
 @pytest.fixture
 async def redis(service_env: dict[str, str]) -> AsyncIterator[tuple[Redis, RedisKeys]]:
     settings = settings_from(VigilSettings, service_env)
-    client = Redis(host=settings.redis_host, port=settings.redis_port)
+    client = redis_client(settings)
     try:
         yield client, RedisKeys(settings)  # the test's own prefix: its keys are its own
     finally:

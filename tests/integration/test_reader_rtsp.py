@@ -8,6 +8,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from fleet.clients import connect_nats
 from services.reader.service import ReaderService
 from shared.contracts import SourceHealth, SourceState
 from tests.integration.helpers import wait_for
@@ -26,8 +27,8 @@ class HealthLog:
     def __init__(self) -> None:
         self.reports: list[SourceHealth] = []
 
-    async def attach(self, nats_url: str, reader: ReaderService) -> nats.NATS:
-        nc = await nats.connect(nats_url)
+    async def attach(self, env: dict[str, str], reader: ReaderService) -> nats.NATS:
+        nc = await connect_nats(env)
 
         async def on_msg(msg: nats.aio.msg.Msg) -> None:
             self.reports.append(SourceHealth.from_bytes(msg.data))
@@ -45,7 +46,7 @@ async def streaming_reader(
     """A reader on the camera, its health reports recorded, returned once its first 20 frames are out."""
     reader = reader_for(env, video_source=url, **settings, **LIVE)
     health = HealthLog()
-    nc = await health.attach(env["nats_host"], reader)
+    nc = await health.attach(env, reader)
     task = asyncio.create_task(reader.execute())
     await wait_for(lambda: bool(reader.runners) and reader.runners[0].frames_published >= 20, 40, "first frames")
     return reader, health, nc, task

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
+from fleet.clients import connect_nats
 from fleet.servers import free_ports
 from services.reader.service import ReaderService
 from services.reader.settings import ReaderSettings
@@ -44,7 +45,7 @@ async def test_one_reader_serves_several_sources_and_a_broken_one_hurts_no_other
         {"source_id": "cv", "url": str(sample), "reader_type": "opencv", "target_fps": 1},
     ]
     reader = reader_for(service_env, sources=sources)
-    watcher = await nats.connect(service_env["nats_host"])
+    watcher = await connect_nats(service_env)
     health_sub = await watcher.subscribe(reader.bus.subjects.source_health_all)
     await asyncio.wait_for(reader.execute(), 120)
     assert reader.exit_code == 0  # two file sources failed: said on the bus; a restart would only replay the files

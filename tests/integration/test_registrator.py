@@ -14,6 +14,7 @@ import cv2
 import pytest
 from redis.asyncio import Redis
 
+from fleet.clients import redis_client
 from fleet.processes import service_process
 from fleet.servers import LocalServers
 from services.registrator.retention import event_folder, sweep
@@ -108,7 +109,7 @@ async def end_source(bus: Bus) -> None:
 
 async def events_of(env: dict[str, str]) -> list[Event]:
     settings = settings_from(RegistratorSettings, env)
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    redis = redis_client(settings)
     try:
         return await EventStore(redis, RedisKeys(settings)).all()
     finally:
@@ -183,7 +184,7 @@ async def test_live_events_close_on_time_when_the_camera_goes_dark_or_the_detect
     refs = await store_frames(service_env, repo_root)
     service = registrator(service_env)
     gap = service.settings.event_gap
-    redis = Redis(host=service.settings.redis_host, port=service.settings.redis_port)
+    redis = redis_client(service.settings)
     store = EventStore(redis, RedisKeys(service.settings))
 
     async def closes(source_id: str, frames_after: bool) -> tuple[float, Event]:
@@ -359,7 +360,7 @@ async def test_retention_never_deletes_outside_tmp_path(service_env: dict[str, s
     keep.write_text("not an event")
     settings = settings_from(RegistratorSettings, service_env)
     keys = RedisKeys(settings)
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    redis = redis_client(settings)
     store = EventStore(redis, keys)
     old = time.time() - 3 * 86400
     try:

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import nats
 import pytest
-from redis.asyncio import Redis
 
+from fleet.clients import connect_nats, redis_client
 from fleet.servers import free_ports
 from services.api.service import ApiService
 from services.api.settings import ApiSettings
@@ -47,7 +47,7 @@ async def test_a_failing_rtsp_url_leaks_no_password(
         "open_timeout": "2",
     }
     reader = ReaderService(settings_from(ReaderSettings, env))  # type: ignore[arg-type]
-    watcher = await nats.connect(service_env["nats_host"])
+    watcher = await connect_nats(service_env)
     health_sub = await watcher.subscribe(reader.bus.subjects.source_health_all)
     with caplog.at_level(logging.DEBUG):
         await asyncio.wait_for(reader.execute(), 60)
@@ -63,7 +63,7 @@ async def test_a_failing_rtsp_url_leaks_no_password(
     _, statuses = await read_stream(reader)
     assert statuses and statuses[-1].error and "Connection refused" in statuses[-1].error  # PyAV's own words
     # Redis: the health key, and what /healthz would answer.
-    redis = Redis(host=service_env["redis_host"], port=int(service_env["redis_port"]))
+    redis = redis_client(service_env)
     try:
         stored = (await redis.get(RedisKeys(reader.settings).source_health(reader.configs[0].source_id)) or b"").decode()
         # The api: /api/v1/sources, over the same Redis.

@@ -10,10 +10,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
-import nats
 import pytest
-import redis.asyncio as aioredis
 
+from fleet.clients import connect_nats, redis_client
 from fleet.servers import LocalServers, ServerError, ServerSet, find_binary
 
 # Starts like a JPEG and ends like one; the middle is arbitrary so a byte-exact round trip means something.
@@ -35,7 +34,7 @@ def test_find_binary_knows_how_to_install_each_server(monkeypatch: pytest.Monkey
 
 
 async def test_nats_pubsub_and_jetstream(servers: ServerSet, unique: str) -> None:
-    nc = await nats.connect(servers.nats_url)
+    nc = await connect_nats(servers.env())
     try:
         sub = await nc.subscribe(f"{unique}.ping")
         await nc.publish(f"{unique}.ping", b"hello")
@@ -54,7 +53,7 @@ async def test_nats_pubsub_and_jetstream(servers: ServerSet, unique: str) -> Non
 
 
 async def test_redis_set_get(servers: ServerSet, unique: str) -> None:
-    r = aioredis.Redis(host=servers.redis_host, port=servers.redis_port)
+    r = redis_client(servers.env())
     try:
         await r.set(f"{unique}:k", b"v", ex=60)
         assert await r.get(f"{unique}:k") == b"v"
@@ -116,7 +115,7 @@ def _port_open(port: int) -> bool:
 
 async def test_redis_restart_keeps_port_and_data(local_servers: LocalServers, unique: str) -> None:
     s = local_servers.servers
-    r = aioredis.Redis(host=s.redis_host, port=s.redis_port)
+    r = redis_client(s.env())
     await r.set(f"{unique}:survivor", b"still here")
     await r.aclose()
 
@@ -125,7 +124,7 @@ async def test_redis_restart_keeps_port_and_data(local_servers: LocalServers, un
     await asyncio.to_thread(local_servers.start_one, "redis")
     assert local_servers.servers.redis_port == s.redis_port
 
-    r = aioredis.Redis(host=s.redis_host, port=s.redis_port)
+    r = redis_client(s.env())
     try:
         assert await r.get(f"{unique}:survivor") == b"still here"
     finally:

@@ -14,8 +14,8 @@ import cv2
 import nats
 import numpy as np
 import pytest
-from redis.asyncio import Redis
 
+from fleet.clients import connect_nats, redis_client
 from fleet.processes import ServiceProcess, service_process
 from fleet.servers import LocalServers
 from services.router.service import RouterService
@@ -52,7 +52,7 @@ class Rig:
         async with SeaweedStorage(self.settings) as storage:
             _ok, jpeg = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))
             self.url = await storage.upload(jpeg.tobytes(), ttl="5m")
-        self._watch = await nats.connect(self.env["nats_host"])
+        self._watch = await connect_nats(self.env)
 
         async def on_result(msg: nats.aio.msg.Msg) -> None:
             self.results.append(InferenceResult.from_bytes(msg.data))
@@ -253,7 +253,7 @@ async def test_a_dead_model_gets_no_tasks_and_a_new_one_gets_them_at_once(
                 # and nothing piles up for it: what it left queued does not grow
                 assert await rig.bus.backlog(task_stream_name(rig.settings, "flaky"), worker_durable("flaky")) <= queued
 
-                redis = Redis(host=service_env["redis_host"], port=int(service_env["redis_port"]))
+                redis = redis_client(service_env)
                 key = RedisKeys(rig.settings).heartbeat("flaky", "second")
                 async with worker_process(env | {"instance": "second"}):
                     deadline = time.monotonic() + 30

@@ -5,10 +5,9 @@ import time
 from pathlib import Path
 
 import cv2
-import nats
 import pytest
-from redis.asyncio import Redis
 
+from fleet.clients import connect_nats, redis_client
 from fleet.processes import ServiceProcess, service_process
 from services.worker.service import InferenceWorker
 from services.worker.settings import DetectionSettings
@@ -44,9 +43,9 @@ async def test_worker_detects_reports_errors_and_keeps_serving(
     owner = Bus(make_settings(VigilSettings), "registrator", "t", Metrics("owner"))
     await owner.connect()
     await owner.ensure_stream(results_stream(owner.settings))  # the registrator's stream, as in the fleet
-    watcher = await nats.connect(env["nats_host"])
+    watcher = await connect_nats(env)
     results = await watcher.subscribe(owner.subjects.results)
-    redis = Redis(host=settings.redis_host, port=settings.redis_port)
+    redis = redis_client(settings)
     keys = RedisKeys(settings)
     try:
         async with SeaweedStorage(settings) as storage, running(worker, lambda w: w.processed >= 0 and w.model is not None):
@@ -118,8 +117,8 @@ ENTRY_POINTS = {
 
 
 async def test_every_entry_point_starts_its_role_and_stops_cleanly(service_env: dict[str, str], tmp_path: Path) -> None:
-    redis = Redis(host=service_env["redis_host"], port=int(service_env["redis_port"]))
-    keys = RedisKeys(settings_from(VigilSettings, service_env))  # type: ignore[arg-type]
+    redis = redis_client(service_env)
+    keys = RedisKeys(settings_from(VigilSettings, service_env))
 
     def output() -> str:
         return "\n".join(f"--- {name}:\n{''.join(p.tail)[-2000:]}" for name, p in procs.items())

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from fleet.run import FleetOptions, FleetReport, run_fleet
-from fleet.servers import ServerSet
+from fleet.servers import LocalServers, ServerSet
 from services.api.service import ApiService
 from services.api.settings import ApiSettings
+from shared.access import Role, user_name
+from shared.settings import VigilSettings
 from tests.integration.helpers import running
 from tests.support.settings import settings_from
 
@@ -32,7 +34,7 @@ class SampleRun:
 
 
 @pytest.fixture(scope="session")
-def sample_run(servers: ServerSet, tmp_path_factory: pytest.TempPathFactory) -> SampleRun:
+def sample_run(local_servers: LocalServers, tmp_path_factory: pytest.TempPathFactory) -> SampleRun:
     prefix = f"t{secrets.token_hex(4)}"
     data_dir = tmp_path_factory.mktemp("sample-run")
     settings = {
@@ -43,12 +45,14 @@ def sample_run(servers: ServerSet, tmp_path_factory: pytest.TempPathFactory) -> 
         "post_roll": str(POST),
     }
     # A sync fixture with its own loop: the run is shared across tests, each of which has its own loop.
-    report = asyncio.run(run_fleet(servers, FleetOptions(data_dir, settings=settings), asyncio.Event()))
+    report = asyncio.run(run_fleet(local_servers, FleetOptions(data_dir, settings=settings), asyncio.Event()))
     return SampleRun(report, prefix, data_dir)
 
 
 def api_service(servers: ServerSet, prefix: str, **extra: Any) -> ApiService:
-    settings = settings_from(ApiSettings, servers.env(), subject_prefix=prefix, api_port=0, **extra)
+    """The api as the sample run's api user (read-only Redis), as the fleet runs it."""
+    user = user_name(Role.API, VigilSettings.model_validate({"subject_prefix": prefix}))
+    settings = settings_from(ApiSettings, servers.env(user), subject_prefix=prefix, api_port=0, **extra)
     return ApiService(settings)
 
 
