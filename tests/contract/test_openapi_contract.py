@@ -89,7 +89,7 @@ async def test_the_api_keeps_its_openapi_contract(
     token: str | None,
 ) -> None:
     extra = {"api_token": token} if token else {}
-    async with running(api_service(servers, sample_run.prefix, **extra), ready=lambda s: bool(s.url)) as api:
+    async with running(api_service(servers, sample_run.prefix, as_api_user=True, **extra), ready=lambda s: bool(s.url)) as api:
         code, output = await schemathesis(api.url.rstrip("/"), seed, token, tmp_path / "report.json")
     report = json.loads((tmp_path / "report.json").read_text())
     tail = output[-6000:]

@@ -21,13 +21,14 @@ from fleet.clients import redis_client
 from fleet.servers import ServerSet
 from services.api.app import routes
 from services.api.handlers import public_event
-from services.api.settings import ApiSettings
+from services.api.service import ApiService
 from services.registrator.events import EventRules, EventTracker
 from services.registrator.proofs import remote_folder
 from shared.contracts import EVENT_ID_PATTERN, BBox, Detection, Event, EventState, FrameRef, InferenceResult, ModelKind
 from shared.event_store import EventStore
 from shared.jpeg import encode_jpeg
 from shared.keys import RedisKeys
+from shared.settings import VigilSettings
 from shared.storage import SeaweedStorage
 from tests.e2e.conftest import SampleRun, api_service
 from tests.integration.helpers import running
@@ -359,7 +360,13 @@ async def test_failed_logins_are_limited_per_client(servers: ServerSet) -> None:
             assert resp.status == 200
 
 
-async def store_event(settings: ApiSettings, label: str, clip: bytes, jpeg: bytes) -> Event:
+def writer(servers: ServerSet, service: ApiService) -> VigilSettings:
+    """The test's admin login, under the api's prefix: what the fleet's writers can do, the api cannot."""
+    return settings_from(VigilSettings, servers.env(), subject_prefix=service.settings.subject_prefix)
+
+
+async def store_event(settings: VigilSettings, label: str, clip: bytes, jpeg: bytes) -> Event:
+    """As the registrator would: `settings` log in as a writer (the api's own user only reads)."""
     """A FINISHED event of `label` with this clip and key frame, its id made by the registrator's own rule."""
     rules = EventRules(watch_labels=frozenset({label}), min_score=0.5, gap=2.0, max_duration=30.0)
     box = BBox(x1=0.1, y1=0.1, x2=0.3, y2=0.4)
@@ -394,7 +401,7 @@ async def test_an_event_of_a_label_with_a_space_can_be_opened(servers: ServerSet
     clip = secrets.token_bytes(100_000)  # what the api serves is the stored bytes, whatever they are
     jpeg = encode_jpeg(np.zeros((10, 10, 3), np.uint8))
     service = api_service(servers, f"t{secrets.token_hex(4)}")
-    event = await store_event(service.settings, "traffic light", clip, jpeg)
+    event = await store_event(writer(servers, service), "traffic light", clip, jpeg)
     assert "traffic" not in event.id and re.fullmatch(EVENT_ID_PATTERN, event.id)
     async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession() as http:
         base = f"{service.url}api/v1/events/{event.id}"
@@ -421,11 +428,11 @@ async def test_an_event_of_a_label_with_a_space_can_be_opened(servers: ServerSet
 
 async def test_unreadable_records_are_skipped_and_counted_and_big_clips_refused(servers: ServerSet) -> None:
     service = api_service(servers, f"t{secrets.token_hex(4)}", api_clip_max_mb=1)
-    settings, keys = service.settings, RedisKeys(service.settings)
+    keys = RedisKeys(service.settings)
     jpeg = encode_jpeg(np.zeros((10, 10, 3), np.uint8))
-    small = await store_event(settings, "person", b"\x00" * 1000, jpeg)
-    big = await store_event(settings, "person", b"\x00" * (1024 * 1024 + 1), jpeg)
-    redis = redis_client(settings)
+    small = await store_event(writer(servers, service), "person", b"\x00" * 1000, jpeg)
+    big = await store_event(writer(servers, service), "person", b"\x00" * (1024 * 1024 + 1), jpeg)
+    redis = redis_client(writer(servers, service))
     try:  # a record of no known shape, and one whose id is a traversal: written by anyone who reaches Redis
         await redis.zadd(keys.events, {b'{"v": 1, "id": "x"}': time.time(), b"not json": time.time()})
         await redis.hset(keys.event_index, "broken", b'{"v": 1, "id": "x"}')

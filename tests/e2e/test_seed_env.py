@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from fleet.run import FleetOptions, run_fleet
-from fleet.servers import ServerSet
+from fleet.servers import LocalServers, ServerSet
 from shared.contracts import EventState
 
 # The seed's block. Its values for the keys the seed leaves open are the project's defaults, but for
@@ -59,7 +59,8 @@ def test_the_seed_block_keeps_its_text_but_the_ports(servers: ServerSet) -> None
 
 
 @pytest.mark.timeout(400)
-def test_the_seed_env_block_gives_a_working_fleet(servers: ServerSet, tmp_path: Path) -> None:
+def test_the_seed_env_block_gives_a_working_fleet(local_servers: LocalServers, tmp_path: Path) -> None:
+    servers = local_servers.servers
     env_file = tmp_path / "seed.env"
     env_file.write_text(seed_env_for(servers))
     options = FleetOptions(
@@ -71,7 +72,7 @@ def test_the_seed_env_block_gives_a_working_fleet(servers: ServerSet, tmp_path: 
         env_file=env_file,
         server_addresses=False,
     )
-    report = asyncio.run(run_fleet(servers, options, asyncio.Event()))
+    report = asyncio.run(run_fleet(local_servers, options, asyncio.Event()))
 
     assert report.code == 0
     drained = report.drained["cam0"]

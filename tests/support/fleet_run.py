@@ -49,15 +49,17 @@ def sample_run(local_servers: LocalServers, tmp_path_factory: pytest.TempPathFac
     return SampleRun(report, prefix, data_dir)
 
 
-def api_service(servers: ServerSet, prefix: str, **extra: Any) -> ApiService:
-    """The api as the sample run's api user (read-only Redis), as the fleet runs it."""
-    user = user_name(Role.API, VigilSettings.model_validate({"subject_prefix": prefix}))
-    settings = settings_from(ApiSettings, servers.env(user), subject_prefix=prefix, api_port=0, **extra)
+def api_service(servers: ServerSet, prefix: str, *, as_api_user: bool = False, **extra: Any) -> ApiService:
+    """The api under `prefix`. as_api_user: logged in as the api's own user (read-only Redis), as the fleet runs
+    it, which exists once a fleet ran under `prefix` (the sample run); else as the tests' admin."""
+    user = user_name(Role.API, VigilSettings.model_validate({"subject_prefix": prefix})) if as_api_user else None
+    env = servers.env(user) if user else servers.env()
+    settings = settings_from(ApiSettings, env, subject_prefix=prefix, api_port=0, **extra)
     return ApiService(settings)
 
 
 @pytest.fixture
 async def api(servers: ServerSet, sample_run: SampleRun) -> AsyncIterator[str]:
     """The api, in the test's loop, over the sample run's events; its base URL without the final slash."""
-    async with running(api_service(servers, sample_run.prefix), ready=lambda s: bool(s.url)) as service:
+    async with running(api_service(servers, sample_run.prefix, as_api_user=True), ready=lambda s: bool(s.url)) as service:
         yield service.url.rstrip("/")
