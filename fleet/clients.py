@@ -1,16 +1,18 @@
-"""NATS and Redis clients with a user's credentials, for whatever is not a service: the fleet runner, tests
-and benchmarks. The servers refuse anyone without credentials, so a bare `nats.connect(url)` no longer works."""
+"""NATS, Redis and SeaweedFS clients with a user's credentials, for whatever is not a service: the fleet runner,
+tests and benchmarks. The servers refuse anyone without credentials, so a bare `nats.connect(url)` no longer
+works, nor an `aiohttp.ClientSession()` to SeaweedFS's master (it asks for a client certificate)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import nats
 from nats.aio.client import Client
 from redis.asyncio import Redis
 
-from shared.credentials import nats_login, redis_login
+from shared.credentials import nats_login, redis_login, tls_context
 from shared.settings import VigilSettings
 
 
@@ -30,3 +32,8 @@ async def connect_nats(env: Mapping[str, str] | VigilSettings, **options: Any) -
 def redis_client(env: Mapping[str, str] | VigilSettings, **options: Any) -> Redis:
     settings = settings_of(env)
     return Redis(host=settings.redis_host, port=settings.redis_port, **redis_login(settings), **options)
+
+
+def http_session(env: Mapping[str, str] | VigilSettings, **options: Any) -> aiohttp.ClientSession:
+    """An HTTP session that shows the user's client certificate to https:// servers and checks theirs."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls_context(settings_of(env))), **options)

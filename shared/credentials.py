@@ -1,4 +1,5 @@
-"""The credentials of a service's role, read from files when it connects (Compose mounts them as secrets).
+"""The credentials of a service's role, read from files when it connects (Compose mounts them as secrets):
+its passwords and its TLS client certificate.
 
 Only the file's path is a setting: the password itself is never a settings value, so it is never logged,
 printed by `--check-config` or shown in an error.
@@ -6,8 +7,10 @@ printed by `--check-config` or shown in an error.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import TypedDict
+from urllib.parse import urlsplit
 
 from shared.retry import InfrastructureUnavailable
 from shared.settings import VigilSettings
@@ -17,11 +20,18 @@ class NatsLogin(TypedDict, total=False):
     user: str
     password: str
     inbox_prefix: str
+    tls: ssl.SSLContext
 
 
 class RedisLogin(TypedDict, total=False):
     username: str
     password: str
+    ssl: bool
+    ssl_ca_certs: str | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    ssl_cert_reqs: str
+    ssl_check_hostname: bool
 
 
 class CredentialsError(InfrastructureUnavailable):
@@ -45,9 +55,12 @@ def nats_login(settings: VigilSettings) -> NatsLogin:
 
     Each user gets an inbox prefix of its own, so its permissions can allow replies to it alone: with the
     shared `_INBOX.>` any user could read the replies (pulled messages included) meant for the others."""
+    login: NatsLogin = {}
+    if urlsplit(settings.nats_host).scheme == "tls":
+        login["tls"] = tls_context(settings)
     if not settings.nats_user:
-        return {}
-    login: NatsLogin = {"user": settings.nats_user, "inbox_prefix": inbox_prefix(settings.nats_user)}
+        return login
+    login |= {"user": settings.nats_user, "inbox_prefix": inbox_prefix(settings.nats_user)}
     if settings.nats_password_file is not None:
         login["password"] = read_password(settings.nats_password_file, "nats_password_file")
     return login
@@ -55,9 +68,20 @@ def nats_login(settings: VigilSettings) -> NatsLogin:
 
 def redis_login(settings: VigilSettings) -> RedisLogin:
     """Keyword arguments of `redis.asyncio.Redis` for the service's ACL user; none without one."""
+    login: RedisLogin = {}
+    if settings.redis_tls:
+        tls_context(settings)  # the same checks, so a missing file gets the same clear error
+        login |= {
+            "ssl": True,
+            "ssl_ca_certs": _optional(settings.tls_ca_file),
+            "ssl_certfile": _optional(settings.tls_cert_file),
+            "ssl_keyfile": _optional(settings.tls_key_file),
+            "ssl_cert_reqs": "required",
+            "ssl_check_hostname": True,
+        }
     if not settings.redis_user:
-        return {}
-    login: RedisLogin = {"username": settings.redis_user}
+        return login
+    login["username"] = settings.redis_user
     if settings.redis_password_file is not None:
         login["password"] = read_password(settings.redis_password_file, "redis_password_file")
     return login
@@ -65,3 +89,23 @@ def redis_login(settings: VigilSettings) -> RedisLogin:
 
 def inbox_prefix(user: str) -> str:
     return f"_INBOX.{user}"
+
+
+def tls_context(settings: VigilSettings) -> ssl.SSLContext:
+    """A client context that checks the server's certificate (against tls_ca_file, else the system's CAs) and its
+    host name, and presents the service's client certificate when it has one."""
+    for setting in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        path = getattr(settings, setting)
+        if path is not None and not path.is_file():
+            raise CredentialsError(f"{setting} {str(path)!r} is not a readable file; create it (make secrets) or fix {setting}")
+    try:
+        context = ssl.create_default_context(cafile=_optional(settings.tls_ca_file))
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise CredentialsError(f"cannot load the TLS files (tls_ca_file, tls_cert_file, tls_key_file): {exc}") from None
+    return context
+
+
+def _optional(path: Path | None) -> str | None:
+    return None if path is None else str(path)

@@ -78,6 +78,15 @@ class VigilSettings(BaseSettings):
     redis_port: int = Field(default=6379, gt=0, lt=65536, description="Redis port")
     redis_user: str = Field(default="", description="Redis ACL user of this service's role; empty uses Redis's default user")
     redis_password_file: Path | None = Field(default=None, description="file holding redis_user's password (a Compose secret)")
+    redis_tls: bool = Field(default=False, description="connect to Redis over TLS, checking its certificate against tls_ca_file")
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="CA server certificates are checked against (tls:// NATS, redis_tls, https:// SeaweedFS); empty: system's",
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="this service's client certificate (a Compose secret); SeaweedFS's master asks for one"
+    )
+    tls_key_file: Path | None = Field(default=None, description="the private key of tls_cert_file (a Compose secret)")
     master_url: str = Field(default="http://127.0.0.1:9333", description="SeaweedFS master: assigns where each frame is stored")
     # The seed's meaning: its .env has volume_url=http://localhost:8888, the filer's address.
     volume_url: str = Field(
@@ -136,6 +145,12 @@ class VigilSettings(BaseSettings):
         for store in ("nats", "redis"):
             if getattr(self, f"{store}_password_file") is not None and not getattr(self, f"{store}_user"):
                 raise ValueError(f"{store}_password_file is set but {store}_user is empty: set {store}_user too")
+        return self
+
+    @model_validator(mode="after")
+    def _client_certificate_has_its_key(self) -> VigilSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set tls_cert_file and tls_key_file together: a client certificate needs its key")
         return self
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from shared.credentials import tls_context
 from shared.retry import retry_until
 from shared.settings import VigilSettings
 
@@ -70,16 +71,21 @@ class SeaweedStorage:
         self.allowed_hosts = {_netloc(settings.volume_url), _netloc(settings.filer_url)} | {
             _netloc(h) for h in settings.storage_allowed_hosts
         }
+        # The master names volume servers as host:port; they speak what volume_url speaks (https under TLS).
+        self.volume_scheme = urlsplit(settings.volume_url).scheme or "http"
         self.startup_timeout = settings.startup_timeout
         self.max_download_bytes = int(settings.download_max_mb * 1024 * 1024)
         self._max_connections = max_connections
+        # https:// addresses are checked against the fleet's CA, and the master asks for the client certificate.
+        uses_tls = any(url.startswith("https://") for url in (self.master_url, self.filer_url, settings.volume_url))
+        self._tls = tls_context(settings) if uses_tls else None
         self._session: aiohttp.ClientSession | None = None
         self._pools: dict[str, _FidPool] = {}
         self.log = logging.getLogger("vigil.storage")
 
     async def __aenter__(self) -> SeaweedStorage:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections),
+            connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._tls if self._tls is not None else True),
             timeout=aiohttp.ClientTimeout(total=30, connect=3),
         )
         return self
@@ -158,7 +164,7 @@ class SeaweedStorage:
     async def upload(self, data: bytes, *, ttl: str = "", content_type: str = "image/jpeg") -> str:
         """Store bytes on a volume server; returns the URL to fetch them from."""
         host, fid = await self._next_fid(ttl)
-        url = f"http://{host}/{fid}"
+        url = f"{self.volume_scheme}://{host}/{fid}"
         params = {"ttl": ttl} if ttl else None
         # A raw body, not multipart: the frame is sent as it is, with nothing to encode or parse around it.
         async with self.session.put(url, data=data, params=params, headers={"Content-Type": content_type}) as resp:

@@ -1,5 +1,7 @@
 """An attacker on the network, against the real servers with the users the fleet runs as (fleet.run.grant_roles):
 without credentials nothing connects, and with a role's credentials nothing beyond the role's job is allowed.
+Passwords are checked on top of TLS client certificates (tests/integration/test_tls.py): here the attacker
+even holds a valid certificate, and the password alone must still keep them out.
 
 Each refusal is checked twice: the server says no, and the admin sees that nothing changed."""
 
@@ -92,17 +94,19 @@ FORGED_RESULT = b'{"model": "ssd_mobilenet_v2_coco", "detections": [{"label": "p
 
 async def test_no_credentials_no_nats(fleet: Fleet) -> None:
     url = fleet.servers.servers.nats_url
+    tls = fleet.servers.servers.ssl_context()  # a stolen client certificate, but no password
     with pytest.raises((NoServersError, nats.errors.Error)) as refused:
-        await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+        await nats.connect(url, tls=tls, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
     assert "authorization" in repr(refused.value).lower() or isinstance(refused.value, NoServersError)
     reader = fleet.logins["reader"]
     with pytest.raises((NoServersError, nats.errors.Error)):
-        await nats.connect(url, user=reader["nats_user"], password="guessed", allow_reconnect=False, connect_timeout=2)
+        await nats.connect(url, tls=tls, user=reader["nats_user"], password="guessed", allow_reconnect=False, connect_timeout=2)
 
 
 async def test_no_credentials_no_redis_command(fleet: Fleet) -> None:
     servers = fleet.servers.servers
-    anonymous = redis_client({"redis_host": servers.redis_host, "redis_port": str(servers.redis_port)})
+    no_password = {k: v for k, v in servers.env().items() if k not in ("redis_user", "redis_password_file")}  # a certificate only
+    anonymous = redis_client(no_password)
     try:
         for command in (("PING",), ("SET", "vigil:owned", "1"), ("FLUSHALL",), ("KEYS", "*")):
             with pytest.raises((AuthenticationError, ResponseError), match=r"NOAUTH|authenticated"):

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from fleet.clients import connect_nats, redis_client
+from fleet.clients import connect_nats, http_session, redis_client
 from fleet.servers import LocalServers, ServerError, ServerSet, find_binary
 
 # Starts like a JPEG and ends like one; the middle is arbitrary so a byte-exact round trip means something.
@@ -88,7 +88,7 @@ async def _download(session: aiohttp.ClientSession, url: str) -> bytes:
 
 
 async def test_seaweed_volume_upload_roundtrip(servers: ServerSet) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with http_session(servers.env()) as session:
         doc = await _assign(session, servers.master_url, ttl="5m", count="2")
         assert doc["count"] == 2
         # Loopback, not the machine's LAN address: that is what -ip=127.0.0.1 is for.
@@ -102,7 +102,7 @@ async def test_seaweed_volume_upload_roundtrip(servers: ServerSet) -> None:
 
 
 async def test_seaweed_filer_roundtrip(servers: ServerSet, unique: str) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with http_session(servers.env()) as session:
         url = f"{servers.filer_url}/{unique}/clip.jpg"
         await _upload(session, url, JPEG_ISH)
         assert await _download(session, url) == JPEG_ISH
@@ -133,8 +133,8 @@ async def test_redis_restart_keeps_port_and_data(local_servers: LocalServers, un
 
 async def test_weed_restart_keeps_blobs(local_servers: LocalServers, unique: str) -> None:
     # weed is killed rather than politely stopped (see WEED_STOP_TIMEOUT): what it acknowledged must survive.
-    s = local_servers.servers
-    async with aiohttp.ClientSession() as session:
+    s = servers = local_servers.servers
+    async with http_session(servers.env()) as session:
         doc = await _assign(session, s.master_url)
         blob_url = f"http://{doc['url']}/{doc['fid']}"
         await _upload(session, blob_url, JPEG_ISH)
@@ -145,7 +145,7 @@ async def test_weed_restart_keeps_blobs(local_servers: LocalServers, unique: str
     assert not _port_open(urlsplit(s.master_url).port or 0)
     await asyncio.to_thread(local_servers.start_one, "weed")
 
-    async with aiohttp.ClientSession() as session:
+    async with http_session(servers.env()) as session:
         assert await _download(session, blob_url) == JPEG_ISH
         assert await _download(session, file_url) == JPEG_ISH
 

@@ -39,7 +39,15 @@ async def test_the_seed_volume_url_names_the_filer_and_frames_still_download(ser
     # The seed's .env has volume_url=http://localhost:8888, the filer, and no other SeaweedFS address than the
     # master's: the volume server a frame is on is trusted because the master names it for that volume.
     filer = servers.filer_url.replace("127.0.0.1", "localhost")
-    settings = VigilSettings(_env_file=None, master_url=servers.master_url, volume_url=filer)  # type: ignore[call-arg]
+    tls = servers.tls_files()
+    settings = VigilSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        master_url=servers.master_url,
+        volume_url=filer,
+        tls_ca_file=tls.ca,
+        tls_cert_file=tls.cert,
+        tls_key_file=tls.key,
+    )
     assert settings.filer_url == filer  # proofs go to the one SeaweedFS address the seed names
     async with SeaweedStorage(settings) as storage:
         assert urlsplit(servers.volume_url).netloc not in storage.allowed_hosts
