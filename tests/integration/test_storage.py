@@ -6,15 +6,16 @@ from fleet.servers import ServerSet
 from shared.settings import VigilSettings
 from shared.storage import ForbiddenURL, SeaweedStorage
 from tests.support.settings import MakeSettings
+from tests.support.weed import expire_frame
 
 
-async def test_upload_with_ttl_download_and_delete(make_settings: MakeSettings) -> None:
+async def test_upload_with_ttl_download_and_delete(make_settings: MakeSettings, servers: ServerSet) -> None:
     async with SeaweedStorage(make_settings(VigilSettings)) as storage:
         await storage.wait_ready()
         urls = [await storage.upload(f"frame {i}".encode(), ttl="5m") for i in range(70)]  # crosses an assign batch
         assert len(set(urls)) == 70
         assert await storage.download(urls[65]) == b"frame 65"
-        await storage.delete(urls[0])
+        await expire_frame(servers, urls[0])
         with pytest.raises(Exception, match="404"):
             await storage.download(urls[0])
 
@@ -39,7 +40,12 @@ async def test_the_seed_volume_url_names_the_filer_and_frames_still_download(ser
     # The seed's .env has volume_url=http://localhost:8888, the filer, and no other SeaweedFS address than the
     # master's: the volume server a frame is on is trusted because the master names it for that volume.
     filer = servers.filer_url.replace("127.0.0.1", "localhost")
-    settings = VigilSettings(_env_file=None, master_url=servers.master_url, volume_url=filer)  # type: ignore[call-arg]
+    settings = VigilSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        master_url=servers.master_url,
+        volume_url=filer,
+        storage_read_key_file=servers.key_file("volume-read"),
+    )
     assert settings.filer_url == filer  # proofs go to the one SeaweedFS address the seed names
     async with SeaweedStorage(settings) as storage:
         assert urlsplit(servers.volume_url).netloc not in storage.allowed_hosts
