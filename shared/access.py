@@ -52,6 +52,31 @@ class Access:
 ADMIN_ACCESS = Access(nats_publish=(">",), nats_subscribe=(">",), redis_rules=("~*", "&*", "+@all"))
 
 
+class StorageKey(StrEnum):
+    """A SeaweedFS signing key a service may hold, named by the setting that gives its file.
+
+    The fourth key, the volume write key, is the servers' alone: the master signs each upload's token."""
+
+    VOLUME_READ = "storage_read_key_file"
+    FILER_WRITE = "filer_write_key_file"
+    FILER_READ = "filer_read_key_file"
+
+
+_STORAGE_KEYS: dict[Role, tuple[StorageKey, ...]] = {
+    Role.READER: (),  # uploads with the token the master signs for each assigned batch of fids
+    Role.ROUTER: (),  # touches no file
+    Role.WORKER: (StorageKey.VOLUME_READ,),  # downloads frames
+    # Downloads frames, stores proofs (clips, key frames) on the filer and deletes them when they expire.
+    Role.REGISTRATOR: (StorageKey.VOLUME_READ, StorageKey.FILER_WRITE),
+    Role.API: (StorageKey.FILER_READ,),  # streams clips and key frames
+}
+
+
+def storage_keys(role: Role) -> tuple[StorageKey, ...]:
+    """The SeaweedFS keys of a role: those it signs its own requests with, and no other."""
+    return _STORAGE_KEYS[role]
+
+
 def user_name(role: Role, settings: VigilSettings, model: str = "") -> str:
     """`reader`, `worker-<model>`; with a subject_prefix `<prefix>-reader`, so that prefixes sharing servers
     (test runs) get users of their own."""

@@ -1,8 +1,8 @@
 """The credentials of a service's role, read from files when it connects (Compose mounts them as secrets):
 its passwords and its TLS client certificate.
 
-Only the file's path is a setting: the password itself is never a settings value, so it is never logged,
-printed by `--check-config` or shown in an error.
+Only the file's path is a setting: the password (or SeaweedFS signing key) itself is never a settings value, so
+it is never logged, printed by `--check-config` or shown in an error.
 """
 
 from __future__ import annotations
@@ -35,18 +35,18 @@ class RedisLogin(TypedDict, total=False):
 
 
 class CredentialsError(InfrastructureUnavailable):
-    """A password file that cannot be read: without it the service cannot reach NATS or Redis."""
+    """A password or key file that cannot be read: without it the service cannot reach NATS, Redis or SeaweedFS."""
 
 
-def read_password(path: Path, setting: str) -> str:
-    """The password in `path`, without its final newline (an editor or `echo` adds one)."""
+def read_password(path: Path, setting: str, what: str = "the user's password") -> str:
+    """The password (or key: `what`) in `path`, without its final newline (an editor or `echo` adds one)."""
     try:
         password = path.read_text(encoding="utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise CredentialsError(f"cannot read {setting} {str(path)!r} ({reason}); create it or fix {setting}") from None
     if not password:
-        raise CredentialsError(f"{setting} {str(path)!r} is empty; put the user's password in it")
+        raise CredentialsError(f"{setting} {str(path)!r} is empty; put {what} in it")
     return password
 
 

@@ -100,6 +100,16 @@ class VigilSettings(BaseSettings):
         default_factory=list,
         description="more hosts (host:port) workers may download from; volume servers the master names are trusted anyway",
     )
+    # SeaweedFS's JWT keys (docs/security.md): each role is given the files of the keys it signs with, no more.
+    storage_read_key_file: Path | None = Field(
+        default=None, description="file holding SeaweedFS's volume read key (jwt.signing.read): signs frame downloads"
+    )
+    filer_write_key_file: Path | None = Field(
+        default=None, description="file holding the filer's write key (jwt.filer_signing): signs clip uploads and deletes"
+    )
+    filer_read_key_file: Path | None = Field(
+        default=None, description="file holding the filer's read key (jwt.filer_signing.read): signs clip and key frame reads"
+    )
     download_max_mb: float = Field(
         default=32.0, gt=0, description="largest file a service downloads from SeaweedFS (a frame, a proof); more is refused"
     )

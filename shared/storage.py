@@ -1,24 +1,48 @@
-"""SeaweedFS client: batched fid assignment with TTL, volume uploads, filer paths, guarded downloads."""
+"""SeaweedFS client: batched fid assignment with TTL, volume uploads, filer paths, guarded downloads, and the
+JWTs SeaweedFS asks for when its signing keys are set (docs/security.md).
+
+Every request is signed here, so the services never see a key or a token:
+- a volume upload carries the token the master signed for its assigned batch (the volume server checks the
+  fid without its `_<n>` suffix, so one token covers fid, fid_1 .. fid_<count-1>); no service holds the
+  volume write key;
+- a volume read (GET, HEAD) is signed with the volume read key, for that fid's batch;
+- a filer request is signed with the filer read key (GET, HEAD) or write key (POST, PUT, DELETE), scoped to
+  the one path and method of the request, so that a token seen on the wire opens nothing else.
+Each token is minted for the request it goes with and lives TOKEN_SECONDS: SeaweedFS checks it when the
+request starts, so a long streamed clip needs no longer one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
-from shared.credentials import tls_context
+from shared import jwt
+from shared.access import StorageKey
+from shared.credentials import read_password, tls_context
 from shared.retry import retry_until
 from shared.settings import VigilSettings
 
 _ASSIGN_GROW_SECONDS = 10.0
+# Long enough for a request to reach SeaweedFS over a busy network and for clocks a little apart; short, since
+# the token travels in clear until TLS, and whoever sees it may repeat that one request until then.
+TOKEN_SECONDS = 60
+# A batch whose upload token runs out within this is dropped for a fresh assign: an upload takes far less.
+_TOKEN_MARGIN = 5.0
+_READS = frozenset({"GET", "HEAD"})
+# A volume server's file URL: /<volume id>,<file key and cookie in hex>[_<n> for the n-th fid of a batch].
+_FID_PATH = re.compile(r"/(\d+),([0-9a-fA-F]+)(?:_\d+)?")
 
 
 class StorageError(RuntimeError):
@@ -47,10 +71,38 @@ _CHUNK = 64 * 1024
 _STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
 
 
+@dataclass(frozen=True)
+class _Fid:
+    host: str  # the volume server the master assigned
+    fid: str
+    token: str  # the master's upload token for the fid's batch; empty when SeaweedFS does not sign
+
+
 @dataclass
 class _FidPool:
-    fids: deque[tuple[str, str]] = field(default_factory=deque)  # (volume host, fid)
+    fids: deque[_Fid] = field(default_factory=deque)
+    usable_until: float = float("inf")  # wall-clock time: the master's token says when it runs out
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """The signing keys this service was given (docs/security.md says which role holds which); None: not given."""
+
+    volume_read: str | None = None
+    filer_write: str | None = None
+    filer_read: str | None = None
+
+    @classmethod
+    def read(cls, settings: VigilSettings) -> _Keys:
+        def key(path: Path | None, setting: StorageKey) -> str | None:
+            return None if path is None else read_password(path, setting.value, "the SeaweedFS key")
+
+        return cls(
+            volume_read=key(settings.storage_read_key_file, StorageKey.VOLUME_READ),
+            filer_write=key(settings.filer_write_key_file, StorageKey.FILER_WRITE),
+            filer_read=key(settings.filer_read_key_file, StorageKey.FILER_READ),
+        )
 
 
 def _netloc(url: str) -> str:
@@ -79,11 +131,14 @@ class SeaweedStorage:
         # https:// addresses are checked against the fleet's CA, and the master asks for the client certificate.
         uses_tls = any(url.startswith("https://") for url in (self.master_url, self.filer_url, settings.volume_url))
         self._tls = tls_context(settings) if uses_tls else None
+        self._settings = settings
+        self._keys = _Keys()
         self._session: aiohttp.ClientSession | None = None
         self._pools: dict[str, _FidPool] = {}
         self.log = logging.getLogger("vigil.storage")
 
     async def __aenter__(self) -> SeaweedStorage:
+        self._keys = _Keys.read(self._settings)  # a missing or empty key file stops the service here, by its setting
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._tls if self._tls is not None else True),
             timeout=aiohttp.ClientTimeout(total=30, connect=3),
@@ -132,20 +187,26 @@ class SeaweedStorage:
             doc: dict[str, Any] = await resp.json(content_type=None)
         return {_netloc(loc[key]) for loc in doc.get("locations") or [] for key in ("url", "publicUrl") if loc.get(key)}
 
-    async def _next_fid(self, ttl: str) -> tuple[str, str]:
+    async def _next_fid(self, ttl: str) -> _Fid:
         pool = self._pools.setdefault(ttl, _FidPool())
         async with pool.lock:
+            if pool.fids and time.time() >= pool.usable_until:
+                pool.fids.clear()  # a slow source: the rest of the batch would be refused
             if not pool.fids:
                 # One assign call hands out a whole batch (fid, fid_1, ...): the master is not
                 # asked once per frame, which is what limits a naive uploader.
-                doc = await self._assign(ttl)
+                doc, token = await self._assign(ttl)
                 count = int(doc.get("count", 1))
                 base = doc["fid"]
                 host = doc["url"]
-                pool.fids.extend((host, base if i == 0 else f"{base}_{i}") for i in range(count))
+                pool.fids.extend(_Fid(host, base if i == 0 else f"{base}_{i}", token) for i in range(count))
+                expires = jwt.unverified_claims(token).get("exp") if token else None
+                pool.usable_until = float(expires) - _TOKEN_MARGIN if isinstance(expires, int | float) else float("inf")
             return pool.fids.popleft()
 
-    async def _assign(self, ttl: str) -> dict[str, Any]:
+    async def _assign(self, ttl: str) -> tuple[dict[str, Any], str]:
+        """The master's answer, and the upload token it signed for the batch (from its Authorization header, where
+        the HTTP API puts it; empty when SeaweedFS does not sign)."""
         params = {"count": str(self.ASSIGN_BATCH)}
         if ttl:
             params["ttl"] = ttl
@@ -153,8 +214,9 @@ class SeaweedStorage:
         while True:
             async with self.session.get(f"{self.master_url}/dir/assign", params=params) as resp:
                 doc: dict[str, Any] = await resp.json(content_type=None)
+                token = resp.headers.get("Authorization", "").removeprefix("Bearer ")
             if "fid" in doc:
-                return doc
+                return doc, token
             # The first assign for a TTL the master has not seen answers "No writable volumes"
             # while it grows volumes for it: a pause, not a failure.
             if "writable" not in str(doc.get("error", "")) or time.monotonic() >= deadline:
@@ -163,11 +225,12 @@ class SeaweedStorage:
 
     async def upload(self, data: bytes, *, ttl: str = "", content_type: str = "image/jpeg") -> str:
         """Store bytes on a volume server; returns the URL to fetch them from."""
-        host, fid = await self._next_fid(ttl)
-        url = f"{self.volume_scheme}://{host}/{fid}"
+        fid = await self._next_fid(ttl)
+        url = f"{self.volume_scheme}://{fid.host}/{fid.fid}"
         params = {"ttl": ttl} if ttl else None
+        headers = {"Content-Type": content_type} | _bearer(fid.token)
         # A raw body, not multipart: the frame is sent as it is, with nothing to encode or parse around it.
-        async with self.session.put(url, data=data, params=params, headers={"Content-Type": content_type}) as resp:
+        async with self.session.put(url, data=data, params=params, headers=headers) as resp:
             if resp.status not in (200, 201):
                 raise StorageError(f"upload to {url} failed: {resp.status} {(await resp.text())[:200]}")
         return url
@@ -177,9 +240,11 @@ class SeaweedStorage:
         url = f"{self.filer_url}/{path.lstrip('/')}"
         form = aiohttp.FormData()
         form.add_field("file", data, filename=path.rsplit("/", 1)[-1], content_type=content_type)
-        async with self.session.post(url, data=form) as resp:
+        async with self.session.post(url, data=form, headers=self.authorization("POST", url)) as resp:
             if resp.status not in (200, 201):
-                raise StorageError(f"filer upload to {path} failed: {resp.status} {(await resp.text())[:200]}")
+                raise StorageError(
+                    f"filer upload to {path} failed: {resp.status} {(await resp.text())[:200]}{self._hint(resp, 'POST', url)}"
+                )
         return url
 
     async def download(self, url: str) -> bytes:
@@ -187,14 +252,14 @@ class SeaweedStorage:
         followed (the host check applies to the URL asked for, not to wherever an answer points)."""
         await self.check_url(url)
         cap = self.max_download_bytes
-        async with self.session.get(url, allow_redirects=False) as resp:
+        async with self.session.get(url, allow_redirects=False, headers=self.authorization("GET", url)) as resp:
             if resp.status == 404:
                 raise FileGone(f"download of {url} failed: 404, not found")
             if 300 <= resp.status < 400:
                 where = resp.headers.get("Location", "nowhere")
                 raise RefusedDownload(f"download of {url} answered a redirect ({resp.status} to {where}): not followed")
             if resp.status != 200:
-                raise StorageError(f"download of {url} failed: {resp.status}")
+                raise StorageError(f"download of {url} failed: {resp.status}{self._hint(resp, 'GET', url)}")
             if resp.content_length is not None and resp.content_length > cap:
                 raise RefusedDownload(self._too_large(url, resp.content_length))
             body = bytearray()
@@ -213,11 +278,11 @@ class SeaweedStorage:
     async def size(self, url: str) -> int:
         """The file's size in bytes, from a HEAD request: nothing of the body is read."""
         await self.check_url(url)
-        async with self.session.head(url, allow_redirects=False) as resp:
+        async with self.session.head(url, allow_redirects=False, headers=self.authorization("HEAD", url)) as resp:
             if resp.status == 404:
                 raise FileGone(f"{url}: 404, not found")
             if resp.status != 200 or resp.content_length is None:
-                raise StorageError(f"size of {url} unknown: {resp.status}")
+                raise StorageError(f"size of {url} unknown: {resp.status}{self._hint(resp, 'HEAD', url)}")
             return resp.content_length
 
     @asynccontextmanager
@@ -225,16 +290,52 @@ class SeaweedStorage:
         """The file's bytes (or bytes first..last, inclusive) in chunks, as SeaweedFS sends them: for a caller that
         passes them on, never holding the file whole."""
         await self.check_url(url)
-        headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else None
+        # The range goes to SeaweedFS as it is: the token signs the path and method, not the bytes asked for.
+        headers = self.authorization("GET", url) | ({"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {})
         async with self.session.get(url, headers=headers, allow_redirects=False, timeout=_STREAM_TIMEOUT) as resp:
             if resp.status == 404:
                 raise FileGone(f"{url}: 404, not found")
             if resp.status != (206 if byte_range else 200):
-                raise StorageError(f"reading {url} failed: {resp.status}")
+                raise StorageError(f"reading {url} failed: {resp.status}{self._hint(resp, 'GET', url)}")
             yield resp.content.iter_chunked(_CHUNK)
 
     async def delete(self, url: str) -> None:
         await self.check_url(url)
-        async with self.session.delete(url) as resp:
+        async with self.session.delete(url, headers=self.authorization("DELETE", url)) as resp:
             if resp.status not in (200, 202, 204, 404):
-                raise StorageError(f"delete of {url} failed: {resp.status}")
+                raise StorageError(f"delete of {url} failed: {resp.status}{self._hint(resp, 'DELETE', url)}")
+
+    # Signing -------------------------------------------------------------------------------------
+
+    def authorization(self, method: str, url: str) -> dict[str, str]:
+        """The Authorization header this client sends with a request, signed with the key it needs; none without
+        that key (or for a volume write, which carries the master's token)."""
+        path = unquote(urlsplit(url).path)
+        exp = int(time.time()) + TOKEN_SECONDS
+        fid = _FID_PATH.fullmatch(path)
+        if fid is not None:
+            # Volume writes and deletes need the master's token: no service holds the key to sign one itself.
+            if method not in _READS or self._keys.volume_read is None:
+                return {}
+            # The volume server compares the claim with the fid without its `_<n>`: the batch's fid.
+            return _bearer(jwt.sign(self._keys.volume_read, {"fid": f"{fid[1]},{fid[2]}", "exp": exp}))
+        key = self._keys.filer_read if method in _READS else self._keys.filer_write
+        if key is None:
+            return {}
+        return _bearer(jwt.sign(key, {"exp": exp, "allowed_prefixes": [path], "allowed_methods": [method]}))
+
+    def _hint(self, resp: aiohttp.ClientResponse, method: str, url: str) -> str:
+        """For a 401, the setting that gives the key SeaweedFS asked for."""
+        if resp.status != 401:
+            return ""
+        if _FID_PATH.fullmatch(unquote(urlsplit(url).path)) is not None:
+            if method not in _READS:
+                return " (SeaweedFS wants the master's token, which only an upload to a fresh fid has)"
+            setting = StorageKey.VOLUME_READ
+        else:
+            setting = StorageKey.FILER_READ if method in _READS else StorageKey.FILER_WRITE
+        return f" (SeaweedFS wants a signed request: set {setting.value} to the file of its key, the same as SeaweedFS's)"
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}

@@ -1,7 +1,8 @@
 """An attacker on the network, against the real servers with the users the fleet runs as (fleet.run.grant_roles):
 without credentials nothing connects, and with a role's credentials nothing beyond the role's job is allowed.
-Passwords are checked on top of TLS client certificates (tests/integration/test_tls.py): here the attacker
-even holds a valid certificate, and the password alone must still keep them out.
+Passwords and tokens are checked on top of TLS client certificates (tests/integration/test_tls.py): here the attacker
+even holds a valid certificate, and the password or the token alone must still keep them out.
+SeaweedFS: without a token signed with the right key nothing is read or written.
 
 Each refusal is checked twice: the server says no, and the admin sees that nothing changed."""
 
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import aiohttp
 import nats
 import pytest
 from nats.aio.client import Client
@@ -20,12 +24,16 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-from fleet.clients import connect_nats, redis_client
+from fleet.clients import connect_nats, http_session, redis_client
 from fleet.run import grant_roles
 from fleet.servers import LocalServers
+from shared import jwt
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
+from shared.storage import FileGone, SeaweedStorage, StorageError
 from shared.subjects import Subjects, frames_stream, frames_stream_name, results_stream, results_stream_name
+from tests.support.settings import settings_from
+from tests.support.weed import batch_fid
 
 NOT_ALLOWED = "permissions violation"
 
@@ -208,3 +216,137 @@ async def test_api_cannot_publish_on_nats(fleet: Fleet) -> None:
     finally:
         await nc.close()
     assert await stored(fleet, frames_stream_name(fleet.settings)) == 0
+
+
+# SeaweedFS ----------------------------------------------------------------------------------------
+# Without a token signed with the right key SeaweedFS answers 401; with signing off each request below would
+# succeed, so each test fails then. The refusals are checked against what the admin then reads.
+
+UNAUTHORIZED = 401
+
+
+def storage_as(fleet: Fleet, service: str) -> SeaweedStorage:
+    """The SeaweedFS client of a service, with its role's keys alone."""
+    return SeaweedStorage(settings_from(VigilSettings, fleet.logins[service]))
+
+
+def admin_storage(fleet: Fleet) -> SeaweedStorage:
+    return SeaweedStorage(settings_from(VigilSettings, fleet.servers.servers.env()))
+
+
+async def status(http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str] | None = None) -> int:
+    form = aiohttp.FormData()
+    form.add_field("file", b"forged", filename="forged.jpg", content_type="image/jpeg")
+    body = form if method == "POST" else (b"forged" if method == "PUT" else None)
+    async with http.request(method, url, data=body, headers=headers, allow_redirects=False) as resp:
+        return resp.status
+
+
+def wrong_key(claims: dict[str, object]) -> dict[str, str]:
+    """A well-formed token signed with a key of the attacker's own."""
+    return {"Authorization": "Bearer " + jwt.sign(secrets.token_urlsafe(32), {"exp": int(time.time()) + 60, **claims})}
+
+
+async def test_no_volume_upload_without_the_masters_token(fleet: Fleet) -> None:
+    servers = fleet.servers.servers
+    async with http_session(fleet.servers.servers.env()) as http, admin_storage(fleet) as admin:
+        # Anyone who reaches the master gets a fid (until the master is behind mutual TLS), but not the right to use it.
+        async with http.get(f"{servers.master_url}/dir/assign") as resp:
+            doc = await resp.json(content_type=None)
+            token = resp.headers.get("Authorization", "")
+        url = f"https://{doc['url']}/{doc['fid']}"
+        assert await status(http, "PUT", url) == UNAUTHORIZED
+        assert await status(http, "POST", url) == UNAUTHORIZED
+        assert await status(http, "PUT", url, wrong_key({"fid": doc["fid"]})) == UNAUTHORIZED
+        with pytest.raises(FileGone):
+            await admin.download(url)  # nothing was stored
+        # The control: the master's token does store it (so the refusals above are the signature's).
+        assert token.startswith("Bearer ")
+        assert await status(http, "PUT", url, {"Authorization": token}) == 201
+        assert await admin.download(url) == b"forged"
+
+
+async def test_no_volume_read_without_a_signed_token(fleet: Fleet) -> None:
+    async with storage_as(fleet, "reader") as reader, storage_as(fleet, "detection") as worker:
+        url = await reader.upload(b"\xff\xd8 a frame", ttl="5m")  # as the reader stores a frame
+        async with http_session(fleet.servers.servers.env()) as http:
+            assert await status(http, "GET", url) == UNAUTHORIZED
+            assert await status(http, "HEAD", url) == UNAUTHORIZED
+            assert await status(http, "GET", url, wrong_key({"fid": batch_fid(url)})) == UNAUTHORIZED
+        # Nor can the roles without the volume read key: the reader itself, the api.
+        for service in ("reader", "api", "router"):
+            async with storage_as(fleet, service) as keyless:
+                with pytest.raises(StorageError, match="401"):
+                    await keyless.download(url)
+        assert await worker.download(url) == b"\xff\xd8 a frame"  # the control: a worker's signed read
+        async with storage_as(fleet, "registrator") as registrator:
+            assert await registrator.download(url) == b"\xff\xd8 a frame"
+
+
+async def test_a_read_token_for_one_frame_does_not_read_another(fleet: Fleet) -> None:
+    # Two readers: two assigns, two batches. (Within one batch a token covers every fid: SeaweedFS checks the
+    # fid without its `_<n>`.)
+    async with storage_as(fleet, "reader") as one, storage_as(fleet, "reader") as two, storage_as(fleet, "detection") as worker:
+        mine, theirs = await one.upload(b"mine", ttl="5m"), await two.upload(b"theirs", ttl="5m")
+        assert batch_fid(mine) != batch_fid(theirs)
+        token = worker.authorization("GET", mine)  # what the worker sends to read `mine`
+        async with http_session(fleet.servers.servers.env()) as http:
+            assert await status(http, "GET", mine, token) == 200
+            assert await status(http, "GET", theirs, token) == UNAUTHORIZED
+            assert await status(http, "DELETE", mine, token) == UNAUTHORIZED  # a read token deletes nothing
+        assert await worker.download(mine) == b"mine"
+
+
+async def test_no_filer_write_or_read_without_a_signed_token(fleet: Fleet) -> None:
+    prefix = fleet.settings.subject_prefix
+    async with admin_storage(fleet) as admin, http_session(fleet.servers.servers.env()) as http:
+        clip = await admin.put_path(f"vigil/events/{prefix}/{prefix}.mp4", b"the clip", content_type="video/mp4")
+        forged = f"{admin.filer_url}/vigil/events/{prefix}/forged.mp4"
+        for method, url in (("POST", forged), ("PUT", forged), ("POST", clip), ("DELETE", clip)):
+            assert await status(http, method, url) == UNAUTHORIZED, (method, url)
+            assert await status(http, method, url, wrong_key({})) == UNAUTHORIZED, (method, url)
+        for method in ("GET", "HEAD"):
+            assert await status(http, method, clip) == UNAUTHORIZED
+            assert await status(http, method, clip, wrong_key({})) == UNAUTHORIZED
+        # Nor can a role without the filer's keys: the reader writes no clip, the worker reads none.
+        async with storage_as(fleet, "reader") as reader, storage_as(fleet, "detection") as worker:
+            with pytest.raises(StorageError, match="401"):
+                await reader.put_path(f"vigil/events/{prefix}/forged.mp4", b"forged", content_type="video/mp4")
+            with pytest.raises(StorageError, match="401"):
+                await worker.download(clip)
+        assert await admin.download(clip) == b"the clip"
+        with pytest.raises(FileGone):
+            await admin.size(forged)
+
+
+async def test_the_apis_filer_token_neither_writes_nor_deletes(fleet: Fleet) -> None:
+    prefix = fleet.settings.subject_prefix
+    async with admin_storage(fleet) as admin, storage_as(fleet, "api") as api, http_session(fleet.servers.servers.env()) as http:
+        clip = await admin.put_path(f"vigil/events/{prefix}/{prefix}.mp4", b"the clip", content_type="video/mp4")
+        assert await api.download(clip) == b"the clip"  # it reads
+        seen = api.authorization("GET", clip)  # its token, as seen on the wire
+        for method in ("POST", "PUT", "DELETE"):
+            assert await status(http, method, clip, seen) == UNAUTHORIZED, method
+        # Whatever the api signs with its key (any path, any method) writes nothing: writes need the other key.
+        own_key = fleet.logins["api"]["filer_read_key_file"]
+        anything = {"Authorization": "Bearer " + jwt.sign(Path(own_key).read_text(), {"exp": int(time.time()) + 60})}
+        for method in ("POST", "DELETE"):
+            assert await status(http, method, clip, anything) == UNAUTHORIZED, method
+        with pytest.raises(StorageError, match="401"):
+            await api.delete(clip)
+        assert await admin.download(clip) == b"the clip"
+
+
+async def test_the_registrators_token_is_scoped_to_its_path_and_method(fleet: Fleet) -> None:
+    prefix = fleet.settings.subject_prefix
+    async with admin_storage(fleet) as admin, storage_as(fleet, "registrator") as registrator, http_session(fleet.servers.servers.env()) as http:
+        other = await admin.put_path(f"vigil/events/{prefix}-other/k.jpg", b"another event's", content_type="image/jpeg")
+        mine = await registrator.put_path(f"vigil/events/{prefix}/k.jpg", b"its key frame", content_type="image/jpeg")
+        seen = registrator.authorization("POST", mine)  # the token of that upload
+        assert await status(http, "POST", other, seen) == UNAUTHORIZED  # another path
+        assert await status(http, "DELETE", mine, seen) == UNAUTHORIZED  # another method
+        assert await status(http, "GET", mine, seen) == UNAUTHORIZED  # a write token reads nothing
+        await registrator.delete(mine)  # retention: its own delete, signed for it
+        with pytest.raises(FileGone):
+            await admin.size(mine)
+        assert await admin.download(other) == b"another event's"

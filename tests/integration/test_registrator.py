@@ -8,7 +8,6 @@ import random
 import time
 from pathlib import Path
 
-import aiohttp
 import av
 import cv2
 import pytest
@@ -41,7 +40,7 @@ from shared.event_store import EventStore
 from shared.jpeg import encode_jpeg
 from shared.keys import RedisKeys
 from shared.metrics import counter_value
-from shared.storage import SeaweedStorage
+from shared.storage import FileGone, SeaweedStorage
 from shared.subjects import frames_stream, results_stream_name
 from tests.integration.helpers import running, wait_for
 from tests.support.settings import MakeSettings, settings_from
@@ -285,7 +284,7 @@ async def test_retention_removes_old_events_with_their_files(redis: Redis, make_
     settings = make_settings(RegistratorSettings)
     store = EventStore(redis, RedisKeys(settings))
     now = time.time()
-    async with SeaweedStorage(settings) as storage, aiohttp.ClientSession() as http:
+    async with SeaweedStorage(settings) as storage:
         for event_id, started in (("old", now - 3 * 86400), ("new", now - 3600)):
             folder = tmp_path / event_id
             folder.mkdir()
@@ -312,10 +311,9 @@ async def test_retention_removes_old_events_with_their_files(redis: Redis, make_
         assert await sweep(store, storage, tmp_path, max_age_seconds=2 * 86400) == 1
         assert [e.id for e in await store.all()] == ["new"]
         assert not (tmp_path / "old").exists() and (tmp_path / "new").exists()
-        async with http.get(f"{settings.filer_url}/vigil/events/old/old.mp4") as resp:
-            assert resp.status == 404
-        async with http.get(f"{settings.filer_url}/vigil/events/new/new.mp4") as resp:
-            assert resp.status == 200
+        with pytest.raises(FileGone):
+            await storage.size(f"{settings.filer_url}/vigil/events/old/old.mp4")
+        assert await storage.download(f"{settings.filer_url}/vigil/events/new/new.mp4") == b"clip"
 
 
 @pytest.mark.timeout(150)

@@ -14,6 +14,7 @@ import pytest
 
 from fleet.clients import connect_nats, http_session, redis_client
 from fleet.servers import LocalServers, ServerError, ServerSet, find_binary
+from tests.support.weed import batch_fid, bearer
 
 # Starts like a JPEG and ends like one; the middle is arbitrary so a byte-exact round trip means something.
 JPEG_ISH = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + os.urandom(2048) + b"\xff\xd9"
@@ -61,51 +62,63 @@ async def test_redis_set_get(servers: ServerSet, unique: str) -> None:
         await r.aclose()
 
 
-async def _assign(session: aiohttp.ClientSession, master_url: str, **params: str) -> dict[str, object]:
+async def _assign(session: aiohttp.ClientSession, master_url: str, **params: str) -> tuple[dict[str, object], dict[str, str]]:
+    """The master's answer, and the Authorization header it signed for the batch's uploads."""
     # A TTL the master has not seen yet answers "No writable volumes" while it grows volumes for it.
     deadline = time.monotonic() + 10
     while True:
         async with session.get(f"{master_url}/dir/assign", params=params) as resp:
             doc = await resp.json(content_type=None)
+            auth = {"Authorization": resp.headers.get("Authorization", "")}
         if "fid" in doc or time.monotonic() > deadline:
             assert "fid" in doc, doc
-            return doc
+            assert auth["Authorization"].startswith("Bearer "), "the master signed no upload token"
+            return doc, auth
         await asyncio.sleep(0.1)
 
 
-async def _upload(session: aiohttp.ClientSession, url: str, data: bytes, ttl: str = "") -> None:
+async def _upload(session: aiohttp.ClientSession, url: str, data: bytes, auth: dict[str, str], ttl: str = "") -> None:
     # Multipart, as SeaweedFS expects (a raw PUT needs a Content-Type); the ttl must match the assign's.
     form = aiohttp.FormData()
     form.add_field("file", data, filename="frame.jpg", content_type="image/jpeg")
-    async with session.post(url, data=form, params={"ttl": ttl} if ttl else None) as resp:
+    async with session.post(url, data=form, params={"ttl": ttl} if ttl else None, headers=auth) as resp:
         assert resp.status == 201, await resp.text()
 
 
-async def _download(session: aiohttp.ClientSession, url: str) -> bytes:
-    async with session.get(url) as resp:
+def _volume_read(servers: ServerSet, url: str) -> dict[str, str]:
+    return bearer(servers, "volume-read", {"fid": batch_fid(url)})
+
+
+def _filer(servers: ServerSet, url: str, method: str) -> dict[str, str]:
+    key = "filer-read" if method == "GET" else "filer-write"
+    return bearer(servers, key, {"allowed_prefixes": [urlsplit(url).path], "allowed_methods": [method]})
+
+
+async def _download(session: aiohttp.ClientSession, url: str, auth: dict[str, str]) -> bytes:
+    async with session.get(url, headers=auth) as resp:
         assert resp.status == 200, url
         return await resp.read()
 
 
 async def test_seaweed_volume_upload_roundtrip(servers: ServerSet) -> None:
     async with http_session(servers.env()) as session:
-        doc = await _assign(session, servers.master_url, ttl="5m", count="2")
+        doc, auth = await _assign(session, servers.master_url, ttl="5m", count="2")
         assert doc["count"] == 2
         # Loopback, not the machine's LAN address: that is what -ip=127.0.0.1 is for.
         assert str(doc["url"]).startswith("127.0.0.1:")
-        assert f"http://{doc['url']}" == servers.volume_url
-        urls = [f"http://{doc['url']}/{doc['fid']}", f"http://{doc['url']}/{doc['fid']}_1"]
+        assert f"https://{doc['url']}" == servers.volume_url
+        urls = [f"https://{doc['url']}/{doc['fid']}", f"https://{doc['url']}/{doc['fid']}_1"]
+        for url in urls:  # one token for the whole batch
+            await _upload(session, url, JPEG_ISH, auth, ttl="5m")
         for url in urls:
-            await _upload(session, url, JPEG_ISH, ttl="5m")
-        for url in urls:
-            assert await _download(session, url) == JPEG_ISH
+            assert await _download(session, url, _volume_read(servers, url)) == JPEG_ISH
 
 
 async def test_seaweed_filer_roundtrip(servers: ServerSet, unique: str) -> None:
     async with http_session(servers.env()) as session:
         url = f"{servers.filer_url}/{unique}/clip.jpg"
-        await _upload(session, url, JPEG_ISH)
-        assert await _download(session, url) == JPEG_ISH
+        await _upload(session, url, JPEG_ISH, _filer(servers, url, "POST"))
+        assert await _download(session, url, _filer(servers, url, "GET")) == JPEG_ISH
 
 
 def _port_open(port: int) -> bool:
@@ -135,19 +148,20 @@ async def test_weed_restart_keeps_blobs(local_servers: LocalServers, unique: str
     # weed is killed rather than politely stopped (see WEED_STOP_TIMEOUT): what it acknowledged must survive.
     s = servers = local_servers.servers
     async with http_session(servers.env()) as session:
-        doc = await _assign(session, s.master_url)
-        blob_url = f"http://{doc['url']}/{doc['fid']}"
-        await _upload(session, blob_url, JPEG_ISH)
+        doc, auth = await _assign(session, s.master_url)
+        blob_url = f"https://{doc['url']}/{doc['fid']}"
+        await _upload(session, blob_url, JPEG_ISH, auth)
         file_url = f"{s.filer_url}/{unique}/kept.jpg"
-        await _upload(session, file_url, JPEG_ISH)
+        await _upload(session, file_url, JPEG_ISH, _filer(s, file_url, "POST"))
 
     await asyncio.to_thread(local_servers.stop_one, "weed")
     assert not _port_open(urlsplit(s.master_url).port or 0)
     await asyncio.to_thread(local_servers.start_one, "weed")
 
     async with http_session(servers.env()) as session:
-        assert await _download(session, blob_url) == JPEG_ISH
-        assert await _download(session, file_url) == JPEG_ISH
+        # The same keys after a restart: the files under credentials/ are kept, as the data is.
+        assert await _download(session, blob_url, _volume_read(s, blob_url)) == JPEG_ISH
+        assert await _download(session, file_url, _filer(s, file_url, "GET")) == JPEG_ISH
 
 
 def test_second_instance_gets_its_own_ports_and_stops_clean(servers: ServerSet, tmp_path: Path) -> None:
@@ -176,3 +190,14 @@ def test_start_failure_reports_log_and_stops_the_rest(tmp_path: Path) -> None:
             broken.start()
     assert "tail of" in str(err.value) and str(port) in str(err.value)
     assert not any(broken.running(name) for name in ("nats", "redis", "weed"))
+
+
+def test_weed_keys_are_private_files_and_in_no_log(local_servers: LocalServers) -> None:
+    s = local_servers.servers
+    logs = "".join(path.read_text(errors="replace") for path in local_servers.log_dir.glob("*.log"))
+    assert "weed" in logs  # the logs are there to look into
+    for name in ("volume-write", "volume-read", "filer-write", "filer-read"):
+        path = s.key_file(name)
+        assert path.stat().st_mode & 0o777 == 0o600, name
+        key = path.read_text()
+        assert len(key) >= 32 and key not in logs, name

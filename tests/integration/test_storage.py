@@ -6,15 +6,16 @@ from fleet.servers import ServerSet
 from shared.settings import VigilSettings
 from shared.storage import ForbiddenURL, SeaweedStorage
 from tests.support.settings import MakeSettings
+from tests.support.weed import expire_frame
 
 
-async def test_upload_with_ttl_download_and_delete(make_settings: MakeSettings) -> None:
+async def test_upload_with_ttl_download_and_delete(make_settings: MakeSettings, servers: ServerSet) -> None:
     async with SeaweedStorage(make_settings(VigilSettings)) as storage:
         await storage.wait_ready()
         urls = [await storage.upload(f"frame {i}".encode(), ttl="5m") for i in range(70)]  # crosses an assign batch
         assert len(set(urls)) == 70
         assert await storage.download(urls[65]) == b"frame 65"
-        await storage.delete(urls[0])
+        await expire_frame(servers, urls[0])
         with pytest.raises(Exception, match="404"):
             await storage.download(urls[0])
 
@@ -47,6 +48,7 @@ async def test_the_seed_volume_url_names_the_filer_and_frames_still_download(ser
         tls_ca_file=tls.ca,
         tls_cert_file=tls.cert,
         tls_key_file=tls.key,
+        storage_read_key_file=servers.key_file("volume-read"),
     )
     assert settings.filer_url == filer  # proofs go to the one SeaweedFS address the seed names
     async with SeaweedStorage(settings) as storage:

@@ -9,6 +9,7 @@ import pytest
 
 from fleet.clients import connect_nats, redis_client
 from fleet.processes import ServiceProcess, service_process
+from fleet.servers import ServerSet
 from services.worker.service import InferenceWorker
 from services.worker.settings import DetectionSettings
 from shared.bus import Bus
@@ -23,6 +24,7 @@ from shared.storage import SeaweedStorage
 from shared.subjects import results_stream
 from tests.integration.helpers import running, wait_for
 from tests.support.settings import MakeSettings, settings_from
+from tests.support.weed import expire_frame
 
 
 def vtest_frame(repo_root: Path, index: int = 10) -> bytes:
@@ -35,7 +37,7 @@ def vtest_frame(repo_root: Path, index: int = 10) -> bytes:
 
 
 async def test_worker_detects_reports_errors_and_keeps_serving(
-    service_env: dict[str, str], make_settings: MakeSettings, repo_root: Path
+    service_env: dict[str, str], make_settings: MakeSettings, repo_root: Path, servers: ServerSet
 ) -> None:
     env = service_env | {"model_dir": str(repo_root / "models" / "ssd_mobilenet_v2_coco")}
     settings = settings_from(DetectionSettings, env)
@@ -52,7 +54,7 @@ async def test_worker_detects_reports_errors_and_keeps_serving(
             good = await storage.upload(vtest_frame(repo_root), ttl="5m")
             corrupt = await storage.upload(b"\xff\xd8 not really a jpeg", ttl="5m")
             gone = await storage.upload(b"expired", ttl="5m")
-            await storage.delete(gone)  # as its TTL would: SeaweedFS says 404, a final answer
+            await expire_frame(servers, gone)  # SeaweedFS then says 404, a final answer
 
             def task(seq: int, url: str) -> InferenceTask:
                 ref = FrameRef(source_id="cam0", seq=seq, pts=seq / 10, wall_time=time.time(), url=url, width=768, height=576)

@@ -18,7 +18,7 @@ from fleet.run import FleetOptions, FleetReport, run_fleet
 from fleet.servers import LocalServers, ServerSet
 from services.api.service import ApiService
 from services.api.settings import ApiSettings
-from shared.access import Role, user_name
+from shared.access import Role, storage_keys, user_name
 from shared.settings import VigilSettings
 from tests.integration.helpers import running
 from tests.support.settings import settings_from
@@ -50,10 +50,11 @@ def sample_run(local_servers: LocalServers, tmp_path_factory: pytest.TempPathFac
 
 
 def api_service(servers: ServerSet, prefix: str, *, as_api_user: bool = False, **extra: Any) -> ApiService:
-    """The api under `prefix`. as_api_user: logged in as the api's own user (read-only Redis), as the fleet runs
-    it, which exists once a fleet ran under `prefix` (the sample run); else as the tests' admin."""
+    """The api under `prefix`. as_api_user: logged in as the api's own user (read-only Redis), with its SeaweedFS
+    key alone (the filer's read key), as the fleet runs it, which exists once a fleet ran under `prefix` (the
+    sample run); else as the tests' admin."""
     user = user_name(Role.API, VigilSettings.model_validate({"subject_prefix": prefix})) if as_api_user else None
-    env = servers.env(user) if user else servers.env()
+    env = servers.env(user, storage_keys(Role.API)) if user else servers.env()
     settings = settings_from(ApiSettings, env, subject_prefix=prefix, api_port=0, **extra)
     return ApiService(settings)
 
