@@ -133,6 +133,7 @@ class ServerSet:
         context = ssl.create_default_context(cafile=str(tls.ca))
         context.load_cert_chain(tls.cert, tls.key)
         return context
+
     def key_file(self, name: str) -> Path:
         """The file of a SeaweedFS signing key, by its name in WEED_KEYS (`volume-write`, ...)."""
         if name not in {n for n, _, _ in WEED_KEYS}:

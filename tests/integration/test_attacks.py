@@ -234,6 +234,11 @@ def admin_storage(fleet: Fleet) -> SeaweedStorage:
     return SeaweedStorage(settings_from(VigilSettings, fleet.servers.servers.env()))
 
 
+def certified(fleet: Fleet) -> aiohttp.ClientSession:
+    """An HTTP session past SeaweedFS's TLS (a fleet certificate, taken from some container), but with no key."""
+    return http_session(fleet.servers.servers.env())
+
+
 async def status(http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str] | None = None) -> int:
     form = aiohttp.FormData()
     form.add_field("file", b"forged", filename="forged.jpg", content_type="image/jpeg")
@@ -249,7 +254,7 @@ def wrong_key(claims: dict[str, object]) -> dict[str, str]:
 
 async def test_no_volume_upload_without_the_masters_token(fleet: Fleet) -> None:
     servers = fleet.servers.servers
-    async with http_session(fleet.servers.servers.env()) as http, admin_storage(fleet) as admin:
+    async with certified(fleet) as http, admin_storage(fleet) as admin:
         # Anyone who reaches the master gets a fid (until the master is behind mutual TLS), but not the right to use it.
         async with http.get(f"{servers.master_url}/dir/assign") as resp:
             doc = await resp.json(content_type=None)
@@ -269,7 +274,7 @@ async def test_no_volume_upload_without_the_masters_token(fleet: Fleet) -> None:
 async def test_no_volume_read_without_a_signed_token(fleet: Fleet) -> None:
     async with storage_as(fleet, "reader") as reader, storage_as(fleet, "detection") as worker:
         url = await reader.upload(b"\xff\xd8 a frame", ttl="5m")  # as the reader stores a frame
-        async with http_session(fleet.servers.servers.env()) as http:
+        async with certified(fleet) as http:
             assert await status(http, "GET", url) == UNAUTHORIZED
             assert await status(http, "HEAD", url) == UNAUTHORIZED
             assert await status(http, "GET", url, wrong_key({"fid": batch_fid(url)})) == UNAUTHORIZED
@@ -290,7 +295,7 @@ async def test_a_read_token_for_one_frame_does_not_read_another(fleet: Fleet) ->
         mine, theirs = await one.upload(b"mine", ttl="5m"), await two.upload(b"theirs", ttl="5m")
         assert batch_fid(mine) != batch_fid(theirs)
         token = worker.authorization("GET", mine)  # what the worker sends to read `mine`
-        async with http_session(fleet.servers.servers.env()) as http:
+        async with certified(fleet) as http:
             assert await status(http, "GET", mine, token) == 200
             assert await status(http, "GET", theirs, token) == UNAUTHORIZED
             assert await status(http, "DELETE", mine, token) == UNAUTHORIZED  # a read token deletes nothing
@@ -299,7 +304,7 @@ async def test_a_read_token_for_one_frame_does_not_read_another(fleet: Fleet) ->
 
 async def test_no_filer_write_or_read_without_a_signed_token(fleet: Fleet) -> None:
     prefix = fleet.settings.subject_prefix
-    async with admin_storage(fleet) as admin, http_session(fleet.servers.servers.env()) as http:
+    async with admin_storage(fleet) as admin, certified(fleet) as http:
         clip = await admin.put_path(f"vigil/events/{prefix}/{prefix}.mp4", b"the clip", content_type="video/mp4")
         forged = f"{admin.filer_url}/vigil/events/{prefix}/forged.mp4"
         for method, url in (("POST", forged), ("PUT", forged), ("POST", clip), ("DELETE", clip)):
@@ -321,7 +326,7 @@ async def test_no_filer_write_or_read_without_a_signed_token(fleet: Fleet) -> No
 
 async def test_the_apis_filer_token_neither_writes_nor_deletes(fleet: Fleet) -> None:
     prefix = fleet.settings.subject_prefix
-    async with admin_storage(fleet) as admin, storage_as(fleet, "api") as api, http_session(fleet.servers.servers.env()) as http:
+    async with admin_storage(fleet) as admin, storage_as(fleet, "api") as api, certified(fleet) as http:
         clip = await admin.put_path(f"vigil/events/{prefix}/{prefix}.mp4", b"the clip", content_type="video/mp4")
         assert await api.download(clip) == b"the clip"  # it reads
         seen = api.authorization("GET", clip)  # its token, as seen on the wire
@@ -339,7 +344,7 @@ async def test_the_apis_filer_token_neither_writes_nor_deletes(fleet: Fleet) -> 
 
 async def test_the_registrators_token_is_scoped_to_its_path_and_method(fleet: Fleet) -> None:
     prefix = fleet.settings.subject_prefix
-    async with admin_storage(fleet) as admin, storage_as(fleet, "registrator") as registrator, http_session(fleet.servers.servers.env()) as http:
+    async with admin_storage(fleet) as admin, storage_as(fleet, "registrator") as registrator, certified(fleet) as http:
         other = await admin.put_path(f"vigil/events/{prefix}-other/k.jpg", b"another event's", content_type="image/jpeg")
         mine = await registrator.put_path(f"vigil/events/{prefix}/k.jpg", b"its key frame", content_type="image/jpeg")
         seen = registrator.authorization("POST", mine)  # the token of that upload
