@@ -119,3 +119,29 @@ class FleetPki:
         # Renamed into place whole: a server starting meanwhile never reads half a file.
         os.chmod(made, mode)
         made.replace(path)
+
+
+# The servers' TLS settings, for LocalServers and for Compose (where the files are secrets in /run/secrets).
+
+
+def nats_tls_config(tls: TlsFiles) -> str:
+    # In the configuration file, not on the command line: a reload (add_users) would drop command-line TLS.
+    # verify: a client must show a certificate from the fleet's CA as well as its password.
+    return f'\ntls {{\n  cert_file: "{tls.cert}"\n  key_file: "{tls.key}"\n  ca_file: "{tls.ca}"\n  verify: true\n}}\n'
+
+
+def redis_tls_args(tls: TlsFiles, port: int) -> list[str]:
+    # The TLS port replaces the plain one, which is closed (0); tls-auth-clients is on by default.
+    tls_files = ["--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca)]
+    return ["--port", "0", "--tls-port", str(port), *tls_files]
+
+
+def weed_tls_config(tls: TlsFiles) -> str:
+    """weed's security.toml: master, volume server and filer serve HTTPS only and ask for a client certificate
+    (the master has no other way to tell the fleet from anyone); weed's parts call each other with the server's."""
+    files = f'cert = "{tls.cert}"\nkey = "{tls.key}"\nca = "{tls.ca}"\n'
+    servers = [f"[https.{part}]\n{files}" for part in ("master", "volume", "filer")]
+    # gRPC too: the filer's would let anyone read and write files, the master's assign, with no token at all.
+    pair = f'cert = "{tls.cert}"\nkey = "{tls.key}"\n'
+    grpc = [f'[grpc]\nca = "{tls.ca}"\n', *(f"[grpc.{part}]\n{pair}" for part in ("master", "volume", "filer", "client"))]
+    return "\n".join([*servers, f"[https.client]\nenabled = true\n{files}", *grpc])

@@ -34,7 +34,7 @@ from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from fleet.pki import FleetPki, TlsFiles
+from fleet.pki import FleetPki, TlsFiles, nats_tls_config, redis_tls_args, weed_tls_config
 from shared.access import ADMIN, ADMIN_ACCESS, Access, StorageKey, nats_authorization, redis_acl
 
 HOST = "127.0.0.1"
@@ -253,29 +253,6 @@ def _tls_redis() -> str | None:
     return found if found is not None and _has_tls(found) else None
 
 
-def _nats_tls(tls: TlsFiles) -> str:
-    # In the configuration file, not on the command line: a reload (add_users) would drop command-line TLS.
-    # verify: a client must show a certificate from the fleet's CA as well as its password.
-    return f'\ntls {{\n  cert_file: "{tls.cert}"\n  key_file: "{tls.key}"\n  ca_file: "{tls.ca}"\n  verify: true\n}}\n'
-
-
-def _redis_tls_args(tls: TlsFiles, port: int) -> list[str]:
-    # The TLS port replaces the plain one, which is closed (0); tls-auth-clients is on by default.
-    tls_files = ["--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca)]
-    return ["--port", "0", "--tls-port", str(port), *tls_files]
-
-
-def _weed_security(tls: TlsFiles) -> str:
-    """weed's security.toml: master, volume server and filer serve HTTPS only and ask for a client certificate
-    (the master has no other way to tell the fleet from anyone); weed's parts call each other with the server's."""
-    files = f'cert = "{tls.cert}"\nkey = "{tls.key}"\nca = "{tls.ca}"\n'
-    servers = [f"[https.{part}]\n{files}" for part in ("master", "volume", "filer")]
-    # gRPC too: the filer's would let anyone read and write files, the master's assign, with no token at all.
-    pair = f'cert = "{tls.cert}"\nkey = "{tls.key}"\n'
-    grpc = [f'[grpc]\nca = "{tls.ca}"\n', *(f"[grpc.{part}]\n{pair}" for part in ("master", "volume", "filer", "client"))]
-    return "\n".join([*servers, f"[https.client]\nenabled = true\n{files}", *grpc])
-
-
 def _weed_ready(servers: ServerSet) -> bool:
     # `weed server` starts the master, then the filer ~1 s later and the volume server ~2 s later; asking the
     # master earlier only logs a failed assign per probe.
@@ -375,7 +352,7 @@ class LocalServers:
         self._set = s
         server_tls = s.pki.server(SERVER_CERT, (HOST, "localhost"))
         self._write_access()
-        (d / "weed" / "security.toml").write_text(_weed_security(server_tls))
+        (d / "weed" / "security.toml").write_text(weed_tls_config(server_tls))
         # The keys go to weed as environment variables, not in a security.toml: a variable wins over every
         # security.toml weed could find (its working folder, ~/.seaweedfs, /etc/seaweedfs), so no stray file can
         # change or drop them, and they stay in our 0600 files and weed's own environment, nowhere else.
@@ -465,7 +442,7 @@ class LocalServers:
                     "everysec",
                     "--aclfile",
                     str(self._redis_acl),
-                    *(_redis_tls_args(server_tls, redis) if redis_tls else ()),
+                    *(redis_tls_args(server_tls, redis) if redis_tls else ()),
                 ],
                 d / "redis",
                 self.log_dir / "redis.log",
@@ -516,7 +493,7 @@ class LocalServers:
             (
                 self._nats_config,
                 nats_authorization((u, self._password("nats", u), a) for u, a in self._users.items())
-                + _nats_tls(self.servers.pki.files(SERVER_CERT)),
+                + nats_tls_config(self.servers.pki.files(SERVER_CERT)),
             ),
             (self._redis_acl, redis_acl((u, self._password("redis", u), a) for u, a in self._users.items())),
         ):
