@@ -132,6 +132,9 @@ class RegistratorService(Service[RegistratorSettings]):
         await self.bus.ensure_stream(results_stream(self.settings))
         redis = await self.open_redis(stack)
         self.store = EventStore(redis, self.keys)
+        # Records written before the listing indexes existed: indexed once, before anything new is written.
+        if (indexed := await self.store.backfill_indexes()) is not None:
+            self.log.info("listing indexes built over %d existing event record(s)", indexed)
         self.state = RegistratorState(redis, self.keys)
         self.storage = await self.open_storage(stack)
         self._owed = await self._restore()
