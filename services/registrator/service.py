@@ -21,7 +21,7 @@ from services.registrator.clips import clip_ticks, pick_frames
 from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.frames import FrameRing
 from services.registrator.proofs import make_proofs
-from services.registrator.retention import sweep
+from services.registrator.retention import Removed, sweep, sweep_budget
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
 from shared.bus import ConsumerLag, fetch
@@ -126,6 +126,9 @@ class RegistratorService(Service[RegistratorSettings]):
         self.m_finalise = self.metrics.histogram("finalise", "time to cut and store an event's proofs")
         self.m_pending = self.metrics.gauge("results_pending", "results waiting to be absorbed (JetStream's count)")
         self.m_oldest = self.metrics.gauge("results_oldest_seconds", "age of the oldest result not yet absorbed")
+        self.m_retained = self.metrics.counter("retention_removed", "events removed with their files", ("reason",))
+        self.m_retained_bytes = self.metrics.counter("retention_removed_bytes", "proof bytes removed", ("reason",))
+        self.m_stored = self.metrics.gauge("events_stored_bytes", "bytes of the events' proofs in the filer, by their records")
 
     async def start(self, stack: AsyncExitStack) -> None:
         await self.open_bus(stack)
@@ -160,7 +163,7 @@ class RegistratorService(Service[RegistratorSettings]):
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch_drain_timeouts())
             tg.create_task(self._watch_lag(results_stream))
-            if self.settings.event_retention_days > 0:
+            if self.settings.event_retention_days > 0 or self.settings.event_storage_max_gb > 0:
                 tg.create_task(self._retention())
             # Results from the first moment, a restart included: the frame buffer fills beside them, and only the
             # proofs, which need its frames, wait for it (issue 15: a live camera kept the rebuild from ever ending,
@@ -608,13 +611,22 @@ class RegistratorService(Service[RegistratorSettings]):
 
     async def _retention(self) -> None:
         assert self.store is not None and self.storage is not None
-        max_age = self.settings.event_retention_days * 86400
+        store, storage = self.store, self.storage
+        s, tmp = self.settings, Path(self.settings.TMP_PATH)
         while not self.stop_event.is_set():
             try:
-                await sweep(self.store, self.storage, Path(self.settings.TMP_PATH), max_age)
+                if s.event_retention_days > 0:
+                    self._count_removed("age", await sweep(store, storage, tmp, s.event_retention_days * 86400))
+                if s.event_storage_max_gb > 0:
+                    self._count_removed("budget", await sweep_budget(store, storage, tmp, int(s.event_storage_max_gb * 1e9)))
+                self.m_stored.set(await self.store.stored_bytes())
             except Exception as exc:  # noqa: BLE001 - Redis or storage away: the next sweep tries again
                 self.log.warning("retention sweep failed: %r", exc)
-            await self.pause(self.settings.retention_interval)
+            await self.pause(s.retention_interval)
+
+    def _count_removed(self, reason: str, removed: Removed) -> None:
+        self.m_retained.labels(reason=reason).inc(removed.events)
+        self.m_retained_bytes.labels(reason=reason).inc(removed.bytes)
 
     async def _watch_drain_timeouts(self) -> None:
         while not await self.pause(1.0):

@@ -17,7 +17,8 @@ from redis.asyncio import Redis
 from fleet.clients import redis_client
 from fleet.processes import service_process
 from fleet.servers import LocalServers
-from services.registrator.retention import event_folder, sweep
+from services.registrator.proofs import proof_paths
+from services.registrator.retention import event_folder, sweep, sweep_budget
 from services.registrator.service import RegistratorService
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
@@ -139,6 +140,9 @@ async def test_disorder_duplicates_and_a_stranger_make_no_duplicate_event(servic
     with av.open(event.video_proof_path or "") as clip:
         frames = sum(1 for _ in clip.decode(video=0))
     assert frames == event.clip_frames == 40  # 0.0 s (0.5 - pre-roll 1 s, cut at 0) to 3.9 s (the last frame) at 10 fps
+    # what retention's disk budget counts: the clip and both key frames, as stored
+    proofs = proof_paths(Path(service_env["TMP_PATH"]), event.id)
+    assert event.stored_bytes == sum(p.stat().st_size for p in proofs) > 0
     # the key frame's box is where the detection was: the annotated copy differs from the raw one there
     raw = cv2.imread(event.image_proof_path or "")
     boxed = cv2.imread((event.image_proof_path or "").replace(".jpg", "_boxes.jpg"))
@@ -309,13 +313,60 @@ async def test_retention_removes_old_events_with_their_files(redis: Redis, make_
                     updated_at=now,
                 )
             )
-        assert await sweep(store, storage, tmp_path, max_age_seconds=2 * 86400) == 1
+        assert (await sweep(store, storage, tmp_path, max_age_seconds=2 * 86400)).events == 1
         assert [e.id for e in await store.all()] == ["new"]
         assert not (tmp_path / "old").exists() and (tmp_path / "new").exists()
         async with http.get(f"{settings.filer_url}/vigil/events/old/old.mp4") as resp:
             assert resp.status == 404
         async with http.get(f"{settings.filer_url}/vigil/events/new/new.mp4") as resp:
             assert resp.status == 200
+
+
+async def test_retention_by_disk_budget_removes_the_oldest_first(
+    redis: Redis, make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    settings = make_settings(RegistratorSettings)
+    keys = RedisKeys(settings)
+    store = EventStore(redis, keys)
+    now = time.time()
+    ids = [f"cam0-{i:016x}" for i in range(6)]
+    async with SeaweedStorage(settings) as storage, aiohttp.ClientSession() as http:
+        for i, event_id in enumerate(ids):  # saved newest first: the order of starts, not of writes, decides
+            started = now - 100 * (len(ids) - i)
+            clip = bytes([i]) * 1000
+            (tmp_path / event_id).mkdir()
+            (tmp_path / event_id / f"{event_id}.mp4").write_bytes(clip)
+            url = await storage.put_path(f"vigil/events/{event_id}/{event_id}.mp4", clip, content_type="video/mp4")
+            record = Event(
+                id=event_id,
+                source_id="cam0",
+                model="ssd",
+                label="person",
+                label_counts={"person": 1},
+                state=EventState.FINISHED,
+                start=0,
+                end=1,
+                start_wall=started,
+                frames=1,
+                best_score=0.9,
+                best_frame_seq=0,
+                video_proofs=url,
+                stored_bytes=len(clip),
+                updated_at=now,
+            )
+            await store.save(record)
+        assert await store.stored_bytes() == 6000
+        removed = await sweep_budget(store, storage, tmp_path, max_bytes=3500)
+        assert (removed.events, removed.bytes) == (3, 3000) and await store.stored_bytes() == 3000
+        assert [e.id for e in await store.all()] == ids[3:]  # the three that started first went
+        for event_id in ids:
+            gone = event_id in ids[:3]
+            async with http.get(f"{settings.filer_url}/vigil/events/{event_id}/{event_id}.mp4") as resp:
+                assert resp.status == (404 if gone else 200), event_id
+            assert (tmp_path / event_id).exists() is not gone
+            for field, value in (("source", "cam0"), ("label", "person"), ("state", "FINISHED")):
+                assert (await redis.zscore(keys.events_by(field, value), event_id) is None) is gone
+        assert (await sweep_budget(store, storage, tmp_path, max_bytes=3500)).events == 0  # under budget: nothing
 
 
 @pytest.mark.timeout(150)
@@ -377,7 +428,7 @@ async def test_retention_never_deletes_outside_tmp_path(service_env: dict[str, s
             await redis.zadd(keys.events, {record: old})
             await redis.hset(keys.event_index, event_id, record)
         async with SeaweedStorage(settings) as storage:
-            assert await sweep(store, storage, events_dir, max_age_seconds=86400) == 2
+            assert (await sweep(store, storage, events_dir, max_age_seconds=86400)).events == 2
         assert keep.read_text() == "not an event" and events_dir.is_dir()
         assert await redis.zcard(keys.events) == 0 and await redis.hlen(keys.event_index) == 0
     finally:
