@@ -75,7 +75,13 @@ class RedisKeys:
 
     @property
     def registrator_seen_prefix(self) -> str:
+        """The seen sets of older versions (one member per result, never trimmed): read once, then windows."""
         return f"{self._ns}registrator:seen:"
+
+    @property
+    def registrator_window_prefix(self) -> str:
+        """Per run of a source and model (`<prefix><feed>:<model>`): its seen window (services/registrator/window.py)."""
+        return f"{self._ns}registrator:window:"
 
     @property
     def event_index(self) -> str:

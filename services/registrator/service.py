@@ -24,6 +24,7 @@ from services.registrator.proofs import make_proofs
 from services.registrator.retention import Removed, sweep, sweep_budget
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
+from services.registrator.window import Seen, SeenWindow
 from shared.bus import ConsumerLag, fetch
 from shared.contracts import (
     DropPolicy,
@@ -64,7 +65,7 @@ class SourceProgress:
     ended_at: float = 0.0  # wall time of the source's ENDED (or FAILED) status
     summary: RoutingSummary | None = None
     summary_at: float = 0.0
-    seen: defaultdict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    windows: dict[str, SeenWindow] = field(default_factory=dict)  # per model: which results were absorbed
     result_pts: dict[str, float] = field(default_factory=dict)
     finalising: set[asyncio.Task[None]] = field(default_factory=set)
     events: int = 0
@@ -73,7 +74,11 @@ class SourceProgress:
     def complete(self) -> bool:
         if not self.ended or self.summary is None:
             return False
-        return all(len(self.seen.get(model, ())) >= n for model, n in self.summary.tasks.items())
+        return all(self.absorbed(model) >= n for model, n in self.summary.tasks.items())
+
+    def absorbed(self, model: str) -> int:
+        window = self.windows.get(model)
+        return window.count if window is not None else 0
 
 
 class RegistratorService(Service[RegistratorSettings]):
@@ -120,6 +125,9 @@ class RegistratorService(Service[RegistratorSettings]):
         self.m_results = self.metrics.counter("results", "results absorbed", ("source_id", "model"))
         self.m_duplicates = self.metrics.counter("duplicate_results", "results seen before (redelivery)", ("model",))
         self.m_stale = self.metrics.counter("stale_results", "results of a run already drained (dropped)", ("model",))
+        self.m_past = self.metrics.counter(
+            "past_window_results", "results more than dedup_window_frames behind the newest (taken for seen)", ("model",)
+        )
         self.m_events = self.metrics.counter(
             "events", "events reaching FINISHED, or ERROR (once per failed attempt)", ("source_id", "state")
         )
@@ -268,7 +276,7 @@ class RegistratorService(Service[RegistratorSettings]):
         assert self.store is not None
         touched: dict[str, OpenEvent] = {}
         closed: list[OpenEvent] = []
-        seen: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
+        seen: set[tuple[str, str]] = set()  # (feed, model) whose window changed
         summaries: list[RoutingSummary] = []
         tally: Counter[tuple[str, str]] = Counter()
         for msg in msgs:
@@ -281,7 +289,7 @@ class RegistratorService(Service[RegistratorSettings]):
             if result is None:
                 continue
             if self._absorb(result, touched, closed, tally):
-                seen[(result.frame.feed, result.model)].add(result.frame.seq)
+                seen.add((result.frame.feed, result.model))
         now = time.time()
         records = [
             event
@@ -301,8 +309,8 @@ class RegistratorService(Service[RegistratorSettings]):
                         self.state.keep(pipe, event)
                 for event in records:
                     await self.store.save_in(pipe, event.record())
-                for (feed, model), seqs in seen.items():
-                    self.state.seen(pipe, feed, model, seqs)
+                for feed, model in seen:
+                    self.state.window(pipe, feed, model, self.sources[feed].windows[model])
                 for summary in summaries:
                     self.state.summary(pipe, summary)
                 self.state.count(pipe, tally)
@@ -332,11 +340,13 @@ class RegistratorService(Service[RegistratorSettings]):
             self.m_stale.labels(model=result.model).inc()
             return False
         progress = self.sources[feed]
-        seen = progress.seen[result.model]
-        if frame.seq in seen:
-            self.m_duplicates.labels(model=result.model).inc()
+        window = progress.windows.get(result.model)
+        if window is None:
+            window = progress.windows[result.model] = SeenWindow(self.settings.dedup_window_frames)
+        verdict = window.add(frame.seq)
+        if verdict is not Seen.NEW:
+            (self.m_duplicates if verdict is Seen.DUPLICATE else self.m_past).labels(model=result.model).inc()
             return False
-        seen.add(frame.seq)
         self._last_result[(feed, result.model)] = time.monotonic()
         if frame.policy is DropPolicy.WAIT:
             self._unpaced.add(feed)
@@ -499,7 +509,7 @@ class RegistratorService(Service[RegistratorSettings]):
         progress = self.sources[feed]
         source_id, run = split_feed(feed)
         summary = progress.summary
-        results = {model: len(seqs) for model, seqs in progress.seen.items()}
+        results = {model: window.count for model, window in progress.windows.items()}
         if timed_out:
             self.log.warning(
                 "source drained after %.0f s without all results: routed %s, got %s",
@@ -538,8 +548,8 @@ class RegistratorService(Service[RegistratorSettings]):
     async def _restore(self) -> list[OpenEvent]:
         """Pick up where a previous registrator stopped; returns the closed events still owed their proofs."""
         events = await self.state.open_events()
-        for (feed, model), seqs in (await self.state.seen_results()).items():
-            self.sources[feed].seen[model] = seqs
+        for (feed, model), window in (await self.state.windows(self.settings.dedup_window_frames)).items():
+            self.sources[feed].windows[model] = window
         for summary in await self.state.summaries():
             progress = self.sources[summary.feed]
             progress.summary, progress.summary_at = summary, time.monotonic()

@@ -402,6 +402,52 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
     assert event.clip_frames == 40  # the frames from before the restart were found again for the clip
 
 
+@pytest.mark.timeout(120)
+async def test_a_finished_event_leaves_no_state_and_redeliveries_still_count_once(
+    redis: Redis, service_env: dict[str, str], repo_root: Path
+) -> None:
+    refs = await store_frames(service_env, repo_root)
+    keys = RedisKeys(settings_from(RegistratorSettings, service_env))
+    own = f"{keys.registrator_open.rsplit(':', 1)[0]}:*"  # every key of the registrator's own state
+    # A run kept by an older version: a seen set, one member per result, is read once and becomes a window.
+    await redis.sadd(f"{keys.registrator_seen_prefix}old:ssd", *range(10))
+
+    async def redeliver(service: RegistratorService) -> None:
+        """The person's results once more, without message ids (past the stream's duplicate window)."""
+        before = counter_value(service.m_duplicates, model="ssd")
+        for ref in refs[PERSON.start : PERSON.start + 6]:
+            await service.bus.js.publish(service.bus.subjects.results, result(ref, True).to_bytes())
+        await wait_for(lambda: counter_value(service.m_duplicates, model="ssd") == before + 6, 30, "the copies dropped")
+
+    async with running(registrator(service_env), lambda s: s.storage is not None) as service:
+        assert await redis.exists(f"{keys.registrator_seen_prefix}old:ssd") == 0
+        assert service.sources["old"].windows["ssd"].count == 10
+        await service.bus.ensure_stream(frames_stream(service.settings))
+        await feed(service.bus, refs, shuffle=True)  # a live source: it never ends
+        deadline = time.monotonic() + 60
+        while not [e for e in await events_of(service_env) if e.state is EventState.FINISHED]:
+            assert time.monotonic() < deadline, await events_of(service_env)
+            await asyncio.sleep(0.2)
+        await wait_for(lambda: not service._tasks and not service.finalising, 10, "the event's tasks to end")
+        assert not service.sources["cam0"].finalising and not service.tracker.open
+        assert await RegistratorState(redis, keys).open_events() == []
+        state_keys = sorted([k.decode() async for k in redis.scan_iter(match=own)])
+        windows = [k for k in state_keys if k.startswith(keys.registrator_window_prefix)]
+        assert windows == [f"{keys.registrator_window_prefix}{feed}:ssd" for feed in ("cam0", "old")], state_keys
+        assert not [k for k in state_keys if k.startswith(keys.registrator_seen_prefix)]
+        sizes = {await redis.strlen(k) for k in windows}
+        assert sizes == {24 + service.settings.dedup_window_frames // 8}  # the same whatever the run's length
+        await redeliver(service)
+    again = registrator(service_env)
+    async with running(again, lambda s: s.storage is not None) as service:
+        assert service.sources["cam0"].windows["ssd"].count == FRAMES  # every result once, across the restart
+        await redeliver(service)
+    events = await events_of(service_env)
+    assert len(events) == 1 and events[0].frames == len(PERSON), events
+    totals = await redis.hgetall(keys.totals("cam0"))
+    assert int(totals[b"inferred:ssd"]) == FRAMES  # the copies counted nothing
+
+
 async def test_retention_never_deletes_outside_tmp_path(service_env: dict[str, str], tmp_path: Path) -> None:
     """A record whose id is `..` (written by anyone who can reach Redis) once made retention rmtree TMP_PATH's
     parent. Such a record is now refused by the contract; retention removes it and touches no file."""
