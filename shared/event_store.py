@@ -219,7 +219,7 @@ class EventStore:
             return [], None
         drive = narrowest(counts)
         others = [key for field, key in index.items() if field != drive]
-        chunk = min(max(2 * (limit + 1), 64), 1000)
+        chunk = max(2 * (limit + 1), 64)
         found: list[Event] = []
         offset, read = 0, 0
         while True:
@@ -243,6 +243,7 @@ class EventStore:
             if read >= budget:
                 last_member, last_score = rows[-1]
                 return found, (last_score, last_member.decode())
+            chunk = min(chunk * 2, 1000, budget - read)  # the others filter much out: read more at a time
 
     async def _in_all(self, keys: list[str], ids: list[str]) -> list[str]:
         """The ids that are members of every one of `keys`, in their order."""

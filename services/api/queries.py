@@ -101,7 +101,8 @@ class FleetView:
             events, more = await self.events_store.page(equals, limit, newest=newest, oldest=where.since, after=after)
             return EventPage(events, Cursor(*more) if more is not None else None)
         found: list[Event] = []
-        async with aclosing(self.events_store.newest_first(newest=newest, oldest=where.since, chunk=limit + 1)) as scan:
+        # limit + 2: one more says a next page exists, and one is the cursor's own event (its start is inclusive).
+        async with aclosing(self.events_store.newest_first(newest=newest, oldest=where.since, chunk=limit + 2)) as scan:
             async for event in scan:
                 if cursor is not None and not cursor.after(event):
                     continue

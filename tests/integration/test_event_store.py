@@ -188,8 +188,8 @@ async def test_a_rare_combination_answers_short_pages_within_the_scan_budget(red
         pages.append([e.id for e in page])
         if after is None:
             break
-    # Each call read about 200 of the 600 ids of the narrowest index, not all of them: short pages, then the match.
-    assert len(pages) == 3 and pages[:-1] == [[], []] and pages[-1] == ["e0003"]
+    # Each call read at most 200 of the 600 ids of the narrowest index, not all of them: empty pages, then the match.
+    assert len(pages) in (3, 4) and all(p == [] for p in pages[:-1]) and pages[-1] == ["e0003"]
     only, more = await store.page({"state": "FINISHED", "label": "person", "source": "cam0"}, 5)
     assert [e.id for e in only] == ["e0003"] and more is None
 
