@@ -267,6 +267,16 @@ class EventStore:
         raws = cast(list[bytes], await self.redis.zrange(self.keys.events, 0, limit - 1))
         return [(raw, self._parse(raw)) for raw in raws]
 
+    async def each(self, chunk: int = SCAN_CHUNK) -> AsyncGenerator[Event, None]:
+        """Every record, oldest start first, read `chunk` at a time (by rank: a record added or removed meanwhile
+        may shift one in or out of view)."""
+        offset = 0
+        while raws := cast(list[bytes], await self.redis.zrange(self.keys.events, offset, offset + chunk - 1)):
+            for raw in raws:
+                if (event := self._parse(raw)) is not None:
+                    yield event
+            offset += len(raws)
+
     async def all(self) -> list[Event]:
         """Every record, oldest start first."""
         raws = cast(list[bytes], await self.redis.zrange(self.keys.events, 0, -1))  # no decode_responses: bytes

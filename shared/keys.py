@@ -103,6 +103,11 @@ class RedisKeys:
         return f"{self._ns}events-stored-bytes"
 
     @property
+    def events_sized(self) -> str:
+        """Set once the records stored before stored_bytes existed have been given their proofs' size."""
+        return f"{self._ns}events-sized"
+
+    @property
     def events_indexed(self) -> str:
         """The version of the listing indexes built over the records written before they existed (the backfill)."""
         return f"{self._ns}events-indexed"

@@ -9,13 +9,14 @@ import json
 import logging
 import shutil
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.registrator.proofs import proof_paths, remote_folder
 from shared.contracts import Event
 from shared.event_store import EventStore
-from shared.storage import SeaweedStorage, StorageError
+from shared.storage import FileGone, SeaweedStorage, StorageError
 
 log = logging.getLogger("vigil.registrator.retention")
 
@@ -78,6 +79,32 @@ async def sweep_budget(store: EventStore, storage: SeaweedStorage, tmp_path: Pat
             max_bytes / 1e6,
         )
     return removed
+
+
+async def size_unsized(store: EventStore, storage: SeaweedStorage) -> tuple[int, int] | None:
+    """Give the events stored before records carried `stored_bytes` their proofs' size (a HEAD request per file),
+    so that the disk budget counts them: once (a mark says it is done). Returns (events sized, bytes), or None
+    when done before. A storage error stops it; the next start tries again, and sizes only what is left."""
+    if await store.redis.exists(store.keys.events_sized):
+        return None
+    sized, total = 0, 0
+    async with aclosing(store.each()) as records:
+        async for event in records:
+            urls = [u for u in (event.video_proofs, event.image_proofs, event.image_annotated_proofs) if u]
+            if event.stored_bytes or not urls:
+                continue
+            size = 0
+            for url in urls:
+                try:
+                    size += await storage.size(url)
+                except FileGone:
+                    continue  # removed by hand, or by a TTL: it takes nothing
+            await store.save(event.model_copy(update={"stored_bytes": size}))
+            sized, total = sized + 1, total + size
+    await store.redis.set(store.keys.events_sized, "1")
+    if sized:
+        log.info("retention sized %d event(s) stored before their size was recorded: %.1f MB", sized, total / 1e6)
+    return sized, total
 
 
 async def _remove(

@@ -21,7 +21,7 @@ from services.registrator.clips import clip_ticks, pick_frames
 from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.frames import FrameRing
 from services.registrator.proofs import make_proofs
-from services.registrator.retention import Removed, sweep, sweep_budget
+from services.registrator.retention import Removed, size_unsized, sweep, sweep_budget
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
 from services.registrator.window import Seen, SeenWindow
@@ -623,8 +623,12 @@ class RegistratorService(Service[RegistratorSettings]):
         assert self.store is not None and self.storage is not None
         store, storage = self.store, self.storage
         s, tmp = self.settings, Path(self.settings.TMP_PATH)
+        sized = s.event_storage_max_gb == 0  # without a budget, the size of older events matters to nothing
         while not self.stop_event.is_set():
             try:
+                if not sized:
+                    await size_unsized(store, storage)
+                    sized = True
                 if s.event_retention_days > 0:
                     self._count_removed("age", await sweep(store, storage, tmp, s.event_retention_days * 86400))
                 if s.event_storage_max_gb > 0:

@@ -18,7 +18,7 @@ from fleet.clients import redis_client
 from fleet.processes import service_process
 from fleet.servers import LocalServers
 from services.registrator.proofs import proof_paths
-from services.registrator.retention import event_folder, sweep, sweep_budget
+from services.registrator.retention import event_folder, size_unsized, sweep, sweep_budget
 from services.registrator.service import RegistratorService
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
@@ -367,6 +367,28 @@ async def test_retention_by_disk_budget_removes_the_oldest_first(
             for field, value in (("source", "cam0"), ("label", "person"), ("state", "FINISHED")):
                 assert (await redis.zscore(keys.events_by(field, value), event_id) is None) is gone
         assert (await sweep_budget(store, storage, tmp_path, max_bytes=3500)).events == 0  # under budget: nothing
+
+
+async def test_events_stored_before_their_size_was_recorded_are_sized_once(redis: Redis, make_settings: MakeSettings) -> None:
+    settings = make_settings(RegistratorSettings)
+    store = EventStore(redis, RedisKeys(settings))
+    async with SeaweedStorage(settings) as storage:
+        clip = await storage.put_path("vigil/events/cam0-old/cam0-old.mp4", b"c" * 900, content_type="video/mp4")
+        key = await storage.put_path("vigil/events/cam0-old/cam0-old.jpg", b"k" * 90, content_type="image/jpeg")
+        gone = f"{settings.filer_url}/vigil/events/cam0-old/cam0-old_boxes.jpg"  # never stored: it takes nothing
+        old = Event(
+            id="cam0-old", source_id="cam0", model="ssd", label="person", label_counts={"person": 1},
+            state=EventState.FINISHED, start=0, end=1, start_wall=100.0, frames=1, best_score=0.9, best_frame_seq=0,
+            video_proofs=clip, image_proofs=key, image_annotated_proofs=gone, updated_at=100.0,
+        )  # fmt: skip
+        await store.save(old)  # as an older version wrote it: no stored_bytes
+        await store.save(old.model_copy(update={"id": "cam0-err", "state": EventState.ERROR, "video_proofs": None,
+                                                "image_proofs": None, "image_annotated_proofs": None}))  # fmt: skip
+        assert await store.stored_bytes() == 0
+        assert await size_unsized(store, storage) == (1, 990)
+        sized = await store.get("cam0-old")
+        assert sized is not None and sized.stored_bytes == 990 and await store.stored_bytes() == 990
+        assert await size_unsized(store, storage) is None  # once
 
 
 @pytest.mark.timeout(150)
