@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from fleet.clients import redis_client
 from services.api.queries import Cursor, EventFilter, FleetView
-from shared.contracts import Event, EventState
+from shared.contracts import ContractError, Event, EventState
 from shared.event_store import INDEXED, EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
@@ -228,3 +228,16 @@ async def test_records_from_before_the_indexes_are_backfilled_once(redis: tuple[
     assert [e.id for e in (await view.events(EventFilter(label="dog"), limit=10)).events] == ["old5", "old3", "old1"]
     assert await store.stored_bytes() == 70
     assert await store.backfill_indexes() is None  # once: the mark says it is done
+
+
+async def test_a_filtered_listing_skips_and_counts_a_record_that_does_not_parse(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    unreadable: list[ContractError] = []
+    store = EventStore(client, keys, on_unreadable=unreadable.append)
+    for i in range(3):
+        await store.save(event(f"e{i}", 100.0 + i))
+    # A record written by hand over e1's, its index entries left as they were.
+    await client.hset(keys.event_index, "e1", b'{"v": 1, "id": "e1"}')
+    page, more = await store.page({"source": "cam0"}, 10)
+    assert [e.id for e in page] == ["e2", "e0"] and more is None
+    assert len(unreadable) == 1
