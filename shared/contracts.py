@@ -358,6 +358,7 @@ class Event(Contract):
     image_proofs: str | None = Field(default=None, description="SeaweedFS URL of the key frame JPEG")
     image_proof_path: str | None = Field(default=None, description="local path of the key frame JPEG")
     image_annotated_proofs: str | None = Field(default=None, description="SeaweedFS URL of the key frame with its boxes")
+    stored_bytes: int = Field(default=0, ge=0, description="bytes its proofs (clip and key frames) take in the filer")
     error: Scrubbed | None = None
     closed_by: EventClose | None = Field(default=None, description="why it closed; None while open")
     updated_at: float

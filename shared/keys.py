@@ -75,9 +75,39 @@ class RedisKeys:
 
     @property
     def registrator_seen_prefix(self) -> str:
+        """The seen sets of older versions (one member per result, never trimmed): read once, then windows."""
         return f"{self._ns}registrator:seen:"
+
+    @property
+    def registrator_window_prefix(self) -> str:
+        """Per run of a source and model (`<prefix><feed>:<model>`): its seen window (services/registrator/window.py)."""
+        return f"{self._ns}registrator:window:"
 
     @property
     def event_index(self) -> str:
         """Hash event id -> current record, so an update can replace the sorted-set member in place."""
         return f"{self._ns}event-index"
+
+    @property
+    def events_by_prefix(self) -> str:
+        """Prefix of the listing indexes `<prefix><field>:<value>` (shared/event_store.py builds them in Lua too)."""
+        return f"{self._ns}events-by:"
+
+    def events_by(self, field: str, value: str) -> str:
+        """Sorted set of the ids of the events whose `field` (source, label, state) is `value`, scored by start."""
+        return f"{self.events_by_prefix}{field}:{value}"
+
+    @property
+    def events_stored_bytes(self) -> str:
+        """Sum of the events' proof bytes in the filer (their records' stored_bytes): the disk budget's meter."""
+        return f"{self._ns}events-stored-bytes"
+
+    @property
+    def events_sized(self) -> str:
+        """Set once the records stored before stored_bytes existed have been given their proofs' size."""
+        return f"{self._ns}events-sized"
+
+    @property
+    def events_indexed(self) -> str:
+        """The version of the listing indexes built over the records written before they existed (the backfill)."""
+        return f"{self._ns}events-indexed"

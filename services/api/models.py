@@ -41,7 +41,10 @@ PublicEvent: type[Answer] = create_model(
 
 class EventPage(Answer):
     events: list[PublicEvent]  # type: ignore[valid-type]
-    next_cursor: str | None = Field(description="pass it back as `cursor` for the next page; null on the last")
+    next_cursor: str | None = Field(
+        description="pass it back as `cursor` for the next page; null on the last (a page of a rare combination of "
+        "filters may hold fewer than `limit` events and still have one)"
+    )
 
 
 class Sources(Answer):

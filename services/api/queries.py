@@ -27,12 +27,10 @@ class EventFilter:
     since: float | None = None  # unix time, inclusive, on the event's start
     until: float | None = None  # unix time, inclusive
 
-    def matches(self, event: Event) -> bool:
-        return (
-            (self.source_id is None or event.source_id == self.source_id)
-            and (self.label is None or event.label == self.label)
-            and (self.state is None or event.state is self.state)
-        )
+    def indexed(self) -> dict[str, str]:
+        """The filters that have an index (shared/event_store.py INDEXED): field -> value."""
+        wanted = {"source": self.source_id, "label": self.label, "state": self.state.value if self.state else None}
+        return {field: value for field, value in wanted.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -91,21 +89,27 @@ class FleetView:
         return await self.events_store.get(event_id)
 
     async def events(self, where: EventFilter, limit: int, cursor: Cursor | None = None) -> EventPage:
-        """Newest first. The time range narrows the store's scan; the other filters apply to what it yields,
-        so a page may read several chunks before it has `limit` events."""
+        """Newest first. Filtered on source, label or state, the page walks the narrowest of those indexes
+        (shared/event_store.py); with the time range alone it reads the records in order. Either way a page costs
+        O(log N + what it reads), not a scan of everything newer."""
         newest = where.until
         if cursor is not None:
             newest = cursor.start_wall if newest is None else min(cursor.start_wall, newest)
+        equals = where.indexed()
+        if equals:
+            after = (cursor.start_wall, cursor.event_id) if cursor is not None else None
+            events, more = await self.events_store.page(equals, limit, newest=newest, oldest=where.since, after=after)
+            return EventPage(events, Cursor(*more) if more is not None else None)
         found: list[Event] = []
-        async with aclosing(self.events_store.newest_first(newest=newest, oldest=where.since)) as scan:
+        # limit + 2: one more says a next page exists, and one is the cursor's own event (its start is inclusive).
+        async with aclosing(self.events_store.newest_first(newest=newest, oldest=where.since, chunk=limit + 2)) as scan:
             async for event in scan:
                 if cursor is not None and not cursor.after(event):
                     continue
-                if where.matches(event):
-                    found.append(event)
-                    if len(found) > limit:  # one more than asked says whether a next page exists
-                        last = found[limit - 1]
-                        return EventPage(found[:limit], Cursor(last.start_wall, last.id))
+                found.append(event)
+                if len(found) > limit:  # one more than asked says whether a next page exists
+                    last = found[limit - 1]
+                    return EventPage(found[:limit], Cursor(last.start_wall, last.id))
         return EventPage(found, None)
 
     async def sources(self) -> list[SourceHealth]:

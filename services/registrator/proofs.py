@@ -50,7 +50,8 @@ async def make_proofs(
 
     boxes_jpeg = await asyncio.get_running_loop().run_in_executor(_RENDER_THREAD, render)
     remote = remote_folder(event.id)
-    clip_url = await storage.put_path(f"{remote}/{clip_path.name}", clip_path.read_bytes(), content_type="video/mp4")
+    clip = clip_path.read_bytes()
+    clip_url = await storage.put_path(f"{remote}/{clip_path.name}", clip, content_type="video/mp4")
     key_url = await storage.put_path(f"{remote}/{key_path.name}", key_jpeg, content_type="image/jpeg")
     boxes_url = await storage.put_path(f"{remote}/{boxes_path.name}", boxes_jpeg, content_type="image/jpeg")
     return {
@@ -60,5 +61,6 @@ async def make_proofs(
         "image_proofs": key_url,
         "image_proof_path": str(key_path),
         "image_annotated_proofs": boxes_url,
+        "stored_bytes": len(clip) + len(key_jpeg) + len(boxes_jpeg),  # the disk budget's share (retention.py)
         "error": None,
     }

@@ -21,9 +21,10 @@ from services.registrator.clips import clip_ticks, pick_frames
 from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.frames import FrameRing
 from services.registrator.proofs import make_proofs
-from services.registrator.retention import sweep
+from services.registrator.retention import Removed, size_unsized, sweep, sweep_budget
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
+from services.registrator.window import Seen, SeenWindow
 from shared.bus import ConsumerLag, fetch
 from shared.contracts import (
     DropPolicy,
@@ -64,7 +65,7 @@ class SourceProgress:
     ended_at: float = 0.0  # wall time of the source's ENDED (or FAILED) status
     summary: RoutingSummary | None = None
     summary_at: float = 0.0
-    seen: defaultdict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    windows: dict[str, SeenWindow] = field(default_factory=dict)  # per model: which results were absorbed
     result_pts: dict[str, float] = field(default_factory=dict)
     finalising: set[asyncio.Task[None]] = field(default_factory=set)
     events: int = 0
@@ -73,7 +74,11 @@ class SourceProgress:
     def complete(self) -> bool:
         if not self.ended or self.summary is None:
             return False
-        return all(len(self.seen.get(model, ())) >= n for model, n in self.summary.tasks.items())
+        return all(self.absorbed(model) >= n for model, n in self.summary.tasks.items())
+
+    def absorbed(self, model: str) -> int:
+        window = self.windows.get(model)
+        return window.count if window is not None else 0
 
 
 class RegistratorService(Service[RegistratorSettings]):
@@ -120,18 +125,27 @@ class RegistratorService(Service[RegistratorSettings]):
         self.m_results = self.metrics.counter("results", "results absorbed", ("source_id", "model"))
         self.m_duplicates = self.metrics.counter("duplicate_results", "results seen before (redelivery)", ("model",))
         self.m_stale = self.metrics.counter("stale_results", "results of a run already drained (dropped)", ("model",))
+        self.m_past = self.metrics.counter(
+            "past_window_results", "results more than dedup_window_frames behind the newest (taken for seen)", ("model",)
+        )
         self.m_events = self.metrics.counter(
             "events", "events reaching FINISHED, or ERROR (once per failed attempt)", ("source_id", "state")
         )
         self.m_finalise = self.metrics.histogram("finalise", "time to cut and store an event's proofs")
         self.m_pending = self.metrics.gauge("results_pending", "results waiting to be absorbed (JetStream's count)")
         self.m_oldest = self.metrics.gauge("results_oldest_seconds", "age of the oldest result not yet absorbed")
+        self.m_retained = self.metrics.counter("retention_removed", "events removed with their files", ("reason",))
+        self.m_retained_bytes = self.metrics.counter("retention_removed_bytes", "proof bytes removed", ("reason",))
+        self.m_stored = self.metrics.gauge("events_stored_bytes", "bytes of the events' proofs in the filer, by their records")
 
     async def start(self, stack: AsyncExitStack) -> None:
         await self.open_bus(stack)
         await self.bus.ensure_stream(results_stream(self.settings))
         redis = await self.open_redis(stack)
         self.store = EventStore(redis, self.keys)
+        # Records written before the listing indexes existed: indexed once, before anything new is written.
+        if (indexed := await self.store.backfill_indexes()) is not None:
+            self.log.info("listing indexes built over %d existing event record(s)", indexed)
         self.state = RegistratorState(redis, self.keys)
         self.storage = await self.open_storage(stack)
         self._owed = await self._restore()
@@ -157,7 +171,7 @@ class RegistratorService(Service[RegistratorSettings]):
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch_drain_timeouts())
             tg.create_task(self._watch_lag(results_stream))
-            if self.settings.event_retention_days > 0:
+            if self.settings.event_retention_days > 0 or self.settings.event_storage_max_gb > 0:
                 tg.create_task(self._retention())
             # Results from the first moment, a restart included: the frame buffer fills beside them, and only the
             # proofs, which need its frames, wait for it (issue 15: a live camera kept the rebuild from ever ending,
@@ -262,7 +276,7 @@ class RegistratorService(Service[RegistratorSettings]):
         assert self.store is not None
         touched: dict[str, OpenEvent] = {}
         closed: list[OpenEvent] = []
-        seen: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
+        seen: set[tuple[str, str]] = set()  # (feed, model) whose window changed
         summaries: list[RoutingSummary] = []
         tally: Counter[tuple[str, str]] = Counter()
         for msg in msgs:
@@ -275,7 +289,7 @@ class RegistratorService(Service[RegistratorSettings]):
             if result is None:
                 continue
             if self._absorb(result, touched, closed, tally):
-                seen[(result.frame.feed, result.model)].add(result.frame.seq)
+                seen.add((result.frame.feed, result.model))
         now = time.time()
         records = [
             event
@@ -295,8 +309,8 @@ class RegistratorService(Service[RegistratorSettings]):
                         self.state.keep(pipe, event)
                 for event in records:
                     await self.store.save_in(pipe, event.record())
-                for (feed, model), seqs in seen.items():
-                    self.state.seen(pipe, feed, model, seqs)
+                for feed, model in seen:
+                    self.state.window(pipe, feed, model, self.sources[feed].windows[model])
                 for summary in summaries:
                     self.state.summary(pipe, summary)
                 self.state.count(pipe, tally)
@@ -326,11 +340,13 @@ class RegistratorService(Service[RegistratorSettings]):
             self.m_stale.labels(model=result.model).inc()
             return False
         progress = self.sources[feed]
-        seen = progress.seen[result.model]
-        if frame.seq in seen:
-            self.m_duplicates.labels(model=result.model).inc()
+        window = progress.windows.get(result.model)
+        if window is None:
+            window = progress.windows[result.model] = SeenWindow(self.settings.dedup_window_frames)
+        verdict = window.add(frame.seq)
+        if verdict is not Seen.NEW:
+            (self.m_duplicates if verdict is Seen.DUPLICATE else self.m_past).labels(model=result.model).inc()
             return False
-        seen.add(frame.seq)
         self._last_result[(feed, result.model)] = time.monotonic()
         if frame.policy is DropPolicy.WAIT:
             self._unpaced.add(feed)
@@ -493,7 +509,7 @@ class RegistratorService(Service[RegistratorSettings]):
         progress = self.sources[feed]
         source_id, run = split_feed(feed)
         summary = progress.summary
-        results = {model: len(seqs) for model, seqs in progress.seen.items()}
+        results = {model: window.count for model, window in progress.windows.items()}
         if timed_out:
             self.log.warning(
                 "source drained after %.0f s without all results: routed %s, got %s",
@@ -532,8 +548,8 @@ class RegistratorService(Service[RegistratorSettings]):
     async def _restore(self) -> list[OpenEvent]:
         """Pick up where a previous registrator stopped; returns the closed events still owed their proofs."""
         events = await self.state.open_events()
-        for (feed, model), seqs in (await self.state.seen_results()).items():
-            self.sources[feed].seen[model] = seqs
+        for (feed, model), window in (await self.state.windows(self.settings.dedup_window_frames)).items():
+            self.sources[feed].windows[model] = window
         for summary in await self.state.summaries():
             progress = self.sources[summary.feed]
             progress.summary, progress.summary_at = summary, time.monotonic()
@@ -605,13 +621,26 @@ class RegistratorService(Service[RegistratorSettings]):
 
     async def _retention(self) -> None:
         assert self.store is not None and self.storage is not None
-        max_age = self.settings.event_retention_days * 86400
+        store, storage = self.store, self.storage
+        s, tmp = self.settings, Path(self.settings.TMP_PATH)
+        sized = s.event_storage_max_gb == 0  # without a budget, the size of older events matters to nothing
         while not self.stop_event.is_set():
             try:
-                await sweep(self.store, self.storage, Path(self.settings.TMP_PATH), max_age)
+                if not sized:
+                    await size_unsized(store, storage)
+                    sized = True
+                if s.event_retention_days > 0:
+                    self._count_removed("age", await sweep(store, storage, tmp, s.event_retention_days * 86400))
+                if s.event_storage_max_gb > 0:
+                    self._count_removed("budget", await sweep_budget(store, storage, tmp, int(s.event_storage_max_gb * 1e9)))
+                self.m_stored.set(await self.store.stored_bytes())
             except Exception as exc:  # noqa: BLE001 - Redis or storage away: the next sweep tries again
                 self.log.warning("retention sweep failed: %r", exc)
-            await self.pause(self.settings.retention_interval)
+            await self.pause(s.retention_interval)
+
+    def _count_removed(self, reason: str, removed: Removed) -> None:
+        self.m_retained.labels(reason=reason).inc(removed.events)
+        self.m_retained_bytes.labels(reason=reason).inc(removed.bytes)
 
     async def _watch_drain_timeouts(self) -> None:
         while not await self.pause(1.0):

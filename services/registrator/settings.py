@@ -48,9 +48,23 @@ class RegistratorSettings(TaskQueueSettings):
     results_lag_max_age: float = Field(
         default=60.0, gt=0, description="/healthz is unhealthy while the oldest result not yet absorbed is older (s)"
     )
+    dedup_window_frames: int = Field(
+        default=16_384,
+        ge=1024,
+        multiple_of=8,
+        description="frames per source run and model whose results are told apart from redeliveries (a bit each); "
+        "a result further behind the newest is dropped",
+    )
     finalise_concurrency: int = Field(default=2, ge=1, description="events whose proofs are made at once")
     finalise_retries: int = Field(default=12, ge=0, description="retries of proofs while storage is away (1 s doubling to 30 s)")
-    event_retention_days: float = Field(default=0.0, ge=0, description="events older than this go, with their files; 0 keeps all")
+    event_retention_days: float = Field(
+        default=30.0, ge=0, description="events older than this go, with their files, oldest first; 0 keeps them by age"
+    )
+    event_storage_max_gb: float = Field(
+        default=50.0,
+        ge=0,
+        description="the oldest events go, with their files, while their clips and key frames take more (GB); 0: no budget",
+    )
     retention_interval: float = Field(default=300.0, gt=0, description="seconds between retention sweeps")
 
     @model_validator(mode="after")

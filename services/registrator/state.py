@@ -1,4 +1,5 @@
-"""What the registrator must not forget across a restart: open events, results seen, how sources ended.
+"""What the registrator must not forget across a restart: open events, results seen (a bounded window per run of
+a source and model), how sources ended. Nothing stays per event once it has finished.
 
 Written in the same Redis pipeline as the event records, before the results behind it are acked, so a
 registrator killed at any moment resumes where the acked results left it: nothing lost, nothing twice.
@@ -6,7 +7,7 @@ registrator killed at any moment resumes where the acked results left it: nothin
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import cast
 
 from pydantic import TypeAdapter
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from services.registrator.events import OpenEvent
+from services.registrator.window import SeenWindow
 from shared.contracts import RoutingSummary
 from shared.keys import RedisKeys
 
@@ -29,9 +31,13 @@ class RegistratorState:
         self.ended_key = keys.registrator_ended
         self.ended_at_key = keys.registrator_ended_at
         self._seen_prefix = keys.registrator_seen_prefix
+        self._window_prefix = keys.registrator_window_prefix
 
-    def _seen(self, source_id: str, model: str) -> str:
-        return f"{self._seen_prefix}{source_id}:{model}"
+    def _seen(self, feed: str, model: str) -> str:
+        return f"{self._seen_prefix}{feed}:{model}"
+
+    def _window(self, feed: str, model: str) -> str:
+        return f"{self._window_prefix}{feed}:{model}"
 
     # -- writes, into the caller's pipeline ------------------------------------------------------
 
@@ -41,8 +47,9 @@ class RegistratorState:
     async def drop(self, event_id: str) -> None:
         await self.redis.hdel(self.open_key, event_id)
 
-    def seen(self, pipe: Pipeline, source_id: str, model: str, seqs: set[int]) -> None:
-        pipe.sadd(self._seen(source_id, model), *seqs)
+    def window(self, pipe: Pipeline, feed: str, model: str, window: SeenWindow) -> None:
+        """The whole window, replaced: a few kilobytes whatever the run's length."""
+        pipe.set(self._window(feed, model), window.to_bytes())
 
     def count(self, pipe: Pipeline, tally: Counter[tuple[str, str]]) -> None:
         """Add to the per-source totals the api serves; in the results' pipeline, so a redelivery counts once."""
@@ -65,7 +72,7 @@ class RegistratorState:
             pipe.hdel(self.summary_key, source_id)
             pipe.srem(self.ended_key, source_id)
             for model in models:
-                pipe.delete(self._seen(source_id, model))
+                pipe.delete(self._window(source_id, model), self._seen(source_id, model))
             await pipe.execute()
 
     # -- reading back at start -------------------------------------------------------------------
@@ -84,9 +91,20 @@ class RegistratorState:
         raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.ended_at_key))  # no decode_responses: bytes
         return {k.decode(): float(v) for k, v in raw.items()}
 
-    async def seen_results(self) -> dict[tuple[str, str], set[int]]:
-        found: dict[tuple[str, str], set[int]] = defaultdict(set)
+    async def windows(self, size: int) -> dict[tuple[str, str], SeenWindow]:
+        """The seen windows; a seen set left by an older version becomes a window here, once (it is replaced)."""
+        found: dict[tuple[str, str], SeenWindow] = {}
+        async for key in self.redis.scan_iter(match=f"{self._window_prefix}*", count=500):
+            feed, model = key.decode()[len(self._window_prefix) :].split(":", 1)
+            raw = cast(bytes | None, await self.redis.get(key))  # no decode_responses: bytes
+            if raw is not None:
+                found[(feed, model)] = SeenWindow.from_bytes(raw)
         async for key in self.redis.scan_iter(match=f"{self._seen_prefix}*", count=500):
-            source_id, model = key.decode()[len(self._seen_prefix) :].split(":", 1)
-            found[(source_id, model)] = {int(m) for m in await self.redis.smembers(key)}
+            feed, model = key.decode()[len(self._seen_prefix) :].split(":", 1)
+            seqs = {int(m) for m in cast(set[bytes], await self.redis.smembers(key))}
+            window = found[(feed, model)] = SeenWindow.of(size, seqs)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                self.window(pipe, feed, model, window)
+                pipe.delete(key)
+                await pipe.execute()
         return found

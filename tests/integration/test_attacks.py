@@ -28,6 +28,8 @@ from fleet.clients import connect_nats, http_session, redis_client
 from fleet.run import grant_roles
 from fleet.servers import LocalServers
 from shared import jwt
+from shared.contracts import Event, EventState
+from shared.event_store import EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from shared.storage import FileGone, SeaweedStorage, StorageError
@@ -189,6 +191,34 @@ async def test_api_redis_user_cannot_write(fleet: Fleet) -> None:
     finally:
         await admin.delete(keys.source_health("cam-1"))
         await admin.aclose()
+        await api.aclose()
+
+
+async def test_the_registrator_writes_the_event_indexes_and_the_api_only_reads_them(fleet: Fleet) -> None:
+    """The store's scripts build the index keys themselves: Redis checks them against the caller's ACL all the same."""
+    keys = RedisKeys(fleet.settings)
+    registrator = redis_client(fleet.logins["registrator"])
+    api = redis_client(fleet.logins["api"])
+    record = Event(
+        id="cam0-0123456789abcdef", source_id="cam0", model="ssd", label="person", label_counts={"person": 1},
+        state=EventState.FINISHED, start=0, end=1, start_wall=100.0, frames=1, best_score=0.9, best_frame_seq=0,
+        stored_bytes=10, updated_at=100.0,
+    )  # fmt: skip
+    try:
+        writer = EventStore(registrator, keys)
+        assert await writer.backfill_indexes() == 0
+        await writer.save(record)
+        page, more = await EventStore(api, keys).page({"source": "cam0", "state": "FINISHED"}, 10)
+        assert [e.id for e in page] == [record.id] and more is None
+        with pytest.raises(NoPermissionError):
+            await api.execute_command("ZADD", keys.events_by("label", "person"), "1", "forged")
+        with pytest.raises(NoPermissionError):
+            await EventStore(api, keys).save(record)
+        ((member, _),) = await writer.started_before(200.0)
+        assert await writer.delete(member, record.id) == 10
+        assert await api.zcard(keys.events_by("source", "cam0")) == 0
+    finally:
+        await registrator.aclose()
         await api.aclose()
 
 

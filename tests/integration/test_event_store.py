@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -9,8 +10,8 @@ from redis.asyncio import Redis
 
 from fleet.clients import redis_client
 from services.api.queries import Cursor, EventFilter, FleetView
-from shared.contracts import Event, EventState
-from shared.event_store import EventStore
+from shared.contracts import ContractError, Event, EventState
+from shared.event_store import INDEXED, EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from tests.support.settings import settings_from
@@ -105,3 +106,138 @@ async def test_the_api_pages_through_the_store(redis: tuple[Redis, RedisKeys]) -
     since = await view.events(EventFilter(since=102.0), limit=10)
     assert [e.id for e in since.events] == ["e6", "e5", "e4"] and since.next_cursor is None
     assert await view.event("e3") == await store.get("e3")
+
+
+def fleet_event(i: int, rng: random.Random) -> Event:
+    """One of many: 12 sources, three labels (dog rare), one in 20 in ERROR; starts 1 s apart, some shared."""
+    label = rng.choices(["person", "car", "dog"], [70, 25, 5])[0]
+    state = EventState.ERROR if rng.random() < 0.05 else EventState.FINISHED
+    return event(f"e{i:05d}", 1000.0 + i // 3, state=state, label=label).model_copy(update={"source_id": f"cam{i % 12}"})
+
+
+async def save_all(store: EventStore, events: list[Event]) -> None:
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for e in events:
+            await store.save_in(pipe, e)
+        await pipe.execute()
+
+
+def expected(events: list[Event], where: EventFilter) -> list[str]:
+    wanted = where.indexed()
+    return [
+        e.id
+        for e in sorted(events, key=lambda e: (e.start_wall, e.id), reverse=True)
+        if all(str(getattr(e, INDEXED[f]).value if f == "state" else getattr(e, INDEXED[f])) == v for f, v in wanted.items())
+        and (where.since is None or e.start_wall >= where.since)
+        and (where.until is None or e.start_wall <= where.until)
+    ]
+
+
+async def test_filtered_listings_page_through_the_indexes_of_thousands_of_records(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    store = EventStore(client, keys)
+    rng = random.Random(3)
+    events = [fleet_event(i, rng) for i in range(3000)]
+    await save_all(store, events)
+    view = FleetView(client, keys)
+    cases = [
+        EventFilter(source_id="cam5"),
+        EventFilter(label="dog"),
+        EventFilter(state=EventState.ERROR),
+        EventFilter(source_id="cam5", label="person", state=EventState.FINISHED),
+        EventFilter(label="car", since=1300.0, until=1700.0),
+        EventFilter(source_id="nobody"),
+    ]
+    for where in cases:
+        want = expected(events, where)
+        first = await view.events(where, limit=25)
+        assert [e.id for e in first.events] == want[:25], where
+        got, cursor = [], None
+        while True:  # every page, across the ties of shared start times
+            page = await view.events(where, limit=40, cursor=cursor)
+            got += [e.id for e in page.events]
+            if page.next_cursor is None:
+                break
+            cursor = Cursor.decode(page.next_cursor.encode())
+        assert got == want, where
+    # A page reads what it returns: one source among 12, one page of 25, with few commands whatever the store's size.
+    before = await _calls(client)
+    await view.events(EventFilter(source_id="cam5"), limit=25)
+    assert await _calls(client) - before <= 4  # ZCOUNT, ZREVRANGEBYSCORE, HMGET (+ the INFO)
+
+
+async def _calls(client: Redis) -> int:
+    stats = await client.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values())
+
+
+async def test_a_rare_combination_answers_short_pages_within_the_scan_budget(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    store = EventStore(client, keys)
+    # person on even starts, FINISHED on odd ones: 600 each, and both only once, far down (e0003).
+    events = [
+        event(f"e{i:04d}", 1000.0 + i, label="person" if i % 2 == 0 or i == 3 else "car",
+              state=EventState.FINISHED if i % 2 else EventState.CREATED)
+        for i in range(1200)
+    ]  # fmt: skip
+    await save_all(store, events)
+    pages: list[list[str]] = []
+    after: tuple[float, str] | None = None
+    while True:
+        page, after = await store.page({"label": "person", "state": "FINISHED"}, 5, after=after, budget=200)
+        pages.append([e.id for e in page])
+        if after is None:
+            break
+    # Each call read at most 200 of the 600 ids of the narrowest index, not all of them: empty pages, then the match.
+    assert len(pages) in (3, 4) and all(p == [] for p in pages[:-1]) and pages[-1] == ["e0003"]
+    only, more = await store.page({"state": "FINISHED", "label": "person", "source": "cam0"}, 5)
+    assert [e.id for e in only] == ["e0003"] and more is None
+
+
+async def test_indexes_follow_updates_and_deletes(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    store = EventStore(client, keys)
+    await store.save(event("e1", 100.0, label="car"))
+    await store.save(event("e1", 100.0, label="person", state=EventState.FINISHED).model_copy(update={"stored_bytes": 700}))
+    assert await client.zrange(keys.events_by("label", "car"), 0, -1) == []  # the label it had while it grew
+    assert await client.zrange(keys.events_by("state", "CREATED"), 0, -1) == []
+    assert await client.zrange(keys.events_by("label", "person"), 0, -1) == [b"e1"]
+    assert await client.zrange(keys.events_by("source", "cam0"), 0, -1) == [b"e1"]
+    await store.save(event("e2", 200.0).model_copy(update={"stored_bytes": 300}))
+    assert await store.stored_bytes() == 1000
+    ((member, _), *_) = await store.started_before(150.0)
+    assert await store.delete(member, "e1") == 700
+    assert await store.delete(member, "e1") == 0  # a repeat frees nothing twice
+    assert await store.stored_bytes() == 300
+    assert await client.zcard(keys.events_by("state", "FINISHED")) == 0
+    for field, value in (("label", "person"), ("source", "cam0")):
+        assert await client.zrange(keys.events_by(field, value), 0, -1) == [b"e2"]
+
+
+async def test_records_from_before_the_indexes_are_backfilled_once(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    store = EventStore(client, keys)
+    for e in (event(f"old{i}", 100.0 + i, label="dog" if i % 2 else "person") for i in range(7)):
+        raw = e.model_copy(update={"stored_bytes": 10}).model_dump_json()  # written as the old layout did: no index
+        await client.zadd(keys.events, {raw: e.start_wall})
+        await client.hset(keys.event_index, e.id, raw)
+    await client.zadd(keys.events, {b"not json": 50.0})  # skipped, counted
+    view = FleetView(client, keys)
+    assert (await view.events(EventFilter(label="dog"), limit=10)).events == []
+    assert await store.backfill_indexes(chunk=3) == 7
+    assert [e.id for e in (await view.events(EventFilter(label="dog"), limit=10)).events] == ["old5", "old3", "old1"]
+    assert await store.stored_bytes() == 70
+    assert await store.backfill_indexes() is None  # once: the mark says it is done
+
+
+async def test_a_filtered_listing_skips_and_counts_a_record_that_does_not_parse(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    unreadable: list[ContractError] = []
+    store = EventStore(client, keys, on_unreadable=unreadable.append)
+    for i in range(3):
+        await store.save(event(f"e{i}", 100.0 + i))
+    # A record written by hand over e1's, its index entries left as they were.
+    await client.hset(keys.event_index, "e1", b'{"v": 1, "id": "e1"}')
+    page, more = await store.page({"source": "cam0"}, 10)
+    assert [e.id for e in page] == ["e2", "e0"] and more is None
+    assert len(unreadable) == 1

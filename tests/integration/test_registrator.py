@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 from fleet.clients import redis_client
 from fleet.processes import service_process
 from fleet.servers import LocalServers
-from services.registrator.retention import event_folder, sweep
+from services.registrator.proofs import proof_paths
+from services.registrator.retention import event_folder, size_unsized, sweep, sweep_budget
 from services.registrator.service import RegistratorService
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
@@ -138,6 +139,9 @@ async def test_disorder_duplicates_and_a_stranger_make_no_duplicate_event(servic
     with av.open(event.video_proof_path or "") as clip:
         frames = sum(1 for _ in clip.decode(video=0))
     assert frames == event.clip_frames == 40  # 0.0 s (0.5 - pre-roll 1 s, cut at 0) to 3.9 s (the last frame) at 10 fps
+    # what retention's disk budget counts: the clip and both key frames, as stored
+    proofs = proof_paths(Path(service_env["TMP_PATH"]), event.id)
+    assert event.stored_bytes == sum(p.stat().st_size for p in proofs) > 0
     # the key frame's box is where the detection was: the annotated copy differs from the raw one there
     raw = cv2.imread(event.image_proof_path or "")
     boxed = cv2.imread((event.image_proof_path or "").replace(".jpg", "_boxes.jpg"))
@@ -308,12 +312,85 @@ async def test_retention_removes_old_events_with_their_files(redis: Redis, make_
                     updated_at=now,
                 )
             )
-        assert await sweep(store, storage, tmp_path, max_age_seconds=2 * 86400) == 1
+        assert (await sweep(store, storage, tmp_path, max_age_seconds=2 * 86400)).events == 1
         assert [e.id for e in await store.all()] == ["new"]
         assert not (tmp_path / "old").exists() and (tmp_path / "new").exists()
         with pytest.raises(FileGone):
             await storage.size(f"{settings.filer_url}/vigil/events/old/old.mp4")
         assert await storage.download(f"{settings.filer_url}/vigil/events/new/new.mp4") == b"clip"
+
+
+async def test_retention_by_disk_budget_removes_the_oldest_first(
+    redis: Redis, make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    settings = make_settings(RegistratorSettings)
+    keys = RedisKeys(settings)
+    store = EventStore(redis, keys)
+    now = time.time()
+    ids = [f"cam0-{i:016x}" for i in range(6)]
+    async with SeaweedStorage(settings) as storage:
+        for i, event_id in enumerate(ids):  # saved newest first: the order of starts, not of writes, decides
+            started = now - 100 * (len(ids) - i)
+            clip = bytes([i]) * 1000
+            (tmp_path / event_id).mkdir()
+            (tmp_path / event_id / f"{event_id}.mp4").write_bytes(clip)
+            url = await storage.put_path(f"vigil/events/{event_id}/{event_id}.mp4", clip, content_type="video/mp4")
+            record = Event(
+                id=event_id,
+                source_id="cam0",
+                model="ssd",
+                label="person",
+                label_counts={"person": 1},
+                state=EventState.FINISHED,
+                start=0,
+                end=1,
+                start_wall=started,
+                frames=1,
+                best_score=0.9,
+                best_frame_seq=0,
+                video_proofs=url,
+                stored_bytes=len(clip),
+                updated_at=now,
+            )
+            await store.save(record)
+        assert await store.stored_bytes() == 6000
+        removed = await sweep_budget(store, storage, tmp_path, max_bytes=3500)
+        assert (removed.events, removed.bytes) == (3, 3000) and await store.stored_bytes() == 3000
+        assert [e.id for e in await store.all()] == ids[3:]  # the three that started first went
+        for event_id in ids:
+            gone = event_id in ids[:3]
+            clip_url = f"{settings.filer_url}/vigil/events/{event_id}/{event_id}.mp4"
+            if gone:
+                with pytest.raises(FileGone):
+                    await storage.size(clip_url)
+            else:
+                assert await storage.size(clip_url) == 1000, event_id
+            assert (tmp_path / event_id).exists() is not gone
+            for field, value in (("source", "cam0"), ("label", "person"), ("state", "FINISHED")):
+                assert (await redis.zscore(keys.events_by(field, value), event_id) is None) is gone
+        assert (await sweep_budget(store, storage, tmp_path, max_bytes=3500)).events == 0  # under budget: nothing
+
+
+async def test_events_stored_before_their_size_was_recorded_are_sized_once(redis: Redis, make_settings: MakeSettings) -> None:
+    settings = make_settings(RegistratorSettings)
+    store = EventStore(redis, RedisKeys(settings))
+    async with SeaweedStorage(settings) as storage:
+        clip = await storage.put_path("vigil/events/cam0-old/cam0-old.mp4", b"c" * 900, content_type="video/mp4")
+        key = await storage.put_path("vigil/events/cam0-old/cam0-old.jpg", b"k" * 90, content_type="image/jpeg")
+        gone = f"{settings.filer_url}/vigil/events/cam0-old/cam0-old_boxes.jpg"  # never stored: it takes nothing
+        old = Event(
+            id="cam0-old", source_id="cam0", model="ssd", label="person", label_counts={"person": 1},
+            state=EventState.FINISHED, start=0, end=1, start_wall=100.0, frames=1, best_score=0.9, best_frame_seq=0,
+            video_proofs=clip, image_proofs=key, image_annotated_proofs=gone, updated_at=100.0,
+        )  # fmt: skip
+        await store.save(old)  # as an older version wrote it: no stored_bytes
+        await store.save(old.model_copy(update={"id": "cam0-err", "state": EventState.ERROR, "video_proofs": None,
+                                                "image_proofs": None, "image_annotated_proofs": None}))  # fmt: skip
+        assert await store.stored_bytes() == 0
+        assert await size_unsized(store, storage) == (1, 990)
+        sized = await store.get("cam0-old")
+        assert sized is not None and sized.stored_bytes == 990 and await store.stored_bytes() == 990
+        assert await size_unsized(store, storage) is None  # once
 
 
 @pytest.mark.timeout(150)
@@ -349,6 +426,52 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
     assert event.clip_frames == 40  # the frames from before the restart were found again for the clip
 
 
+@pytest.mark.timeout(120)
+async def test_a_finished_event_leaves_no_state_and_redeliveries_still_count_once(
+    redis: Redis, service_env: dict[str, str], repo_root: Path
+) -> None:
+    refs = await store_frames(service_env, repo_root)
+    keys = RedisKeys(settings_from(RegistratorSettings, service_env))
+    own = f"{keys.registrator_open.rsplit(':', 1)[0]}:*"  # every key of the registrator's own state
+    # A run kept by an older version: a seen set, one member per result, is read once and becomes a window.
+    await redis.sadd(f"{keys.registrator_seen_prefix}old:ssd", *range(10))
+
+    async def redeliver(service: RegistratorService) -> None:
+        """The person's results once more, without message ids (past the stream's duplicate window)."""
+        before = counter_value(service.m_duplicates, model="ssd")
+        for ref in refs[PERSON.start : PERSON.start + 6]:
+            await service.bus.js.publish(service.bus.subjects.results, result(ref, True).to_bytes())
+        await wait_for(lambda: counter_value(service.m_duplicates, model="ssd") == before + 6, 30, "the copies dropped")
+
+    async with running(registrator(service_env), lambda s: s.storage is not None) as service:
+        assert await redis.exists(f"{keys.registrator_seen_prefix}old:ssd") == 0
+        assert service.sources["old"].windows["ssd"].count == 10
+        await service.bus.ensure_stream(frames_stream(service.settings))
+        await feed(service.bus, refs, shuffle=True)  # a live source: it never ends
+        deadline = time.monotonic() + 60
+        while not [e for e in await events_of(service_env) if e.state is EventState.FINISHED]:
+            assert time.monotonic() < deadline, await events_of(service_env)
+            await asyncio.sleep(0.2)
+        await wait_for(lambda: not service._tasks and not service.finalising, 10, "the event's tasks to end")
+        assert not service.sources["cam0"].finalising and not service.tracker.open
+        assert await RegistratorState(redis, keys).open_events() == []
+        state_keys = sorted([k.decode() async for k in redis.scan_iter(match=own)])
+        windows = [k for k in state_keys if k.startswith(keys.registrator_window_prefix)]
+        assert windows == [f"{keys.registrator_window_prefix}{feed}:ssd" for feed in ("cam0", "old")], state_keys
+        assert not [k for k in state_keys if k.startswith(keys.registrator_seen_prefix)]
+        sizes = {await redis.strlen(k) for k in windows}
+        assert sizes == {24 + service.settings.dedup_window_frames // 8}  # the same whatever the run's length
+        await redeliver(service)
+    again = registrator(service_env)
+    async with running(again, lambda s: s.storage is not None) as service:
+        assert service.sources["cam0"].windows["ssd"].count == FRAMES  # every result once, across the restart
+        await redeliver(service)
+    events = await events_of(service_env)
+    assert len(events) == 1 and events[0].frames == len(PERSON), events
+    totals = await redis.hgetall(keys.totals("cam0"))
+    assert int(totals[b"inferred:ssd"]) == FRAMES  # the copies counted nothing
+
+
 async def test_retention_never_deletes_outside_tmp_path(service_env: dict[str, str], tmp_path: Path) -> None:
     """A record whose id is `..` (written by anyone who can reach Redis) once made retention rmtree TMP_PATH's
     parent. Such a record is now refused by the contract; retention removes it and touches no file."""
@@ -375,7 +498,7 @@ async def test_retention_never_deletes_outside_tmp_path(service_env: dict[str, s
             await redis.zadd(keys.events, {record: old})
             await redis.hset(keys.event_index, event_id, record)
         async with SeaweedStorage(settings) as storage:
-            assert await sweep(store, storage, events_dir, max_age_seconds=86400) == 2
+            assert (await sweep(store, storage, events_dir, max_age_seconds=86400)).events == 2
         assert keep.read_text() == "not an event" and events_dir.is_dir()
         assert await redis.zcard(keys.events) == 0 and await redis.hlen(keys.event_index) == 0
     finally:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit
 
-import aiohttp
-
+from fleet.clients import http_session
 from fleet.servers import ServerSet
 from shared import jwt
 
@@ -30,5 +29,5 @@ def batch_fid(url: str) -> str:
 async def expire_frame(servers: ServerSet, url: str) -> None:
     """Remove a frame as its TTL would: a delete signed with the volume write key, which no service holds."""
     auth = bearer(servers, "volume-write", {"fid": batch_fid(url)})
-    async with aiohttp.ClientSession() as http, http.delete(url, headers=auth) as resp:
+    async with http_session(servers.env()) as http, http.delete(url, headers=auth) as resp:
         assert resp.status in (200, 202), f"delete of {url}: {resp.status} {await resp.text()}"

@@ -37,7 +37,9 @@ MODEL = "ssd"
 
 @asynccontextmanager
 async def offline_registrator() -> AsyncIterator[tuple[RegistratorService, FakeBus]]:
-    service = RegistratorService(settings_from(RegistratorSettings, subject_prefix="unit"))
+    # No storage here, so no retention (tests/integration/test_registrator.py runs it).
+    settings = settings_from(RegistratorSettings, subject_prefix="unit", event_retention_days=0, event_storage_max_gb=0)
+    service = RegistratorService(settings)
     bus = FakeBus(service.settings, "registrator")
     redis = FakeRedis()
     service.bus = bus  # type: ignore[assignment]
