@@ -98,6 +98,10 @@ class ServerSet:
             "nats_password_file": str(self.password_file("nats", user)),
             "redis_user": user,
             "redis_password_file": str(self.password_file("redis", user)),
+            # How to reach the servers safely goes with the credentials: a fleet given its addresses in a file
+            # (the seed's .env) still gets these.
+            "redis_tls": str(self.redis_tls).lower(),
+            "tls_ca_file": str(tls.ca),
             "tls_cert_file": str(tls.cert),
             "tls_key_file": str(tls.key),
             **{key.value: str(self.key_file(name)) for name, _, key in WEED_KEYS if key in wanted},
@@ -112,8 +116,6 @@ class ServerSet:
             "master_url": self.master_url,
             "volume_url": self.volume_url,
             "filer_url": self.filer_url,
-            "redis_tls": str(self.redis_tls).lower(),
-            "tls_ca_file": str(self.pki.ca),  # public: the certificate servers are checked against
         }
 
     def password_file(self, server: str, user: str) -> Path:

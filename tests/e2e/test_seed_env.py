@@ -1,8 +1,9 @@
 """The seed's own .env block, copied as it is, runs a working fleet.
 
-Only `video_source` points at the bundled sample, and the seed's fixed port numbers become the test servers'
-(nothing else of the addresses changes: `localhost`, and `volume_url` naming the filer as in the seed). The
-services read the block from the file (--env-file), not from the harness's environment.
+Only `video_source` points at the bundled sample, the seed's fixed port numbers become the test servers', and its
+plain schemes become TLS ones (`nats://` `tls://`, `http://` `https://`): Vigil's servers speak TLS only. Nothing
+else of the addresses changes: `localhost`, and `volume_url` naming the filer as in the seed. The services read
+the block from the file (--env-file), not from the harness's environment, which gives only their credentials.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ SEED_PORTS = {"master": 9333, "filer": 8888, "nats": 4222, "redis": 6379}
 
 
 def seed_env_for(servers: ServerSet) -> str:
-    """The seed's block with its port numbers replaced by the test servers', and nothing else changed."""
+    """The seed's block with the test servers' port numbers and TLS schemes, and nothing else changed."""
     ports = {
         "master": urlsplit(servers.master_url).port,
         "filer": urlsplit(servers.filer_url).port,
@@ -49,13 +50,14 @@ def seed_env_for(servers: ServerSet) -> str:
     text = SEED_ENV
     for name, seed_port in SEED_PORTS.items():
         text = re.sub(rf"(?<=[:=]){seed_port}\b", str(ports[name]), text)
-    return text
+    return text.replace("=nats://", "=tls://").replace("=http://", "=https://")
 
 
 def test_the_seed_block_keeps_its_text_but_the_ports(servers: ServerSet) -> None:
     text = seed_env_for(servers)
-    assert re.sub(r"\d{4,5}", "P", text) == re.sub(r"\d{4,5}", "P", SEED_ENV)
-    assert f"volume_url=http://localhost:{urlsplit(servers.filer_url).port}\n" in text  # the filer, as in the seed
+    tls_schemes = SEED_ENV.replace("=nats://", "=tls://").replace("=http://", "=https://")
+    assert re.sub(r"\d{4,5}", "P", text) == re.sub(r"\d{4,5}", "P", tls_schemes)
+    assert f"volume_url=https://localhost:{urlsplit(servers.filer_url).port}\n" in text  # the filer, as in the seed
 
 
 @pytest.mark.timeout(400)
