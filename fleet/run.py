@@ -272,10 +272,8 @@ async def run_fleet(servers: LocalServers, options: FleetOptions, stop: asyncio.
     settings = VigilSettings(_env_file=options.env_file or ".env", **known)  # type: ignore[arg-type]
     fleet.logins = await asyncio.to_thread(grant_roles, servers, settings)
     if not options.server_addresses:  # credentials only: the settings file names the servers
-        fleet.logins = {
-            service: {k: v for k, v in env.items() if k.endswith(("_user", "_password_file", "_key_file"))}
-            for service, env in fleet.logins.items()
-        }
+        named = server_set.addresses()
+        fleet.logins = {service: {k: v for k, v in env.items() if k not in named} for service, env in fleet.logins.items()}
     subjects, keys = Subjects.from_settings(settings), RedisKeys(settings)
     started = time.monotonic()
     nc = await connect_nats(admin)
