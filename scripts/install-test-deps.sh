@@ -14,7 +14,7 @@ PACKAGES=(
   gstreamer1.0-plugins-bad        # h264parse
   chromium                        # the dashboard test's browser (browsers cannot be downloaded by the tests)
   chromium-driver                 # chromedriver, driven by Selenium
-  redis-server                    # with TLS: LocalServers(tls=True) runs it (its service is not started)
+  redis-server                    # with TLS, for tests/integration/test_tls.py (its service is not started)
 )
 
 # Checks the elements as well as the typelibs: a missing plugin package only shows when a pipeline is built.

