@@ -42,7 +42,8 @@ JWT_KEYS = {
     "filer-signing.key": "jwt.filer_signing",
     "filer-read.key": "jwt.filer_signing.read",
 }
-JWT_EXPIRY_S = 10
+# How long the tokens weed signs itself last: the master's upload token covers a batch of fids (fleet/servers.py).
+JWT_EXPIRY_S = 60
 API_TOKEN = "api-token"
 
 
