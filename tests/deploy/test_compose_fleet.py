@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +267,15 @@ def test_the_servers_refuse_who_has_no_login(project: ComposeFleet) -> None:
     inside = project.compose("exec", "-T", "redis", "redis-cli", "ping").stdout
     assert "NOAUTH" in inside, inside
 
+    # SeaweedFS, with the keys of its security.toml: an upload without the master's token is refused.
+    weed = address(project, "seaweedfs")
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(f"http://{weed}:9333/dir/assign", timeout=10) as reply:
+        fid = json.loads(reply.read())["fid"]
+    with pytest.raises(urllib.error.HTTPError) as unsigned:
+        direct.open(urllib.request.Request(f"http://{weed}:8080/{fid}", data=b"forged", method="PUT"), timeout=10)
+    assert unsigned.value.code == 401
+
 
 def test_switching_the_source_in_env(project: ComposeFleet) -> None:
     make_other_video(project.folder / "video" / "vtest.mp4", project.folder / "media" / "other.mp4", OTHER_FRAMES)
@@ -422,8 +434,6 @@ def test_make_down_then_down_v_leave_nothing(project: ComposeFleet) -> None:
 
 
 def test_gpu_profile_asks_for_the_gpus(project: ComposeFleet) -> None:
-    import json
-
     config = json.loads(project.compose("--profile", "gpu", "config", "--format", "json").stdout)
     for name in ("detection-gpu", "classification-gpu"):
         service = config["services"][name]
