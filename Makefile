@@ -12,7 +12,7 @@ DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install lock config-docs run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-e2e soak soak-reader lint format check up down logs ps scale-workers test-compose clean
+.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-e2e soak soak-reader lint format check up down logs ps scale-workers test-compose clean
 
 install: $(STAMP)
 
@@ -109,8 +109,16 @@ PREFLIGHT := DETECTION=$(DETECTION) CLASSIFICATION=$(CLASSIFICATION) python3 scr
 GPU_ON    := $(filter 1 yes true,$(GPU))
 WORKERS   := $(if $(GPU_ON),detection-gpu classification-gpu,detection classification)
 
-up:
+# The fleet's passwords, keys and api token, made once (scripts/compose_secrets.py; docs/security.md). `make up`
+# runs it first. It needs the virtual environment, not its newest packages: one that exists is used as it is.
+VENV_ONCE := $(if $(wildcard $(PY)),,install)
+
+secrets: $(VENV_ONCE)
+	@$(PY) -m scripts.compose_secrets
+
+up: $(VENV_ONCE)
 	@$(PREFLIGHT) up
+	@$(PY) -m scripts.compose_secrets
 	@$(COMPOSE) $(if $(GPU_ON),--profile gpu) build || { $(PREFLIGHT) build-failed; exit 1; }
 	$(COMPOSE) $(if $(GPU_ON),--profile gpu) up -d $(if $(GPU_ON),--scale detection=0 --scale classification=0)
 	@$(PREFLIGHT) dashboard

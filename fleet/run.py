@@ -237,14 +237,19 @@ class FleetReport:
         )
 
 
-def grant_roles(servers: LocalServers, settings: VigilSettings) -> dict[str, dict[str, str]]:
-    """Give the servers a user per role of this fleet (its subject_prefix), and return, per service, the
-    environment that logs it in as its role's user, with the files of its role's SeaweedFS keys."""
-    # The worker roles' own models and task subjects: the router may publish those tasks, each worker its own.
-    workers = {
+def worker_models() -> dict[str, tuple[str, str]]:
+    """Worker role -> its model's name and task subject, from the roles' defaults: the router may publish
+    those tasks, each worker consume its own (shared/access.py's `fleet_access` takes {model: subject})."""
+    return {
         role: (load_spec(ROOT / cls.model_fields["model_dir"].default).name, cls.model_fields["task_subject"].default)
         for role, cls in ROLES.items()
     }
+
+
+def grant_roles(servers: LocalServers, settings: VigilSettings) -> dict[str, dict[str, str]]:
+    """Give the servers a user per role of this fleet (its subject_prefix), and return, per service, the
+    environment that logs it in as its role's user, with the files of its role's SeaweedFS keys."""
+    workers = worker_models()
     servers.add_users(fleet_access(settings, dict(workers.values())))
     server_set = servers.servers
     logins = {

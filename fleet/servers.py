@@ -156,6 +156,25 @@ class WeedPorts:
     filer_grpc: int = 0
 
 
+def generated_secret(path: Path, mode: int = 0o600) -> str:
+    """The secret in `path`, made (43 random URL-safe characters) the first time it is asked for and kept after."""
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text()
+
+
+def write_whole(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write `path` whole, then rename it into place: a server reloading meanwhile never reads half a file."""
+    part = path.with_suffix(".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(part, mode)  # an old .part left by a crash keeps its mode through O_TRUNC
+    part.replace(path)
+
+
 def find_binary(name: str) -> str:
     """Path of a server binary: the running venv's bin first (pip-installed servers), then PATH."""
     local = Path(sys.executable).parent / name
@@ -363,7 +382,7 @@ class LocalServers:
         # security.toml weed could find (its working folder, ~/.seaweedfs, /etc/seaweedfs), so no stray file can
         # change or drop them, and they stay in our 0600 files and weed's own environment, nowhere else.
         weed_env = {f"{variable}_EXPIRES_AFTER_SECONDS": str(WEED_TOKEN_SECONDS) for _, variable, _ in WEED_KEYS} | {
-            f"{variable}_KEY": self._secret(s.key_file(name)) for name, variable, _ in WEED_KEYS
+            f"{variable}_KEY": generated_secret(s.key_file(name)) for name, variable, _ in WEED_KEYS
         }
 
         weed_argv = [
@@ -481,34 +500,14 @@ class LocalServers:
 
     def _password(self, server: str, user: str) -> str:
         """`user`'s password on `server`, made (random, in a file only we can read) the first time it is asked for."""
-        return self._secret(self.servers.password_file(server, user))
-
-    @staticmethod
-    def _secret(path: Path) -> str:
-        """The random secret in `path`, made (in a file only we can read) the first time it is asked for."""
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(32))
-        return path.read_text()
+        return generated_secret(self.servers.password_file(server, user))
 
     def _write_access(self) -> None:
         for user in self._users:
             self.servers.pki.client(user)
-        for path, text in (
-            (
-                self._nats_config,
-                nats_authorization((u, self._password("nats", u), a) for u, a in self._users.items())
-                + nats_tls_config(self.servers.pki.files(SERVER_CERT)),
-            ),
-            (self._redis_acl, redis_acl((u, self._password("redis", u), a) for u, a in self._users.items())),
-        ):
-            # Written whole, then renamed: a server reloading meanwhile never reads half a file.
-            part = path.with_suffix(".part")
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            part.replace(path)
+        nats_users = nats_authorization((u, self._password("nats", u), a) for u, a in self._users.items())
+        write_whole(self._nats_config, nats_users + nats_tls_config(self.servers.pki.files(SERVER_CERT)))
+        write_whole(self._redis_acl, redis_acl((u, self._password("redis", u), a) for u, a in self._users.items()))
 
     def add_users(self, users: dict[str, Access]) -> None:
         """Give the servers these users (shared/access.py's `fleet_access`), live: nats-server reloads its

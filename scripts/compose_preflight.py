@@ -130,7 +130,11 @@ def _build_failed(env: dict[str, str]) -> str:
 def _dashboard(env: dict[str, str]) -> str:
     bind = env.get("VIGIL_API_BIND") or "127.0.0.1"
     host = "<this host's address>" if bind in ("0.0.0.0", "::") else bind
-    return f"dashboard: http://{host}:{env.get('VIGIL_API_PORT') or 8080}/  (make logs follows the fleet, make down stops it)"
+    token = Path(env.get("VIGIL_SECRETS_DIR") or "secrets") / "api-token"
+    return (
+        f"dashboard: http://{host}:{env.get('VIGIL_API_PORT') or 8080}/  (log in with the token in {token}; "
+        "make logs follows the fleet, make down stops it)"
+    )
 
 
 def main(argv: list[str]) -> int:

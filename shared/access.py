@@ -225,7 +225,11 @@ def nats_authorization(users: Iterable[tuple[str, str, Access]]) -> str:
 
 
 def redis_acl(users: Iterable[tuple[str, str, Access]]) -> str:
-    """Redis's ACL file: the default user (no password) off, then one line per user."""
-    lines = ["user default off resetkeys resetchannels -@all"]
+    """Redis's ACL file: the default user (no password) off, then one line per user.
+
+    Off, nobody logs in as `default`, but Redis 7 replays the transactions and scripts of its append-only file
+    as that user and checks its permissions at each EXEC (redis/redis#14541): without them it drops every
+    event written by a script at the next start, silently. So `default` keeps every permission, and stays off."""
+    lines = ["user default off resetchannels ~* &* +@all"]
     lines += [" ".join(("user", name, "on", f">{password}", *access.redis_rules)) for name, password, access in users]
     return "\n".join(lines) + "\n"

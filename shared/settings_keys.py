@@ -36,6 +36,7 @@ PROJECT_VARIABLES = frozenset(
         "VIGIL_READER_RESTART",
         "VIGIL_REDIS_IMAGE",
         "VIGIL_SEAWEEDFS_IMAGE",
+        "VIGIL_SECRETS_DIR",
     }
 )
 # docker compose reads its own variables from .env too (COMPOSE_FILE, COMPOSE_PROFILES, ...).

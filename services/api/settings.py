@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.api.auth import is_loopback, token_problem
+from shared.credentials import CredentialsError, read_password
 from shared.settings import VigilSettings
 
 
@@ -25,6 +28,10 @@ class ApiSettings(VigilSettings):
         description="at least 32 random characters; every request then needs `Authorization: Bearer <token>` or a "
         "session from /login. Required unless the api is reachable from this machine only",
     )
+    api_token_file: Path | None = Field(
+        default=None,
+        description="file holding api_token instead (a Compose secret; `make secrets` makes one); set one of the two",
+    )
     api_session_hours: float = Field(default=12.0, gt=0, description="how long a login's session cookie lasts")
     api_cookie_secure: bool = Field(
         default=False, description="mark the session cookie Secure: set it when the api is served over HTTPS (a proxy)"
@@ -41,6 +48,15 @@ class ApiSettings(VigilSettings):
     @model_validator(mode="after")
     def _fails_closed(self) -> ApiSettings:
         token = self.api_token.get_secret_value()
+        if self.api_token_file is not None:
+            # Two tokens would leave the reader guessing which one the api took: one place only.
+            if token:
+                raise ValueError("api_token and api_token_file are both set: keep the file and remove api_token")
+            try:
+                token = read_password(self.api_token_file, "api_token_file")
+            except CredentialsError as exc:
+                raise ValueError(str(exc)) from None
+            self.api_token = SecretStr(token)
         if token and (problem := token_problem(token)):
             raise ValueError(problem)
         reachable_on = self.api_published_host or self.api_host

@@ -14,7 +14,7 @@ import pytest
 
 from tests.deploy.engine import Engine, EngineUnavailable, docker_engine
 from tests.deploy.fleet import ComposeFleet, copy_repository
-from tests.deploy.standins import Images, ensure_images
+from tests.deploy.standins import Images, ensure_images, has_image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPORT: dict[str, Any] = {}
@@ -37,14 +37,31 @@ def _free_port() -> int:
 
 
 def _images(fleet: ComposeFleet) -> Images:
-    """The names the compose file resolves to, so the stand-ins take exactly those."""
+    """The names the compose file resolves to, so the stand-ins take exactly those.
+
+    The defaults are pinned by digest, and an image built here cannot carry a registry's digest: where the
+    engine lacks a pinned image, the fleet uses the tag alone through its VIGIL_*_IMAGE variable, as a site
+    with its own mirror does, and the stand-in is built under that tag."""
     config = json.loads(fleet.compose("config", "--format", "json").stdout)
     services = config["services"]
+    pinned = {
+        "VIGIL_PYTHON_IMAGE": services["reader"]["build"]["args"]["PYTHON_IMAGE"],
+        "VIGIL_NATS_IMAGE": services["nats"]["image"],
+        "VIGIL_REDIS_IMAGE": services["redis"]["image"],
+        "VIGIL_SEAWEEDFS_IMAGE": services["seaweedfs"]["image"],
+    }
+    names = {}
+    for variable, image in pinned.items():
+        if "@" in image and not has_image(fleet.engine, image):
+            image = image.split("@", 1)[0]
+            fleet.env[variable] = image
+            REPORT.setdefault("unpinned", []).append(image)
+        names[variable] = image
     return Images(
-        python=services["reader"]["build"]["args"]["PYTHON_IMAGE"],
-        nats=services["nats"]["image"],
-        redis=services["redis"]["image"],
-        seaweedfs=services["seaweedfs"]["image"],
+        python=names["VIGIL_PYTHON_IMAGE"],
+        nats=names["VIGIL_NATS_IMAGE"],
+        redis=names["VIGIL_REDIS_IMAGE"],
+        seaweedfs=names["VIGIL_SEAWEEDFS_IMAGE"],
     )
 
 
@@ -52,6 +69,8 @@ def _images(fleet: ComposeFleet) -> Images:
 def project(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeFleet]:
     folder = tmp_path_factory.mktemp("project")
     copy_repository(REPO_ROOT, folder)
+    # This checkout's virtual environment, so that `make up` (which runs make secrets with it) finds it installed.
+    (folder / ".venv").symlink_to(REPO_ROOT / ".venv")
     fleet = ComposeFleet(engine, folder, _free_port())
     # This machine's own CA bundle, where its pip is given one: a site behind a TLS-inspecting proxy
     # builds the images only with it (VIGIL_PIP_CA, as a user of such a site sets it in .env).
@@ -60,6 +79,7 @@ def project(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     if ca:
         fleet.env["VIGIL_PIP_CA"] = ca
     fleet.write_env(VIGIL_API_PORT=str(fleet.api_port))
+    fleet.make_secrets()
     fleet.compose("down", "-v", "--remove-orphans", timeout=300)  # what an interrupted run left
     started = time.monotonic()
     report = ensure_images(engine, _images(fleet))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -71,6 +72,13 @@ class ComposeFleet:
         out += [f"{k}={v}" for k, v in pending.items()]
         (self.folder / ".env").write_text("\n".join(out) + "\n")
 
+    def make_secrets(self) -> None:
+        """What `make up` does first (scripts/compose_secrets.py), with this interpreter: secrets/ of the copy."""
+        run([sys.executable, "-m", "scripts.compose_secrets"], self.env | {"PYTHONPATH": str(self.folder)}, cwd=self.folder)
+
+    def secret(self, name: str) -> str:
+        return (self.folder / "secrets" / name).read_text()
+
     # ---- commands -------------------------------------------------------------------------------
     def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return run(["docker", "compose", *args], self.env, check=check, timeout=timeout, cwd=self.folder)
@@ -122,12 +130,16 @@ class ComposeFleet:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.api_port}{path}"
 
+    def request(self, path: str) -> urllib.request.Request:
+        """A request with the api token that make secrets made: the api always asks for one."""
+        return urllib.request.Request(self.url(path), headers={"Authorization": f"Bearer {self.secret('api-token')}"})
+
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url(path), timeout=10) as resp:
+        with urllib.request.urlopen(self.request(path), timeout=10) as resp:
             return json.loads(resp.read())
 
     def get_bytes(self, path: str) -> tuple[int, str, bytes]:
-        with urllib.request.urlopen(self.url(path), timeout=30) as resp:
+        with urllib.request.urlopen(self.request(path), timeout=30) as resp:
             return resp.status, resp.headers.get("Content-Type", ""), resp.read()
 
     def totals(self, source: str) -> dict[str, Any] | None:

@@ -58,7 +58,7 @@ class BuildReport:
     reused: list[str]
 
 
-def _has_image(engine: Engine, name: str) -> bool:
+def has_image(engine: Engine, name: str) -> bool:
     return engine.docker("image", "inspect", name, check=False, timeout=30).returncode == 0
 
 
@@ -137,7 +137,7 @@ def ensure_images(engine: Engine, images: Images) -> BuildReport:
             standin(images.redis, REDIS_LINES, {"entrypoint.sh": REDIS_ENTRYPOINT}),
         ]
         for name, build in steps:
-            if _has_image(engine, name):
+            if has_image(engine, name):
                 report.reused.append(name)
                 continue
             started = time.monotonic()

@@ -26,7 +26,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-import yaml
 from dotenv import dotenv_values
 from packaging.utils import canonicalize_name
 
@@ -44,6 +43,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 HUB_IP = "10.11.12.13"  # stands for the first host's private address in a multi-machine fleet
 
 INFRA = {"nats", "redis", "seaweedfs"}
+ONE_SHOT = {"nats-data"}  # gives the NATS volume to nats' unprivileged user, then exits
 APP = {"reader", "router", "detection", "classification", "registrator", "api"}
 GPU = {"detection-gpu", "classification-gpu"}
 WORKERS = {"detection", "classification"} | GPU
@@ -62,10 +62,10 @@ INFRA_ENV = {
 }
 # Each way the files are used -> (compose files, services without a profile). The gpu profile adds GPU.
 LAYOUTS = {
-    "single-host": ([COMPOSE_FILE], INFRA | APP),
-    "hub": ([COMPOSE_FILE, HUB_FILE], INFRA | APP),
+    "single-host": ([COMPOSE_FILE], INFRA | ONE_SHOT | APP),
+    "hub": ([COMPOSE_FILE, HUB_FILE], INFRA | ONE_SHOT | APP),
     "worker-machine": ([WORKERS_FILE], {"detection", "classification"}),
-    "local-sources": ([COMPOSE_FILE, OVERRIDE_EXAMPLE], INFRA | APP),
+    "local-sources": ([COMPOSE_FILE, OVERRIDE_EXAMPLE], INFRA | ONE_SHOT | APP),
 }
 # Dockerfile target -> (the module it runs, the pyproject extras in its lock file, the data folders it carries).
 ROLES: dict[str, tuple[str, set[str], set[str]]] = {
@@ -281,7 +281,7 @@ def test_services_and_profiles(compose_bin: Path, layout: str) -> None:
 def test_infrastructure_addresses_override_the_env_file(compose_bin: Path, layout: str) -> None:
     # .env.example points at 127.0.0.1; inside the fleet every service must use the service names.
     services = _resolved(compose_bin, layout)["services"]
-    for name in set(services) - INFRA:
+    for name in set(services) - INFRA - ONE_SHOT:
         env = services[name]["environment"]
         for key, value in INFRA_ENV.items():
             assert env.get(key) == value, f"{name}: {key}={env.get(key)!r}"
@@ -313,19 +313,23 @@ def test_env_file_reads_the_same_in_compose_and_the_services(compose_bin: Path) 
             assert reader_env.get(key) == value, f"{key}: compose reads {reader_env.get(key)!r}, the services {value!r}"
 
 
-def test_compose_environment_keys_are_settings() -> None:
+def test_compose_environment_keys_are_settings(compose_bin: Path) -> None:
     # pydantic-settings ignores unknown keys, so a misspelt one would be silently without effect.
     settings = setting_names()
-    compose = yaml.safe_load(COMPOSE_FILE.read_text())
-    for name, svc in compose["services"].items():
-        for key in svc.get("environment") or {}:
-            assert key.lower() in settings, f"{name}: environment key {key} is no setting"
+    for layout in ("single-host", "worker-machine"):
+        for name, svc in _resolved(compose_bin, layout, gpu=True)["services"].items():
+            for key in svc.get("environment") or {}:
+                assert key.lower() in settings, f"{name}: environment key {key} is no setting"
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_service_policies(compose_bin: Path, layout: str) -> None:
     services = _resolved(compose_bin, layout)["services"]
+    for name in ONE_SHOT & set(services):
+        assert services[name].get("restart") == "no", f"{name} runs once"
     for name, svc in services.items():
+        if name in ONE_SHOT:
+            continue
         # Longer than the registrator's wait for the proofs it is finalising at a stop (20 s).
         assert svc.get("stop_grace_period") == "30s", name
         assert svc.get("restart") in {"unless-stopped", "on-failure"}, name
@@ -372,7 +376,7 @@ def test_worker_machine_runs_the_same_workers_against_the_hub(compose_bin: Path)
     for name, svc in remote.items():
         assert sorted(svc["extra_hosts"]) == sorted(f"{host}={HUB_IP}" for host in INFRA), name
         assert not svc.get("depends_on"), f"{name} waits for services this project does not have"
-        for key in ("build", "command", "environment", "deploy"):
+        for key in ("build", "command", "environment", "deploy", "secrets", "mem_limit", "pids_limit", "read_only"):
             assert svc.get(key) == single[name].get(key), f"{name}: {key} differs from docker-compose.yml"
 
 
@@ -392,7 +396,7 @@ def test_compose_build_targets_exist_in_dockerfile(compose_bin: Path, layout: st
     stages = _stages()
     for name, svc in _resolved(compose_bin, layout)["services"].items():
         build = svc.get("build")
-        if name in INFRA:
+        if name in INFRA | ONE_SHOT:
             assert build is None, f"{name} is built, not pulled"
             continue
         assert Path(build["context"]) == ROOT, f"{name}: build context is not the repository root"
@@ -595,6 +599,7 @@ def _make(tmp_path: Path, *args: str, docker: bool, engine: str = "20.10.24") ->
     env = {k: v for k, v in os.environ.items() if k not in {"GPU", "DETECTION", "CLASSIFICATION", "MAKEFLAGS"}}
     env["PATH"] = str(bin_dir)
     env["VIGIL_ENV_FILE"] = ".env.example"  # else `make up` would write a .env into the repository
+    env["VIGIL_SECRETS_DIR"] = str(tmp_path / "secrets")  # and its secrets there
     return subprocess.run([make, "-s", "-C", str(ROOT), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -649,3 +654,210 @@ def test_local_mode_takes_the_same_scale_numbers(tmp_path: Path) -> None:
     assert re.search(r"-m fleet --detection 4 --classification 2\b", dry.stdout), dry.stdout
     usage = subprocess.run([sys.executable, "-m", "fleet", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "--detection" in usage.stdout and "--classification" in usage.stdout, usage.stderr
+
+
+# -- hardening and secrets (issue 16) ----------------------------------------------------------------
+
+# Compose service -> the secrets its role needs, and nothing else: NATS and Redis passwords of its own user,
+# the SeaweedFS keys it signs with, the servers' own configurations.
+ROLE_SECRETS: dict[str, set[str]] = {
+    "nats": {"nats_config"},
+    "nats-data": set(),
+    "redis": {"redis_acl", "redis_health_password"},
+    "seaweedfs": {"seaweedfs_security"},
+    "reader": {"reader_nats_password", "reader_redis_password"},
+    "router": {"router_nats_password", "router_redis_password"},
+    "detection": {"detection_nats_password", "detection_redis_password", "storage_read_key"},
+    "classification": {"classification_nats_password", "classification_redis_password", "storage_read_key"},
+    "registrator": {"registrator_nats_password", "registrator_redis_password", "storage_read_key", "filer_signing_key"},
+    "api": {"api_redis_password", "filer_read_key", "api_token"},
+}
+ROLE_SECRETS |= {f"{worker}-gpu": ROLE_SECRETS[worker] for worker in ("detection", "classification")}
+# Where a setting names a file, the file the container must have there.
+FILE_SETTINGS = {
+    "nats_password_file": "/run/secrets/nats-password",
+    "redis_password_file": "/run/secrets/redis-password",
+    "storage_read_key_file": "/run/secrets/storage-read.key",
+    "filer_write_key_file": "/run/secrets/filer-signing.key",
+    "filer_read_key_file": "/run/secrets/filer-read.key",
+    "api_token_file": "/run/secrets/api-token",
+}
+DIGEST = re.compile(r".+@sha256:[0-9a-f]{64}")
+
+
+def _secret_targets(svc: dict[str, Any]) -> dict[str, str]:
+    """Mount path in the container -> secret name."""
+    return {
+        s["target"] if s.get("target", "").startswith("/") else f"/run/secrets/{s.get('target') or s['source']}": s["source"]
+        for s in svc.get("secrets") or []
+    }
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_container_is_hardened(compose_bin: Path, layout: str) -> None:
+    for name, svc in _resolved(compose_bin, layout, gpu=True)["services"].items():
+        logging = svc.get("logging") or {}
+        assert logging.get("driver") == "json-file", name
+        assert {"max-size", "max-file"} <= set(logging.get("options") or {}), f"{name}: logs are not rotated"
+        assert svc.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in (svc.get("security_opt") or []), name
+        assert svc.get("read_only") is True, f"{name}: its root filesystem can be written"
+        assert svc.get("mem_limit") and svc.get("pids_limit", 0) > 0, f"{name}: no memory or pids limit"
+        # Only the one-shot chown may do anything a capability allows, and only that.
+        assert set(svc.get("cap_add") or []) == ({"CHOWN", "DAC_READ_SEARCH"} if name in ONE_SHOT else set()), name
+        assert not svc.get("privileged"), name
+    services = _resolved(compose_bin, layout)["services"]
+    if "nats" in services:
+        # nats-server runs unprivileged, on a volume that the one-shot step gives to that user first.
+        nats, init = services["nats"], services["nats-data"]
+        assert nats["user"] not in {"", "0", "root"} and not nats["user"].startswith("0:"), nats["user"]
+        assert init["entrypoint"][:2] == ["chown", "-R"] and init["entrypoint"][2] == nats["user"]
+        assert {v["source"] for v in init["volumes"]} == {v["source"] for v in nats["volumes"]} == {"nats-data"}
+        assert nats["depends_on"]["nats-data"]["condition"] == "service_completed_successfully"
+        assert init.get("network_mode") == "none"
+        assert services["redis"]["user"] == "redis"
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_no_container_gets_a_secret_its_role_does_not_need(compose_bin: Path, layout: str) -> None:
+    config = _resolved(compose_bin, layout, gpu=True)
+    for name, svc in config["services"].items():
+        mounted = _secret_targets(svc)
+        assert set(mounted.values()) == ROLE_SECRETS[name], name
+        env = svc.get("environment") or {}
+        for setting, path in FILE_SETTINGS.items():
+            if setting in env:
+                assert env[setting] == path and path in mounted, f"{name}: {setting} names a file it does not get"
+            else:
+                assert path not in mounted, f"{name} gets {path} without a setting that reads it"
+        # A password of one role is never another's: the file mounted as this service's is its own user's.
+        for server in ("nats", "redis"):
+            if f"/run/secrets/{server}-password" in mounted:
+                source = config["secrets"][mounted[f"/run/secrets/{server}-password"]]["file"]
+                assert Path(source).name == f"{server}-{env[f'{server}_user']}.password", name
+    # A worker machine declares the workers' secrets and nothing of the hub's.
+    if layout == "worker-machine":
+        assert set(config["secrets"]) == {"pip_conf", "pip_ca"} | ROLE_SECRETS["detection"] | ROLE_SECRETS["classification"]
+
+
+def test_secrets_stay_out_of_the_compose_files_and_env_example() -> None:
+    texts = [f.read_text() for f in ROOT.glob("docker-compose*.yml")]
+    for text in texts:
+        assert not re.search(r"(password|token|key)\s*[:=]\s*['\"]?[A-Za-z0-9_\-]{16,}", text, flags=re.IGNORECASE)
+    assert dotenv_values(ENV_EXAMPLE).get("api_token") is None, ".env.example holds api_token: it belongs in secrets/"
+
+
+def test_compose_users_are_the_roles_users(compose_bin: Path, tmp_path: Path) -> None:
+    # The users compose logs the services in as are those make secrets gives the servers (shared/access.py),
+    # and every file compose mounts is one it makes.
+    from scripts.compose_secrets import compose_users, make_secrets
+    from shared.settings import VigilSettings
+
+    settings = VigilSettings(_env_file=None)  # type: ignore[call-arg]
+    users = compose_users(settings)
+    config = _resolved(compose_bin, gpu=True)
+    for name, svc in config["services"].items():
+        env = svc.get("environment") or {}
+        for key in ("nats_user", "redis_user"):
+            if key in env:
+                assert env[key] in users, f"{name}: {key} {env[key]} is no user of make secrets"
+    make_secrets(tmp_path, settings)
+    for secret, spec in config["secrets"].items():
+        if secret not in {"pip_conf", "pip_ca"}:
+            assert (tmp_path / Path(spec["file"]).name).is_file(), f"make secrets does not make {secret}"
+
+
+@pytest.mark.parametrize("layout", ["single-host", "worker-machine"])
+def test_images_are_pinned_by_digest_and_can_be_overridden(compose_bin: Path, layout: str) -> None:
+    services = _resolved(compose_bin, layout, gpu=True)["services"]
+    for name, svc in services.items():
+        image = svc.get("image") or svc["build"]["args"]["PYTHON_IMAGE"]
+        assert DIGEST.fullmatch(image), f"{name}: {image} is not pinned by digest"
+    # A site's mirror replaces each one by its variable.
+    files, _ = LAYOUTS["single-host"]
+    overrides = {f"VIGIL_{n}_IMAGE": f"mirror.example/{n.lower()}:1" for n in ("PYTHON", "NATS", "REDIS", "SEAWEEDFS")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "VIGIL_"))} | overrides
+    env["VIGIL_ENV_FILE"] = ENV_EXAMPLE.name
+    file_args = [a for f in files for a in ("-f", str(f))]
+    done = subprocess.run(
+        [
+            str(compose_bin),
+            *file_args,
+            "--project-directory",
+            str(ROOT),
+            "--env-file",
+            str(ENV_EXAMPLE),
+            "config",
+            "--format",
+            "json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    mirrored = json.loads(done.stdout)["services"]
+    assert mirrored["nats"]["image"] == mirrored["nats-data"]["image"] == "mirror.example/nats:1"
+    assert mirrored["redis"]["image"] == "mirror.example/redis:1"
+    assert mirrored["seaweedfs"]["image"] == "mirror.example/seaweedfs:1"
+    assert mirrored["router"]["build"]["args"]["PYTHON_IMAGE"] == "mirror.example/python:1"
+
+
+# -- make secrets ---------------------------------------------------------------------------------------
+
+
+def _secrets_script(tmp_path: Path, env_text: str, **env: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / ".env").write_text(env_text)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "VIGIL_"))}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.compose_secrets",
+            "--dir",
+            str(tmp_path / "secrets"),
+            "--env-file",
+            str(tmp_path / ".env"),
+        ],
+        cwd=ROOT,
+        env=clean | {"PYTHONPATH": str(ROOT)} | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_make_secrets_makes_them_once_and_renders_the_servers_files(tmp_path: Path) -> None:
+    first = _secrets_script(tmp_path, "source_id=cam0\n")
+    assert first.returncode == 0, first.stderr
+    folder = tmp_path / "secrets"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    before = {p.name: p.read_text() for p in folder.iterdir()}
+    assert len(before["api-token"]) >= 32 and len(set(before["api-token"])) >= 10
+    # Only the servers' and the operator's: no secret in the folder is readable outside it but through it.
+    assert (folder / "nats-admin.password").stat().st_mode & 0o777 == 0o600
+    acl = before["redis.acl"]
+    assert acl.startswith("user default off") and f">{before['redis-api.password']} " in acl
+    assert "user health on" in acl and "+ping" in acl
+    assert before["nats-reader.password"] in before["nats.conf"]
+    assert before["storage-read.key"] in before["seaweedfs-security.toml"]
+    again = _secrets_script(tmp_path, "source_id=cam0\n")
+    assert again.returncode == 0 and "made" not in again.stdout
+    assert {p.name: p.read_text() for p in folder.iterdir()} == before, "a second run changed a secret"
+
+
+def test_make_secrets_moves_a_token_out_of_env(tmp_path: Path) -> None:
+    token = "Kq9xQ2mZ7vB4nT8wR1yH5jL3pF6sD0gA"
+    done = _secrets_script(tmp_path, f"api_token={token}\n")
+    assert done.returncode == 1 and "Delete the api_token line" in done.stderr
+    assert token not in done.stderr + done.stdout
+    assert (tmp_path / "secrets" / "api-token").read_text() == token
+
+
+def test_make_secrets_on_a_worker_machine_asks_for_the_hubs(tmp_path: Path) -> None:
+    done = _secrets_script(tmp_path, "source_id=cam0\n", COMPOSE_FILE="docker-compose.workers.yml")
+    assert done.returncode == 1 and "copy these from the first host" in done.stderr
+    assert "storage-read.key" in done.stderr and "nats-worker-ssd_mobilenet_v2_coco.password" in done.stderr
+    assert not (tmp_path / "secrets").exists(), "a worker machine made secrets of its own"

@@ -6,19 +6,29 @@ events and totals. Everything is checked through the api and `docker compose ps`
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import av
+import nats
+import nats.errors
 import pytest
+import redis
+import redis.exceptions
 
+from shared.settings import VigilSettings
+from shared.subjects import Subjects
 from tests.deploy.fleet import ComposeFleet, wait_until
 from tests.support.media import truncated_copy
 
@@ -31,6 +41,7 @@ SAMPLE_FRAMES = 795  # video/vtest.mp4
 OTHER_FRAMES = 100
 INFRA = ("nats", "redis", "seaweedfs")
 LONG_RUNNING = (*INFRA, "router", "detection", "classification", "registrator", "api")
+RESULTS = Subjects.from_settings(VigilSettings(_env_file=None)).results  # type: ignore[call-arg]
 MEDIA_OVERRIDE = """services:
   reader:
     volumes:
@@ -201,6 +212,71 @@ def test_build_settings_reach_pip_and_stay_out_of_the_images(project: ComposeFle
     assert done.returncode != 0 and "127.0.0.1:9/vigil-site-index" in done.stdout + done.stderr
 
 
+def address(fleet: ComposeFleet, service: str) -> str:
+    """The container's address on the project network, which this host reaches as a LAN machine would a hub."""
+    networks = fleet.inspect(fleet.containers(service)[0])["NetworkSettings"]["Networks"]
+    return str(next(iter(networks.values()))["IPAddress"])
+
+
+async def nats_refusals(url: str, reader_password: str) -> tuple[str, str]:
+    """(what an anonymous connection hears, what the reader hears when it publishes a result)."""
+    try:
+        anonymous = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+    except nats.errors.Error as exc:
+        refused = str(exc)
+    else:
+        await anonymous.close()
+        refused = "connected"
+    errors: list[Exception] = []
+
+    async def collect(exc: Exception) -> None:
+        errors.append(exc)
+
+    reader = await nats.connect(
+        url, user="reader", password=reader_password, inbox_prefix="_INBOX.reader", allow_reconnect=False, error_cb=collect
+    )
+    try:
+        await reader.publish(RESULTS, b"{}")
+        await reader.flush(timeout=5)
+        deadline = time.monotonic() + 5
+        while not errors and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        await reader.close()
+    return refused, str(errors[0]) if errors else "published"
+
+
+def test_the_servers_refuse_who_has_no_login(project: ComposeFleet) -> None:
+    # The fleet of the first scenario, reached from this host over the project network, as a machine on a
+    # hub's LAN reaches its published ports.
+    nats_url = f"nats://{address(project, 'nats')}:4222"
+    refused, forged = asyncio.run(nats_refusals(nats_url, project.secret("nats-reader.password")))
+    assert "Authorization Violation" in refused, refused
+    assert f'permissions violation for publish to "{RESULTS}"' in forged, forged
+
+    host = address(project, "redis")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host=host, port=6379, socket_timeout=5).ping()
+    api = redis.Redis(host=host, port=6379, username="api", password=project.secret("redis-api.password"), socket_timeout=5)
+    assert api.exists("vigil:nothing") == 0  # the api's user reads
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        api.flushall()
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        api.set("vigil:forged", "1")
+    # And inside the server's own container, where no password is at hand, a command is refused too.
+    inside = project.compose("exec", "-T", "redis", "redis-cli", "ping").stdout
+    assert "NOAUTH" in inside, inside
+
+    # SeaweedFS, with the keys of its security.toml: an upload without the master's token is refused.
+    weed = address(project, "seaweedfs")
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(f"http://{weed}:9333/dir/assign", timeout=10) as reply:
+        fid = json.loads(reply.read())["fid"]
+    with pytest.raises(urllib.error.HTTPError) as unsigned:
+        direct.open(urllib.request.Request(f"http://{weed}:8080/{fid}", data=b"forged", method="PUT"), timeout=10)
+    assert unsigned.value.code == 401
+
+
 def test_switching_the_source_in_env(project: ComposeFleet) -> None:
     make_other_video(project.folder / "video" / "vtest.mp4", project.folder / "media" / "other.mp4", OTHER_FRAMES)
     (project.folder / "docker-compose.override.yml").write_text(MEDIA_OVERRIDE)
@@ -358,8 +434,6 @@ def test_make_down_then_down_v_leave_nothing(project: ComposeFleet) -> None:
 
 
 def test_gpu_profile_asks_for_the_gpus(project: ComposeFleet) -> None:
-    import json
-
     config = json.loads(project.compose("--profile", "gpu", "config", "--format", "json").stdout)
     for name in ("detection-gpu", "classification-gpu"):
         service = config["services"][name]

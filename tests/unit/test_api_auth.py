@@ -48,6 +48,23 @@ def test_what_may_start(settings: dict[str, str]) -> None:
     settings_from(ApiSettings, settings)
 
 
+def test_the_token_may_come_from_a_file(tmp_path: Path) -> None:
+    # Compose hands the api its token as a secret file (make secrets): the file's token is the api's.
+    path = tmp_path / "api-token"
+    path.write_text(TOKEN + "\n")
+    settings = settings_from(ApiSettings, {"api_host": "0.0.0.0", "api_token_file": str(path)})
+    assert settings.api_token.get_secret_value() == TOKEN
+    path.write_text("short-secret")
+    with pytest.raises(ValidationError, match="api_token has 12 characters") as weak:
+        settings_from(ApiSettings, {"api_token_file": str(path)})
+    with pytest.raises(ValidationError, match="both set") as both:
+        settings_from(ApiSettings, {"api_token": TOKEN, "api_token_file": str(path)})
+    with pytest.raises(ValidationError, match="cannot read api_token_file") as missing:
+        settings_from(ApiSettings, {"api_token_file": str(tmp_path / "absent")})
+    for caught in (weak, both, missing):
+        assert "short-secret" not in str(caught.value) and TOKEN not in str(caught.value)
+
+
 def test_check_config_says_why_and_never_prints_the_token(repo_root: Path) -> None:
     env = os.environ | {"API_HOST": "0.0.0.0", "API_TOKEN": "short-secret"}
     done = subprocess.run(
