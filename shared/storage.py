@@ -36,7 +36,7 @@ from shared.settings import VigilSettings
 
 _ASSIGN_GROW_SECONDS = 10.0
 # Long enough for a request to reach SeaweedFS over a busy network and for clocks a little apart; short, since
-# the token travels in clear until TLS, and whoever sees it may repeat that one request until then.
+# so that a token taken from a service (not from the wire: it travels inside TLS) repeats that one request briefly.
 TOKEN_SECONDS = 60
 # A batch whose upload token runs out within this is dropped for a fresh assign: an upload takes far less.
 _TOKEN_MARGIN = 5.0
