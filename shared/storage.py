@@ -35,8 +35,8 @@ from shared.retry import retry_until
 from shared.settings import VigilSettings
 
 _ASSIGN_GROW_SECONDS = 10.0
-# Long enough for a request to reach SeaweedFS over a busy network and for clocks a little apart; short, since
-# so that a token taken from a service (not from the wire: it travels inside TLS) repeats that one request briefly.
+# Long enough for a request to reach SeaweedFS over a busy network and for clocks a little apart; short, so that
+# a token taken from a service (not from the wire: it travels inside TLS) repeats its one request only briefly.
 TOKEN_SECONDS = 60
 # A batch whose upload token runs out within this is dropped for a fresh assign: an upload takes far less.
 _TOKEN_MARGIN = 5.0
