@@ -147,8 +147,9 @@ class RegistratorService(Service[RegistratorSettings]):
         if (indexed := await self.store.backfill_indexes()) is not None:
             self.log.info("listing indexes built over %d existing event record(s)", indexed)
         self.state = RegistratorState(redis, self.keys)
-        self.storage = await self.open_storage(stack)
         self._owed = await self._restore()
+        # Last: tests (and the harness) take an open storage for "started", so the saved state is back by then.
+        self.storage = await self.open_storage(stack)
 
     def health(self) -> dict[str, Any]:
         s, lag = self.settings, self.lag

@@ -68,7 +68,7 @@ async def test_storage_refuses_redirects_and_bodies_over_the_cap(service_env: di
         env: dict[str, object] = service_env | {"download_max_mb": str(LIMIT_MB), "storage_allowed_hosts": [host]}
         async with SeaweedStorage(settings_from(VigilSettings, env)) as storage:  # type: ignore[arg-type]
             assert await storage.download(small) == b"\xff\xd8 small"
-            with pytest.raises(RefusedDownload, match=r"redirect \(302 to http://127\.0\.0\.1:\d+/[^)]+\): not followed"):
+            with pytest.raises(RefusedDownload, match=r"redirect \(302 to https?://127\.0\.0\.1:\d+/[^)]+\): not followed"):
                 await storage.download(f"http://{host}/redirect")
             with pytest.raises(RefusedDownload, match=r"over download_max_mb \(0\.25 MiB\)"):
                 await storage.download(big)  # SeaweedFS says its size: refused before reading
