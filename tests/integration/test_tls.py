@@ -4,6 +4,8 @@ refuse a server whose certificate that CA did not sign."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from fleet.clients import connect_nats, http_session, redis_client
 from fleet.pki import FleetPki
-from fleet.servers import LocalServers, ServerSet, tls_redis_binary
+from fleet.servers import HOST, LocalServers, ServerSet, WeedPorts, free_ports, tls_redis_binary
 from shared.credentials import CredentialsError, read_password, tls_context
 from shared.settings import VigilSettings
 from tests.support.settings import settings_from
@@ -130,3 +132,23 @@ def test_a_missing_certificate_file_is_named(servers: ServerSet, tmp_path: Path)
     env = servers.env() | {"tls_cert_file": str(tmp_path / "nope.pem")}
     with pytest.raises(CredentialsError, match=r"tls_cert_file '.*nope\.pem' is not a readable file"):
         tls_context(settings_from(VigilSettings, env))
+
+
+def _handshake(port: int, context: ssl.SSLContext) -> None:
+    """A TLS handshake and one read: TLS 1.3 servers refuse a missing client certificate after the handshake."""
+    context.set_alpn_protocols(["h2"])  # gRPC's
+    with socket.create_connection((HOST, port), timeout=5) as raw, context.wrap_socket(raw, server_hostname=HOST) as tls:
+        tls.settimeout(1.0)
+        with contextlib.suppress(TimeoutError):  # nothing to say until the client speaks: the server kept it open
+            tls.recv(1)
+
+
+def test_seaweedfs_grpc_ports_ask_for_a_certificate_too(tmp_path: Path) -> None:
+    # The filer's gRPC API reads, writes and deletes any file, and the master's assigns, with no token at all.
+    grpc = dict(zip(("master_grpc", "volume_grpc", "filer_grpc"), free_ports(3), strict=True))
+    with LocalServers(tmp_path / "servers", weed_ports=WeedPorts(**grpc)) as servers:
+        ca = servers.tls_files().ca
+        for port in grpc.values():
+            with pytest.raises(ssl.SSLError, match=r"CERTIFICATE_REQUIRED|certificate required"):
+                _handshake(port, _context(ca))
+            _handshake(port, servers.ssl_context())  # the fleet's certificate: accepted, so TLS it is
