@@ -33,6 +33,7 @@ from services.worker.settings import ROLES
 from shared.access import Role, fleet_access, storage_keys, user_name
 from shared.contracts import Event, InferenceResult, SourceDrained, SourceState, SourceStatus
 from shared.keys import RedisKeys
+from shared.logs import quiet_tls_eof
 from shared.settings import VigilSettings
 from shared.subjects import Subjects
 
@@ -406,6 +407,7 @@ def main() -> None:
         help="settings file every service reads, which must exist (default: VIGIL_ENV_FILE, else .env if present)",
     )
     args = parser.parse_args()
+    quiet_tls_eof()
     sys.exit(asyncio.run(run(args)))
 
 

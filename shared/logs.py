@@ -78,4 +78,18 @@ def setup_logging(service: str, level: str = "INFO", as_json: bool = False) -> l
     root.setLevel(level.upper())
     # nats-py logs every reconnect attempt at ERROR; our callbacks already say it once, clearly.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
+    quiet_tls_eof()
     return logging.getLogger(f"vigil.{service}")
+
+
+def _not_tls_eof(record: logging.LogRecord) -> bool:
+    return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+def quiet_tls_eof() -> None:
+    """Drop asyncio's warning that nats-py's protocol returns True from eof_received() over TLS: asyncio closes
+    the connection anyway, which is what a server's close means, and nats-py reconnects as it should. Said at
+    every close, it would only teach people to ignore warnings."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _not_tls_eof not in asyncio_log.filters:
+        asyncio_log.addFilter(_not_tls_eof)
