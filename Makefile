@@ -113,8 +113,9 @@ PREFLIGHT := DETECTION=$(DETECTION) CLASSIFICATION=$(CLASSIFICATION) python3 scr
 GPU_ON    := $(filter 1 yes true,$(GPU))
 WORKERS   := $(if $(GPU_ON),detection-gpu classification-gpu,detection classification)
 
-# The fleet's passwords, keys and api token, made once (scripts/compose_secrets.py; docs/security.md). `make up`
-# runs it first. It needs the virtual environment, not its newest packages: one that exists is used as it is.
+# The fleet's passwords, keys, api token, CA and TLS certificates (with openssl), made once
+# (scripts/compose_secrets.py; docs/security.md). `make up` runs it first. It needs the virtual environment,
+# not its newest packages: one that exists is used as it is.
 VENV_ONCE := $(if $(wildcard $(PY)),,install)
 
 secrets: $(VENV_ONCE)

@@ -65,7 +65,8 @@ class FleetPki:
     """The CA and certificates in one folder: `ca.pem`/`ca.key`, `<name>.pem`/`<name>.key`."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
+        # Absolute: openssl runs in a scratch folder, where a relative path would name nothing.
+        self.folder = Path(folder).resolve()
 
     @property
     def ca(self) -> Path:

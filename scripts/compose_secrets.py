@@ -2,15 +2,19 @@
 
     .venv/bin/python -m scripts.compose_secrets [--dir secrets] [--env-file .env]
 
-Each password, key and the api token is random and made the first time only; later runs keep them. What is derived
-from them is rendered again on every run (so a new role or model is picked up): nats-server's `authorization` block
-and Redis's ACL file, by the same renderers the local fleet uses (shared/access.py), and SeaweedFS's security.toml.
+Each password, key and the api token is random and made the first time only; later runs keep them. So is the
+fleet's own CA under secrets/tls/ (fleet/pki.py, as the local fleet makes it), with one server certificate that
+nats-server, Redis and SeaweedFS share and one client certificate per user: every server speaks TLS only and asks
+each client for a certificate from that CA. What is derived is rendered again on every run (so a new role or model
+is picked up): nats-server's configuration (`authorization` and `tls` blocks) and Redis's ACL file, by the same
+renderers the local fleet uses (shared/access.py, fleet/pki.py), and SeaweedFS's security.toml. The server
+certificate is made again, by the same CA, when the names it must carry change (VIGIL_HUB_IP, the hub's address).
 docker-compose.yml hands each container only the files its role needs (docs/security.md#docker-compose).
 
 Modes: the folder is 0700, so no other account of the host reads into it. Compose mounts a secret file as it is,
 with the host's owner and mode (its `uid`/`mode` options are for Swarm only), and the containers run as users that
-do not own the files: so a file a container reads is 0644 inside that closed folder, and the rest (the admin's
-logins, for an operator's tools) 0600.
+do not own the files: so a file a container reads is 0644 inside that closed folder, and the rest (the CA's key, the
+admin's logins and certificate key, for an operator's tools) 0600.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from fleet.pki import FleetPki, TlsFiles, nats_tls_config, weed_tls_config
 from fleet.run import worker_models
-from fleet.servers import generated_secret, write_whole
+from fleet.servers import SERVER_CERT, generated_secret, write_whole
 from shared.access import ADMIN, ADMIN_ACCESS, Access, Role, fleet_access, nats_authorization, redis_acl
 from shared.settings import VigilSettings
 
@@ -45,6 +50,15 @@ JWT_KEYS = {
 # How long the tokens weed signs itself last: the master's upload token covers a batch of fids (fleet/servers.py).
 JWT_EXPIRY_S = 60
 API_TOKEN = "api-token"
+TLS_DIR = "tls"
+# Where every container finds its TLS files (docker-compose.yml's `secrets:` targets): the CA, and its own
+# certificate and key (a server's, or its role user's client certificate).
+IN_CONTAINER = TlsFiles(ca=Path("/run/secrets/ca.pem"), cert=Path("/run/secrets/tls.pem"), key=Path("/run/secrets/tls.key"))
+# The names the servers are reached by: their service names inside the fleet (and on worker machines, which map
+# them to the hub), and loopback for the health checks inside their containers. VIGIL_HUB_IP is added when set.
+SERVER_HOSTS = ("nats", "redis", "seaweedfs", "localhost", "127.0.0.1")
+# Beside the server certificate: the names it was made for, so that a changed hub address makes a new one.
+SERVER_HOSTS_FILE = f"{SERVER_CERT}.hosts"
 
 
 @dataclass(frozen=True)
@@ -64,11 +78,43 @@ def compose_users(settings: VigilSettings) -> dict[str, Access]:
 
 
 def security_toml(folder: Path) -> str:
-    lines = ["# SeaweedFS's JWT keys, rendered by scripts/compose_secrets.py from the key files beside it."]
+    lines = [
+        "# SeaweedFS's JWT keys, rendered by scripts/compose_secrets.py from the key files beside it, and its TLS:",
+        "# HTTPS and gRPC only, each asking for a client certificate from the fleet's CA.",
+    ]
     for name, section in JWT_KEYS.items():
         key = (folder / name).read_text()
         lines += ["", f"[{section}]", f'key = "{key}"', f"expires_after_seconds = {JWT_EXPIRY_S}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + weed_tls_config(IN_CONTAINER)
+
+
+def tls_file(user: str, suffix: str) -> str:
+    """A certificate (`pem`) or key (`key`) of `user`'s, relative to the secrets folder."""
+    return f"{TLS_DIR}/{user}.{suffix}"
+
+
+def make_pki(folder: Path, users: list[str], hub_ip: str, created: list[str]) -> None:
+    """The CA, the servers' certificate (for SERVER_HOSTS and `hub_ip`) and a client certificate per user; kept
+    once made, except the servers' when the names it must carry change (the CA stays, so every client still
+    trusts the new one)."""
+    pki = FleetPki(folder / TLS_DIR)
+    before = {p.name for p in pki.folder.glob("*")} if pki.folder.is_dir() else set()
+    pki.ensure_ca()
+    hosts = "\n".join([*SERVER_HOSTS, *([hub_ip] if hub_ip else [])]) + "\n"
+    recorded = pki.folder / SERVER_HOSTS_FILE
+    if not recorded.is_file() or recorded.read_text() != hosts:
+        server = pki.files(SERVER_CERT)
+        server.cert.unlink(missing_ok=True)
+        server.key.unlink(missing_ok=True)
+        before -= {server.cert.name, server.key.name}
+    pki.server(SERVER_CERT, hosts.split())
+    write_whole(recorded, hosts, MOUNTED)
+    for user in users:
+        pki.client(user)
+    # fleet/pki.py writes keys 0600; a container's user does not own them (see the module's docstring).
+    for user in [SERVER_CERT, *users]:
+        os.chmod(pki.files(user).key, PRIVATE if user == ADMIN else MOUNTED)
+    created += [f"{TLS_DIR}/{p.name}" for p in sorted(pki.folder.glob("*")) if p.name not in before and p.suffix != ".hosts"]
 
 
 def _secret(folder: Path, name: str, mode: int, made: list[str]) -> str:
@@ -81,7 +127,7 @@ def _secret(folder: Path, name: str, mode: int, made: list[str]) -> str:
     return value
 
 
-def make_secrets(folder: Path, settings: VigilSettings, env_token: str = "") -> Made:
+def make_secrets(folder: Path, settings: VigilSettings, env_token: str = "", hub_ip: str = "") -> Made:
     """Create what is missing under `folder` and render the servers' files; return what was created and rendered."""
     if settings.subject_prefix:
         raise SystemExit(
@@ -107,8 +153,9 @@ def make_secrets(folder: Path, settings: VigilSettings, env_token: str = "") -> 
         write_whole(token_path, env_token, MOUNTED)
         created.append(f"{API_TOKEN} (the api_token of the settings file)")
     _secret(folder, API_TOKEN, MOUNTED, created)
+    make_pki(folder, list(users), hub_ip, created)
     rendered = {
-        "nats.conf": nats_authorization(triples["nats"]),
+        "nats.conf": nats_authorization(triples["nats"]) + nats_tls_config(IN_CONTAINER),
         "redis.acl": redis_acl(triples["redis"]),
         "seaweedfs-security.toml": security_toml(folder),
     }
@@ -118,9 +165,12 @@ def make_secrets(folder: Path, settings: VigilSettings, env_token: str = "") -> 
 
 
 def worker_machine_files(users: dict[str, Access]) -> list[str]:
-    """What a worker machine holds: each worker role's NATS and Redis passwords, and the storage read key."""
+    """What a worker machine holds: each worker role's NATS and Redis passwords and client certificate, the
+    storage read key, and the CA the hub's servers are checked against (paths relative to the secrets folder)."""
     workers = [u for u in users if u.startswith(f"{Role.WORKER.value}-")]
-    return [f"{server}-{user}.password" for user in workers for server in ("nats", "redis")] + ["storage-read.key"]
+    passwords = [f"{server}-{user}.password" for user in workers for server in ("nats", "redis")]
+    certificates = [tls_file(user, suffix) for user in workers for suffix in ("pem", "key")]
+    return [*passwords, *certificates, "storage-read.key", f"{TLS_DIR}/ca.pem"]
 
 
 def _compose_values() -> dict[str, str]:
@@ -159,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     env_token = values.get("api_token", "")
-    made = make_secrets(args.dir, settings, env_token)
+    made = make_secrets(args.dir, settings, env_token, hub_ip=compose.get("VIGIL_HUB_IP", ""))
     if made.created:
         print(f"{args.dir}: made {', '.join(made.created)}")
     if env_token:

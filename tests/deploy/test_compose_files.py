@@ -51,12 +51,16 @@ WORKERS = {"detection", "classification"} | GPU
 # servers themselves, so that docker-compose.workers.yml extends them on machines without those servers.
 NEEDS = {name: INFRA for name in APP | GPU} | {"api": {"redis", "seaweedfs"}} | {name: set() for name in WORKERS}
 INFRA_ENV = {
-    "nats_host": "nats://nats:4222",
+    "nats_host": "tls://nats:4222",
     "redis_host": "redis",
     "redis_port": "6379",
-    "master_url": "http://seaweedfs:9333",
-    "volume_url": "http://seaweedfs:8080",
-    "filer_url": "http://seaweedfs:8888",
+    "redis_tls": "true",
+    "master_url": "https://seaweedfs:9333",
+    "volume_url": "https://seaweedfs:8080",
+    "filer_url": "https://seaweedfs:8888",
+    "tls_ca_file": "/run/secrets/ca.pem",
+    "tls_cert_file": "/run/secrets/tls.pem",
+    "tls_key_file": "/run/secrets/tls.key",
     "metrics_host": "0.0.0.0",
     "metrics_port": "9100",
 }
@@ -580,7 +584,7 @@ def _make(tmp_path: Path, *args: str, docker: bool, engine: str = "20.10.24") ->
         pytest.skip("make is not installed")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for tool in ("cksum", "cut"):  # the Makefile's install stamp
+    for tool in ("cksum", "cut", "openssl"):  # the Makefile's install stamp; make secrets' certificates
         found = shutil.which(tool)
         if found and not (bin_dir / tool).exists():
             (bin_dir / tool).symlink_to(found)
@@ -659,12 +663,14 @@ def test_local_mode_takes_the_same_scale_numbers(tmp_path: Path) -> None:
 # -- hardening and secrets (issue 16) ----------------------------------------------------------------
 
 # Compose service -> the secrets its role needs, and nothing else: NATS and Redis passwords of its own user,
-# the SeaweedFS keys it signs with, the servers' own configurations.
+# the SeaweedFS keys it signs with, the servers' own configurations; and for TLS the CA with its own
+# certificate and key: the servers' one, or its role user's client certificate.
+SERVER_TLS = {"tls_ca", "server_tls_cert", "server_tls_key"}
 ROLE_SECRETS: dict[str, set[str]] = {
-    "nats": {"nats_config"},
+    "nats": {"nats_config"} | SERVER_TLS,
     "nats-data": set(),
-    "redis": {"redis_acl", "redis_health_password"},
-    "seaweedfs": {"seaweedfs_security"},
+    "redis": {"redis_acl", "redis_health_password"} | SERVER_TLS,
+    "seaweedfs": {"seaweedfs_security"} | SERVER_TLS,
     "reader": {"reader_nats_password", "reader_redis_password"},
     "router": {"router_nats_password", "router_redis_password"},
     "detection": {"detection_nats_password", "detection_redis_password", "storage_read_key"},
@@ -672,6 +678,8 @@ ROLE_SECRETS: dict[str, set[str]] = {
     "registrator": {"registrator_nats_password", "registrator_redis_password", "storage_read_key", "filer_signing_key"},
     "api": {"api_redis_password", "filer_read_key", "api_token"},
 }
+for _role in APP:
+    ROLE_SECRETS[_role] |= {"tls_ca", f"{_role}_tls_cert", f"{_role}_tls_key"}
 ROLE_SECRETS |= {f"{worker}-gpu": ROLE_SECRETS[worker] for worker in ("detection", "classification")}
 # Where a setting names a file, the file the container must have there.
 FILE_SETTINGS = {
@@ -681,6 +689,9 @@ FILE_SETTINGS = {
     "filer_write_key_file": "/run/secrets/filer-signing.key",
     "filer_read_key_file": "/run/secrets/filer-read.key",
     "api_token_file": "/run/secrets/api-token",
+    "tls_ca_file": "/run/secrets/ca.pem",
+    "tls_cert_file": "/run/secrets/tls.pem",
+    "tls_key_file": "/run/secrets/tls.key",
 }
 DIGEST = re.compile(r".+@sha256:[0-9a-f]{64}")
 
@@ -724,6 +735,8 @@ def test_no_container_gets_a_secret_its_role_does_not_need(compose_bin: Path, la
     for name, svc in config["services"].items():
         mounted = _secret_targets(svc)
         assert set(mounted.values()) == ROLE_SECRETS[name], name
+        if name in INFRA | ONE_SHOT:
+            continue  # the servers name their files in their configurations (test_the_servers_speak_tls_only)
         env = svc.get("environment") or {}
         for setting, path in FILE_SETTINGS.items():
             if setting in env:
@@ -735,9 +748,64 @@ def test_no_container_gets_a_secret_its_role_does_not_need(compose_bin: Path, la
             if f"/run/secrets/{server}-password" in mounted:
                 source = config["secrets"][mounted[f"/run/secrets/{server}-password"]]["file"]
                 assert Path(source).name == f"{server}-{env[f'{server}_user']}.password", name
+        # Nor a certificate: the one it shows is its own user's (the api has a Redis user only).
+        user = env.get("nats_user", env["redis_user"])
+        assert env.get("redis_user", user) == user, name
+        for setting, suffix in (("tls_cert_file", "pem"), ("tls_key_file", "key")):
+            source = Path(config["secrets"][mounted[env[setting]]]["file"])
+            assert (source.parent.name, source.name) == ("tls", f"{user}.{suffix}"), f"{name}: {setting} is {source}"
+        assert Path(config["secrets"][mounted[env["tls_ca_file"]]]["file"]).name == "ca.pem", name
     # A worker machine declares the workers' secrets and nothing of the hub's.
     if layout == "worker-machine":
         assert set(config["secrets"]) == {"pip_conf", "pip_ca"} | ROLE_SECRETS["detection"] | ROLE_SECRETS["classification"]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_service_speaks_tls_only(compose_bin: Path, layout: str) -> None:
+    # Every address is a TLS one, and every service holds the CA and a certificate: none talks in clear.
+    for name, svc in _resolved(compose_bin, layout, gpu=True)["services"].items():
+        if name in INFRA | ONE_SHOT:
+            continue
+        env = svc["environment"]
+        assert env["nats_host"].startswith("tls://"), name
+        assert all(env[url].startswith("https://") for url in ("master_url", "volume_url", "filer_url")), name
+        assert env["redis_tls"] == "true", name
+        assert all(env.get(f"tls_{part}_file") for part in ("ca", "cert", "key")), name
+
+
+def test_the_servers_speak_tls_only(compose_bin: Path, tmp_path: Path) -> None:
+    # Each server's configuration turns TLS on with the files its container gets, by fleet/pki.py's renderers
+    # (the ones the local fleet runs with), and asks every client for a certificate from the fleet's CA.
+    from fleet.pki import nats_tls_config, redis_tls_args
+    from scripts.compose_secrets import IN_CONTAINER, make_secrets
+    from shared.settings import VigilSettings
+
+    config = _resolved(compose_bin, "hub")
+    services = config["services"]
+    tls_paths = {str(IN_CONTAINER.ca), str(IN_CONTAINER.cert), str(IN_CONTAINER.key)}
+    for name in INFRA:
+        mounted = _secret_targets(services[name])
+        assert tls_paths <= set(mounted), f"{name} lacks its TLS files"
+        assert Path(config["secrets"][mounted[str(IN_CONTAINER.cert)]]["file"]).name == "servers.pem", name
+    make_secrets(tmp_path, VigilSettings(_env_file=None))  # type: ignore[call-arg]
+    # NATS: the tls block, with verify, in the configuration it is started with.
+    assert services["nats"]["command"][-2:] == ["-c", "/run/secrets/nats.conf"]
+    assert (tmp_path / "nats.conf").read_text().endswith(nats_tls_config(IN_CONTAINER))
+    assert "verify: true" in nats_tls_config(IN_CONTAINER)
+    # Redis: its plain port closed, TLS on 6379 (clients are checked: tls-auth-clients is on by default).
+    redis = services["redis"]
+    assert redis["command"][-len(redis_tls_args(IN_CONTAINER, 6379)) :] == redis_tls_args(IN_CONTAINER, 6379)
+    assert "tls-auth-clients" not in " ".join(redis["command"])
+    assert "--tls" in " ".join(redis["healthcheck"]["test"])
+    # SeaweedFS: HTTPS with a CA (so a client certificate is asked for) on all three parts, and gRPC TLS.
+    security = tomllib.loads((tmp_path / "seaweedfs-security.toml").read_text())
+    wanted = {"ca": str(IN_CONTAINER.ca), "cert": str(IN_CONTAINER.cert), "key": str(IN_CONTAINER.key)}
+    for part in ("master", "volume", "filer"):
+        assert security["https"][part] == wanted, part
+        assert security["grpc"][part] == {"cert": wanted["cert"], "key": wanted["key"]}, part
+    assert security["https"]["client"]["enabled"] is True and security["grpc"]["ca"] == wanted["ca"]
+    assert security["jwt"]["signing"]["key"], "the JWT keys are still there"
+    assert "http://" not in " ".join(services["seaweedfs"]["healthcheck"]["test"])
 
 
 def test_secrets_stay_out_of_the_compose_files_and_env_example() -> None:
@@ -764,7 +832,8 @@ def test_compose_users_are_the_roles_users(compose_bin: Path, tmp_path: Path) ->
     make_secrets(tmp_path, settings)
     for secret, spec in config["secrets"].items():
         if secret not in {"pip_conf", "pip_ca"}:
-            assert (tmp_path / Path(spec["file"]).name).is_file(), f"make secrets does not make {secret}"
+            made = tmp_path / Path(spec["file"]).relative_to(ROOT / "secrets")
+            assert made.is_file(), f"make secrets does not make {secret}"
 
 
 @pytest.mark.parametrize("layout", ["single-host", "worker-machine"])
@@ -834,7 +903,7 @@ def test_make_secrets_makes_them_once_and_renders_the_servers_files(tmp_path: Pa
     assert first.returncode == 0, first.stderr
     folder = tmp_path / "secrets"
     assert folder.stat().st_mode & 0o777 == 0o700
-    before = {p.name: p.read_text() for p in folder.iterdir()}
+    before = _contents(folder)
     assert len(before["api-token"]) >= 32 and len(set(before["api-token"])) >= 10
     # Only the servers' and the operator's: no secret in the folder is readable outside it but through it.
     assert (folder / "nats-admin.password").stat().st_mode & 0o777 == 0o600
@@ -845,7 +914,50 @@ def test_make_secrets_makes_them_once_and_renders_the_servers_files(tmp_path: Pa
     assert before["storage-read.key"] in before["seaweedfs-security.toml"]
     again = _secrets_script(tmp_path, "source_id=cam0\n")
     assert again.returncode == 0 and "made" not in again.stdout
-    assert {p.name: p.read_text() for p in folder.iterdir()} == before, "a second run changed a secret"
+    assert _contents(folder) == before, "a second run changed a secret"
+
+
+def _contents(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
+
+
+def _names_in(cert: Path) -> set[str]:
+    """The DNS names and addresses a certificate is valid for."""
+    done = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-ext", "subjectAltName"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return {name.split(":", 1)[1] for name in re.split(r",\s*", done.stdout.splitlines()[-1].strip())}
+
+
+def _verifies(cert: Path, ca: Path, purpose: str) -> bool:
+    done = subprocess.run(["openssl", "verify", "-purpose", purpose, "-CAfile", str(ca), str(cert)], capture_output=True)
+    return done.returncode == 0
+
+
+def test_make_secrets_makes_the_fleets_ca_and_certificates_once(tmp_path: Path) -> None:
+    first = _secrets_script(tmp_path, "source_id=cam0\n")
+    assert first.returncode == 0, first.stderr
+    tls = tmp_path / "secrets" / "tls"
+    ca = tls / "ca.pem"
+    assert _verifies(tls / "servers.pem", ca, "sslserver") and _verifies(tls / "servers.pem", ca, "sslclient")
+    assert _names_in(tls / "servers.pem") == {"nats", "redis", "seaweedfs", "localhost", "127.0.0.1"}
+    for user in ("reader", "router", "registrator", "api", "admin", "worker-ssd_mobilenet_v2_coco"):
+        assert _verifies(tls / f"{user}.pem", ca, "sslclient"), user
+        assert not _verifies(tls / f"{user}.pem", ca, "sslserver"), f"{user}'s certificate could serve as a server's"
+    # The CA's key and the admin's stay the operator's; the keys containers read are readable through the folder.
+    assert tls.stat().st_mode & 0o777 == 0o700
+    modes = {name: (tls / name).stat().st_mode & 0o777 for name in ("ca.key", "admin.key", "reader.key", "servers.key")}
+    assert modes == {"ca.key": 0o600, "admin.key": 0o600, "reader.key": 0o644, "servers.key": 0o644}
+    before = _contents(tls)
+    assert _secrets_script(tmp_path, "source_id=cam0\n").returncode == 0
+    assert _contents(tls) == before, "a second run made new certificates"
+    # The hub's address: a new server certificate that names it, by the same CA; nothing else changes.
+    hub = _secrets_script(tmp_path, "source_id=cam0\n", VIGIL_HUB_IP=HUB_IP)
+    assert hub.returncode == 0 and "tls/servers.pem" in hub.stdout, hub.stdout + hub.stderr
+    assert HUB_IP in _names_in(tls / "servers.pem") and _verifies(tls / "servers.pem", ca, "sslserver")
+    changed = {name for name, text in _contents(tls).items() if before.get(name) != text}
+    assert changed == {"servers.pem", "servers.key", "servers.hosts"}, changed
 
 
 def test_make_secrets_moves_a_token_out_of_env(tmp_path: Path) -> None:
@@ -860,4 +972,6 @@ def test_make_secrets_on_a_worker_machine_asks_for_the_hubs(tmp_path: Path) -> N
     done = _secrets_script(tmp_path, "source_id=cam0\n", COMPOSE_FILE="docker-compose.workers.yml")
     assert done.returncode == 1 and "copy these from the first host" in done.stderr
     assert "storage-read.key" in done.stderr and "nats-worker-ssd_mobilenet_v2_coco.password" in done.stderr
+    assert "tls/ca.pem" in done.stderr and "tls/worker-efficientnet_lite0.key" in done.stderr
+    assert "tls/servers" not in done.stderr and "tls/ca.key" not in done.stderr, "a worker machine needs no server key"
     assert not (tmp_path / "secrets").exists(), "a worker machine made secrets of its own"

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -218,22 +219,48 @@ def address(fleet: ComposeFleet, service: str) -> str:
     return str(next(iter(networks.values()))["IPAddress"])
 
 
-async def nats_refusals(url: str, reader_password: str) -> tuple[str, str]:
-    """(what an anonymous connection hears, what the reader hears when it publishes a result)."""
+def tls_context(fleet: ComposeFleet, user: str | None) -> ssl.SSLContext:
+    """A client context that trusts the fleet's CA and shows `user`'s certificate (None: no certificate).
+
+    The host reaches the containers by their addresses on the project network, which the servers' certificate
+    does not name (worker machines reach the hub by the names it does): so the chain is checked, not the name."""
+    tls = fleet.folder / "secrets" / "tls"
+    context = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+    context.check_hostname = False
+    if user is not None:
+        context.load_cert_chain(tls / f"{user}.pem", tls / f"{user}.key")
+    return context
+
+
+async def nats_connect(url: str, tls: ssl.SSLContext, **login: Any) -> str:
+    """What a connection hears: "connected", or the error that refused it."""
     try:
-        anonymous = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
-    except nats.errors.Error as exc:
-        refused = str(exc)
-    else:
-        await anonymous.close()
-        refused = "connected"
+        client = await nats.connect(url, tls=tls, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=0, **login)
+    except Exception as exc:  # noqa: BLE001 - a refused handshake surfaces as an ssl, OS or nats error
+        return f"{type(exc).__name__}: {exc}"
+    await client.close()
+    return "connected"
+
+
+async def nats_refusals(fleet: ComposeFleet, url: str) -> tuple[str, str, str]:
+    """(what the reader's login hears without a client certificate, what a certificate without a login hears,
+    what the reader hears when it publishes a result)."""
+    reader_password = fleet.secret("nats-reader.password")
+    uncertified = await nats_connect(url, tls_context(fleet, None), user="reader", password=reader_password)
+    anonymous = await nats_connect(url, tls_context(fleet, "reader"))
     errors: list[Exception] = []
 
     async def collect(exc: Exception) -> None:
         errors.append(exc)
 
     reader = await nats.connect(
-        url, user="reader", password=reader_password, inbox_prefix="_INBOX.reader", allow_reconnect=False, error_cb=collect
+        url,
+        tls=tls_context(fleet, "reader"),
+        user="reader",
+        password=reader_password,
+        inbox_prefix="_INBOX.reader",
+        allow_reconnect=False,
+        error_cb=collect,
     )
     try:
         await reader.publish(RESULTS, b"{}")
@@ -243,37 +270,90 @@ async def nats_refusals(url: str, reader_password: str) -> tuple[str, str]:
             await asyncio.sleep(0.1)
     finally:
         await reader.close()
-    return refused, str(errors[0]) if errors else "published"
+    return uncertified, anonymous, str(errors[0]) if errors else "published"
+
+
+def nats_in_clear(host: str, user: str, password: str) -> tuple[bool, bytes]:
+    """(whether nats-server announces that it requires TLS, what it answers a login and PING sent in clear)."""
+    with socket.create_connection((host, 4222), timeout=5) as sock:
+        reply = sock.makefile("rb")
+        info = json.loads(reply.readline().removeprefix(b"INFO "))
+        sock.sendall(f"CONNECT {json.dumps({'user': user, 'pass': password, 'verbose': False})}\r\nPING\r\n".encode())
+        try:
+            answer = reply.readline()
+        except OSError as exc:  # closed on us
+            answer = str(exc).encode()
+    return bool(info.get("tls_required")), answer
+
+
+def redis_client(fleet: ComposeFleet, host: str, user: str, certificate: str | None) -> redis.Redis:
+    """`user`'s Redis login over TLS, showing `certificate`'s client certificate (None: none)."""
+    tls = fleet.folder / "secrets" / "tls"
+    files = {}
+    if certificate is not None:
+        files = {"ssl_certfile": str(tls / f"{certificate}.pem"), "ssl_keyfile": str(tls / f"{certificate}.key")}
+    password = fleet.secret(f"redis-{user}.password")
+    return redis.Redis(
+        host=host,
+        port=6379,
+        username=user,
+        password=password,
+        socket_timeout=5,
+        ssl=True,
+        ssl_ca_certs=str(tls / "ca.pem"),
+        ssl_check_hostname=False,
+        **files,
+    )
 
 
 def test_the_servers_refuse_who_has_no_login(project: ComposeFleet) -> None:
     # The fleet of the first scenario, reached from this host over the project network, as a machine on a
-    # hub's LAN reaches its published ports.
-    nats_url = f"nats://{address(project, 'nats')}:4222"
-    refused, forged = asyncio.run(nats_refusals(nats_url, project.secret("nats-reader.password")))
-    assert "Authorization Violation" in refused, refused
+    # hub's LAN reaches its published ports. Every server speaks TLS only and asks for a client certificate
+    # from the fleet's CA: a valid password without one is refused, and so is a certificate without a login.
+    nats_url = f"tls://{address(project, 'nats')}:4222"
+    uncertified, anonymous, forged = asyncio.run(nats_refusals(project, nats_url))
+    # Refused with a TLS alert or a reset, whichever comes first; the same login with a certificate gets in.
+    assert uncertified != "connected", "NATS let in a client without a certificate"
+    assert "Authorization Violation" in anonymous, anonymous
     assert f'permissions violation for publish to "{RESULTS}"' in forged, forged
+    required, answer = nats_in_clear(address(project, "nats"), "reader", project.secret("nats-reader.password"))
+    assert required and b"PONG" not in answer, answer
 
     host = address(project, "redis")
-    with pytest.raises(redis.AuthenticationError):
-        redis.Redis(host=host, port=6379, socket_timeout=5).ping()
-    api = redis.Redis(host=host, port=6379, username="api", password=project.secret("redis-api.password"), socket_timeout=5)
+    with pytest.raises(redis.ConnectionError):  # no TLS: the plain port is closed
+        redis.Redis(host=host, port=6379, username="api", password=project.secret("redis-api.password"), socket_timeout=5).ping()
+    with pytest.raises(redis.ConnectionError) as uncertified_redis:  # TLS, the api's password, no certificate
+        redis_client(project, host, "api", None).ping()
+    assert "Authentication" not in str(uncertified_redis.value), "refused for its password, not its certificate"
+    api = redis_client(project, host, "api", "api")
     assert api.exists("vigil:nothing") == 0  # the api's user reads
     with pytest.raises(redis.exceptions.NoPermissionError):
         api.flushall()
     with pytest.raises(redis.exceptions.NoPermissionError):
         api.set("vigil:forged", "1")
-    # And inside the server's own container, where no password is at hand, a command is refused too.
-    inside = project.compose("exec", "-T", "redis", "redis-cli", "ping").stdout
+    # And inside the server's own container, with its certificate but no password, a command is refused too.
+    tls_args = ["--tls", "--cacert", "/run/secrets/ca.pem", "--cert", "/run/secrets/tls.pem", "--key", "/run/secrets/tls.key"]
+    inside = project.compose("exec", "-T", "redis", "redis-cli", *tls_args, "ping").stdout
     assert "NOAUTH" in inside, inside
 
-    # SeaweedFS, with the keys of its security.toml: an upload without the master's token is refused.
+    # SeaweedFS's master has no users: its client-certificate check is what keeps assign from anyone.
     weed = address(project, "seaweedfs")
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with direct.open(f"http://{weed}:9333/dir/assign", timeout=10) as reply:
+
+    def opener(user: str | None) -> urllib.request.OpenerDirector:
+        https = urllib.request.HTTPSHandler(context=tls_context(project, user))
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}), https)
+
+    with pytest.raises(OSError) as uncertified_assign:  # an ssl error or a reset, as the handshake ends
+        opener(None).open(f"https://{weed}:9333/dir/assign", timeout=10)
+    assert not isinstance(uncertified_assign.value, urllib.error.HTTPError), "the master answered without a certificate"
+    with pytest.raises(urllib.error.HTTPError) as plain_assign:  # Go's TLS server answers plain HTTP with a 400
+        opener(None).open(f"http://{weed}:9333/dir/assign", timeout=10)
+    assert plain_assign.value.code == 400
+    # With a certificate, the keys of its security.toml still hold: an upload without the master's token is refused.
+    with opener("reader").open(f"https://{weed}:9333/dir/assign", timeout=10) as reply:
         fid = json.loads(reply.read())["fid"]
     with pytest.raises(urllib.error.HTTPError) as unsigned:
-        direct.open(urllib.request.Request(f"http://{weed}:8080/{fid}", data=b"forged", method="PUT"), timeout=10)
+        opener("reader").open(urllib.request.Request(f"https://{weed}:8080/{fid}", data=b"forged", method="PUT"), timeout=10)
     assert unsigned.value.code == 401
 
 

@@ -28,3 +28,10 @@ def test_a_server_certificate_names_its_hosts_and_both_sides_verify(tmp_path):
         assert verified.returncode == 0, verified.stdout + verified.stderr
     context = ssl.create_default_context(cafile=str(pki.ca))
     context.load_cert_chain(pki.files("api").cert, pki.files("api").key)  # a key that matches its certificate
+
+
+def test_a_relative_folder_works(tmp_path, monkeypatch):
+    # openssl runs in a scratch folder: a relative path (make secrets' default `secrets/`) must still name the CA.
+    monkeypatch.chdir(tmp_path)
+    files = FleetPki("secrets/tls").client("reader")
+    assert files.cert.is_absolute() and files.cert.is_file() and (tmp_path / "secrets" / "tls" / "ca.pem").is_file()
