@@ -14,25 +14,12 @@ from shared.contracts import ContractError, Event, EventState
 from shared.event_store import INDEXED, EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
+from tests.support.events import stored_event
 from tests.support.settings import settings_from
 
 
 def event(event_id: str, start_wall: float, *, state: EventState = EventState.CREATED, label: str = "person") -> Event:
-    return Event(
-        id=event_id,
-        source_id="cam0",
-        model="ssd",
-        label=label,
-        label_counts={label: 1},
-        state=state,
-        start=0.0,
-        end=1.0,
-        start_wall=start_wall,
-        frames=1,
-        best_score=0.9,
-        best_frame_seq=0,
-        updated_at=start_wall,
-    )
+    return stored_event(event_id, start_wall, state=state, label=label)
 
 
 @pytest.fixture

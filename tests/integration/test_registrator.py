@@ -44,6 +44,7 @@ from shared.metrics import counter_value
 from shared.storage import FileGone, SeaweedStorage
 from shared.subjects import frames_stream, results_stream_name
 from tests.integration.helpers import running, wait_for
+from tests.support.events import stored_event
 from tests.support.settings import MakeSettings, settings_from
 
 FRAMES = 40  # 4 s of vtest at 10 fps
@@ -294,24 +295,7 @@ async def test_retention_removes_old_events_with_their_files(redis: Redis, make_
             folder.mkdir()
             (folder / f"{event_id}.mp4").write_bytes(b"clip")
             url = await storage.put_path(f"vigil/events/{event_id}/{event_id}.mp4", b"clip", content_type="video/mp4")
-            await store.save(
-                Event(
-                    id=event_id,
-                    source_id="cam0",
-                    model="ssd",
-                    label="person",
-                    label_counts={"person": 1},
-                    state=EventState.FINISHED,
-                    start=0,
-                    end=1,
-                    start_wall=started,
-                    frames=1,
-                    best_score=0.9,
-                    best_frame_seq=0,
-                    video_proofs=url,
-                    updated_at=now,
-                )
-            )
+            await store.save(stored_event(event_id, started, state=EventState.FINISHED, video_proofs=url, updated_at=now))
         assert (await sweep(store, storage, tmp_path, max_age_seconds=2 * 86400)).events == 1
         assert [e.id for e in await store.all()] == ["new"]
         assert not (tmp_path / "old").exists() and (tmp_path / "new").exists()
@@ -335,22 +319,8 @@ async def test_retention_by_disk_budget_removes_the_oldest_first(
             (tmp_path / event_id).mkdir()
             (tmp_path / event_id / f"{event_id}.mp4").write_bytes(clip)
             url = await storage.put_path(f"vigil/events/{event_id}/{event_id}.mp4", clip, content_type="video/mp4")
-            record = Event(
-                id=event_id,
-                source_id="cam0",
-                model="ssd",
-                label="person",
-                label_counts={"person": 1},
-                state=EventState.FINISHED,
-                start=0,
-                end=1,
-                start_wall=started,
-                frames=1,
-                best_score=0.9,
-                best_frame_seq=0,
-                video_proofs=url,
-                stored_bytes=len(clip),
-                updated_at=now,
+            record = stored_event(
+                event_id, started, state=EventState.FINISHED, video_proofs=url, stored_bytes=len(clip), updated_at=now
             )
             await store.save(record)
         assert await store.stored_bytes() == 6000
@@ -378,11 +348,9 @@ async def test_events_stored_before_their_size_was_recorded_are_sized_once(redis
         clip = await storage.put_path("vigil/events/cam0-old/cam0-old.mp4", b"c" * 900, content_type="video/mp4")
         key = await storage.put_path("vigil/events/cam0-old/cam0-old.jpg", b"k" * 90, content_type="image/jpeg")
         gone = f"{settings.filer_url}/vigil/events/cam0-old/cam0-old_boxes.jpg"  # never stored: it takes nothing
-        old = Event(
-            id="cam0-old", source_id="cam0", model="ssd", label="person", label_counts={"person": 1},
-            state=EventState.FINISHED, start=0, end=1, start_wall=100.0, frames=1, best_score=0.9, best_frame_seq=0,
-            video_proofs=clip, image_proofs=key, image_annotated_proofs=gone, updated_at=100.0,
-        )  # fmt: skip
+        old = stored_event(
+            "cam0-old", 100.0, state=EventState.FINISHED, video_proofs=clip, image_proofs=key, image_annotated_proofs=gone
+        )
         await store.save(old)  # as an older version wrote it: no stored_bytes
         await store.save(old.model_copy(update={"id": "cam0-err", "state": EventState.ERROR, "video_proofs": None,
                                                 "image_proofs": None, "image_annotated_proofs": None}))  # fmt: skip
