@@ -113,13 +113,16 @@ def _netloc(url: str) -> str:
 class SeaweedStorage:
     ASSIGN_BATCH = 64
 
-    def __init__(self, settings: VigilSettings, *, max_connections: int = 16) -> None:
+    def __init__(self, settings: VigilSettings, *, max_connections: int = 16, named_host_seconds: float = 60.0) -> None:
         self.master_url = settings.master_url.rstrip("/")
         self.filer_url = settings.filer_url.rstrip("/")
         # The configured SeaweedFS hosts, not the master (its GET endpoints grow and delete volumes). Frames
         # are on whichever volume server the master assigned, which need not be one of these (the seed's
-        # volume_url is the filer): check_url also trusts a host the master names as holding the URL's
-        # volume, and remembers it.
+        # volume_url is the filer, and volume servers come and go): check_url also trusts a host for a volume
+        # while the master names it as holding that volume, asking again after named_host_seconds.
+        self.named_host_seconds = named_host_seconds
+        self._named: dict[tuple[str, str], float] = {}  # (host, volume) -> until when the master's answer holds
+        self.volume_lookups = 0
         self.allowed_hosts = {_netloc(settings.volume_url), _netloc(settings.filer_url)} | {
             _netloc(h) for h in settings.storage_allowed_hosts
         }
@@ -163,7 +166,8 @@ class SeaweedStorage:
         await retry_until("SeaweedFS master", probe, timeout=self.startup_timeout, log=self.log)
 
     async def check_url(self, url: str) -> None:
-        """Refuse a URL outside SeaweedFS: its host must be configured, or named by the master for its volume."""
+        """Refuse a URL outside SeaweedFS: its host must be configured, or named by the master for its volume (an
+        answer kept for named_host_seconds, so a volume server that left is no longer trusted after that)."""
         parts = urlsplit(url)
         host = parts.netloc.lower()
         if parts.scheme not in ("http", "https"):
@@ -172,13 +176,19 @@ class SeaweedStorage:
             return
         # A fid URL is http://<volume server>/<volume id>,<needle>: the master knows where each volume lives.
         volume = parts.path.lstrip("/").split(",", 1)[0].split("/", 1)[0]
-        if volume.isdigit() and host in await self._volume_hosts(volume):
-            self.allowed_hosts.add(host)
-            return
+        if volume.isdigit():
+            now = time.monotonic()
+            if self._named.get((host, volume), 0.0) > now:
+                return
+            if host in await self._volume_hosts(volume):
+                self._named[(host, volume)] = now + self.named_host_seconds
+                return
+            self._named.pop((host, volume), None)
         raise ForbiddenURL(f"URL host {parts.netloc!r} is not a configured SeaweedFS host, nor one the master names")
 
     async def _volume_hosts(self, volume: str) -> set[str]:
         """The hosts the master says hold a volume; none when it knows no such volume."""
+        self.volume_lookups += 1
         async with self.session.get(f"{self.master_url}/dir/lookup", params={"volumeId": volume}) as resp:
             if resp.status == 404:
                 return set()
