@@ -85,7 +85,7 @@ class Bus:
             # the startup timeout turns that into one clear error instead of a silent hang.
             self.nc = await asyncio.wait_for(
                 nats.connect(
-                    servers=[self.settings.nats_host],
+                    servers=self.settings.nats_servers,
                     name=f"{self.service}-{self.instance}",
                     **nats_login(self.settings),
                     max_reconnect_attempts=-1,
