@@ -18,6 +18,7 @@ import pytest
 from fleet.servers import LocalServers
 from shared.bus import Bus, Outgoing, fetch
 from shared.metrics import Metrics
+from shared.retry import InfrastructureUnavailable
 from shared.settings import VigilSettings
 from shared.subjects import Subjects, results_stream
 from tests.support.settings import settings_from
@@ -163,3 +164,15 @@ async def test_a_killed_node_loses_no_acknowledged_message(cluster: LocalServers
     finally:
         await producer.close()
         await consumer.close()
+
+
+async def test_more_replicas_than_nodes_is_a_clear_error(cluster: LocalServers, unique: str, tmp_path: Path) -> None:
+    env = cluster.servers.env() | {"subject_prefix": unique, "stream_replicas": str(NODES + 2), "startup_timeout": "10"}
+    settings = settings_from(VigilSettings, env, TMP_PATH=tmp_path)
+    bus = Bus(settings, "test", "owner", Metrics("owner"))
+    await bus.connect()
+    try:
+        with pytest.raises(InfrastructureUnavailable, match="set stream_replicas to at most"):
+            await bus.ensure_stream(results_stream(settings))
+    finally:
+        await bus.close()
