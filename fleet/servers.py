@@ -543,6 +543,11 @@ class LocalServers:
     # Users -----------------------------------------------------------------------------------------
 
     @property
+    def nats_route_ports(self) -> list[int]:
+        """The cluster nodes' route ports, nats-1 first (none for a single node): where nodes, not clients, connect."""
+        return list(self._route_ports)
+
+    @property
     def _nats_names(self) -> list[str]:
         """The NATS servers' names: "nats" alone, as ever, or "nats-1".."nats-N" for a cluster."""
         n = self._nats_nodes

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -176,3 +177,22 @@ async def test_more_replicas_than_nodes_is_a_clear_error(cluster: LocalServers, 
             await bus.ensure_stream(results_stream(settings))
     finally:
         await bus.close()
+
+
+def test_a_fleet_certificate_without_the_route_password_cannot_join(cluster: LocalServers) -> None:
+    """Every service holds a client certificate from the fleet's CA: on a route port it must not pass for a node."""
+    servers = cluster.servers
+    for port in cluster.nats_route_ports:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            servers.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+        ):
+            assert conn.recv(4096).startswith(b"INFO ")
+            conn.sendall(b'CONNECT {"verbose":false,"pedantic":false,"tls_required":true,"name":"intruder"}\r\nPING\r\n')
+            reply = b""
+            while b"\r\n" not in reply:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        assert reply.startswith(b"-ERR 'Authorization Violation'"), reply
