@@ -33,7 +33,7 @@ config-docs: install
 	$(PY) -m scripts.settings_doc
 
 run: install
-	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve)
+	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve) $(if $(NATS_NODES),--nats-nodes $(NATS_NODES))
 
 test: install test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

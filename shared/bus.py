@@ -16,7 +16,7 @@ from nats.errors import AuthorizationError, ConnectionClosedError, NoRespondersE
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
-from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from shared.contracts import Contract, ContractError
 from shared.credentials import nats_login
@@ -29,6 +29,9 @@ from shared.subjects import Subjects
 C = TypeVar("C", bound=Contract)
 
 _STREAM_NAME_IN_USE = 10058
+# What NATS answers a stream with more replicas than it has nodes: a single server, then a cluster too small.
+_REPLICAS_NOT_CLUSTERED = 10074
+_NO_PEERS_FOR_PLACEMENT = 10005
 # Deliveries of a frame or result before JetStream gives it up (tasks have their own, task_max_deliver).
 MAX_DELIVER = 5
 
@@ -85,7 +88,7 @@ class Bus:
             # the startup timeout turns that into one clear error instead of a silent hang.
             self.nc = await asyncio.wait_for(
                 nats.connect(
-                    servers=[self.settings.nats_host],
+                    servers=self.settings.nats_servers,
                     name=f"{self.service}-{self.instance}",
                     **nats_login(self.settings),
                     max_reconnect_attempts=-1,
@@ -124,6 +127,17 @@ class Bus:
 
     async def ensure_stream(self, config: StreamConfig) -> None:
         """Create or update a stream this service owns; safe to run from every replica."""
+        try:
+            await self._add_or_update_stream(config)
+        except APIError as exc:
+            if exc.err_code not in (_REPLICAS_NOT_CLUSTERED, _NO_PEERS_FOR_PLACEMENT) or (config.num_replicas or 1) == 1:
+                raise
+            raise InfrastructureUnavailable(
+                f"NATS cannot keep stream {config.name} on {config.num_replicas} nodes ({exc.description}): set "
+                "stream_replicas to at most the NATS cluster's nodes (1 for a single server), or add nodes"
+            ) from None
+
+    async def _add_or_update_stream(self, config: StreamConfig) -> None:
         try:
             await self.js.add_stream(config)
         except BadRequestError as exc:

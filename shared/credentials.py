@@ -56,7 +56,7 @@ def nats_login(settings: VigilSettings) -> NatsLogin:
     Each user gets an inbox prefix of its own, so its permissions can allow replies to it alone: with the
     shared `_INBOX.>` any user could read the replies (pulled messages included) meant for the others."""
     login: NatsLogin = {}
-    if urlsplit(settings.nats_host).scheme == "tls":
+    if any(urlsplit(url).scheme == "tls" for url in settings.nats_servers):
         login["tls"] = tls_context(settings)
     if not settings.nats_user:
         return login

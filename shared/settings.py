@@ -71,7 +71,16 @@ class VigilSettings(BaseSettings):
     service_name: str = "vigil"
     instance: str = Field(default="", description="instance id; empty means host-pid")
 
-    nats_host: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL")
+    nats_host: str = Field(
+        default="nats://127.0.0.1:4222",
+        description="NATS server URL, or the URLs of a cluster's nodes separated by commas (tls://a:4222,tls://b:4222)",
+    )
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="JetStream replicas of every stream Vigil creates (frames, results, tasks); at most the cluster's nodes",
+    )
     nats_user: str = Field(default="", description="NATS user of this service's role; empty connects without credentials")
     nats_password_file: Path | None = Field(default=None, description="file holding nats_user's password (a Compose secret)")
     redis_host: str = Field(default="127.0.0.1", description="Redis host")
@@ -135,6 +144,18 @@ class VigilSettings(BaseSettings):
         default="127.0.0.1", description="address /metrics and /healthz bind to (0.0.0.0 serves other hosts)"
     )
     startup_timeout: float = Field(default=60.0, gt=0, description="seconds to wait for NATS/Redis/SeaweedFS at start")
+
+    @field_validator("nats_host")
+    @classmethod
+    def _nats_urls_are_listed(cls, value: str) -> str:
+        if not all(url.strip() for url in value.split(",")):
+            raise ValueError("give one URL, or several separated by single commas, with none empty (tls://a:4222,tls://b:4222)")
+        return value
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """nats_host's URLs, for nats.connect(servers=...)."""
+        return [url.strip() for url in self.nats_host.split(",")]
 
     @field_validator("ttl_bucket")
     @classmethod

@@ -99,6 +99,7 @@ def frames_stream(settings: VigilSettings) -> StreamConfig:
         max_age=float(parse_ttl(settings.ttl_bucket)),
         max_msgs=500_000,
         discard=DiscardPolicy.OLD,
+        num_replicas=settings.stream_replicas,
     )
 
 
@@ -120,6 +121,7 @@ def task_stream(settings: VigilSettings, model: str, subject: str, *, max_age: f
         max_msgs_per_subject=cap,
         max_msgs=cap,
         discard=DiscardPolicy.OLD,
+        num_replicas=settings.stream_replicas,
     )
 
 
@@ -134,4 +136,5 @@ def results_stream(settings: VigilSettings) -> StreamConfig:
         max_age=24 * 3600.0,
         max_msgs=2_000_000,
         discard=DiscardPolicy.OLD,
+        num_replicas=settings.stream_replicas,
     )

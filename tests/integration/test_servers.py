@@ -201,3 +201,10 @@ def test_weed_keys_are_private_files_and_in_no_log(local_servers: LocalServers) 
         assert path.stat().st_mode & 0o777 == 0o600, name
         key = path.read_text()
         assert len(key) >= 32 and key not in logs, name
+
+
+def test_a_single_nats_node_is_both_nats_and_nats_1(local_servers: LocalServers) -> None:
+    assert local_servers.pid("nats-1") == local_servers.pid("nats") is not None
+    assert local_servers.servers.nats_urls == [local_servers.servers.nats_url]
+    with pytest.raises(ValueError, match="nats-2"):
+        local_servers.stop_one("nats-2")

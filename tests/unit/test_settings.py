@@ -12,6 +12,7 @@ from services.router.settings import RouterSettings
 from services.worker.settings import ROLES, WorkerSettings
 from shared.settings import VigilSettings
 from shared.settings_keys import PROJECT_VARIABLES, check_keys
+from shared.subjects import frames_stream, results_stream, task_stream
 from shared.ttl import parse_ttl
 from tests.support.settings import settings_from
 
@@ -198,3 +199,24 @@ def test_every_vigil_variable_in_the_repository_is_known() -> None:
             found |= set(re.findall(r"\bVIGIL_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text(errors="replace")))
     unknown = found - PROJECT_VARIABLES
     assert not unknown, f"VIGIL_ variables the settings check does not know (shared/settings_keys.py): {sorted(unknown)}"
+
+
+def test_nats_host_lists_a_clusters_nodes() -> None:
+    settings = settings_from(VigilSettings, nats_host="tls://a:4222, tls://b:4222,tls://c:4222")
+    assert settings.nats_servers == ["tls://a:4222", "tls://b:4222", "tls://c:4222"]
+    assert settings_from(VigilSettings).nats_servers == ["nats://127.0.0.1:4222"]
+    with pytest.raises(ValidationError, match="none empty"):
+        settings_from(VigilSettings, nats_host="tls://a:4222,,tls://b:4222")
+
+
+@pytest.mark.parametrize("replicas", [0, 6])
+def test_stream_replicas_are_one_to_five(replicas: int) -> None:
+    with pytest.raises(ValidationError, match="stream_replicas"):
+        settings_from(VigilSettings, stream_replicas=replicas)
+
+
+def test_every_stream_gets_stream_replicas() -> None:
+    settings = settings_from(VigilSettings, stream_replicas=3)
+    configs = [frames_stream(settings), results_stream(settings), task_stream(settings, "m", "t", max_age=1.0, cap=1)]
+    assert [c.num_replicas for c in configs] == [3, 3, 3]
+    assert frames_stream(settings_from(VigilSettings)).num_replicas == 1
