@@ -22,6 +22,8 @@ from nats.aio.client import Client
 from nats.errors import NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from fleet.clients import connect_nats, http_session, redis_client
@@ -38,6 +40,7 @@ from tests.support.settings import settings_from
 from tests.support.weed import batch_fid
 
 NOT_ALLOWED = "permissions violation"
+NO_RETRY = Retry(NoBackoff(), 0)
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ async def test_no_credentials_no_nats(fleet: Fleet) -> None:
 async def test_no_credentials_no_redis_command(fleet: Fleet) -> None:
     servers = fleet.servers.servers
     no_password = {k: v for k, v in servers.env().items() if k not in ("redis_user", "redis_password_file")}  # a certificate only
-    anonymous = redis_client(no_password)
+    # No retries: redis-py retries an AuthenticationError (a ConnectionError) with backoff, 4 s a command.
+    anonymous = redis_client(no_password, retry=NO_RETRY)
     try:
         for command in (("PING",), ("SET", "vigil:owned", "1"), ("FLUSHALL",), ("KEYS", "*")):
             with pytest.raises((AuthenticationError, ResponseError), match=r"NOAUTH|authenticated"):
@@ -124,7 +128,7 @@ async def test_no_credentials_no_redis_command(fleet: Fleet) -> None:
     finally:
         await anonymous.aclose()
     reader = fleet.logins["reader"]
-    wrong = redis_client({**reader, "redis_password_file": reader["nats_password_file"]})  # another secret
+    wrong = redis_client({**reader, "redis_password_file": reader["nats_password_file"]}, retry=NO_RETRY)  # another secret
     try:
         with pytest.raises(AuthenticationError):
             await wrong.ping()
