@@ -11,7 +11,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from shared.metrics import Metrics
 from shared.retry import InfrastructureUnavailable
 from shared.settings import VigilSettings
 from shared.subjects import Subjects, results_stream
+from tests.integration.helpers import seconds_until, wait_until
 from tests.support.settings import settings_from
 
 pytestmark = pytest.mark.timeout(150)
@@ -43,20 +44,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServers]:
         servers.stop()
 
 
-async def _wait_for(what: str, check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"{what} not within {timeout:.0f} s"
-        await asyncio.sleep(0.1)
-
-
-async def _seconds_until(check: Callable[[], bool]) -> float:
-    started = time.monotonic()
-    while not check():
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
 async def _lead_from(bus: Bus, stream: str, node: str) -> None:
     """Move the stream's leadership to `node` (asking for it by name), so that one kill takes both."""
 
@@ -69,7 +56,7 @@ async def _lead_from(bus: Bus, stream: str, node: str) -> None:
         await bus.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", request, timeout=5.0)
         return False
 
-    await _wait_for(f"{node} leading {stream}", led)
+    await wait_until(led, 20, f"{node} leading {stream}")
 
 
 async def test_a_killed_node_loses_no_acknowledged_message(cluster: LocalServers, unique: str, tmp_path: Path) -> None:
@@ -120,7 +107,7 @@ async def test_a_killed_node_loses_no_acknowledged_message(cluster: LocalServers
                 assert pid is not None
                 os.kill(pid, signal.SIGKILL)
                 killed_at = time.monotonic()
-                moving = asyncio.create_task(_seconds_until(moved_away))
+                moving = asyncio.create_task(seconds_until(moved_away, 60, "the producer on another node"))
             if i == RESTART_AT:
                 started = time.monotonic()
                 await asyncio.to_thread(cluster.start_one, victim)
@@ -155,7 +142,7 @@ async def test_a_killed_node_loses_no_acknowledged_message(cluster: LocalServers
             peers = cluster_info.replicas or [] if cluster_info is not None else []
             return len(peers) == NODES - 1 and all(p.current for p in peers)
 
-        await _wait_for("the restarted node's replica to catch up", replicas_current)
+        await wait_until(replicas_current, 20, "the restarted node's replica to catch up")
         print(
             f"\nNATS cluster of {NODES}, {NODES} replicas: SIGKILL of {victim} (stream leader, producer's node) after "
             f"{KILL_AT} messages; producer on another node {moved_after:.2f} s later, next publish acknowledged "

@@ -43,7 +43,7 @@ from shared.keys import RedisKeys
 from shared.metrics import counter_value
 from shared.storage import FileGone, SeaweedStorage
 from shared.subjects import frames_stream, results_stream_name
-from tests.integration.helpers import running, wait_for
+from tests.integration.helpers import running, wait_for, wait_until
 from tests.support.events import stored_event
 from tests.support.settings import MakeSettings, settings_from
 
@@ -416,10 +416,11 @@ async def test_a_finished_event_leaves_no_state_and_redeliveries_still_count_onc
         assert service.sources["old"].windows["ssd"].count == 10
         await service.bus.ensure_stream(frames_stream(service.settings))
         await feed(service.bus, refs, shuffle=True)  # a live source: it never ends
-        deadline = time.monotonic() + 60
-        while not [e for e in await events_of(service_env) if e.state is EventState.FINISHED]:
-            assert time.monotonic() < deadline, await events_of(service_env)
-            await asyncio.sleep(0.2)
+
+        async def finished() -> bool:
+            return any(e.state is EventState.FINISHED for e in await events_of(service_env))
+
+        await wait_until(finished, 60, "a FINISHED event")
         await wait_for(lambda: not service._tasks and not service.finalising, 10, "the event's tasks to end")
         assert not service.sources["cam0"].finalising and not service.tracker.open
         assert await RegistratorState(redis, keys).open_events() == []
