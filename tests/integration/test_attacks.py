@@ -30,12 +30,13 @@ from fleet.clients import connect_nats, http_session, redis_client
 from fleet.run import grant_roles
 from fleet.servers import LocalServers
 from shared import jwt
-from shared.contracts import Event, EventState
+from shared.contracts import EventState
 from shared.event_store import EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from shared.storage import FileGone, SeaweedStorage, StorageError
 from shared.subjects import Subjects, frames_stream, frames_stream_name, results_stream, results_stream_name
+from tests.support.events import stored_event
 from tests.support.settings import settings_from
 from tests.support.weed import batch_fid
 
@@ -203,11 +204,7 @@ async def test_the_registrator_writes_the_event_indexes_and_the_api_only_reads_t
     keys = RedisKeys(fleet.settings)
     registrator = redis_client(fleet.logins["registrator"])
     api = redis_client(fleet.logins["api"])
-    record = Event(
-        id="cam0-0123456789abcdef", source_id="cam0", model="ssd", label="person", label_counts={"person": 1},
-        state=EventState.FINISHED, start=0, end=1, start_wall=100.0, frames=1, best_score=0.9, best_frame_seq=0,
-        stored_bytes=10, updated_at=100.0,
-    )  # fmt: skip
+    record = stored_event("cam0-0123456789abcdef", 100.0, state=EventState.FINISHED, stored_bytes=10)
     try:
         writer = EventStore(registrator, keys)
         assert await writer.backfill_indexes() == 0
