@@ -12,7 +12,7 @@ DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-bounded-state bench-e2e soak soak-reader lint format check up down logs ps scale-workers test-compose clean
+.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-registrator-scaling bench-bounded-state bench-e2e soak soak-sources soak-reader lint format check up down logs ps scale-workers test-compose clean
 
 install: $(STAMP)
 
@@ -33,7 +33,7 @@ config-docs: install
 	$(PY) -m scripts.settings_doc
 
 run: install
-	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve) $(if $(NATS_NODES),--nats-nodes $(NATS_NODES))
+	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve) $(if $(NATS_NODES),--nats-nodes $(NATS_NODES)) $(if $(REGISTRATORS),--registrators $(REGISTRATORS))
 
 test: install test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -53,7 +53,7 @@ test-e2e: install
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # Benchmarks print a table and write JSON under bench/results/.
-bench: bench-reader bench-router bench-workers bench-registrator bench-bounded-state bench-e2e
+bench: bench-reader bench-router bench-workers bench-registrator bench-registrator-scaling bench-bounded-state bench-e2e
 
 bench-reader: install
 	$(PY) -m bench.reader $(or $(REPEATS),3)
@@ -63,6 +63,10 @@ bench-router: install
 
 bench-registrator: install
 	$(PY) -m bench.registrator $(or $(REPEATS),3)
+
+# Issue 17: the most 10-fps sources one registrator replica keeps up with (p99 under 1 s), then two, in one run.
+bench-registrator-scaling: install
+	$(PY) -m bench.registrator_scaling $(if $(LADDER),--ladder $(LADDER))
 
 # Redis growth of deduplication per source, and the cost of a filtered listing page, at 10k and 100k events.
 bench-bounded-state: install
@@ -79,6 +83,10 @@ bench-e2e: install
 # memory and disk slopes; fails on clear growth. Runs under 900 s write bench/results/soak_short.json.
 soak: install
 	$(PY) -m bench.soak $(or $(DURATION),1800)
+
+# Issue 17's soak: 8 cameras, 2 registrators, one killed half-way; every event FINISHED once, Redis and RSS flat.
+soak-sources: install
+	$(PY) -m bench.soak $(or $(DURATION),1800) --sources $(or $(SOURCES),8) --registrators 2 --kill-registrator
 
 # RSS of a reader looping the sample as fast as it can, sampled over DURATION seconds (default 600).
 soak-reader: install

@@ -196,9 +196,9 @@ async def fleet_case(case: Case, threads: int, realtime_seconds: float, echo: bo
         stop = asyncio.Event()
         timer: asyncio.Task[None] | None = None
         try:
-            await nc.subscribe(subjects.results, cb=probe.on_result)
+            await nc.subscribe(subjects.results_all, cb=probe.on_result)
             # Only the first frame: every delivery more would be the harness's cost in nats-server's CPU.
-            await (await nc.subscribe(subjects.frames, cb=probe.on_frame)).unsubscribe(limit=1)
+            await (await nc.subscribe(subjects.frames_all, cb=probe.on_frame)).unsubscribe(limit=1)
             await nc.subscribe(subjects.source_status(SOURCE_ID), cb=probe.on_status)
             await nc.subscribe(subjects.source_health(SOURCE_ID), cb=probe.on_health)
             if case.realtime:

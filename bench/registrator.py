@@ -25,7 +25,7 @@ from shared.jpeg import decode_jpeg, encode_jpeg
 from shared.metrics import Metrics
 from shared.settings import VigilSettings
 from shared.storage import SeaweedStorage
-from shared.subjects import REGISTRATOR_RESULTS_DURABLE, frames_stream, results_stream_name
+from shared.subjects import frames_stream, registrator_results_durable, results_stream_name
 
 RESULTS = 4000
 EVENT_SECONDS, ROLL = 10, 2
@@ -41,9 +41,9 @@ async def absorb(servers: ServerSet) -> dict[str, float]:
     env = servers.env() | {"subject_prefix": prefix, "max_event_duration": "1000", "ttl_bucket": "30m"}
     process = await start_service("services.registrator", env)
     try:
-        while True:  # the registrator declares its stream and consumer when it starts
+        while True:  # the registrator declares its stream when it starts (the source's consumer once it has results)
             try:
-                await bus.js.consumer_info(results_stream_name(settings), REGISTRATOR_RESULTS_DURABLE)
+                await bus.js.stream_info(results_stream_name(settings))
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 process.check_running()
@@ -51,7 +51,7 @@ async def absorb(servers: ServerSet) -> dict[str, float]:
         det = Detection.on_image("person", 0, 0.9, BBox(x1=0.1, y1=0.1, x2=0.3, y2=0.6), 768, 576)
         items: list[tuple[str, Any]] = [
             Outgoing.of(
-                bus.subjects.results,
+                bus.subjects.results("bench"),
                 InferenceResult(
                     frame=FrameRef(
                         source_id="bench",
@@ -74,13 +74,22 @@ async def absorb(servers: ServerSet) -> dict[str, float]:
         started = time.perf_counter()
         for i in range(0, RESULTS, 256):
             await bus.publish_many(items[i : i + 256])
-        while await bus.backlog(results_stream_name(settings), REGISTRATOR_RESULTS_DURABLE) > 0:
+        stream, durable = results_stream_name(settings), registrator_results_durable("bench")
+        while not await consumer_exists(bus, stream, durable) or await bus.backlog(stream, durable):
             await asyncio.sleep(0.02)
         seconds = time.perf_counter() - started
     finally:
         await process.stop()
         await bus.close()
     return {"results_per_s": RESULTS / seconds}
+
+
+async def consumer_exists(bus: Bus, stream: str, durable: str) -> bool:
+    try:
+        await bus.js.consumer_info(stream, durable)
+    except Exception:  # noqa: BLE001 - not made yet: the registrator makes it once it holds the source
+        return False
+    return True
 
 
 async def finalise(servers: ServerSet, tmp: Path) -> dict[str, float]:

@@ -109,7 +109,7 @@ async def router_process(servers: ServerSet) -> dict[str, float]:
     settings, bus, redis = await prepare(servers)
     refs = frames(settings.subject_prefix)
     for start in range(0, FRAMES, BATCH):
-        await bus.publish_many([Outgoing.of(bus.subjects.frames, ref) for ref in refs[start : start + BATCH]])
+        await bus.publish_many([Outgoing.of(bus.subjects.frames(ref.source_id), ref) for ref in refs[start : start + BATCH]])
     stop = asyncio.Event()
     drains = [asyncio.create_task(drain_tasks(bus, settings, model, stop)) for model in MODELS]
     port = free_ports(1)[0]

@@ -20,6 +20,13 @@ cycle after about 2 minutes).
 
 Results: bench/results/soak.json, or soak_short.json for runs under SHORT_RUN seconds (CI's 3 minutes), so a
 short run never overwrites a long run's figures.
+
+`--sources N --registrators R --kill-registrator` is issue 17's soak: N copies of the video, each its own camera
+(10 fps), shared by R registrator replicas, one of which (started beside the fleet, so that its death does not
+end the run) is killed with SIGKILL half-way; detection sees at most DETECT_FPS frames per second of each source
+and classification one frame in CLASSIFY_EVERY, so that 2 cores keep up with 8 cameras. At the end every event
+must be FINISHED once: none ERROR, none still DONE, no two of one source, run and label overlapping in time
+(a doubled occurrence). Results: soak_sources.json.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
+import ssl
 import sys
 import tempfile
 import time
@@ -42,13 +51,19 @@ from bench.common import ROOT, print_table, write_result
 from bench.fleet_probe import MB, FleetProcesses, exit_logs, folder_mb, is_server
 from bench.reader_soak import slope_mb_per_min
 from fleet.clients import redis_client
+from fleet.processes import start_service
 from fleet.run import Fleet, FleetOptions, run_fleet
-from fleet.servers import LocalServers
+from fleet.servers import LocalServers, free_ports
+from shared.contracts import Event, EventState
+from shared.event_store import EventStore
+from shared.keys import RedisKeys
+from shared.settings import VigilSettings
 
 VIDEO = ROOT / "video" / "vtest.mp4"
 SOURCE_ID = "soak"
 SAMPLE_EVERY = 5.0
 VOLUME_MB = 4
+DETECT_FPS, CLASSIFY_EVERY = 2.0, 10
 SHORT_RUN = 900.0
 SETTINGS = {
     "video_source": str(VIDEO),
@@ -57,6 +72,9 @@ SETTINGS = {
     "video_realtime": "true",
     "ttl_bucket": "1m",
     "max_event_duration": "20",
+    # The router refuses a ttl_bucket shorter than frames_ack_wait x 5 deliveries: a frame a dead router held must
+    # still exist when it is routed again.
+    "frames_ack_wait": "10",
 }
 # Second-half slopes (MB/min) that fail the run. A Python service's RSS wanders by a few MB as its heaps and
 # caches settle; a leak of 1 KB a frame at 10 fps is 0.6 MB/min, a frame's JPEG kept (~60 KB) 35 MB/min.
@@ -89,9 +107,10 @@ class Series:
         return (min(fourth) - min(third)) / (end / 4) if third and fourth and end else 0.0
 
 
-def ttl_volume_ids(volume_url: str) -> set[int]:
+def ttl_volume_ids(volume_url: str, context: ssl.SSLContext) -> set[int]:
     """Ids of the volume server's volumes that have a TTL (the frames'; proofs are stored without one)."""
-    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"{volume_url}/status", timeout=5) as resp:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
+    with opener.open(f"{volume_url}/status", timeout=5) as resp:  # the servers ask for a fleet certificate
         doc = json.load(resp)
     return {v["Id"] for v in doc.get("Volumes") or [] if (v.get("Ttl") or {}).get("Count")}
 
@@ -125,7 +144,7 @@ async def sample(
         # for 24 h by design, so nats-server's index grows with it.
         add(f"RSS {name}", "" if is_server(name) else "rss", rss)
     add("Redis used_memory", "redis", (await redis.info("memory"))["used_memory"] / MB)
-    ids = await asyncio.to_thread(ttl_volume_ids, servers.servers.volume_url)
+    ids = await asyncio.to_thread(ttl_volume_ids, servers.servers.volume_url, servers.servers.ssl_context())
     total = await asyncio.to_thread(folder_mb, weed_dir)
     frames = await asyncio.to_thread(volume_files_mb, weed_dir, ids)
     add("SeaweedFS disk, frames (TTL volumes)", "frames_disk", frames)
@@ -136,7 +155,40 @@ async def sample(
     return cycled
 
 
-async def soak(duration: float, echo: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Shape:
+    """What runs: one source and one registrator (the classic soak), or issue 17's many of each."""
+
+    sources: int = 1
+    registrators: int = 1
+    kill_registrator: bool = False
+
+    def settings(self) -> dict[str, str]:
+        if self.sources == 1:
+            return SETTINGS
+        cameras = [
+            {"source_id": f"{SOURCE_ID}{i}", "url": str(VIDEO), "loop": True, "realtime": True} for i in range(self.sources)
+        ]
+        rules = {"ssd_mobilenet_v2_coco": {"max_fps": DETECT_FPS}, "efficientnet_lite0": {"every_nth": CLASSIFY_EVERY}}
+        rest = {k: v for k, v in SETTINGS.items() if not k.startswith("video_") and k != "source_id"}
+        # 2m, not 1m: an event whose registrator is killed is finished by the other after the lease runs out, and
+        # its first frames must still be there (1m leaves 6 s beyond max_event_duration, rolls and margin).
+        return rest | {"sources": json.dumps(cameras), "routing_rules": json.dumps(rules), "ttl_bucket": "2m"}
+
+
+def overlaps(events: list[Event]) -> list[tuple[str, str]]:
+    """Pairs of events of one source, run and label whose spans overlap: one occurrence recorded twice."""
+    doubled = []
+    by_key: dict[tuple[str, str, str], list[Event]] = {}
+    for event in events:
+        by_key.setdefault((event.source_id, event.run, event.label), []).append(event)
+    for group in by_key.values():
+        group.sort(key=lambda e: e.start)
+        doubled += [(a.id, b.id) for a, b in itertools.pairwise(group) if b.start < a.end]
+    return doubled
+
+
+async def soak(duration: float, echo: bool, shape: Shape = Shape()) -> dict[str, Any]:
     series: dict[str, Series] = {}
     with tempfile.TemporaryDirectory(prefix="vigil-soak-") as tmp:
         data = Path(tmp)
@@ -146,16 +198,24 @@ async def soak(duration: float, echo: bool) -> dict[str, Any]:
         processes = FleetProcesses(fleet, servers)
         redis = redis_client(server_set.env())
         stop = asyncio.Event()
-        run = asyncio.create_task(run_fleet(servers, FleetOptions(data, settings=SETTINGS), stop, fleet))
+        options = FleetOptions(data, settings=shape.settings(), registrators=shape.registrators - shape.kill_registrator)
+        run = asyncio.create_task(run_fleet(servers, options, stop, fleet))
         cycled_at: float | None = None
         seen_ttl: set[int] = set()
+        victim, killed_at = None, None
         try:
             while not any(p.name == "reader" for p in fleet.procs):  # the clock starts with the source
                 if run.done():
                     break
                 await asyncio.sleep(0.2)
             started = time.monotonic()
+            if shape.kill_registrator:
+                env = fleet.env_base | fleet.logins["registrator"] | {"instance": "registrator-victim"}
+                victim = await start_service("services.registrator", env | {"metrics_port": str(free_ports(1)[0])})
             while not run.done() and (elapsed := time.monotonic() - started) < duration:
+                if victim is not None and killed_at is None and elapsed >= duration / 2:
+                    await victim.kill()
+                    killed_at = elapsed
                 if await sample(series, processes, redis, servers, data / "servers" / "weed", elapsed / 60, seen_ttl):
                     cycled_at = elapsed if cycled_at is None else cycled_at
                 await asyncio.sleep(max(0.0, SAMPLE_EVERY - (time.monotonic() - started - elapsed)))
@@ -163,11 +223,15 @@ async def soak(duration: float, echo: bool) -> dict[str, Any]:
             exited = [p.name for p in fleet.procs if p.process.returncode is not None] or (["(fleet)"] if run.done() else [])
             logs = exit_logs(fleet)  # before the fleet is stopped, when every exit is an error
             stop.set()
+            stopped_at = time.time()
             report = await run
+            events = await EventStore(redis, RedisKeys(VigilSettings())).all()
         except RuntimeError as exc:  # a service died during start-up
             raise RuntimeError(f"{exc}\n{exit_logs(fleet)}") from exc
         finally:
             stop.set()
+            if victim is not None and victim.running:
+                await victim.kill()
             with contextlib.suppress(Exception):
                 await run  # its own clean-up stops the services, before the servers go
             await redis.aclose()
@@ -183,6 +247,11 @@ async def soak(duration: float, echo: bool) -> dict[str, Any]:
         "results": dict(progress.results),
         "error_results": dict(progress.errors),
         "events": len(report.events),
+        "states": {state.value: sum(e.state is state for e in events) for state in EventState},
+        # Closed in the last minute: its proofs were being cut when the fleet stopped, which is no failure.
+        "unfinished": [e.id for e in events if e.state is EventState.DONE and e.updated_at < stopped_at - 60],
+        "doubled": overlaps(events),
+        "killed_registrator_at_s": killed_at,
     }
 
 
@@ -216,13 +285,14 @@ def verdicts(series: dict[str, Series], duration: float, cycled_at: float | None
     return out
 
 
-async def main(duration: float, echo: bool) -> int:
-    got = await soak(duration, echo)
+async def main(duration: float, echo: bool, shape: Shape = Shape()) -> int:
+    got = await soak(duration, echo, shape)
     series: dict[str, Series] = got["series"]
     rows = verdicts(series, duration, got["cycled_at"])
     order = sorted(rows, key=lambda r: (r["series"].startswith("RSS") and is_server(r["series"][4:]), r["series"]))
     print_table(
-        f"fleet soak, {VIDEO.name} looped at 10 fps for {duration:.0f} s, sampled every {SAMPLE_EVERY:.0f} s "
+        f"fleet soak, {VIDEO.name} looped at 10 fps as {shape.sources} source(s), {shape.registrators} registrator(s)"
+        f"{', one killed half-way' if shape.kill_registrator else ''}, for {duration:.0f} s, sampled every {SAMPLE_EVERY:.0f} s "
         f"(ttl_bucket 1m, {VOLUME_MB} MB volumes); slopes by least squares",
         [
             "series",
@@ -256,11 +326,20 @@ async def main(duration: float, echo: bool) -> int:
         f"{got['error_results'] or 0}, events {got['events']}; frames' TTL volumes first cycled at "
         f"{'-' if cycled is None else f'{cycled:.0f} s'}"
     )
+    print(f"events by state {got['states']}; doubled occurrences {len(got['doubled'])}")
     failures = [r["series"] for r in rows if r["grew"]]
+    if shape.sources > 1:
+        states = got["states"]
+        if states["ERROR"] or got["unfinished"]:
+            failures.append(f"events not FINISHED: {states}, {len(got['unfinished'])} closed over a minute before the end")
+        if got["doubled"]:
+            failures.append(f"{len(got['doubled'])} occurrence(s) recorded twice: {got['doubled'][:5]}")
     if got["exited"]:
         failures.append(f"services exited during the run: {', '.join(got['exited'])}")
         print(got["exit_logs"], file=sys.stderr)
     name = "soak" if duration >= SHORT_RUN else "soak_short"
+    if shape.sources > 1:
+        name = "soak_sources"
     write_result(
         name,
         {
@@ -268,7 +347,12 @@ async def main(duration: float, echo: bool) -> int:
             "duration_s": duration,
             "sample_every_s": SAMPLE_EVERY,
             "volume_size_mb": VOLUME_MB,
-            "settings": {k: v for k, v in SETTINGS.items() if k != "video_source"},
+            "settings": {k: v for k, v in shape.settings().items() if k != "video_source"},
+            "sources": shape.sources,
+            "registrators": shape.registrators,
+            "killed_registrator_at_s": got["killed_registrator_at_s"],
+            "event_states": got["states"],
+            "doubled": got["doubled"],
             "thresholds_mb_per_min": THRESHOLDS,
             "min_growth_mb": MIN_GROWTH_MB,
             "ttl_first_cycled_s": cycled,
@@ -291,8 +375,14 @@ def cli() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
     parser.add_argument("duration", nargs="?", type=float, default=1800.0, help="seconds of streaming (default 1800)")
     parser.add_argument("--echo", action="store_true", help="show the services' log lines")
+    parser.add_argument("--sources", type=int, default=1, help="copies of the video, each a camera of its own")
+    parser.add_argument("--registrators", type=int, default=1, help="registrator replicas")
+    parser.add_argument("--kill-registrator", action="store_true", help="SIGKILL one registrator half-way")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.duration, args.echo)))
+    if args.kill_registrator and args.registrators < 2:
+        parser.error("--kill-registrator needs --registrators 2 or more (one must stay)")
+    shape = Shape(args.sources, args.registrators, args.kill_registrator)
+    sys.exit(asyncio.run(main(args.duration, args.echo, shape)))
 
 
 if __name__ == "__main__":

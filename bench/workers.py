@@ -96,7 +96,7 @@ async def worker_run(
         times.append(time.perf_counter())
         stages.append(result.timings)
 
-    await bus.nc.subscribe(bus.subjects.results, cb=on_result)  # type: ignore[union-attr]
+    await bus.nc.subscribe(bus.subjects.results_all, cb=on_result)  # type: ignore[union-attr]
     env = servers.env() | {
         "subject_prefix": prefix,
         "batch_size": str(batch),

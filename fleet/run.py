@@ -177,8 +177,8 @@ class Fleet:
                 return  # an older run, ended by the start of the current one (a reader restarted): not the end
             self.progress.drained[drained.source_id] = drained
 
-        await nc.subscribe(subjects.frames, cb=on_frame)
-        await nc.subscribe(subjects.results, cb=on_result)
+        await nc.subscribe(subjects.frames_all, cb=on_frame)
+        await nc.subscribe(subjects.results_all, cb=on_result)
         await nc.subscribe(subjects.source_status_all, cb=on_status)
         await nc.subscribe(subjects.drained("*"), cb=on_drained)
 
@@ -210,6 +210,7 @@ class FleetOptions:
     # the file, which must then name these servers (the seed's .env block test).
     server_addresses: bool = True
     api_port: int = 0  # the dashboard's port; 0 takes a free one
+    registrators: int = 1  # replicas sharing the sources by lease (services/registrator/leases.py)
     keep_serving: bool = False  # after a file source has drained, keep the api up until Ctrl-C
 
 
@@ -291,7 +292,8 @@ async def run_fleet(servers: LocalServers, options: FleetOptions, stop: asyncio.
     dashboard = f"http://127.0.0.1:{api_port}/"
     try:
         await fleet.watch(nc, subjects)
-        await fleet.spawn("registrator", "registrator")
+        for i in range(options.registrators):
+            await fleet.spawn("registrator", "registrator" if options.registrators == 1 else f"registrator-{i + 1}")
         await fleet.spawn("api", "api", {"api_port": str(api_port), "api_host": "127.0.0.1"})
         print(f"dashboard: {dashboard}", flush=True)
         for i in range(options.detection):
@@ -382,6 +384,7 @@ async def run(args: argparse.Namespace) -> int:
         args.classification,
         {"video_source": args.source} if args.source else {},
         api_port=args.api_port,
+        registrators=args.registrators,
         keep_serving=args.serve,
         env_file=env_file,
     )
@@ -407,6 +410,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(ROOT / ".data" / "run"), help="where servers keep data, logs and clips")
     parser.add_argument("--detection", type=int, default=1, help="detection worker processes")
     parser.add_argument("--classification", type=int, default=1, help="classification worker processes")
+    parser.add_argument(
+        "--registrators", type=_positive, default=1, help="registrator replicas; each source is held by one of them"
+    )
     parser.add_argument("--api-port", type=int, default=8080, help="port of the api and dashboard (0: a free one)")
     parser.add_argument(
         "--nats-nodes",

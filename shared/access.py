@@ -18,8 +18,6 @@ from shared.credentials import inbox_prefix
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from shared.subjects import (
-    REGISTRATOR_FRAMES_DURABLE,
-    REGISTRATOR_RESULTS_DURABLE,
     ROUTER_DURABLE,
     Subjects,
     frames_stream_name,
@@ -109,7 +107,7 @@ def role_access(role: Role, settings: VigilSettings, tasks: Mapping[str, str], m
             nats_publish=(
                 *_own_stream(frames),
                 _api("CONSUMER.INFO", frames, ROUTER_DURABLE),  # the backlog gate: it waits for the router
-                s.frames,
+                s.frames_all,
                 s.source_status("*"),
                 s.source_health("*"),
                 s.dead_letter(role.value),
@@ -138,7 +136,7 @@ def role_access(role: Role, settings: VigilSettings, tasks: Mapping[str, str], m
                 *_own_stream(stream),
                 _api("STREAM.DELETE", stream),
                 *_consume(stream, durable),
-                s.results,
+                s.results_all,
                 s.dead_letter("worker"),
             ),
             nats_subscribe=(own_inbox, _max_deliveries(stream, durable)),
@@ -148,10 +146,12 @@ def role_access(role: Role, settings: VigilSettings, tasks: Mapping[str, str], m
         return Access(
             nats_publish=(
                 *_own_stream(results),
-                *_consume(results, REGISTRATOR_RESULTS_DURABLE),
+                # One durable per source (registrator-results-<source>): a consumer name is one token, so the
+                # permission names them all, which also lets this role bind the router's consumer of FRAMES.
+                *_consume(results, "*"),
                 _api("STREAM.MSG.GET", results),  # how old its oldest unacked result is (Bus.lag)
                 _api("DIRECT.GET", results),
-                *_consume(frames, REGISTRATOR_FRAMES_DURABLE),
+                *_consume(frames, "*"),
                 _api("STREAM.INFO", frames),
                 # The frame buffer is rebuilt through a short-lived consumer without a durable name.
                 _api("CONSUMER.CREATE", frames),
@@ -162,8 +162,8 @@ def role_access(role: Role, settings: VigilSettings, tasks: Mapping[str, str], m
             ),
             nats_subscribe=(
                 own_inbox,
-                _max_deliveries(results, REGISTRATOR_RESULTS_DURABLE),
-                _max_deliveries(frames, REGISTRATOR_FRAMES_DURABLE),
+                _max_deliveries(results, "*"),
+                _max_deliveries(frames, "*"),
             ),
             redis_rules=writer,
         )

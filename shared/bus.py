@@ -229,6 +229,7 @@ class Bus:
         durable: str,
         *,
         filter_subject: str | None = None,
+        filter_subjects: list[str] | None = None,
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,
         max_deliver: int = MAX_DELIVER,
@@ -242,6 +243,7 @@ class Bus:
             max_ack_pending=max_ack_pending,
             max_deliver=max_deliver,
             filter_subject=filter_subject,
+            filter_subjects=filter_subjects,
         )
         await self.js.add_consumer(stream, config)
         sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
@@ -288,6 +290,19 @@ class Bus:
                     warned = True
             await sleep_unless_stopped(stop, 0.5)
         return None
+
+    async def stream_subjects(self, stream: str, subjects_filter: str) -> set[str]:
+        """The subjects matching `subjects_filter` that have messages in the stream; none while it does not exist."""
+        try:
+            info = await self.js.stream_info(stream, subjects_filter=subjects_filter)
+        except NotFoundError:
+            return set()
+        return set(info.state.subjects or {})
+
+    async def acked_any(self, stream: str, durable: str) -> bool:
+        """Whether a consumer has had messages acked: what it took is no longer delivered by it."""
+        info = await self.js.consumer_info(stream, durable)
+        return bool(info.ack_floor and info.ack_floor.stream_seq)
 
     async def backlog(self, stream: str, durable: str) -> int | None:
         """Messages waiting for or held by a consumer; 0 when it does not exist yet, None while NATS cannot say

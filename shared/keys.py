@@ -79,6 +79,19 @@ class RedisKeys:
         return f"{self._ns}registrator:seen:"
 
     @property
+    def registrator_replicas(self) -> str:
+        """The live registrator replicas, scored by when their heartbeat runs out (services/registrator/leases.py)."""
+        return f"{self._ns}registrator:replicas"
+
+    def registrator_lease(self, source_id: str) -> str:
+        """Which replica holds a source: `<replica> <fencing token>`, expiring unless renewed."""
+        return f"{self._ns}registrator:lease:{source_id}"
+
+    def registrator_lease_tokens(self) -> str:
+        """Hash of the last fencing token handed out per source: each new holder gets a higher one."""
+        return f"{self._ns}registrator:lease-tokens"
+
+    @property
     def registrator_window_prefix(self) -> str:
         """Per run of a source and model (`<prefix><feed>:<model>`): its seen window (services/registrator/window.py)."""
         return f"{self._ns}registrator:window:"

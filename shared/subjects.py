@@ -17,14 +17,36 @@ from shared.ttl import parse_ttl
 
 @dataclass(frozen=True)
 class Subjects:
-    frames: str
-    results: str
+    """Frames and results go on one subject per source (`<base>.<source_id>`): a registrator replica consumes only
+    the sources it holds (issue 17), and a router or an observer takes them all with the `_all` wildcards."""
+
+    _frames: str
+    _results: str
     _prefix: str
 
     @classmethod
     def from_settings(cls, settings: VigilSettings) -> Subjects:
         prefix = f"{settings.subject_prefix}." if settings.subject_prefix else ""
-        return cls(frames=prefix + settings.topic_stream, results=prefix + settings.results_subject, _prefix=prefix)
+        return cls(_frames=prefix + settings.topic_stream, _results=prefix + settings.results_subject, _prefix=prefix)
+
+    def frames(self, source_id: str) -> str:
+        return f"{self._frames}.{source_id}"
+
+    @property
+    def frames_all(self) -> str:
+        return f"{self._frames}.*"
+
+    def results(self, source_id: str) -> str:
+        return f"{self._results}.{source_id}"
+
+    @property
+    def results_all(self) -> str:
+        return f"{self._results}.*"
+
+    @staticmethod
+    def source_of(subject: str) -> str:
+        """The source a per-source subject (frames, results, statuses, summaries) is about: its last token."""
+        return subject.rsplit(".", 1)[-1]
 
     def task(self, subject: str) -> str:
         return self._prefix + subject
@@ -68,10 +90,18 @@ def _stream_name(settings: VigilSettings, base: str) -> str:
     return f"{prefix}_{base}" if prefix else base
 
 
-# Durable consumers: one per role, shared by all replicas of it (work stealing).
+# Durable consumers: the router's is shared by all its replicas (work stealing); the registrator has one per source
+# on each stream, bound by whichever replica holds the source's lease (services/registrator/leases.py), so the
+# position survives a move.
 ROUTER_DURABLE = "router"
-REGISTRATOR_FRAMES_DURABLE = "registrator-frames"
-REGISTRATOR_RESULTS_DURABLE = "registrator-results"
+
+
+def registrator_frames_durable(source_id: str) -> str:
+    return f"registrator-frames-{source_id}"
+
+
+def registrator_results_durable(source_id: str) -> str:
+    return f"registrator-results-{source_id}"
 
 
 def worker_durable(model: str) -> str:
@@ -92,7 +122,7 @@ def frames_stream(settings: VigilSettings) -> StreamConfig:
     subjects = Subjects.from_settings(settings)
     return StreamConfig(
         name=frames_stream_name(settings),
-        subjects=[subjects.frames, subjects.source_status_all],
+        subjects=[subjects.frames_all, subjects.source_status_all],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         # A reference outliving its JPEG's TTL points at nothing.
@@ -130,7 +160,7 @@ def results_stream(settings: VigilSettings) -> StreamConfig:
     subjects = Subjects.from_settings(settings)
     return StreamConfig(
         name=results_stream_name(settings),
-        subjects=[subjects.results, subjects.routed_all],
+        subjects=[subjects.results_all, subjects.routed_all],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=24 * 3600.0,

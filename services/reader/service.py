@@ -144,7 +144,7 @@ class ReaderService(Service[ReaderSettings]):
             self.log.warning("finished file not recorded: %r", exc, extra={"source_id": runner.config.source_id})
 
     async def _publish_frame(self, ref: FrameRef) -> None:
-        await self.bus.publish(self.bus.subjects.frames, ref)
+        await self.bus.publish(self.bus.subjects.frames(ref.source_id), ref)
 
     async def _wait_for_router(self) -> None:
         """Backpressure for files: keep at most `frames_ahead` references waiting for the router."""

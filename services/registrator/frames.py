@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from shared.contracts import FrameRef
+from shared.contracts import FrameRef, split_feed
 
 
 @dataclass
@@ -55,6 +55,11 @@ class FrameRing:
 
     def forget(self, source_id: str) -> None:
         self._sources.pop(source_id, None)
+
+    def forget_source(self, source_id: str) -> None:
+        """Every run of a source: it moved to another replica."""
+        for feed in [f for f in self._sources if split_feed(f)[0] == source_id]:
+            del self._sources[feed]
 
     def __len__(self) -> int:
         return sum(len(f.refs) for f in self._sources.values())

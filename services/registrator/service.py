@@ -16,14 +16,16 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from redis.asyncio.client import Pipeline
 
 from services.registrator.clips import clip_ticks, pick_frames
 from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.frames import FrameRing
+from services.registrator.leases import LeaseLost, SourceLeases, plan_moves
 from services.registrator.proofs import make_proofs
 from services.registrator.retention import Removed, size_unsized, sweep, sweep_budget
 from services.registrator.settings import RegistratorSettings
-from services.registrator.state import RegistratorState
+from services.registrator.state import RegistratorState, SavedSource
 from services.registrator.window import Seen, SeenWindow
 from shared.bus import ConsumerLag, fetch
 from shared.contracts import (
@@ -44,9 +46,10 @@ from shared.keys import TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, RedisKeys
 from shared.lifecycle import Service, Stopping
 from shared.storage import SeaweedStorage
 from shared.subjects import (
-    REGISTRATOR_FRAMES_DURABLE,
-    REGISTRATOR_RESULTS_DURABLE,
+    Subjects,
     frames_stream_name,
+    registrator_frames_durable,
+    registrator_results_durable,
     results_stream,
     results_stream_name,
 )
@@ -55,6 +58,7 @@ _FRAME_WAIT_SECONDS = 10.0
 _RECORD_REFRESH_SECONDS = 1.0
 _REBUILD_MARGIN = 30.0
 _LAG_CHECK_SECONDS = 2.0
+_HANDOVER_SECONDS = 20.0  # proofs being cut when a source is given up get this long before the lease goes
 
 
 @dataclass
@@ -79,6 +83,16 @@ class SourceProgress:
     def absorbed(self, model: str) -> int:
         window = self.windows.get(model)
         return window.count if window is not None else 0
+
+
+@dataclass
+class HeldSource:
+    """A source this replica holds the lease of: its consumers, and whether its frame buffer is back."""
+
+    source_id: str
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    ring_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    consumers: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class RegistratorService(Service[RegistratorSettings]):
@@ -115,9 +129,10 @@ class RegistratorService(Service[RegistratorSettings]):
         self.finalising: dict[str, OpenEvent] = {}
         self.store: EventStore | None = None
         self.state: RegistratorState  # set in start(), with Redis
-        self._resumed = False
-        self._owed: list[OpenEvent] = []
-        self._ring_ready = asyncio.Event()  # set once the frame buffer holds what was streamed before a restart
+        self.leases: SourceLeases  # set in start(), with Redis
+        self.held: dict[str, HeldSource] = {}  # the sources whose lease this replica holds
+        self._moving: set[str] = set()  # sources being taken or given up right now
+        self._group: asyncio.TaskGroup | None = None  # run()'s: each held source's consumers run in it
         self.lag: ConsumerLag | None = None
         self.storage: SeaweedStorage | None = None
         self._finalise_slots = asyncio.Semaphore(settings.finalise_concurrency)
@@ -147,8 +162,9 @@ class RegistratorService(Service[RegistratorSettings]):
         if (indexed := await self.store.backfill_indexes()) is not None:
             self.log.info("listing indexes built over %d existing event record(s)", indexed)
         self.state = RegistratorState(redis, self.keys)
-        self._owed = await self._restore()
-        # Last: tests (and the harness) take an open storage for "started", so the saved state is back by then.
+        if upgraded := await self.state.upgrade_seen_sets(self.settings.dedup_window_frames):
+            self.log.info("%d seen set(s) of an older version became windows", upgraded)
+        self.leases = SourceLeases(redis, self.keys, self.instance, self.settings.lease_ttl)
         self.storage = await self.open_storage(stack)
 
     def health(self) -> dict[str, Any]:
@@ -158,7 +174,8 @@ class RegistratorService(Service[RegistratorSettings]):
             "open_events": len(self.tracker.open),
             "finalising": len(self.finalising),
             "ring_frames": len(self.ring),
-            "ring_ready": self._ring_ready.is_set(),
+            "sources_held": sorted(self.held),
+            "ring_ready": all(held.ring_ready.is_set() for held in self.held.values()),
             "results_pending": lag.pending if lag else None,
             "results_oldest_seconds": round(lag.oldest_age, 1) if lag else None,
             "lagging": lagging,
@@ -167,39 +184,177 @@ class RegistratorService(Service[RegistratorSettings]):
         return doc
 
     async def run(self) -> None:
-        results_stream = results_stream_name(self.settings)
-        results_sub = await self.bus.durable_pull(results_stream, REGISTRATOR_RESULTS_DURABLE)
         async with asyncio.TaskGroup() as tg:
+            self._group = tg
             tg.create_task(self._watch_drain_timeouts())
-            tg.create_task(self._watch_lag(results_stream))
+            tg.create_task(self._watch_lag())
             if self.settings.event_retention_days > 0 or self.settings.event_storage_max_gb > 0:
                 tg.create_task(self._retention())
-            # Results from the first moment, a restart included: the frame buffer fills beside them, and only the
-            # proofs, which need its frames, wait for it (issue 15: a live camera kept the rebuild from ever ending,
-            # and no result was absorbed meanwhile).
-            tg.create_task(self._consume_results(results_sub))
-            frames_sub = await self.bus.bind_when_ready(
-                frames_stream_name(self.settings), REGISTRATOR_FRAMES_DURABLE, self.stop_event
-            )
-            if frames_sub is not None:
-                tg.create_task(self._consume(frames_sub, self._on_frames_msg))
-                if self._resumed:
-                    await self._rebuild_ring()
-                self._ring_ready.set()
-                with contextlib.suppress(Stopping):  # stopped while Redis was away: the next start owes them still
-                    for event in self._owed:
-                        await self._close(event)
+            tg.create_task(self._hold_sources())
         # Events still open at shutdown keep their PENDING record; finalising ones are finished first.
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=20)
+            await asyncio.wait(self._tasks, timeout=_HANDOVER_SECONDS)
 
-    async def _consume(self, sub: JetStreamContext.PullSubscription, handle: Any) -> None:
+    # -- which sources this replica holds ------------------------------------------------------------
+
+    async def _hold_sources(self) -> None:
+        """Heartbeat, renew the leases held, take the sources hashing gives this replica, give up those it gives
+        another; at stop, give every source up (the others take them at once instead of after the lease's TTL)."""
+        interval = self.settings.lease_ttl / 3
+        while not self.stop_event.is_set():
+            try:
+                await self._hold_round()
+            except Stopping:
+                break
+            except Exception as exc:  # noqa: BLE001 - Redis or NATS away: the leases lapse, and the next round retries
+                self.log.warning("could not renew or move source leases: %r", exc)
+            if await self.pause(interval):
+                break
+        with contextlib.suppress(Exception):  # Redis away at stop: the leases and the heartbeat simply run out
+            await asyncio.gather(*(self._give_up(source_id) for source_id in list(self.held)))
+            await self.leases.leave()
+
+    async def _hold_round(self) -> None:
+        replicas = await self.leases.heartbeat()
+        for source_id in list(self.held):
+            if source_id not in self._moving and not await self.leases.renew(source_id):
+                self.log.warning("lease lost: another replica holds the source now", extra={"source_id": source_id})
+                await self._drop(source_id)
+        take, give_up = plan_moves(self.instance, replicas, await self._known_sources(), set(self.held) | self._moving)
+        assert self._group is not None
+        for source_id in take:
+            if await self.leases.acquire(source_id):
+                self._moving.add(source_id)
+                self._group.create_task(self._take(source_id))
+        for source_id in give_up:
+            if source_id in self.held and source_id not in self._moving:
+                self._moving.add(source_id)
+                self._group.create_task(self._give_up(source_id))
+
+    async def _known_sources(self) -> set[str]:
+        """Every source with a message in the frames or results stream: each subject of both is one source's."""
+        subjects = await self.bus.stream_subjects(frames_stream_name(self.settings), ">")
+        subjects |= await self.bus.stream_subjects(results_stream_name(self.settings), ">")
+        return {Subjects.source_of(subject) for subject in subjects}
+
+    async def _take(self, source_id: str) -> None:
+        """Read back what the previous holder saved, then consume the source's results and frames."""
+        held = self.held[source_id] = HeldSource(source_id)
         try:
-            while not self.stop_event.is_set():
+            saved = await self.state.load_source(source_id, self.settings.dedup_window_frames)
+            owed = self._apply(saved)
+            s, settings = self.bus.subjects, self.settings
+            results = await self.bus.durable_pull(
+                results_stream_name(settings),
+                registrator_results_durable(source_id),
+                filter_subjects=[s.results(source_id), s.routed(source_id)],
+            )
+            self._consume_in(held, self._consume_results(held, results))
+            frames_stream, frames_durable = frames_stream_name(settings), registrator_frames_durable(source_id)
+            frames = await self.bus.bind_when_ready(
+                frames_stream,
+                frames_durable,
+                held.stop,
+                filter_subjects=[s.frames(source_id), s.source_status(source_id)],
+            )
+            if frames is None:
+                return
+            # Results from the first moment: the frame buffer fills beside them, and only the proofs, which need its
+            # frames, wait for it (issue 15). The frames a previous holder acked are read again from the stream.
+            self._consume_in(held, self._consume(held, frames, self._on_frames_msg))
+            if saved or await self.bus.acked_any(frames_stream, frames_durable):
+                await self._rebuild_ring(source_id)
+            held.ring_ready.set()
+            self.log.info(
+                "source taken: %d open event(s), %d owed proofs",
+                len(saved.open_events) - len(owed),
+                len(owed),
+                extra={"source_id": source_id},
+            )
+            for event in owed:
+                await self._close(event)
+        except (Stopping, LeaseLost):
+            pass
+        except Exception as exc:  # noqa: BLE001 - NATS or Redis away: let go, and the next round takes it again
+            self.log.warning("could not take the source: %r", exc, extra={"source_id": source_id})
+            await self._drop(source_id)
+            with contextlib.suppress(Exception):
+                await self.leases.release(source_id)
+        finally:
+            self._moving.discard(source_id)
+
+    def _consume_in(self, held: HeldSource, work: Coroutine[Any, Any, None]) -> None:
+        assert self._group is not None
+        task = self._group.create_task(work)
+        held.consumers.add(task)
+        task.add_done_callback(held.consumers.discard)
+
+    async def _give_up(self, source_id: str) -> None:
+        """Another replica should hold it (or this one stops): stop consuming, let its proofs finish, forget it, and
+        only then let the lease go, so the next holder reads back everything this one wrote."""
+        held = self.held.get(source_id)
+        if held is None:
+            return
+        self._moving.add(source_id)
+        try:
+            held.stop.set()
+            if held.consumers:
+                await asyncio.wait(set(held.consumers))
+            proofs = [t for feed, p in self.sources.items() if split_feed(feed)[0] == source_id for t in p.finalising]
+            if proofs:
+                await asyncio.wait(proofs, timeout=_HANDOVER_SECONDS)
+            self._forget_source(source_id)
+            await self.leases.release(source_id)
+            self.log.info("source given up to another replica", extra={"source_id": source_id})
+        finally:
+            self._moving.discard(source_id)
+
+    async def _drop(self, source_id: str) -> None:
+        """The lease is gone: stop at once and forget, writing nothing more (the next holder reads back what was)."""
+        held = self.held.get(source_id)
+        if held is None:
+            return
+        held.stop.set()
+        for feed, progress in list(self.sources.items()):
+            if split_feed(feed)[0] == source_id:
+                for task in progress.finalising:
+                    task.cancel()
+        self._forget_source(source_id)
+        self.leases.tokens.pop(source_id, None)
+
+    def _forget_source(self, source_id: str) -> None:
+        def mine(feed: str) -> bool:
+            return split_feed(feed)[0] == source_id
+
+        self.held.pop(source_id, None)
+        for feed in [f for f in self.sources if mine(f)]:
+            del self.sources[feed]
+        for label_key in [k for k in self.tracker.open if mine(k[0])]:
+            del self.tracker.open[label_key]
+        for label_key in [k for k in self.tracker.closed_until if mine(k[0])]:
+            del self.tracker.closed_until[label_key]
+        for model_key in [k for k in self._last_result if mine(k[0])]:
+            del self._last_result[model_key]
+        for feed in [f for f in self.drained_until if mine(f)]:
+            del self.drained_until[feed]
+        for event_id in [i for i, e in self.finalising.items() if e.source_id == source_id]:
+            del self.finalising[event_id]
+        self._unpaced = {f for f in self._unpaced if not mine(f)}
+        self.ring.forget_source(source_id)
+
+    async def _consume(self, held: HeldSource, sub: JetStreamContext.PullSubscription, handle: Any) -> None:
+        try:
+            while not self.stop_event.is_set() and not held.stop.is_set():
                 for msg in await fetch(sub, 256, timeout=0.5):
+                    if held.stop.is_set():  # given up or dropped meanwhile: the rest go back, to whoever holds it now
+                        await msg.nak()
+                        continue
                     await handle(msg)
         except Stopping:
             return  # stopped while Redis was away: what was not acked is redelivered to the next start
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     # -- frames and source lifecycle -------------------------------------------------------------
 
@@ -238,21 +393,36 @@ class RegistratorService(Service[RegistratorSettings]):
 
     # -- results ---------------------------------------------------------------------------------
 
-    async def _consume_results(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _consume_results(self, held: HeldSource, sub: JetStreamContext.PullSubscription) -> None:
+        msgs: list[Msg] = []
         try:
-            while not self.stop_event.is_set():
+            while not self.stop_event.is_set() and not held.stop.is_set():
                 msgs = await fetch(sub, 256, timeout=0.5)
+                if held.stop.is_set():
+                    raise LeaseLost(held.source_id)  # given up or dropped while the pull waited: not this session's
                 if msgs:
-                    await self._on_results(msgs)
-                await self._close_quiet()
+                    await self._on_results(held.source_id, msgs)
+                msgs = []
+                await self._close_quiet(held.source_id)
         except Stopping:
             return  # stopped while Redis was away: the batch in hand is redelivered to the next start
+        except LeaseLost:
+            # Another replica holds the source now (or this session ended): the batch in hand goes back at once.
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            if self.held.get(held.source_id) is held:
+                self.log.warning("lease lost: the source is handed over", extra={"source_id": held.source_id})
+                await self._drop(held.source_id)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
-    async def _close_quiet(self) -> None:
+    async def _close_quiet(self, source_id: str) -> None:
         """Live sources: events whose model has sent no result for event_gap of wall time close with what they have,
         marked NO_RESULTS (frames still come: the detector is out) or NO_FRAMES (the camera went dark)."""
         now, gap = time.monotonic(), self.settings.event_gap
-        for feed, model in {key[:2] for key in self.tracker.open}:
+        for feed, model in {key[:2] for key in self.tracker.open if split_feed(key[0])[0] == source_id}:
             last = self._last_result.get((feed, model))
             if last is None or now - last <= gap or feed in self._unpaced:
                 continue
@@ -271,7 +441,7 @@ class RegistratorService(Service[RegistratorSettings]):
                 )
                 await self._close(event)
 
-    async def _on_results(self, msgs: list[Msg]) -> None:
+    async def _on_results(self, source_id: str, msgs: list[Msg]) -> None:
         """Apply a batch, write its effects (records and the registrator's own state) in one pipeline,
         and only then ack it: a registrator killed at any point loses no result and counts none twice."""
         assert self.store is not None
@@ -301,23 +471,22 @@ class RegistratorService(Service[RegistratorSettings]):
         for event in records:
             event.saved_at = now
 
-        async def write() -> None:
+        async def fill(pipe: Pipeline) -> None:
             assert self.store is not None
-            # One transaction: written whole or not at all, so a retry after Redis came back counts nothing twice.
-            async with self.store.redis.pipeline(transaction=True) as pipe:
-                for event in touched.values():
-                    if event.state is not EventState.DONE:
-                        self.state.keep(pipe, event)
-                for event in records:
-                    await self.store.save_in(pipe, event.record())
-                for feed, model in seen:
-                    self.state.window(pipe, feed, model, self.sources[feed].windows[model])
-                for summary in summaries:
-                    self.state.summary(pipe, summary)
-                self.state.count(pipe, tally)
-                await pipe.execute()
+            for event in touched.values():
+                if event.state is not EventState.DONE:
+                    self.state.keep(pipe, event)
+            for event in records:
+                await self.store.save_in(pipe, event.record())
+            for feed, model in seen:
+                self.state.window(pipe, feed, model, self.sources[feed].windows[model])
+            for summary in summaries:
+                self.state.summary(pipe, summary)
+            self.state.count(pipe, tally)
 
-        await self.redis_must("results", write, hold=msgs)
+        # One transaction, only while this replica holds the source: written whole or not at all, so a retry after
+        # Redis came back counts nothing twice, and a replica that lost the source writes nothing (LeaseLost).
+        await self.redis_must("results", lambda: self.leases.write_fenced(source_id, fill), hold=msgs)
         for msg in msgs:
             await msg.ack()
         for event in closed:
@@ -386,14 +555,16 @@ class RegistratorService(Service[RegistratorSettings]):
         assert self.store is not None
         event.state = EventState.DONE
 
-        async def write() -> None:
+        async def fill(pipe: Pipeline) -> None:
             assert self.store is not None
-            async with self.store.redis.pipeline(transaction=True) as pipe:
-                await self.store.save_in(pipe, event.record())
-                self.state.keep(pipe, event)  # a restart finds it and cuts its proofs
-                await pipe.execute()
+            await self.store.save_in(pipe, event.record())
+            self.state.keep(pipe, event)  # a restart finds it and cuts its proofs
 
-        await self.redis_must("closed event", write)
+        try:
+            await self.redis_must("closed event", lambda: self.leases.write_fenced(event.source_id, fill))
+        except LeaseLost:
+            await self._drop(event.source_id)  # the next holder read it back open, and closes it itself
+            raise
         self.finalising[event.id] = event
         self._proof_task(event, self._finalise(event))
 
@@ -479,8 +650,11 @@ class RegistratorService(Service[RegistratorSettings]):
         s = self.settings
         progress = self.sources[event.feed]
         start, end = max(0.0, event.start - s.pre_roll), event.end + s.post_roll
-        # After a restart the frames streamed before it are still being read back into the buffer.
-        while not self._ring_ready.is_set():
+        # After a restart or a move the frames streamed before it are still being read back into the buffer.
+        held = self.held.get(event.source_id)
+        if held is None:
+            raise Stopping("the source moved to another replica")
+        while not held.ring_ready.is_set():
             if await self.pause(0.2):
                 raise Stopping("frames for proofs")
         # Live sources: the post-roll frames may not have arrived yet.
@@ -522,8 +696,8 @@ class RegistratorService(Service[RegistratorSettings]):
         try:
             for event in self.tracker.close_source(feed):
                 await self._close(event)
-        except Stopping:
-            return  # the source's saved state stays: the next start drains it
+        except (Stopping, LeaseLost):
+            return  # the source's saved state stays: the next start, or the next holder, drains it
         while progress.finalising:  # a first try that fails starts a retry before it ends
             await asyncio.wait(set(progress.finalising))
         drained = SourceDrained(
@@ -546,20 +720,19 @@ class RegistratorService(Service[RegistratorSettings]):
         with contextlib.suppress(Stopping):  # its saved state stays: the next start drains it again, and finds nothing left to do
             await self.redis_must("drained source", lambda: self.state.forget_source(feed, list(results)))
 
-    async def _restore(self) -> list[OpenEvent]:
-        """Pick up where a previous registrator stopped; returns the closed events still owed their proofs."""
-        events = await self.state.open_events()
-        for (feed, model), window in (await self.state.windows(self.settings.dedup_window_frames)).items():
+    def _apply(self, saved: SavedSource) -> list[OpenEvent]:
+        """Pick up a source where its previous holder (or this replica before a restart) stopped; returns the closed
+        events still owed their proofs."""
+        for (feed, model), window in saved.windows.items():
             self.sources[feed].windows[model] = window
-        for summary in await self.state.summaries():
+        for summary in saved.summaries:
             progress = self.sources[summary.feed]
             progress.summary, progress.summary_at = summary, time.monotonic()
-        ended, ended_at = await self.state.ended_sources(), await self.state.ended_at()
-        for feed in ended:
-            self.sources[feed].ended, self.sources[feed].ended_at = True, ended_at.get(feed, 0.0)
-        self.drained_until = {feed: t for feed, t in ended_at.items() if feed not in ended}
+        for feed in saved.ended:
+            self.sources[feed].ended, self.sources[feed].ended_at = True, saved.ended_at.get(feed, 0.0)
+        self.drained_until |= {feed: t for feed, t in saved.ended_at.items() if feed not in saved.ended}
         owed = []
-        for event in events:
+        for event in saved.open_events:
             if event.state in (EventState.CREATED, EventState.PENDING):
                 self.tracker.open[(event.feed, event.model, event.label)] = event
                 # Its wall clock starts now: if no result of it comes after the restart, it still closes.
@@ -567,18 +740,10 @@ class RegistratorService(Service[RegistratorSettings]):
             else:
                 owed.append(event)
             self.sources[event.feed].events += 1
-        self._resumed = bool(events or self.sources)
-        if self._resumed:
-            self.log.info(
-                "resumed: %d open event(s), %d owed proofs, %d source(s) in progress",
-                len(events) - len(owed),
-                len(owed),
-                len(self.sources),
-            )
         return owed
 
-    async def _rebuild_ring(self) -> None:
-        """The frames seen before the restart were acked: read them again from the stream, which keeps them.
+    async def _rebuild_ring(self, source_id: str) -> None:
+        """The frames seen before the restart or move were acked: read them again from the stream, which keeps them.
 
         Up to the stream's last message at this moment: what comes after arrives through the frames consumer,
         so a source that never pauses cannot keep this going (the old loop ended only after a silent second)."""
@@ -590,10 +755,10 @@ class RegistratorService(Service[RegistratorSettings]):
             deliver_policy=DeliverPolicy.BY_START_TIME,
             opt_start_time=since,
             ack_policy=AckPolicy.NONE,
-            filter_subject=self.bus.subjects.frames,
+            filter_subject=self.bus.subjects.frames(source_id),
             inactive_threshold=60.0,
         )
-        sub = await self.bus.js.pull_subscribe(self.bus.subjects.frames, stream=stream, config=config)
+        sub = await self.bus.js.pull_subscribe(self.bus.subjects.frames(source_id), stream=stream, config=config)
         count, reached = 0, 0
         started = time.monotonic()
         try:
@@ -606,14 +771,21 @@ class RegistratorService(Service[RegistratorSettings]):
                 reached = msgs[-1].metadata.sequence.stream
         finally:
             await sub.unsubscribe()
-        self.log.info("frame buffer rebuilt from the stream: %d frame references in %.1f s", count, time.monotonic() - started)
+        self.log.info(
+            "frame buffer rebuilt from the stream: %d frame references in %.1f s",
+            count,
+            time.monotonic() - started,
+            extra={"source_id": source_id},
+        )
 
-    async def _watch_lag(self, stream: str) -> None:
-        """How far behind the results are, for /healthz and the metrics: a registrator that stopped absorbing
-        them (or cannot keep up) is unhealthy, whatever its connections say."""
+    async def _watch_lag(self) -> None:
+        """How far behind the results of the sources held are, for /healthz and the metrics: a registrator that
+        stopped absorbing them (or cannot keep up) is unhealthy, whatever its connections say."""
+        stream = results_stream_name(self.settings)
         while not self.stop_event.is_set():
             try:
-                self.lag = await self.bus.lag(stream, REGISTRATOR_RESULTS_DURABLE)
+                lags = [await self.bus.lag(stream, registrator_results_durable(source_id)) for source_id in list(self.held)]
+                self.lag = ConsumerLag(sum(lag.pending for lag in lags), max((lag.oldest_age for lag in lags), default=0.0))
                 self.m_pending.set(self.lag.pending)
                 self.m_oldest.set(self.lag.oldest_age)
             except Exception as exc:  # noqa: BLE001 - NATS away: /healthz says so already; the last figures stay

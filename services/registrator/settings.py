@@ -55,6 +55,12 @@ class RegistratorSettings(TaskQueueSettings):
         description="frames per source run and model whose results are told apart from redeliveries (a bit each); "
         "a result further behind the newest is dropped",
     )
+    lease_ttl: float = Field(
+        default=6.0,
+        ge=1.0,
+        le=60.0,
+        description="seconds a replica's hold on a source lasts unless renewed: a dead replica's sources move after this",
+    )
     finalise_concurrency: int = Field(default=2, ge=1, description="events whose proofs are made at once")
     finalise_retries: int = Field(default=12, ge=0, description="retries of proofs while storage is away (1 s doubling to 30 s)")
     event_retention_days: float = Field(

@@ -8,6 +8,7 @@ registrator killed at any moment resumes where the acked results left it: nothin
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import cast
 
 from pydantic import TypeAdapter
@@ -16,10 +17,24 @@ from redis.asyncio.client import Pipeline
 
 from services.registrator.events import OpenEvent
 from services.registrator.window import SeenWindow
-from shared.contracts import RoutingSummary
+from shared.contracts import RoutingSummary, split_feed
 from shared.keys import RedisKeys
 
 _OPEN = TypeAdapter(OpenEvent)
+
+
+@dataclass
+class SavedSource:
+    """What a replica taking a source reads back: everything the previous holder wrote of it."""
+
+    open_events: list[OpenEvent] = field(default_factory=list)
+    windows: dict[tuple[str, str], SeenWindow] = field(default_factory=dict)  # (feed, model)
+    summaries: list[RoutingSummary] = field(default_factory=list)
+    ended: set[str] = field(default_factory=set)  # feeds
+    ended_at: dict[str, float] = field(default_factory=dict)  # feed -> wall time
+
+    def __bool__(self) -> bool:
+        return bool(self.open_events or self.windows or self.summaries or self.ended)
 
 
 class RegistratorState:
@@ -53,8 +68,8 @@ class RegistratorState:
 
     def count(self, pipe: Pipeline, tally: Counter[tuple[str, str]]) -> None:
         """Add to the per-source totals the api serves; in the results' pipeline, so a redelivery counts once."""
-        for (source_id, field), n in tally.items():
-            pipe.hincrby(self.keys.totals(source_id), field, n)
+        for (source_id, name), n in tally.items():
+            pipe.hincrby(self.keys.totals(source_id), name, n)
 
     def summary(self, pipe: Pipeline, summary: RoutingSummary) -> None:
         pipe.hset(self.summary_key, summary.source_id, summary.to_bytes())
@@ -91,20 +106,37 @@ class RegistratorState:
         raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.ended_at_key))  # no decode_responses: bytes
         return {k.decode(): float(v) for k, v in raw.items()}
 
-    async def windows(self, size: int) -> dict[tuple[str, str], SeenWindow]:
-        """The seen windows; a seen set left by an older version becomes a window here, once (it is replaced)."""
+    async def load_source(self, source_id: str, window_size: int) -> SavedSource:
+        """Everything saved of one source (all its runs), for the replica that takes it."""
+        return SavedSource(
+            open_events=[e for e in await self.open_events() if e.source_id == source_id],
+            windows=await self.windows(window_size, source_id),
+            summaries=[s for s in await self.summaries() if s.source_id == source_id],
+            ended={feed for feed in await self.ended_sources() if split_feed(feed)[0] == source_id},
+            ended_at={feed: t for feed, t in (await self.ended_at()).items() if split_feed(feed)[0] == source_id},
+        )
+
+    async def windows(self, size: int, source_id: str) -> dict[tuple[str, str], SeenWindow]:
+        """The seen windows of a source's runs. A run's feed key is `<source>@<run>`, or the bare source id for a run
+        without an id."""
         found: dict[tuple[str, str], SeenWindow] = {}
-        async for key in self.redis.scan_iter(match=f"{self._window_prefix}*", count=500):
-            feed, model = key.decode()[len(self._window_prefix) :].split(":", 1)
-            raw = cast(bytes | None, await self.redis.get(key))  # no decode_responses: bytes
-            if raw is not None:
-                found[(feed, model)] = SeenWindow.from_bytes(raw)
+        for pattern in (f"{self._window_prefix}{source_id}@*", f"{self._window_prefix}{source_id}:*"):
+            async for key in self.redis.scan_iter(match=pattern, count=500):
+                feed, model = key.decode()[len(self._window_prefix) :].split(":", 1)
+                raw = cast(bytes | None, await self.redis.get(key))  # no decode_responses: bytes
+                if raw is not None:
+                    found[(feed, model)] = SeenWindow.from_bytes(raw)
+        return found
+
+    async def upgrade_seen_sets(self, size: int) -> int:
+        """Seen sets left by an older version (one member per result) become windows, once: they are replaced."""
+        upgraded = 0
         async for key in self.redis.scan_iter(match=f"{self._seen_prefix}*", count=500):
             feed, model = key.decode()[len(self._seen_prefix) :].split(":", 1)
             seqs = {int(m) for m in cast(set[bytes], await self.redis.smembers(key))}
-            window = found[(feed, model)] = SeenWindow.of(size, seqs)
             async with self.redis.pipeline(transaction=True) as pipe:
-                self.window(pipe, feed, model, window)
+                self.window(pipe, feed, model, SeenWindow.of(size, seqs))
                 pipe.delete(key)
                 await pipe.execute()
-        return found
+            upgraded += 1
+        return upgraded

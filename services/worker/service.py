@@ -342,7 +342,7 @@ class InferenceWorker(Service[WorkerSettings]):
     async def _finish(self, jobs: list[_Job], timings: Timings) -> None:
         """Publish the batch's results together; ack each task only once its result is stored."""
         jobs = [job for job in jobs if job.transient is None or not await self._give_back(job)]
-        results = [Outgoing.of(self.bus.subjects.results, self._result(job, timings)) for job in jobs]
+        results = [Outgoing.of(self.bus.subjects.results(job.task.frame.source_id), self._result(job, timings)) for job in jobs]
         outcomes = await self.bus.publish_many(results)
         for job, outcome in zip(jobs, outcomes, strict=True):
             if outcome is not None:  # not acked, so the task is redelivered after ack_wait

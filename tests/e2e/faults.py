@@ -122,7 +122,7 @@ class LiveFleet:
         try:
             js = nc.jetstream()
             sub = await js.subscribe(
-                Subjects.from_settings(settings).results, stream=results_stream_name(settings), ordered_consumer=True
+                Subjects.from_settings(settings).results_all, stream=results_stream_name(settings), ordered_consumer=True
             )
             last = (await js.stream_info(results_stream_name(settings))).state.last_seq  # what is there now
             while last:

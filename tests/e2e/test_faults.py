@@ -254,11 +254,11 @@ async def test_malformed_and_oversized_messages_on_every_subject(
         await live.frames_later(10)
         subjects = Subjects.from_settings(live.settings)
         consumers = {  # subject -> the services that consume it, each of which must dead-letter every message
-            subjects.frames: ("router", "registrator"),
+            subjects.frames("cam0"): ("router", "registrator"),
             subjects.source_status("cam0"): ("router", "registrator"),
             subjects.task("DetectionInference"): ("detection-1",),
             subjects.task("ClassificationInference"): ("classification-1",),
-            subjects.results: ("registrator",),
+            subjects.results("cam0"): ("registrator",),
             subjects.routed("cam0"): ("registrator",),
         }
         services = sorted({s for names in consumers.values() for s in names})

@@ -141,16 +141,16 @@ async def test_reader_cannot_publish_results_or_delete_streams(fleet: Fleet) -> 
     nc, refusals = await connect_as(fleet, "reader")
     results = results_stream_name(fleet.settings)
     try:
-        await nc.publish(fleet.subjects.results, FORGED_RESULT)
-        await refusals.next(fleet.subjects.results)
+        await nc.publish(fleet.subjects.results("cam0"), FORGED_RESULT)
+        await refusals.next(fleet.subjects.results("cam0"))
         js = nc.jetstream(timeout=1.0)
         for stream in (results, frames_stream_name(fleet.settings)):
             with pytest.raises((NatsTimeoutError, APIError)):
                 await js.delete_stream(stream)
             await refusals.next(f"$JS.API.STREAM.DELETE.{stream}")
         # Nor can it read what the workers found.
-        await nc.subscribe(fleet.subjects.results)
-        await refusals.next(fleet.subjects.results)
+        await nc.subscribe(fleet.subjects.results_all)
+        await refusals.next(fleet.subjects.results_all)
     finally:
         await nc.close()
     assert await stored(fleet, results) == 0
@@ -162,15 +162,15 @@ async def test_a_forged_result_is_refused_but_from_a_worker(fleet: Fleet, servic
     results = results_stream_name(fleet.settings)
     nc, refusals = await connect_as(fleet, service)
     try:
-        await nc.publish(fleet.subjects.results, FORGED_RESULT)
-        await refusals.next(fleet.subjects.results)
+        await nc.publish(fleet.subjects.results("cam0"), FORGED_RESULT)
+        await refusals.next(fleet.subjects.results("cam0"))
     finally:
         await nc.close()
     assert await stored(fleet, results) == 0
     # The control: a worker's credentials do publish it (so the refusal above is the permission, not a typo).
     worker = await connect_nats(fleet.logins["detection"])
     try:
-        await worker.jetstream().publish(fleet.subjects.results, FORGED_RESULT)
+        await worker.jetstream().publish(fleet.subjects.results("cam0"), FORGED_RESULT)
     finally:
         await worker.close()
     assert await stored(fleet, results) == 1

@@ -29,14 +29,14 @@ async def test_streams_are_created_once_and_updated_in_place(bus: Bus) -> None:
     await bus.ensure_stream(config)
     info = await bus.js.stream_info(config.name)
     assert info.config.max_msgs == 1234
-    assert set(info.config.subjects) == {bus.subjects.frames, bus.subjects.source_status_all}
+    assert set(info.config.subjects) == {bus.subjects.frames_all, bus.subjects.source_status_all}
 
 
 async def test_typed_publish_and_durable_pull(bus: Bus) -> None:
     stream = frames_stream(bus.settings)
     await bus.ensure_stream(stream)
     for seq in range(3):
-        await bus.publish(bus.subjects.frames, frame(seq))
+        await bus.publish(bus.subjects.frames("cam0"), frame(seq))
     sub = await bus.durable_pull(stream.name, "reader-test")
     msgs = await fetch(sub, 10, timeout=2)
     decoded = [await bus.decode(m, FrameRef) for m in msgs]
@@ -50,9 +50,9 @@ async def test_typed_publish_and_durable_pull(bus: Bus) -> None:
 async def test_a_re_publish_is_stored_once(bus: Bus) -> None:
     stream = frames_stream(bus.settings)
     await bus.ensure_stream(stream)
-    same = [Outgoing.of(bus.subjects.frames, frame(1)) for _ in range(3)]  # as publish_many's retry sends it
-    assert await bus.publish_many([*same, Outgoing.of(bus.subjects.frames, frame(2))]) == [None] * 4
-    await bus.publish(bus.subjects.frames, frame(1))
+    same = [Outgoing.of(bus.subjects.frames("cam0"), frame(1)) for _ in range(3)]  # as publish_many's retry sends it
+    assert await bus.publish_many([*same, Outgoing.of(bus.subjects.frames("cam0"), frame(2))]) == [None] * 4
+    await bus.publish(bus.subjects.frames("cam0"), frame(1))
     assert (await bus.js.stream_info(stream.name)).state.messages == 2
 
 
@@ -62,7 +62,7 @@ async def test_lag_says_how_many_wait_and_since_when(bus: Bus) -> None:
     sub = await bus.durable_pull(stream.name, "lagging")
     assert await bus.lag(stream.name, "lagging") == ConsumerLag(0, 0.0)
     for seq in range(5):
-        await bus.publish(bus.subjects.frames, frame(seq))
+        await bus.publish(bus.subjects.frames("cam0"), frame(seq))
     await asyncio.sleep(1.5)
     first = await fetch(sub, 2, timeout=2)
     await first[0].ack_sync()  # one absorbed; the second held unacked still counts, and is now the oldest
@@ -82,15 +82,15 @@ async def test_malformed_message_is_dead_lettered_and_counted(service_env: dict[
         dlq = await watcher.subscribe(bus.subjects.dead_letter("victim"))
         stream = frames_stream(bus.settings)
         await bus.ensure_stream(stream)
-        await bus.js.publish(bus.subjects.frames, b'{"v": 1, "source_id": "cam0"}')
-        await bus.publish(bus.subjects.frames, frame(7))
+        await bus.js.publish(bus.subjects.frames("cam0"), b'{"v": 1, "source_id": "cam0"}')
+        await bus.publish(bus.subjects.frames("cam0"), frame(7))
         sub = await bus.durable_pull(stream.name, "dlq-test")
         msgs = await fetch(sub, 10, timeout=2)
         decoded = [await bus.decode(m, FrameRef) for m in msgs]
         assert decoded[0] is None and decoded[1] is not None and decoded[1].seq == 7
         letter = await dlq.next_msg(timeout=2)
         assert letter.data.startswith(b'{"v": 1') and "FrameRef" in letter.headers["Vigil-Reason"]
-        assert counter_value(bus.dead_letters, subject=bus.subjects.frames) == 1
+        assert counter_value(bus.dead_letters, subject=bus.subjects.frames("cam0")) == 1
     finally:
         await watcher.close()
         await bus.close()

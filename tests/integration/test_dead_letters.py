@@ -30,7 +30,7 @@ async def test_floods_of_bad_messages_are_dead_lettered_and_not_kept(servers: Se
     await owner.connect()
     await owner.ensure_stream(frames_stream(settings))
     subjects = Subjects.from_settings(settings)
-    targets = [subjects.frames, subjects.source_status("cam0"), subjects.results, subjects.routed("cam0")]
+    targets = [subjects.frames("cam0"), subjects.source_status("cam0"), subjects.results("cam0"), subjects.routed("cam0")]
     nc = await connect_nats(servers.env())
     registrator = RegistratorService(settings)
     # pytest keeps every log record it captures: that would be the test's memory growing, not the service's.

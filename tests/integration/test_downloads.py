@@ -96,7 +96,7 @@ async def test_a_worker_answers_a_bomb_a_redirect_and_an_oversize_frame_once_and
         await owner.connect()
         await owner.ensure_stream(results_stream(owner.settings))
         watcher = await connect_nats(service_env)
-        results = await watcher.subscribe(owner.subjects.results)
+        results = await watcher.subscribe(owner.subjects.results_all)
         redis = redis_client(settings)
         try:
             async with running(worker, lambda w: w.model is not None):

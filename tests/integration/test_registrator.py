@@ -21,6 +21,7 @@ from services.registrator.retention import event_folder, size_unsized, sweep, sw
 from services.registrator.service import RegistratorService
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
+from services.registrator.window import SeenWindow
 from shared.bus import Bus
 from shared.contracts import (
     BBox,
@@ -81,7 +82,7 @@ def result(ref: FrameRef, person: bool) -> InferenceResult:
 async def feed(bus: Bus, refs: list[FrameRef], *, shuffle: bool) -> None:
     """Frames, then results (shuffled in small windows, some twice, as replicas and redelivery do), then the end."""
     for ref in refs:
-        await bus.publish(bus.subjects.frames, ref)
+        await bus.publish(bus.subjects.frames(ref.source_id), ref)
     results = [result(ref, ref.seq in PERSON) for ref in refs]
     if shuffle:
         rng = random.Random(7)
@@ -91,7 +92,7 @@ async def feed(bus: Bus, refs: list[FrameRef], *, shuffle: bool) -> None:
             results[start : start + 4] = window
         results += [results[i] for i in (3, 10, 11, 29)]  # redelivered
     for res in results:
-        await bus.publish(bus.subjects.results, res)
+        await bus.publish(bus.subjects.results(res.frame.source_id), res)
 
 
 async def end_source(bus: Bus) -> None:
@@ -127,7 +128,7 @@ async def test_disorder_duplicates_and_a_stranger_make_no_duplicate_event(servic
         drained = await bus.nc.subscribe(bus.subjects.drained("cam0"))  # type: ignore[union-attr]
         await feed(bus, refs, shuffle=True)
         stranger = FrameRef(source_id="ghost", seq=0, pts=0, wall_time=time.time(), url=refs[0].url, width=768, height=576)
-        await bus.publish(bus.subjects.results, result(stranger, True))  # a source nobody announced
+        await bus.publish(bus.subjects.results(stranger.source_id), result(stranger, True))  # a source nobody announced
         await end_source(bus)
         done = SourceDrained.from_bytes((await drained.next_msg(timeout=60)).data)
     assert done.results == {"ssd": FRAMES} and done.events == 1
@@ -164,18 +165,18 @@ async def test_a_copy_of_a_result_after_the_drain_opens_no_phantom_event(service
         # The same result again: with its message id the stream drops it...
         late = result(refs[PERSON[0]], True)
         before = (await bus.js.stream_info(results_stream_name(bus.settings))).state.messages
-        await bus.publish(bus.subjects.results, late)
+        await bus.publish(bus.subjects.results(late.frame.source_id), late)
         assert (await bus.js.stream_info(results_stream_name(bus.settings))).state.messages == before
         # ...and one without (from past the stream's duplicate window) is dropped by the registrator as stale.
-        await bus.js.publish(bus.subjects.results, late.to_bytes())
+        await bus.js.publish(bus.subjects.results(late.frame.source_id), late.to_bytes())
         probe = FrameRef(source_id="probe", seq=0, pts=0, wall_time=time.time(), url=refs[0].url, width=768, height=576)
-        await bus.publish(bus.subjects.results, result(probe, False))  # absorbed after the copy
+        await bus.publish(bus.subjects.results(probe.source_id), result(probe, False))  # absorbed after the copy
         await wait_for(lambda: counter_value(service.m_results, source_id="probe", model="ssd") == 1, 30, "the probe")
         assert counter_value(service.m_stale, model="ssd") == 1
         # A restarted registrator still knows the source drained.
     again = registrator(service_env)
     async with running(again, lambda s: s.storage is not None) as service:
-        await service.bus.js.publish(service.bus.subjects.results, late.to_bytes())
+        await service.bus.js.publish(service.bus.subjects.results(late.frame.source_id), late.to_bytes())
         await wait_for(lambda: counter_value(service.m_stale, model="ssd") == 1, 30, "the copy dropped after a restart")
     cam = [e for e in await events_of(service_env) if e.source_id == "cam0"]
     assert len(cam) == 1 and cam[0].state is EventState.FINISHED  # no phantom second event
@@ -195,11 +196,11 @@ async def test_live_events_close_on_time_when_the_camera_goes_dark_or_the_detect
         """A person in view of a live source, then no more results: with frames still coming or none at all."""
         own = [ref.model_copy(update={"source_id": source_id, "wall_time": time.time()}) for ref in refs]
         for ref in own[:16]:  # the person from 0.5 s on, results up to 1.5 s
-            await service.bus.publish(service.bus.subjects.frames, ref)
-            await service.bus.publish(service.bus.subjects.results, result(ref, ref.seq in PERSON))
+            await service.bus.publish(service.bus.subjects.frames(ref.source_id), ref)
+            await service.bus.publish(service.bus.subjects.results(ref.source_id), result(ref, ref.seq in PERSON))
         stopped = time.monotonic()
         for ref in own[16:] if frames_after else []:  # the detector is dead; the camera streams on at 10 fps
-            await service.bus.publish(service.bus.subjects.frames, ref)
+            await service.bus.publish(service.bus.subjects.frames(ref.source_id), ref)
             await asyncio.sleep(0.1)
             if any(e.source_id == source_id and e.closed_by for e in await store.all()):
                 break
@@ -237,16 +238,16 @@ async def test_healthz_turns_unhealthy_while_results_lag(make_settings: MakeSett
     gate = asyncio.Event()
     absorb = service._on_results
 
-    async def stuck(msgs: list) -> None:  # type: ignore[type-arg]
+    async def stuck(source_id: str, msgs: list) -> None:  # type: ignore[type-arg]
         await gate.wait()  # a registrator that cannot absorb: its connections are all fine
-        await absorb(msgs)
+        await absorb(source_id, msgs)
 
     service._on_results = stuck  # type: ignore[method-assign]
     async with running(service, lambda s: s.storage is not None):
         assert service.health()["ok"]
         ref = FrameRef(source_id="cam0", seq=0, pts=0, wall_time=time.time(), url="http://127.0.0.1/x", width=2, height=2)
         for seq in range(20):
-            await service.bus.publish(service.bus.subjects.results, result(ref.model_copy(update={"seq": seq}), False))
+            await service.bus.publish(service.bus.subjects.results("cam0"), result(ref.model_copy(update={"seq": seq}), False))
         await wait_for(lambda: service.health()["lagging"], 30, "/healthz to say the results lag")
         health = service.health()
         assert not health["ok"] and health["results_pending"] == 20 and health["results_oldest_seconds"] >= 2, health
@@ -372,17 +373,17 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
     await bus.ensure_stream(frames_stream(settings))
     drained = await bus.nc.subscribe(bus.subjects.drained("cam0"))  # type: ignore[union-attr]
     for ref in refs:
-        await bus.publish(bus.subjects.frames, ref)
+        await bus.publish(bus.subjects.frames(ref.source_id), ref)
     async with service_process("services.registrator", env) as first:
         for ref in refs[:20]:  # the event is open, 15 frames in, when the registrator dies
-            await bus.publish(bus.subjects.results, result(ref, ref.seq in PERSON))
+            await bus.publish(bus.subjects.results(ref.source_id), result(ref, ref.seq in PERSON))
         deadline = time.monotonic() + 60
         while not (open_now := await state.open_events()) or open_now[0].frames < 15:
             assert time.monotonic() < deadline and first.running, (open_now, first.tail)
             await asyncio.sleep(0.1)
         await first.kill()
     for ref in refs[20:]:
-        await bus.publish(bus.subjects.results, result(ref, ref.seq in PERSON))
+        await bus.publish(bus.subjects.results(ref.source_id), result(ref, ref.seq in PERSON))
     async with service_process("services.registrator", env):
         await end_source(bus)
         done = SourceDrained.from_bytes((await drained.next_msg(timeout=90)).data)
@@ -408,12 +409,12 @@ async def test_a_finished_event_leaves_no_state_and_redeliveries_still_count_onc
         """The person's results once more, without message ids (past the stream's duplicate window)."""
         before = counter_value(service.m_duplicates, model="ssd")
         for ref in refs[PERSON.start : PERSON.start + 6]:
-            await service.bus.js.publish(service.bus.subjects.results, result(ref, True).to_bytes())
+            await service.bus.js.publish(service.bus.subjects.results(ref.source_id), result(ref, True).to_bytes())
         await wait_for(lambda: counter_value(service.m_duplicates, model="ssd") == before + 6, 30, "the copies dropped")
 
     async with running(registrator(service_env), lambda s: s.storage is not None) as service:
         assert await redis.exists(f"{keys.registrator_seen_prefix}old:ssd") == 0
-        assert service.sources["old"].windows["ssd"].count == 10
+        assert SeenWindow.from_bytes(await redis.get(f"{keys.registrator_window_prefix}old:ssd")).count == 10
         await service.bus.ensure_stream(frames_stream(service.settings))
         await feed(service.bus, refs, shuffle=True)  # a live source: it never ends
 
@@ -433,6 +434,7 @@ async def test_a_finished_event_leaves_no_state_and_redeliveries_still_count_onc
         await redeliver(service)
     again = registrator(service_env)
     async with running(again, lambda s: s.storage is not None) as service:
+        await wait_for(lambda: "cam0" in service.held and service.held["cam0"].ring_ready.is_set(), 30, "cam0 taken")
         assert service.sources["cam0"].windows["ssd"].count == FRAMES  # every result once, across the restart
         await redeliver(service)
     events = await events_of(service_env)

@@ -53,15 +53,15 @@ async def test_router_routes_every_frame_to_each_live_model_and_summarises(
                 width=4,
                 height=4,
             )
-            await bus.publish(bus.subjects.frames, ref)
-        await bus.js.publish(bus.subjects.frames, b"garbage")
+            await bus.publish(bus.subjects.frames(ref.source_id), ref)
+        await bus.js.publish(bus.subjects.frames("cam0"), b"garbage")
         status = SourceStatus(
             source_id="cam0", state=SourceState.ENDED, wall_time=time.time(), frames_read=5, frames_published=5, last_seq=4
         )
         await bus.publish(bus.subjects.source_status("cam0"), status)
         summary = RoutingSummary.from_bytes((await summaries.next_msg(timeout=10)).data)
         assert summary.frames_routed == 5 and summary.tasks == {"m1": 5}
-        assert counter_value(router.bus.dead_letters, subject=bus.subjects.frames) == 1
+        assert counter_value(router.bus.dead_letters, subject=bus.subjects.frames("cam0")) == 1
 
         sub = await bus.durable_pull(tasks.name, worker_durable("m1"))
         routed = [InferenceTask.from_bytes(m.data) for m in await fetch(sub, 10, timeout=2)]
@@ -72,7 +72,7 @@ async def test_router_routes_every_frame_to_each_live_model_and_summarises(
         await redis.delete(keys.heartbeat("m1", "w1"))
         await wait_for(lambda: not router.live, 5, "router to see the model gone")
         ref = FrameRef(source_id="cam1", seq=0, pts=0, wall_time=time.time(), url="http://127.0.0.1:8080/1,02", width=4, height=4)
-        await bus.publish(bus.subjects.frames, ref)
+        await bus.publish(bus.subjects.frames(ref.source_id), ref)
         await wait_for(lambda: counter_value(router.m_unrouted, source_id="cam1") == 1, 5, "unrouted frame")
         assert await fetch(sub, 10, timeout=0.5) == []
 

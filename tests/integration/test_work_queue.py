@@ -59,7 +59,7 @@ class Rig:
 
         # From the stream, not the subject: a publish retried after a slow ack reaches a plain subscriber twice, while
         # the stream keeps one (Nats-Msg-Id), and the stream is what the registrator reads.
-        await self._watch.jetstream().subscribe(self.bus.subjects.results, cb=on_result, ordered_consumer=True)
+        await self._watch.jetstream().subscribe(self.bus.subjects.results_all, cb=on_result, ordered_consumer=True)
         return self
 
     async def flush(self) -> None:
@@ -79,7 +79,7 @@ class Rig:
 
     async def publish_frames(self, count: int, policy: DropPolicy = DropPolicy.WAIT, fps: float = 0.0) -> None:
         for seq in range(count):
-            await self.bus.publish(self.bus.subjects.frames, self.frame(seq, policy))
+            await self.bus.publish(self.bus.subjects.frames("cam0"), self.frame(seq, policy))
             if fps:
                 await asyncio.sleep(1 / fps)
 
@@ -387,7 +387,7 @@ async def test_a_summary_that_waits_stalls_no_other_source(
             await rig.bus.publish(rig.bus.subjects.source_status("cam0"), ended)
             started = time.monotonic()
             for seq in range(10):
-                await rig.bus.publish(rig.bus.subjects.frames, rig.frame(seq).model_copy(update={"source_id": "cam1"}))
+                await rig.bus.publish(rig.bus.subjects.frames("cam1"), rig.frame(seq).model_copy(update={"source_id": "cam1"}))
             await wait_for(lambda: other() == 10, 30, "another source's frames routed while cam0's summary waits")
             took = time.monotonic() - started
             early = summaries.pending_msgs  # a summary already out would mean cam1 waited for it
@@ -420,7 +420,7 @@ async def test_a_file_waiting_for_room_stalls_no_live_camera(
             started = time.monotonic()
             for seq in range(10):
                 live = rig.frame(seq, DropPolicy.DROP_OLDEST).model_copy(update={"source_id": "cam1"})
-                await rig.bus.publish(rig.bus.subjects.frames, live)
+                await rig.bus.publish(rig.bus.subjects.frames(live.source_id), live)
             await wait_for(lambda: routed("cam1") == 10, 15, "the live camera's frames routed while the file waits")
             took = time.monotonic() - started
             file_routed, held = routed("cam0"), router.health()["frames_held"]

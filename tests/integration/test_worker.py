@@ -46,7 +46,7 @@ async def test_worker_detects_reports_errors_and_keeps_serving(
     await owner.connect()
     await owner.ensure_stream(results_stream(owner.settings))  # the registrator's stream, as in the fleet
     watcher = await connect_nats(env)
-    results = await watcher.subscribe(owner.subjects.results)
+    results = await watcher.subscribe(owner.subjects.results_all)
     redis = redis_client(settings)
     keys = RedisKeys(settings)
     try:

@@ -50,6 +50,7 @@ class FakeSubscription:
     """A durable pull consumer: `fetch` returns what was delivered to it, in order."""
 
     queue: asyncio.Queue[FakeMsg] = field(default_factory=asyncio.Queue)
+    seen: list[FakeMsg] = field(default_factory=list)  # everything delivered, fetched or not
 
     async def fetch(self, batch: int = 1, timeout: float | None = 5.0) -> list[FakeMsg]:
         # nats-py raises a timeout when no message came, and shared.bus.fetch turns that into [].
@@ -81,6 +82,7 @@ class FakeBus:
         """Hand messages to the consumer `durable` (created on first use, as its service would)."""
         for msg in msgs:
             self._consumers[durable].queue.put_nowait(msg)
+            self._consumers[durable].seen.append(msg)
 
     def pending(self, durable: str) -> int:
         """Messages delivered to `durable` and not yet fetched by the service."""
@@ -140,6 +142,13 @@ class FakeBus:
 
     async def bind_when_ready(self, stream: str, durable: str, stop: asyncio.Event, **consumer: Any) -> FakeSubscription:
         return self._consumers[durable]
+
+    async def stream_subjects(self, stream: str, subjects_filter: str) -> set[str]:
+        """The subjects of every message delivered so far (the stream keeps them), whatever the filter."""
+        return {msg.subject for sub in self._consumers.values() for msg in sub.seen}
+
+    async def acked_any(self, stream: str, durable: str) -> bool:
+        return False
 
     async def backlog(self, stream: str, durable: str) -> int | None:
         return self.backlogs.get(stream, 0)

@@ -7,7 +7,7 @@ to be readable: commands are recorded, and each event record the store's script 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from shared.contracts import Event
@@ -59,6 +59,47 @@ class FakeRedis:
     def register_script(self, script: str) -> FakeScript:
         return FakeScript(self)
 
+    # Reads of what a replica taking a source finds saved: nothing, as after a first start.
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return {}
+
+    async def smembers(self, key: str) -> set[bytes]:
+        return set()
+
+    async def scan_iter(self, match: str, count: int = 0) -> AsyncIterator[bytes]:
+        for key in ():
+            yield key
+
     async def hdel(self, key: str, *fields: str) -> int:
         self.commands.append(("hdel", (key, *fields)))
         return len(fields)
+
+
+class SoleHolder:
+    """services.registrator.leases.SourceLeases for one replica alone: it holds every source, and its fenced writes
+    are plain pipelines of the fake (tests/integration/test_registrator_scaling.py runs the real leases)."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+        self.tokens: dict[str, int] = {}
+
+    async def heartbeat(self) -> list[str]:
+        return []
+
+    async def leave(self) -> None:
+        pass
+
+    async def acquire(self, source_id: str) -> bool:
+        self.tokens[source_id] = 1
+        return True
+
+    async def renew(self, source_id: str) -> bool:
+        return source_id in self.tokens
+
+    async def release(self, source_id: str) -> None:
+        self.tokens.pop(source_id, None)
+
+    async def write_fenced(self, source_id: str, fill: Callable[[Any], Awaitable[None]]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await fill(pipe)
+            await pipe.execute()

@@ -39,7 +39,7 @@ def test_every_subject_and_stream_carries_the_prefix() -> None:
 def test_only_a_worker_publishes_results_and_only_its_own_queue_is_deletable() -> None:
     s = settings()
     users = fleet_access(s, TASKS)
-    publishers = {name for name, access in users.items() if "inference.results" in access.nats_publish}
+    publishers = {name for name, access in users.items() if "inference.results.*" in access.nats_publish}
     assert publishers == {"worker-ssd", "worker-effnet"}
     deletes = {name: [p for p in a.nats_publish if ".STREAM.DELETE." in p] for name, a in users.items()}
     assert deletes["worker-ssd"] == ["$JS.API.STREAM.DELETE.TASKS_SSD"]

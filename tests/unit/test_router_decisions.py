@@ -100,7 +100,7 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0)
 def frame_msgs(bus: FakeBus, source_id: str, count: int, policy: DropPolicy = DropPolicy.DROP_OLDEST) -> list[FakeMsg]:
     return [
         FakeMsg.of(
-            bus.subjects.frames,
+            bus.subjects.frames(source_id),
             FrameRef(
                 source_id=source_id,
                 seq=seq,
@@ -164,11 +164,11 @@ async def test_a_frame_whose_task_cannot_be_published_is_given_back_uncounted() 
 
 async def test_a_bad_frame_reference_is_dead_lettered_and_the_rest_routed() -> None:
     async with offline_router(["ssd"]) as (_, bus):
-        bad = FakeMsg(bus.subjects.frames, b'{"source_id": "cam0"}')
+        bad = FakeMsg(bus.subjects.frames("cam0"), b'{"source_id": "cam0"}')
         msgs = [bad, *frame_msgs(bus, "cam0", 2)]
         bus.deliver(ROUTER_DURABLE, *msgs)
         await until(lambda: all(m.acked for m in msgs), "the frames acked")
-    assert [subject for subject, _, _ in bus.dead_letters] == [bus.subjects.frames]
+    assert [subject for subject, _, _ in bus.dead_letters] == [bus.subjects.frames("cam0")]
     assert len(tasks_for(bus, "ssd")) == 2
 
 

@@ -1,0 +1,216 @@
+"""Registrator scale-out (issue 17): how many 10-fps cameras one registrator replica keeps up with, and two.
+
+Each step feeds N synthetic sources at 10 fps each for TRIAL_S seconds: a frame reference (720p JPEGs, stored once
+and reused) and a detection result per frame, a person in view 3 s of every 6 s, so events open and close all the
+time and every one gets its proof clip cut. Every half second after WARMUP_S it samples, per source, the age of
+the oldest result not yet absorbed (JetStream's view of the source's consumer: a result is acked only once its
+Redis transaction is written), and takes the worst source. A step holds when the p99 of those samples is under
+P99_LIMIT_S and the feeder kept its schedule. The ladder goes up until a step fails; the result is the largest N
+that held, for 1 and 2 replicas, measured in one run, and their ratio (goal >= 1.8).
+
+The replicas are processes of `python -m services.registrator` on the local servers; the machine's cores are
+shared by them, the feeder and the servers, so the ratio on a 2-core machine says more about the machine than
+about the design: the table gives the load next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from bench.common import ROOT, print_table, write_result
+from bench.registrator import consumer_exists
+from fleet.processes import ServiceProcess, start_service
+from fleet.servers import LocalServers, ServerSet
+from shared.bus import Bus, Outgoing
+from shared.contracts import BBox, Detection, FrameRef, InferenceResult, ModelKind
+from shared.jpeg import encode_jpeg
+from shared.metrics import Metrics
+from shared.settings import VigilSettings
+from shared.storage import SeaweedStorage
+from shared.subjects import frames_stream, registrator_results_durable, results_stream_name
+
+FPS = 10
+TRIAL_S, WARMUP_S = 40.0, 10.0
+P99_LIMIT_S = 1.0
+LADDER = [2, 4, 6, 8, 12, 16, 24, 32]
+POOL = 20  # distinct 720p frames, reused
+WIDTH, HEIGHT = 1280, 720
+
+
+async def frame_pool(settings: VigilSettings) -> list[str]:
+    cap = cv2.VideoCapture(str(ROOT / "video" / "vtest.mp4"))
+    images = [cv2.resize(cap.read()[1], (WIDTH, HEIGHT)) for _ in range(POOL)]
+    cap.release()
+    async with SeaweedStorage(settings) as storage:
+        return [await storage.upload(encode_jpeg(image), ttl="30m") for image in images]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else 0.0
+
+
+async def feed(bus: Bus, sources: list[str], urls: list[str], stop: asyncio.Event, late: list[float]) -> None:
+    """Every source's frame and result for each tick, paced at FPS; `late` gets how far behind schedule each tick was."""
+    det = Detection.on_image("person", 0, 0.9, BBox(x1=0.3, y1=0.2, x2=0.5, y2=0.9), WIDTH, HEIGHT)
+    started, tick = time.monotonic(), 0
+    while not stop.is_set():
+        now = time.time()
+        items = []
+        for source_id in sources:
+            ref = FrameRef(
+                source_id=source_id, seq=tick, pts=tick / FPS, wall_time=now, url=urls[tick % POOL], width=WIDTH, height=HEIGHT
+            )
+            person = (tick % (6 * FPS)) < 3 * FPS
+            result = InferenceResult(
+                frame=ref,
+                model="ssd",
+                kind=ModelKind.DETECTION,
+                instance="bench",
+                detections=[det] if person else [],
+                finished_at=now,
+            )
+            items += [Outgoing.of(bus.subjects.frames(source_id), ref), Outgoing.of(bus.subjects.results(source_id), result)]
+        await bus.publish_many(items)
+        tick += 1
+        behind = time.monotonic() - (started + tick / FPS)
+        late.append(max(0.0, behind))
+        if behind < 0:
+            await asyncio.sleep(-behind)
+
+
+async def trial(servers: ServerSet, urls: list[str], replicas: int, n: int) -> dict[str, Any]:
+    prefix = f"s{secrets.token_hex(3)}"
+    settings = VigilSettings(_env_file=None, **servers.env(), subject_prefix=prefix)  # type: ignore[arg-type]
+    bus = Bus(settings, "bench", "bench", Metrics("bench"))
+    await bus.connect()
+    await bus.ensure_stream(frames_stream(settings))
+    env = servers.env() | {
+        "subject_prefix": prefix,
+        "ttl_bucket": "30m",
+        "max_event_duration": "20",
+        "event_retention_days": "0",
+        "event_storage_max_gb": "0",
+        "TMP_PATH": str(Path(tempfile.gettempdir()) / f"vigil-bench-{prefix}"),
+    }
+    procs: list[ServiceProcess] = []
+    sources = [f"cam{i}" for i in range(n)]
+    stop, late, worst = asyncio.Event(), [], []
+    stream = results_stream_name(settings)
+    feeder: asyncio.Task[None] | None = None
+    try:
+        for i in range(replicas):
+            procs.append(await start_service("services.registrator", env | {"instance": f"reg-{i + 1}"}, name=f"reg-{i + 1}"))
+        while not await stream_exists(bus, stream):
+            for proc in procs:
+                proc.check_running()
+            await asyncio.sleep(0.1)
+        feeder = asyncio.create_task(feed(bus, sources, urls, stop, late))
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < TRIAL_S:
+            await asyncio.sleep(0.5)
+            if elapsed < WARMUP_S:
+                continue
+            ages = []
+            for source_id in sources:
+                durable = registrator_results_durable(source_id)
+                if not await consumer_exists(bus, stream, durable):
+                    ages.append(elapsed)  # not even taken yet: everything it was sent waits
+                    continue
+                ages.append((await bus.lag(stream, durable)).oldest_age)
+            worst.append(max(ages))
+        for proc in procs:
+            proc.check_running()
+    finally:
+        stop.set()
+        if feeder is not None:
+            with contextlib.suppress(Exception):
+                await feeder
+        for proc in procs:
+            await proc.stop(10)
+        await bus.close()
+    p99, feeder_late = percentile(worst, 99), percentile(late, 99)
+    held = p99 < P99_LIMIT_S and feeder_late < P99_LIMIT_S
+    load = os.getloadavg()[0]
+    print(
+        f"  {replicas} replica(s), {n:2d} sources: oldest unabsorbed result p50 {percentile(worst, 50):.2f} s, "
+        f"p99 {p99:.2f} s; feeder behind p99 {feeder_late:.2f} s; load {load:.1f} -> {'held' if held else 'FAILED'}",
+        flush=True,
+    )
+    return {
+        "replicas": replicas,
+        "sources": n,
+        "p50_s": percentile(worst, 50),
+        "p99_s": p99,
+        "max_s": max(worst, default=0.0),
+        "feeder_behind_p99_s": feeder_late,
+        "load_1min": load,
+        "held": held,
+    }
+
+
+async def stream_exists(bus: Bus, stream: str) -> bool:
+    try:
+        await bus.js.stream_info(stream)
+    except Exception:  # noqa: BLE001 - the registrator declares it when it starts
+        return False
+    return True
+
+
+async def main(ladder: list[int]) -> int:
+    steps: list[dict[str, Any]] = []
+    best: dict[int, int] = {}
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
+        servers = LocalServers(Path(tmp) / "servers")
+        server_set = await asyncio.to_thread(servers.start)
+        try:
+            settings = VigilSettings(_env_file=None, **server_set.env())  # type: ignore[arg-type]
+            urls = await frame_pool(settings)
+            for replicas in (1, 2):
+                best[replicas] = 0
+                for n in ladder:
+                    step = await trial(server_set, urls, replicas, n)
+                    steps.append(step)
+                    if not step["held"]:
+                        break
+                    best[replicas] = n
+        finally:
+            await asyncio.to_thread(servers.stop)
+    ratio = best[2] / best[1] if best[1] else 0.0
+    print_table(
+        f"registrator scale-out: {FPS}-fps 720p sources, person 3 s in 6; a step holds when the p99 of the oldest "
+        f"unabsorbed result is under {P99_LIMIT_S:g} s ({TRIAL_S:.0f} s per step, first {WARMUP_S:.0f} s not sampled)",
+        ["replicas", "sources", "p50 s", "p99 s", "max s", "feeder behind p99 s", "load 1 min", "held"],
+        [
+            [s["replicas"], s["sources"], s["p50_s"], s["p99_s"], s["max_s"], s["feeder_behind_p99_s"], s["load_1min"], s["held"]]
+            for s in steps
+        ],
+    )
+    print(f"most sources held: 1 replica {best[1]}, 2 replicas {best[2]}; ratio {ratio:.2f} (goal >= 1.8)")
+    write_result(
+        "registrator_scaling",
+        {"fps": FPS, "trial_s": TRIAL_S, "p99_limit_s": P99_LIMIT_S, "steps": steps, "most_sources": best, "ratio": ratio},
+    )
+    return 0
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.registrator_scaling", description=__doc__.splitlines()[0])
+    parser.add_argument("--ladder", default=",".join(map(str, LADDER)), help="source counts to try, in order")
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main([int(n) for n in args.ladder.split(",")])))
+
+
+if __name__ == "__main__":
+    cli()
