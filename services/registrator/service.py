@@ -20,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from services.registrator.clips import clip_ticks, pick_frames
 from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.frames import FrameRing
+from services.registrator.notices import Notices
 from services.registrator.proofs import make_proofs
 from services.registrator.retention import Removed, size_unsized, sweep, sweep_budget
 from services.registrator.settings import RegistratorSettings
@@ -102,6 +103,7 @@ class RegistratorService(Service[RegistratorSettings]):
             )
         )
         self.ring = FrameRing(settings.ring_max_frames)
+        self.notices = Notices(self.bus, settings.notify_update_interval, self.metrics)  # event notices, for the notifier
         self.sources: defaultdict[str, SourceProgress] = defaultdict(SourceProgress)
         # Per drained source, when its run ended: a result of a frame read before that is a late copy.
         self.drained_until: dict[str, float] = {}
@@ -318,6 +320,7 @@ class RegistratorService(Service[RegistratorSettings]):
                 await pipe.execute()
 
         await self.redis_must("results", write, hold=msgs)
+        await self.notices.publish_all(event.record() for event in records)
         for msg in msgs:
             await msg.ack()
         for event in closed:
@@ -394,6 +397,7 @@ class RegistratorService(Service[RegistratorSettings]):
                 await pipe.execute()
 
         await self.redis_must("closed event", write)
+        await self.notices.publish(event.record())
         self.finalising[event.id] = event
         self._proof_task(event, self._finalise(event))
 
@@ -446,6 +450,7 @@ class RegistratorService(Service[RegistratorSettings]):
             await self.redis_must("finished event", lambda: store.save(record))
         except Stopping:
             return True  # the event stays DONE in the saved state: the next start cuts its proofs again
+        await self.notices.publish(record)
         await self._forget(event)
         self.m_events.labels(source_id=event.source_id, state=EventState.FINISHED.value).inc()
         self.m_finalise.observe(time.perf_counter() - started)
@@ -472,7 +477,8 @@ class RegistratorService(Service[RegistratorSettings]):
         event.state = EventState.ERROR
         self.m_events.labels(source_id=event.source_id, state=EventState.ERROR.value).inc()
         self.log.error("event %s has no proofs yet: %r", event.id, exc, extra={"source_id": event.source_id})
-        await self.store.save(event.record(error=f"{type(exc).__name__}: {exc}"[:500]))
+        await self.store.save(record := event.record(error=f"{type(exc).__name__}: {exc}"[:500]))
+        await self.notices.publish(record)
 
     async def _select_frames(self, event: OpenEvent) -> list[FrameRef]:
         """The frame shown at each clip tick, chosen once: retries reuse it even after the ring has moved on."""
