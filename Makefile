@@ -100,7 +100,7 @@ check: install
 	$(PY) -m mypy
 
 check-config: install
-	@for s in reader router detection classification registrator api; do $(PY) -m services.$$s --check-config || exit 1; done
+	@for s in reader router detection classification registrator api notifier; do $(PY) -m services.$$s --check-config || exit 1; done
 
 # Docker: the fleet as containers (docker-compose.yml; docs/operations.md). Engine 20.10+ with Compose v2.20+.
 # GPU=1 runs the workers on onnxruntime-gpu (the gpu profile) instead of the CPU ones. `.env` may set

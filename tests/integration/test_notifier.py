@@ -14,21 +14,24 @@ import aiomqtt
 import pytest
 
 from fleet.processes import service_process
+from fleet.servers import LocalServers
 from services.notifier.service import NotifierService
 from services.notifier.settings import NotifierSettings
 from services.registrator.notices import Notices
 from services.registrator.service import RegistratorService
 from services.registrator.settings import RegistratorSettings
+from shared.access import Role, fleet_access, storage_keys, user_name
 from shared.bus import Bus
 from shared.contracts import Event, EventState
 from shared.metrics import Metrics, counter_value
 from shared.notices import NOTIFIER_DURABLE, EventNotice, events_stream, events_stream_name
+from shared.settings import VigilSettings
 from shared.subjects import frames_stream
 from tests.integration.helpers import running, wait_for, wait_until
 from tests.integration.test_registrator import end_source, events_of, result, store_frames
 from tests.support.events import stored_event
 from tests.support.mosquitto import Mosquitto, mosquitto_binary
-from tests.support.settings import MakeSettings
+from tests.support.settings import MakeSettings, settings_from
 from tests.support.webhook import Receiver, fail_first
 
 SECRET = b"test-signing-key"
@@ -57,6 +60,19 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield hook
     finally:
         await hook.stop()
+
+
+@pytest.fixture
+async def role_env(local_servers: LocalServers, service_env: dict[str, str]) -> Any:
+    """A role's own login under the test's prefix, as the fleet gives it (shared/access.py): the notices pass
+    only where the permissions let them."""
+    settings = settings_from(VigilSettings, service_env)
+    await asyncio.to_thread(local_servers.add_users, fleet_access(settings, {}))
+
+    def env(role: Role) -> dict[str, str]:
+        return service_env | local_servers.servers.env(user_name(role, settings), storage_keys(role))
+
+    return env
 
 
 @pytest.fixture
@@ -107,7 +123,7 @@ def ends(notices: list[dict[str, Any]]) -> int:
 @pytest.mark.timeout(120)
 async def test_each_event_reaches_the_webhook_and_mqtt_as_new_then_end_in_order(
     bus: Bus,
-    make_settings: MakeSettings,
+    role_env: Any,
     service_env: dict[str, str],
     repo_root: Path,
     receiver: Receiver,
@@ -120,14 +136,19 @@ async def test_each_event_reaches_the_webhook_and_mqtt_as_new_then_end_in_order(
     watch = MqttWatch(mosquitto.port, f"{unique}/events")
     watching = asyncio.create_task(watch.run())
     await asyncio.wait_for(watch.ready.wait(), 10)
+    mqtt = {"mqtt_host": "127.0.0.1", "mqtt_port": mosquitto.port, "mqtt_topic_prefix": unique}
     notifier = NotifierService(
-        make_settings(
-            NotifierSettings,
-            **notifier_values(receiver, secret_file, mqtt_host="127.0.0.1", mqtt_port=mosquitto.port, mqtt_topic_prefix=unique),
-        )
+        settings_from(NotifierSettings, role_env(Role.NOTIFIER), **notifier_values(receiver, secret_file, **mqtt))
     )
     registrator = RegistratorService(
-        make_settings(RegistratorSettings, pre_roll=1.0, post_roll=1.0, event_gap=1.0, notify_update_interval=0.0)
+        settings_from(
+            RegistratorSettings,
+            role_env(Role.REGISTRATOR),
+            pre_roll=1.0,
+            post_roll=1.0,
+            event_gap=1.0,
+            notify_update_interval=0.0,
+        )
     )
     try:
         async with (
@@ -200,9 +221,9 @@ async def _decoded(bus: Bus, seq: int) -> EventNotice:
 
 @pytest.mark.timeout(120)
 async def test_a_notifier_killed_while_delivering_loses_no_notice(
-    bus: Bus, service_env: dict[str, str], receiver: Receiver, secret_file: Path
+    bus: Bus, role_env: Any, receiver: Receiver, secret_file: Path
 ) -> None:
-    env = service_env | {
+    env = role_env(Role.NOTIFIER) | {
         "webhooks": json.dumps([{"url": receiver.url}]),
         "webhook_secret_file": str(secret_file),
         "webhook_timeout": "30",
