@@ -103,6 +103,7 @@ class MqttSender(Sender):
                 tls_context=self._tls,
                 timeout=self.timeout,
                 keepalive=30,
+                max_inflight_messages=s.notify_batch,  # QoS 1 acks in flight for a whole batch, not paho's 20
             )
             try:
                 async with client:
