@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from fleet.run import wants_notifier
 from services.notifier.senders import signature
 from services.notifier.settings import NoticeRule, NotifierSettings
 from services.registrator.notices import NoticeFilter
@@ -105,3 +109,28 @@ def test_webhooks_need_a_signing_key_and_an_http_url(tmp_path: Path) -> None:
     )
     assert hook.webhooks[0].host == "https://hooks.example:443"  # what logs show: no path, query or credentials
     assert hook.destinations == 1
+
+
+def test_the_local_fleet_runs_the_notifier_only_with_a_destination(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    assert not wants_notifier(empty, {})
+    assert wants_notifier(empty, {"mqtt_host": "broker.lan"})
+    named = tmp_path / "hooks.env"
+    named.write_text(f'webhooks=[{{"url": "https://hooks.example/x"}}]\nwebhook_secret_file={tmp_path}\n')
+    assert wants_notifier(named, {})
+    # Settings it cannot read start it all the same: it then stops with the reason, and the run says so.
+    assert wants_notifier(empty, {"mqtt_port": "not-a-port", "mqtt_host": "broker.lan"})
+
+
+def test_a_notifier_without_a_destination_stops_and_says_what_to_set(repo_root: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "services.notifier", "--env-file", os.devnull],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}},
+    )
+    assert done.returncode == 1, done.stderr
+    assert "set webhooks (and webhook_secret_file) or mqtt_host" in done.stderr
