@@ -59,6 +59,11 @@ COPY requirements/api.txt requirements/
 RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
     install-deps requirements/api.txt
 
+FROM deps AS deps-notifier
+COPY requirements/notifier.txt requirements/
+RUN --mount=type=cache,target=/pip-cache --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_ca \
+    install-deps requirements/notifier.txt
+
 # ---- common runtime --------------------------------------------------------------------------
 # No apt packages: the wheels bundle FFmpeg (av), their image libraries (opencv-python-headless)
 # and OpenBLAS (numpy); what they link against beyond that (glibc, libstdc++, libgcc_s, zlib) is in
@@ -146,3 +151,12 @@ ENV api_host=0.0.0.0 \
 EXPOSE 8080
 USER vigil
 CMD ["python", "-m", "services.api"]
+
+# Event notices to webhooks and MQTT: the router's packages and aiomqtt; no Redis, no SeaweedFS, no codecs.
+FROM runtime AS notifier
+COPY --from=deps-notifier /opt/venv /opt/venv
+COPY shared ./shared
+COPY services ./services
+RUN python -m compileall -q shared services
+USER vigil
+CMD ["python", "-m", "services.notifier"]

@@ -12,7 +12,7 @@ DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-registrator-scaling bench-bounded-state bench-e2e soak soak-sources soak-reader lint format check up down logs ps scale-workers test-compose clean
+.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-e2e soak soak-sources soak-reader lint format check up down logs ps scale-workers test-compose clean
 
 install: $(STAMP)
 
@@ -53,7 +53,7 @@ test-e2e: install
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # Benchmarks print a table and write JSON under bench/results/.
-bench: bench-reader bench-router bench-workers bench-registrator bench-registrator-scaling bench-bounded-state bench-e2e
+bench: bench-reader bench-router bench-workers bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-e2e
 
 bench-reader: install
 	$(PY) -m bench.reader $(or $(REPEATS),3)
@@ -67,6 +67,9 @@ bench-registrator: install
 # Issue 17: the most 10-fps sources one registrator replica keeps up with (p99 under 1 s), then two, in one run.
 bench-registrator-scaling: install
 	$(PY) -m bench.registrator_scaling $(if $(LADDER),--ladder $(LADDER))
+
+bench-notifier: install
+	$(PY) -m bench.notifier $(or $(REPEATS),3)
 
 # Redis growth of deduplication per source, and the cost of a filtered listing page, at 10k and 100k events.
 bench-bounded-state: install
@@ -108,7 +111,7 @@ check: install
 	$(PY) -m mypy
 
 check-config: install
-	@for s in reader router detection classification registrator api; do $(PY) -m services.$$s --check-config || exit 1; done
+	@for s in reader router detection classification registrator api notifier; do $(PY) -m services.$$s --check-config || exit 1; done
 
 # Docker: the fleet as containers (docker-compose.yml; docs/operations.md). Engine 20.10+ with Compose v2.20+.
 # GPU=1 runs the workers on onnxruntime-gpu (the gpu profile) instead of the CPU ones. `.env` may set

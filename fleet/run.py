@@ -23,11 +23,13 @@ from pathlib import Path
 import aiohttp
 import nats
 from nats.aio.msg import Msg
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from fleet.clients import connect_nats, redis_client
 from fleet.processes import ServiceProcess, start_service
 from fleet.servers import LocalServers, ServerError, free_ports
+from services.notifier.settings import NotifierSettings
 from services.worker.manifest import load_spec
 from services.worker.settings import ROLES
 from shared.access import Role, fleet_access, storage_keys, user_name
@@ -38,7 +40,7 @@ from shared.settings import VigilSettings
 from shared.subjects import Subjects
 
 ROOT = Path(__file__).resolve().parent.parent
-COLOURS = {"reader": 36, "router": 35, "detection": 33, "classification": 34, "registrator": 32, "api": 37}
+COLOURS = {"reader": 36, "router": 35, "detection": 33, "classification": 34, "registrator": 32, "api": 37, "notifier": 31}
 
 
 @dataclass
@@ -248,6 +250,18 @@ def worker_models() -> dict[str, tuple[str, str]]:
     }
 
 
+def wants_notifier(env_file: Path | None, settings: dict[str, str]) -> bool:
+    """Whether the settings name a destination for event notices (webhooks, mqtt_host): only then does the fleet run
+    the notifier. Settings it cannot read start it too, so that it stops with the reason and the run says so."""
+    given = {k: v for k, v in settings.items() if k in NotifierSettings.model_fields}
+    try:
+        # The same sources the notifier reads: the environment and the settings file, under the keys given here.
+        notifier = NotifierSettings(_env_file=env_file or ".env", **given)  # type: ignore[arg-type]
+    except ValidationError:
+        return True
+    return notifier.destinations > 0
+
+
 def grant_roles(servers: LocalServers, settings: VigilSettings) -> dict[str, dict[str, str]]:
     """Give the servers a user per role of this fleet (its subject_prefix), and return, per service, the
     environment that logs it in as its role's user, with the files of its role's SeaweedFS keys."""
@@ -292,6 +306,9 @@ async def run_fleet(servers: LocalServers, options: FleetOptions, stop: asyncio.
     dashboard = f"http://127.0.0.1:{api_port}/"
     try:
         await fleet.watch(nc, subjects)
+        if wants_notifier(options.env_file, fleet.env_base):
+            # Before the registrator: the notifier makes the stream its notices go to.
+            await fleet.spawn("notifier", "notifier")
         for i in range(options.registrators):
             await fleet.spawn("registrator", "registrator" if options.registrators == 1 else f"registrator-{i + 1}")
         await fleet.spawn("api", "api", {"api_port": str(api_port), "api_host": "127.0.0.1"})

@@ -50,6 +50,8 @@ JWT_KEYS = {
 # How long the tokens weed signs itself last: the master's upload token covers a batch of fids (fleet/servers.py).
 JWT_EXPIRY_S = 60
 API_TOKEN = "api-token"
+# The key the notifier signs webhooks with (X-Vigil-Signature): the receivers are given a copy of it.
+WEBHOOK_KEY = "webhook-signing.key"
 TLS_DIR = "tls"
 # Where every container finds its TLS files (docker-compose.yml's `secrets:` targets): the CA, and its own
 # certificate and key (a server's, or its role user's client certificate).
@@ -146,7 +148,7 @@ def make_secrets(folder: Path, settings: VigilSettings, env_token: str = "", hub
             triples[server].append((user, _secret(folder, name, mode.get(user, MOUNTED), created), access))
     health = _secret(folder, password_file(folder, "redis", HEALTH).name, MOUNTED, created)
     triples["redis"].append((HEALTH, health, HEALTH_ACCESS))
-    for name in JWT_KEYS:
+    for name in [*JWT_KEYS, WEBHOOK_KEY]:
         _secret(folder, name, MOUNTED, created)
     token_path = folder / API_TOKEN
     if env_token and not token_path.exists():

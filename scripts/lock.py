@@ -35,6 +35,7 @@ LOCKS: dict[str, tuple[str, ...]] = {
     "worker-gpu": ("worker-gpu",),
     "registrator": ("registrator",),
     "api": ("api",),
+    "notifier": ("notifier",),
     "local": ("all",),
 }
 # How uv marks a package that pyproject.toml asks for by name, as opposed to one pulled in by another package.

@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from shared.credentials import inbox_prefix
 from shared.keys import RedisKeys
+from shared.notices import NOTIFIER_DURABLE, NoticeSubjects, events_stream_name
 from shared.settings import VigilSettings
 from shared.subjects import (
     ROUTER_DURABLE,
@@ -36,6 +37,7 @@ class Role(StrEnum):
     WORKER = "worker"
     REGISTRATOR = "registrator"
     API = "api"
+    NOTIFIER = "notifier"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ _STORAGE_KEYS: dict[Role, tuple[StorageKey, ...]] = {
     # Downloads frames, stores proofs (clips, key frames) on the filer and deletes them when they expire.
     Role.REGISTRATOR: (StorageKey.VOLUME_READ, StorageKey.FILER_WRITE),
     Role.API: (StorageKey.FILER_READ,),  # streams clips and key frames
+    Role.NOTIFIER: (),  # sends the records it is given, proofs' URLs and all: it fetches no file
 }
 
 
@@ -158,6 +161,7 @@ def role_access(role: Role, settings: VigilSettings, tasks: Mapping[str, str], m
                 _api("CONSUMER.CREATE", frames, ">"),
                 _api("CONSUMER.MSG.NEXT", frames, "*"),
                 s.drained("*"),
+                NoticeSubjects.from_settings(settings).event("*"),  # event notices, into the notifier's stream
                 s.dead_letter(role.value),
             ),
             nats_subscribe=(
@@ -166,6 +170,13 @@ def role_access(role: Role, settings: VigilSettings, tasks: Mapping[str, str], m
                 _max_deliveries(frames, "*"),
             ),
             redis_rules=writer,
+        )
+    if role is Role.NOTIFIER:
+        events = events_stream_name(settings)
+        return Access(
+            nats_publish=(*_own_stream(events), *_consume(events, NOTIFIER_DURABLE), s.dead_letter(role.value)),
+            nats_subscribe=(own_inbox, _max_deliveries(events, NOTIFIER_DURABLE)),
+            redis_rules=("resetchannels", "-@all"),  # no Redis at all: a login that can do nothing
         )
     # The api reads: no publish at all (so no JetStream API either), the live status subjects, read commands.
     return Access(

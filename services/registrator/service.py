@@ -22,6 +22,7 @@ from services.registrator.clips import clip_ticks, pick_frames
 from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.frames import FrameRing
 from services.registrator.leases import LeaseLost, SourceLeases, plan_moves
+from services.registrator.notices import Notices
 from services.registrator.proofs import make_proofs
 from services.registrator.retention import Removed, size_unsized, sweep, sweep_budget
 from services.registrator.settings import RegistratorSettings
@@ -116,6 +117,7 @@ class RegistratorService(Service[RegistratorSettings]):
             )
         )
         self.ring = FrameRing(settings.ring_max_frames)
+        self.notices = Notices(self.bus, settings.notify_update_interval, self.metrics)  # event notices, for the notifier
         self.sources: defaultdict[str, SourceProgress] = defaultdict(SourceProgress)
         # Per drained source, when its run ended: a result of a frame read before that is a late copy.
         self.drained_until: dict[str, float] = {}
@@ -487,6 +489,7 @@ class RegistratorService(Service[RegistratorSettings]):
         # One transaction, only while this replica holds the source: written whole or not at all, so a retry after
         # Redis came back counts nothing twice, and a replica that lost the source writes nothing (LeaseLost).
         await self.redis_must("results", lambda: self.leases.write_fenced(source_id, fill), hold=msgs)
+        await self.notices.publish_all(event.record() for event in records)
         for msg in msgs:
             await msg.ack()
         for event in closed:
@@ -565,6 +568,7 @@ class RegistratorService(Service[RegistratorSettings]):
         except LeaseLost:
             await self._drop(event.source_id)  # the next holder read it back open, and closes it itself
             raise
+        await self.notices.publish(event.record())
         self.finalising[event.id] = event
         self._proof_task(event, self._finalise(event))
 
@@ -617,6 +621,7 @@ class RegistratorService(Service[RegistratorSettings]):
             await self.redis_must("finished event", lambda: store.save(record))
         except Stopping:
             return True  # the event stays DONE in the saved state: the next start cuts its proofs again
+        await self.notices.publish(record)
         await self._forget(event)
         self.m_events.labels(source_id=event.source_id, state=EventState.FINISHED.value).inc()
         self.m_finalise.observe(time.perf_counter() - started)
@@ -643,7 +648,8 @@ class RegistratorService(Service[RegistratorSettings]):
         event.state = EventState.ERROR
         self.m_events.labels(source_id=event.source_id, state=EventState.ERROR.value).inc()
         self.log.error("event %s has no proofs yet: %r", event.id, exc, extra={"source_id": event.source_id})
-        await self.store.save(event.record(error=f"{type(exc).__name__}: {exc}"[:500]))
+        await self.store.save(record := event.record(error=f"{type(exc).__name__}: {exc}"[:500]))
+        await self.notices.publish(record)
 
     async def _select_frames(self, event: OpenEvent) -> list[FrameRef]:
         """The frame shown at each clip tick, chosen once: retries reuse it even after the ring has moved on."""

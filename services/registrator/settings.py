@@ -72,6 +72,9 @@ class RegistratorSettings(TaskQueueSettings):
         description="the oldest events go, with their files, while their clips and key frames take more (GB); 0: no budget",
     )
     retention_interval: float = Field(default=300.0, gt=0, description="seconds between retention sweeps")
+    notify_update_interval: float = Field(
+        default=5.0, ge=0, description="least seconds between two `update` notices of one event (docs/notifications.md)"
+    )
 
     @model_validator(mode="after")
     def _frames_outlive_events(self) -> RegistratorSettings:

@@ -46,10 +46,15 @@ INFRA = {"nats", "redis", "seaweedfs"}
 ONE_SHOT = {"nats-data"}  # gives the NATS volume to nats' unprivileged user, then exits
 APP = {"reader", "router", "detection", "classification", "registrator", "api"}
 GPU = {"detection-gpu", "classification-gpu"}
+NOTIFY = {"notifier"}  # the notify profile: only where notices have a destination
 WORKERS = {"detection", "classification"} | GPU
 # What each service waits for: the api reads Redis and SeaweedFS, never the bus; the workers wait for the
 # servers themselves, so that docker-compose.workers.yml extends them on machines without those servers.
-NEEDS = {name: INFRA for name in APP | GPU} | {"api": {"redis", "seaweedfs"}} | {name: set() for name in WORKERS}
+NEEDS = (
+    {name: INFRA for name in APP | GPU}
+    | {"api": {"redis", "seaweedfs"}, "notifier": {"nats"}}
+    | {name: set() for name in WORKERS}
+)
 INFRA_ENV = {
     "nats_host": "tls://nats:4222",
     "redis_host": "redis",
@@ -79,6 +84,7 @@ ROLES: dict[str, tuple[str, set[str], set[str]]] = {
     "worker-gpu": ("services.detection", {"worker-gpu"}, {"models"}),
     "registrator": ("services.registrator", {"registrator"}, set()),
     "api": ("services.api", {"api"}, set()),
+    "notifier": ("services.notifier", {"notifier"}, set()),
 }
 PROJECT_PACKAGES = {"services", "shared", "fleet"}
 
@@ -125,7 +131,8 @@ def _run_compose(binary: Path, files: list[Path], *args: str, hub_ip: str | None
 
 
 def _profile_args(gpu: bool) -> list[str]:
-    return ["--profile", "gpu"] if gpu else []
+    """Every profile, or none: the checks of every container reach the GPU workers and the notifier too."""
+    return ["--profile", "gpu", "--profile", "notify"] if gpu else []
 
 
 def _resolved(binary: Path, layout: str = "single-host", gpu: bool = True) -> dict[str, Any]:
@@ -278,7 +285,8 @@ def test_multi_machine_files_need_the_hub_address(compose_bin: Path, layout: str
 def test_services_and_profiles(compose_bin: Path, layout: str) -> None:
     _, services = LAYOUTS[layout]
     assert set(_resolved(compose_bin, layout, gpu=False)["services"]) == services
-    assert set(_resolved(compose_bin, layout, gpu=True)["services"]) == services | GPU
+    profiled = GPU | (NOTIFY if COMPOSE_FILE in LAYOUTS[layout][0] else set())
+    assert set(_resolved(compose_bin, layout, gpu=True)["services"]) == services | profiled
 
 
 @pytest.mark.parametrize("layout", ["single-host", "worker-machine"])
@@ -346,6 +354,8 @@ def test_service_policies(compose_bin: Path, layout: str) -> None:
         assert services[name]["profiles"] == ["gpu"]
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices and devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    for name in NOTIFY & set(services):
+        assert services[name]["profiles"] == ["notify"], f"{name} would start (and stop: no destination) on every up"
 
 
 def test_single_host_dependencies_and_ports(compose_bin: Path) -> None:
@@ -677,8 +687,9 @@ ROLE_SECRETS: dict[str, set[str]] = {
     "classification": {"classification_nats_password", "classification_redis_password", "storage_read_key"},
     "registrator": {"registrator_nats_password", "registrator_redis_password", "storage_read_key", "filer_signing_key"},
     "api": {"api_redis_password", "filer_read_key", "api_token"},
+    "notifier": {"notifier_nats_password", "webhook_signing_key"},
 }
-for _role in APP:
+for _role in APP | NOTIFY:
     ROLE_SECRETS[_role] |= {"tls_ca", f"{_role}_tls_cert", f"{_role}_tls_key"}
 ROLE_SECRETS |= {f"{worker}-gpu": ROLE_SECRETS[worker] for worker in ("detection", "classification")}
 # Where a setting names a file, the file the container must have there.
@@ -689,6 +700,7 @@ FILE_SETTINGS = {
     "filer_write_key_file": "/run/secrets/filer-signing.key",
     "filer_read_key_file": "/run/secrets/filer-read.key",
     "api_token_file": "/run/secrets/api-token",
+    "webhook_secret_file": "/run/secrets/webhook.key",
     "tls_ca_file": "/run/secrets/ca.pem",
     "tls_cert_file": "/run/secrets/tls.pem",
     "tls_key_file": "/run/secrets/tls.key",
@@ -748,8 +760,8 @@ def test_no_container_gets_a_secret_its_role_does_not_need(compose_bin: Path, la
             if f"/run/secrets/{server}-password" in mounted:
                 source = config["secrets"][mounted[f"/run/secrets/{server}-password"]]["file"]
                 assert Path(source).name == f"{server}-{env[f'{server}_user']}.password", name
-        # Nor a certificate: the one it shows is its own user's (the api has a Redis user only).
-        user = env.get("nats_user", env["redis_user"])
+        # Nor a certificate: the one it shows is its own user's (the api has a Redis user only, the notifier a NATS one).
+        user = env.get("nats_user") or env["redis_user"]
         assert env.get("redis_user", user) == user, name
         for setting, suffix in (("tls_cert_file", "pem"), ("tls_key_file", "key")):
             source = Path(config["secrets"][mounted[env[setting]]]["file"])

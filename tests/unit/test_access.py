@@ -29,6 +29,7 @@ def test_every_subject_and_stream_carries_the_prefix() -> None:
         "site1-api",
         "site1-worker-ssd",
         "site1-worker-effnet",
+        "site1-notifier",
     }
     for access in users.values():
         for subject in (*access.nats_publish, *access.nats_subscribe):
@@ -46,6 +47,26 @@ def test_only_a_worker_publishes_results_and_only_its_own_queue_is_deletable() -
     assert all(not d for name, d in deletes.items() if not name.startswith("worker-"))
     assert users["api"].nats_publish == ()
     assert "+@write" not in users["api"].redis_rules
+
+
+def test_only_the_registrator_publishes_notices_and_the_notifier_touches_nothing_else() -> None:
+    users = fleet_access(settings(), TASKS)
+    publishers = {name for name, access in users.items() if "vigil.events.*" in access.nats_publish}
+    assert publishers == {"registrator"}
+    notifier = users["notifier"]
+    assert set(notifier.nats_publish) == {
+        "$JS.API.STREAM.CREATE.EVENTS",
+        "$JS.API.STREAM.UPDATE.EVENTS",
+        "$JS.API.STREAM.INFO.EVENTS",
+        "$JS.API.CONSUMER.DURABLE.CREATE.EVENTS.notifier",
+        "$JS.API.CONSUMER.CREATE.EVENTS.notifier",
+        "$JS.API.CONSUMER.CREATE.EVENTS.notifier.>",
+        "$JS.API.CONSUMER.INFO.EVENTS.notifier",
+        "$JS.API.CONSUMER.MSG.NEXT.EVENTS.notifier",
+        "$JS.ACK.EVENTS.notifier.>",
+        "vigil.dlq.notifier",
+    }
+    assert notifier.redis_rules == ("resetchannels", "-@all")  # it has no business in Redis
 
 
 def test_rendered_configuration_denies_what_a_role_does_not_list() -> None:

@@ -15,7 +15,7 @@ from shared.settings import VigilSettings
 from shared.settings_keys import check_keys
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ["reader", "router", "detection", "classification", "registrator", "api"]
+SERVICES = ["reader", "router", "detection", "classification", "registrator", "api", "notifier"]
 
 
 def env_file(tmp_path: Path, text: str) -> Path:

@@ -1,0 +1,5 @@
+from services.notifier.service import NotifierService
+from services.notifier.settings import NotifierSettings
+from shared.lifecycle import main
+
+main(NotifierService, NotifierSettings)
