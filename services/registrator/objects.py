@@ -65,7 +65,12 @@ class ObjectRules:
             stationary_after=settings.stationary_after,
             stationary_threshold=settings.stationary_threshold,
             path_max_points=settings.path_max_points,
-            tracker=TrackerSettings(reorder_depth=settings.track_reorder_depth, lost_seconds=settings.track_lost_seconds),
+            tracker=TrackerSettings(
+                reorder_depth=settings.track_reorder_depth,
+                lost_seconds=settings.track_lost_seconds,
+                activation_score=settings.track_activation_score,
+                matching_threshold=settings.track_match_threshold,
+            ),
             geometry={source: SourceGeometry.from_settings(zones) for source, zones in settings.zones.items()},
             require_zones={m: frozenset(r.require_zones) for m, r in settings.event_rules.items() if r.require_zones},
             exclude_zones={m: frozenset(r.exclude_zones) for m, r in settings.event_rules.items() if r.exclude_zones},

@@ -48,6 +48,15 @@ def test_two_objects_crossing_keep_their_ids() -> None:
     assert result.tracked >= len(sc.truth) - 4  # all but each object's first sightings (ByteTrack confirms on the 2nd)
 
 
+def test_two_weakly_detected_objects_passing_close_keep_their_ids() -> None:
+    # Same size, 12 px apart, both seen throughout at a score just above the new-track bar (0.6).
+    a = Walker(gt=1, x=40, y=200, w=40, h=100, dx=6, score=0.6)
+    b = Walker(gt=2, x=560, y=212, w=40, h=100, dx=-6, score=0.6)
+    sc = scene([a, b], 90)
+    result = score(sc.truth, run(sc, SourceTracker(IN_ORDER)))
+    assert (result.switches, result.fragments, result.shared_ids) == (0, 0, 0) and result.tracked >= 170, result
+
+
 @pytest.mark.parametrize(("hidden_frames", "fragments"), [(5, 0), (15, 0), (35, 1)])
 def test_an_occlusion_shorter_than_the_lost_buffer_keeps_the_id(hidden_frames: int, fragments: int) -> None:
     # 10 fps and lost_seconds=2: a track out of sight up to 20 frames keeps its id; longer, a new one starts.
