@@ -51,10 +51,9 @@ def detect(every: int) -> tuple[list[InferenceResult], list[np.ndarray], float, 
                 source_id="vtest", seq=seq, pts=seq / fps, wall_time=seq / fps, url=f"bench://{seq}", width=width, height=height
             )
             detections = [d for d in dets if isinstance(d, Detection)]
+            kind = ModelKind.DETECTION
             results.append(
-                InferenceResult(
-                    frame=frame, model=MODEL.name, kind=ModelKind.DETECTION, instance="bench", detections=detections, finished_at=0
-                )
+                InferenceResult(frame=frame, model=MODEL.name, kind=kind, instance="bench", detections=detections, finished_at=0)
             )
         if seq in KEY_FRAMES:
             keys.append(image)
@@ -146,10 +145,8 @@ def main() -> None:
     for name, settings, shuffle in cases:
         figures = track(shuffled(results) if shuffle else results, settings)
         doc[name] = figures
-        rows.append(
-            [name, figures["events"], figures["tracks_with_events"], figures["stationary"], figures["median_s"]]
-            + [figures["longest_s"], figures["late"], figures["duplicates"], figures["ms_per_frame"]]
-        )
+        columns = ("events", "tracks_with_events", "stationary", "median_s", "longest_s", "late", "duplicates", "ms_per_frame")
+        rows.append([name, *(figures[c] for c in columns)])
     print_table(
         "Person events on video/vtest.mp4 (event_mode=object)",
         ["case", "events", "tracks", "stationary", "median s", "longest s", "late", "dup", "ms/frame"],

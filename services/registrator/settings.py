@@ -61,7 +61,7 @@ class RegistratorSettings(TaskQueueSettings):
         default=2.0, gt=0, description="object mode: stream seconds a track out of sight keeps its id (occlusions)"
     )
     track_activation_score: float = Field(
-        default=0.5, ge=0, le=1, description="object mode: detections above this + 0.1 start tracks; below it they only extend them"
+        default=0.5, ge=0, le=1, description="object mode: detections above this + 0.1 start tracks; weaker ones only extend them"
     )
     track_match_threshold: float = Field(
         default=0.9, gt=0, le=1, description="object mode: highest matching cost (1 - IoU x score) that continues a track"
