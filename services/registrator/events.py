@@ -219,3 +219,17 @@ class EventTracker:
     def adopt(self, event: OpenEvent) -> None:
         """Take back an open event saved before a restart."""
         self.open[(event.feed, event.model, event.label)] = event
+
+    # The surface ObjectEventTracker adds, so the registrator holds either without asking which.
+
+    def flush(self, feed: str, model: str) -> tuple[list[OpenEvent], list[OpenEvent]]:
+        """Nothing is held back here: results apply as they come."""
+        return [], []
+
+    def take_dirty(self) -> set[tuple[str, str]]:
+        """No state of its own beyond the open events."""
+        return set()
+
+    def take_crossings(self) -> Counter[tuple[str, str, str, str]]:
+        """No tracks, so no line crossings."""
+        return Counter()

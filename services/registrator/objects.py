@@ -35,7 +35,7 @@ from pydantic import TypeAdapter
 from services.registrator.events import EventRules, OpenEvent
 from services.registrator.settings import RegistratorSettings
 from services.registrator.tracking import SourceTracker, TrackedFrame, TrackerSettings, TrackerStateError
-from services.registrator.zones import Direction, SourceGeometry, centre
+from services.registrator.zones import SourceGeometry, centre
 from shared.contracts import BBox, Detection, EventClose, EventState, FrameRef, InferenceResult
 
 EventKey = tuple[str, str, str]  # (feed, model, "#<track id>"): one open event per track
@@ -50,6 +50,7 @@ class ObjectRules:
     min_area: float = 0.0
     stationary_after: float = 10.0
     stationary_threshold: float = 0.25
+    stitch_heights: float = 1.0  # 0: never continue an event with a new track
     path_max_points: int = 64
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     geometry: dict[str, SourceGeometry] = field(default_factory=dict)  # by source id
@@ -65,6 +66,7 @@ class ObjectRules:
             stationary_after=settings.stationary_after,
             stationary_threshold=settings.stationary_threshold,
             path_max_points=settings.path_max_points,
+            stitch_heights=settings.track_stitch_heights,
             tracker=TrackerSettings(
                 reorder_depth=settings.track_reorder_depth,
                 lost_seconds=settings.track_lost_seconds,
@@ -121,9 +123,13 @@ class ObjectEventTracker:
         self.tracks: dict[tuple[str, str], dict[int, TrackState]] = {}
         self.late = 0  # results too far behind to be tracked (dropped)
         self.duplicates = 0
-        self._crossings: Counter[tuple[str, str, str, Direction]] = Counter()
+        self._crossings: Counter[tuple[str, str, str, str]] = Counter()
         self._dirty: set[tuple[str, str]] = set()
         self._recent: dict[tuple[str, str], deque[tuple[int, list[tuple[int, BBox]]]]] = {}
+        # A new track that continues the event of a track ByteTrack lost: new id -> the event's track id.
+        self.stitched: dict[tuple[str, str], dict[int, int]] = {}
+        self._extended: dict[str, int] = {}  # event id -> the frame seq that last extended it
+        self.stitches = 0  # new tracks that continued a lost track's event
 
     @staticmethod
     def key(feed: str, model: str, track_id: int) -> EventKey:
@@ -208,6 +214,13 @@ class ObjectEventTracker:
             track.confirming += 1
 
         key = self.key(feed, model, track_id)
+        aliases = self.stitched.setdefault(pair, {})
+        if track_id in aliases:
+            continued = self.key(feed, model, aliases[track_id])
+            if continued in self.open:
+                key = continued
+            else:
+                del aliases[track_id]  # that event closed: the track goes on under its own id
         event = self.open.get(key)
         closed: list[OpenEvent] = []
         if event is not None:
@@ -219,25 +232,78 @@ class ObjectEventTracker:
             event.stationary = False
             if pts - event.start > rules.events.max_duration:
                 closed.append(self._close(key, EventClose.MAX_DURATION))
-                event = self._open(key, track, self._fresh(frame, model, track), created)
+                event = self._open(key, track, self._fresh(frame, model, event.track_id), created)
             elif event.state is EventState.CREATED and event.id not in created:
                 event.state = EventState.PENDING
+            if self._extended.get(event.id) == frame.seq:
+                return None, closed  # a lost track came back beside the one that continued its event
         else:
             if track.stationary:
                 return None, closed  # a parked object: no new event until it moves
             candidate = track.candidate
             if candidate is None or pts - candidate.start > rules.events.max_duration:
                 # Not yet an event: what it gathers becomes the event's (bounded like an event's span).
-                candidate = track.candidate = self._fresh(frame, model, track)
+                candidate = track.candidate = self._fresh(frame, model, track.track_id)
+            self._extend(candidate, frame, det, zones)
             if not self._confirmed(track, model, frame.source_id):
-                self._extend(candidate, frame, det, zones)
                 return None, closed
             track.candidate = None
-            event = self._open(key, track, candidate, created)
+            lost = self._lost_event(pair, track, candidate)
+            if lost is None:
+                event = self._open(key, track, candidate, created)
+            else:
+                aliases[track_id] = lost.track_id if lost.track_id is not None else track_id
+                self.stitches += 1
+                self._merge(lost, candidate)
+                event = lost
+                if event.state is EventState.CREATED and event.id not in created:
+                    event.state = EventState.PENDING
+            self._extended[event.id] = frame.seq
+            return event, closed
         self._extend(event, frame, det, zones)
+        self._extended[event.id] = frame.seq
         return event, closed
 
-    def _fresh(self, frame: FrameRef, model: str, track: TrackState) -> OpenEvent:
+    def _lost_event(self, pair: tuple[str, str], track: TrackState, candidate: OpenEvent) -> OpenEvent | None:
+        """The open event whose object this new track probably is: ByteTrack lost it (its prediction drifts off a
+        small, jittery box) and started a new id where it reappeared. Same label, last seen before the new track's
+        first sighting (never two objects seen at once), within `stitch_heights` box heights of where it was."""
+        if self.rules.stitch_heights <= 0 or not candidate.path or candidate.best_box is None:
+            return None
+        first = candidate.path[0][1:]
+        label = candidate.label_counts.most_common(1)[0][0]
+        reach = self.rules.stitch_heights * (candidate.best_box.y2 - candidate.best_box.y1)
+        best: tuple[float, OpenEvent] | None = None
+        for (feed, model, _), event in self.open.items():
+            if (feed, model) != pair or event.stationary or event.end >= track.first_pts:
+                continue
+            if event.label_counts.most_common(1)[0][0] != label:
+                continue
+            last = (event.path_tail or event.path[-1])[1:]
+            distance = math.dist(last, first)
+            if distance <= reach and (best is None or distance < best[0]):
+                best = (distance, event)
+        return best[1] if best is not None else None
+
+    def _merge(self, event: OpenEvent, candidate: OpenEvent) -> None:
+        event.start = min(event.start, candidate.start)
+        event.end = max(event.end, candidate.end)
+        event.frames += candidate.frames
+        event.label_counts.update(candidate.label_counts)
+        if candidate.best_box is not None and (
+            event.best_box is None or candidate.best_score * area(candidate.best_box) > event.best_score * area(event.best_box)
+        ):
+            event.best_score, event.best_frame_seq, event.best_frame_url = (
+                candidate.best_score,
+                candidate.best_frame_seq,
+                candidate.best_frame_url,
+            )
+            event.best_detections, event.best_box = candidate.best_detections, candidate.best_box
+        event.zones += [zone for zone in candidate.zones if zone not in event.zones]
+        for point in [*candidate.path, *([candidate.path_tail] if candidate.path_tail else [])]:
+            self._add_point(event, point)
+
+    def _fresh(self, frame: FrameRef, model: str, track_id: int | None) -> OpenEvent:
         return OpenEvent(
             id=f"{frame.source_id}-{uuid.uuid4().hex[:16]}",
             source_id=frame.source_id,
@@ -247,7 +313,7 @@ class ObjectEventTracker:
             start=frame.pts,
             end=frame.pts,
             start_wall=frame.wall_time,
-            track_id=track.track_id,
+            track_id=track_id,
         )
 
     def _open(self, key: EventKey, track: TrackState, event: OpenEvent, created: set[str]) -> OpenEvent:
@@ -287,7 +353,9 @@ class ObjectEventTracker:
             if zone not in event.zones:
                 event.zones.append(zone)
         x, y = centre(det.box)
-        point = (round(frame.pts, 3), round(x, 4), round(y, 4))
+        self._add_point(event, (round(frame.pts, 3), round(x, 4), round(y, 4)))
+
+    def _add_point(self, event: OpenEvent, point: tuple[float, float, float]) -> None:
         event.path_skipped += 1
         if event.path_skipped >= event.path_stride:
             event.path.append(point)
@@ -368,12 +436,14 @@ class ObjectEventTracker:
             del self.trackers[pair]
             self.tracks.pop(pair, None)
             self._recent.pop(pair, None)
+            self.stitched.pop(pair, None)
             self._dirty.discard(pair)
         return closed
 
     def _close(self, key: EventKey, why: EventClose) -> OpenEvent:
         event = self.open.pop(key)
         event.closed_by = why
+        self._extended.pop(event.id, None)
         return event
 
     def oldest_start(self, feed: str) -> float | None:
@@ -401,7 +471,7 @@ class ObjectEventTracker:
         dirty, self._dirty = self._dirty, set()
         return {pair for pair in dirty if pair in self.trackers}
 
-    def take_crossings(self) -> Counter[tuple[str, str, str, Direction]]:
+    def take_crossings(self) -> Counter[tuple[str, str, str, str]]:
         """Line crossings since the last call: (source id, line, label, "in" or "out") -> count."""
         crossings, self._crossings = self._crossings, Counter()
         return crossings
@@ -411,6 +481,7 @@ class ObjectEventTracker:
         doc: dict[str, Any] = {
             "tracker": tracker.to_bytes().decode(),
             "tracks": json.loads(_TRACKS.dump_json(list(self.tracks[(feed, model)].values()))),
+            "stitched": list(self.stitched.get((feed, model), {}).items()),
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -420,12 +491,14 @@ class ObjectEventTracker:
             doc = json.loads(data)
             tracker = SourceTracker.from_bytes(doc["tracker"], self.rules.tracker)
             tracks = _TRACKS.validate_python(doc["tracks"])
+            stitched = {int(new): int(old) for new, old in doc.get("stitched", [])}
         except TrackerStateError:
             raise
         except (ValueError, KeyError, TypeError) as exc:
             raise TrackerStateError(f"unreadable object state of {feed} {model} ({type(exc).__name__}: {exc})") from exc
         self.trackers[(feed, model)] = tracker
         self.tracks[(feed, model)] = {t.track_id: t for t in tracks}
+        self.stitched[(feed, model)] = stitched
 
 
 def _iou(a: BBox, b: BBox) -> float:

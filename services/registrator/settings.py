@@ -66,6 +66,11 @@ class RegistratorSettings(TaskQueueSettings):
     track_match_threshold: float = Field(
         default=0.9, gt=0, le=1, description="object mode: highest matching cost (1 - IoU x score) that continues a track"
     )
+    track_stitch_heights: float = Field(
+        default=1.0,
+        ge=0,
+        description="object mode: a new track this near (in box heights) to a lost one continues its event (0: off)",
+    )
     track_reorder_depth: int = Field(
         default=8, ge=0, le=256, description="object mode: results held to put replicas' answers back in frame order"
     )

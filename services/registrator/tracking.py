@@ -33,8 +33,10 @@ from shared.contracts import Detection, FrameRef, InferenceResult
 
 # The state format reads ByteTrack's own attributes: another supervision release may name them differently.
 STATE_VERSION = f"1/supervision-{supervision.__version__}"
-# Seqs remembered to tell a redelivery from a late result once a frame has left the reorder buffer.
-_RECENT_SEQS = 4096
+# Seqs remembered to tell a redelivery from a late result once a frame has left the reorder buffer: both are
+# dropped, this only names them. Few, as the state is saved with every batch (the registrator's own window
+# already drops redeliveries before they get here).
+_RECENT_SEQS = 256
 # Until a source's result rate is known (two frames with different stream times).
 _DEFAULT_RATE = 10.0
 
@@ -111,6 +113,11 @@ class SourceTracker:
     def flush(self) -> list[TrackedFrame]:
         """Release every buffered frame: no newer result is coming to wait for."""
         return [self._feed(self._buffer.pop(seq)) for seq in sorted(self._buffer)]
+
+    @property
+    def ids_issued(self) -> int:
+        """Track ids given so far (ByteTrack names a track once it is confirmed)."""
+        return self._next_external
 
     @property
     def buffered(self) -> int:

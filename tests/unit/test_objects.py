@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from services.registrator.events import EventRules, OpenEvent
+from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.objects import ObjectEventTracker, ObjectRules
 from services.registrator.tracking import TrackerSettings
 from services.registrator.zones import Line, SourceGeometry, Zone
@@ -213,3 +213,48 @@ def test_records_of_scene_events_keep_the_defaults() -> None:
         False,
         None,
     )
+
+
+def test_a_new_track_where_a_lost_one_vanished_continues_its_event() -> None:
+    # ByteTrack keeps a lost track 0.5 s here; the person is out of sight 1 s (under the 2 s gap) and comes back
+    # where it was: ByteTrack gives a new id, the event goes on.
+    person = Walker(gt=1, x=20, y=150, w=50, h=120, dx=2)
+    results = scene([person], 60, [(1, seq) for seq in range(20, 30)]).results
+    stitched = ObjectEventTracker(rules(tracker=TrackerSettings(reorder_depth=0, lost_seconds=0.5)))
+    changed, _ = feed(stitched, results)
+    (event,) = changed
+    # 50 sightings but the new track's first: ByteTrack names a new track from its second frame.
+    assert event.frames == 49 and (event.start, event.end) == (0.0, 5.9)
+    assert stitched.stitched[("cam0", "ssd")] == {2: 1} and event.track_id == 1
+    apart = ObjectEventTracker(rules(stitch_heights=0.0, tracker=TrackerSettings(reorder_depth=0, lost_seconds=0.5)))
+    assert [e.track_id for e in feed(apart, results)[0]] == [1, 2]
+
+
+def test_a_track_seen_beside_the_lost_one_or_far_from_it_is_another_object() -> None:
+    settings = rules(tracker=TrackerSettings(reorder_depth=0, lost_seconds=0.5))
+    leaves = Walker(gt=1, x=300, y=150, w=50, h=120, dx=0.5, last=25)
+    beside = Walker(gt=2, x=330, y=200, w=50, h=120, dx=0.5, first=20)  # seen while the first still was
+    far = Walker(gt=3, x=20, y=150, w=50, h=120, dx=0.5, first=30)  # appears after, but 5 heights away
+    changed, _ = feed(ObjectEventTracker(settings), walk(leaves, beside, far))
+    assert len(changed) == 3
+
+
+def test_the_saved_state_stays_small_on_a_long_run() -> None:
+    # Saved with every batch of results: it must not grow with the run.
+    tracker = ObjectEventTracker(rules(tracker=TrackerSettings(reorder_depth=8)))
+    walkers = [Walker(gt=i, x=20 + 110 * i, y=100 + 20 * i, w=40, h=100, dx=0.3 * (-1) ** i) for i in range(5)]
+    results = scene(walkers, 1200).results
+    feed(tracker, results[:300])
+    early = len(tracker.state_bytes("cam0", "ssd"))
+    feed(tracker, results[300:])
+    late = len(tracker.state_bytes("cam0", "ssd"))
+    assert late < 24_000 and late < early * 1.2, (early, late)
+
+
+def test_the_scene_tracker_has_the_same_surface() -> None:
+    scene_tracker = EventTracker(EVENTS)
+    assert scene_tracker.flush("cam0", "ssd") == ([], [])
+    assert scene_tracker.take_dirty() == set() and scene_tracker.take_crossings() == {}
+    event = OpenEvent(id="cam0-1", source_id="cam0", model="ssd", label="person", start=0, end=1, start_wall=0)
+    scene_tracker.adopt(event)
+    assert scene_tracker.open == {("cam0", "ssd", "person"): event}
