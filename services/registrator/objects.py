@@ -415,6 +415,9 @@ class ObjectEventTracker:
         for track_id in [t for t, track in tracks.items() if now_pts - track.last_pts > horizon]:
             if self.key(feed, model, track_id) not in self.open:
                 del tracks[track_id]
+        aliases = self.stitched.get((feed, model), {})
+        for track_id in [t for t, old in aliases.items() if self.key(feed, model, old) not in self.open]:
+            del aliases[track_id]  # its event closed: the track goes on under its own id
         return closed
 
     def close_quiet(self, feed: str, model: str, why: EventClose) -> list[OpenEvent]:
@@ -429,9 +432,7 @@ class ObjectEventTracker:
         for pair in [p for p in self.trackers if p[0] == feed]:
             closed += self.flush(*pair)[1]
         for key in [k for k in self.open if k[0] == feed]:
-            event = self.open.pop(key)
-            event.closed_by = EventClose.SOURCE_END
-            closed.append(event)
+            closed.append(self._close(key, EventClose.SOURCE_END))
         for pair in [p for p in self.trackers if p[0] == feed]:
             del self.trackers[pair]
             self.tracks.pop(pair, None)
