@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+from pydantic import TypeAdapter
+
 from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.objects import ObjectEventTracker, ObjectRules
 from services.registrator.tracking import TrackerSettings
@@ -258,3 +260,15 @@ def test_the_scene_tracker_has_the_same_surface() -> None:
     event = OpenEvent(id="cam0-1", source_id="cam0", model="ssd", label="person", start=0, end=1, start_wall=0)
     scene_tracker.adopt(event)
     assert scene_tracker.open == {("cam0", "ssd", "person"): event}
+
+
+def test_an_object_event_survives_the_registrators_saved_form() -> None:
+    # state.py keeps open events as TypeAdapter(OpenEvent) JSON: the new fields must come back as they were.
+    tracker = ObjectEventTracker(rules(geometry=GEOMETRY, path_max_points=4))
+    changed, _ = feed(tracker, walk(Walker(gt=1, x=100, y=150, w=50, h=120, dx=8), frames=30))
+    (event,) = changed
+    tracker.attach_sub_label("cam0", "ssd", 1, "minivan", 0.7)
+    adapter = TypeAdapter(OpenEvent)
+    back = adapter.validate_json(adapter.dump_json(event))
+    assert back == event and back.record().model_dump(exclude={"updated_at"}) == event.record().model_dump(exclude={"updated_at"})
+    assert back.path_tail is not None or back.path_skipped == 0
