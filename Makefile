@@ -12,7 +12,7 @@ DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-e2e soak soak-sources soak-reader lint format check up down logs ps scale-workers test-compose clean
+.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-e2e soak soak-sources soak-reader lint format check up down logs ps scale-workers test-compose clean
 
 install: $(STAMP)
 
@@ -53,7 +53,7 @@ test-e2e: install
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # Benchmarks print a table and write JSON under bench/results/.
-bench: bench-reader bench-router bench-workers bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-e2e
+bench: bench-reader bench-router bench-workers bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-e2e
 
 bench-reader: install
 	$(PY) -m bench.reader $(or $(REPEATS),3)
@@ -74,6 +74,11 @@ bench-notifier: install
 # Redis growth of deduplication per source, and the cost of a filtered listing page, at 10k and 100k events.
 bench-bounded-state: install
 	$(PY) -m bench.bounded_state $(or $(RECORDS),10000 100000)
+
+# Offline: the SSD over the sample video in-process, ByteTrack and per-object events with the default rules.
+# FRAMES=<dir> also saves key frames with the track ids drawn.
+bench-tracking: install
+	$(PY) -m bench.tracking $(if $(FRAMES),--frames $(FRAMES))
 
 bench-workers: install
 	$(PY) -m bench.workers $(or $(REPEATS),2)

@@ -362,6 +362,16 @@ class Event(Contract):
     error: Scrubbed | None = None
     closed_by: EventClose | None = Field(default=None, description="why it closed; None while open")
     updated_at: float
+    # Per-object events (event_mode=object); the defaults are what a scene event, and any older record, has.
+    track_id: int | None = Field(default=None, description="the tracked object's id, per source run and model")
+    sub_label: str | None = Field(default=None, description="the majority label of a second model on the object's crops")
+    sub_label_score: float | None = Field(default=None, ge=0, le=1, description="the mean score of that label")
+    path: list[tuple[float, float, float]] = Field(
+        default_factory=list, description="(stream time, x, y) of the box centre, thinned evenly; x, y fractions of the frame"
+    )
+    zones: list[str] = Field(default_factory=list, description="zones entered, in order")
+    stationary: bool = Field(default=False, description="the object stopped moving: the event stopped extending")
+    best_box: BBox | None = Field(default=None, description="the object's box in the best frame (best_frame_seq)")
 
 
 class SourceDrained(Contract):

@@ -11,8 +11,12 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from shared.contracts import Detection, Event, EventClose, EventState, InferenceResult, feed_key
+from shared.contracts import BBox, Detection, Event, EventClose, EventState, InferenceResult, feed_key
+
+if TYPE_CHECKING:
+    from services.registrator.settings import RegistratorSettings
 
 
 @dataclass
@@ -34,6 +38,17 @@ class OpenEvent:
     saved_at: float = 0.0  # wall time of the last persisted record
     closed_by: EventClose | None = None
     run: str = ""  # the reader start whose frames it is made of
+    # Per-object events only (event_mode=object); a scene event keeps these defaults.
+    track_id: int | None = None
+    sub_label: str | None = None
+    sub_label_score: float | None = None
+    path: list[tuple[float, float, float]] = field(default_factory=list)  # (pts, x, y), thinned evenly
+    path_stride: int = 1  # keep one sighting in this many: doubles each time the path is thinned
+    path_skipped: int = 0
+    path_tail: tuple[float, float, float] | None = None  # the latest sighting, when not kept in `path`
+    zones: list[str] = field(default_factory=list)
+    stationary: bool = False
+    best_box: BBox | None = None
 
     @property
     def feed(self) -> str:
@@ -69,6 +84,16 @@ class OpenEvent:
             closed_by=self.closed_by,
             updated_at=time.time(),
         )
+        if self.track_id is not None:
+            fields.update(
+                track_id=self.track_id,
+                sub_label=self.sub_label,
+                sub_label_score=self.sub_label_score,
+                path=[*self.path, self.path_tail] if self.path_tail is not None else list(self.path),
+                zones=list(self.zones),
+                stationary=self.stationary,
+                best_box=self.best_box,
+            )
         fields.update(proofs)
         return Event(**fields)  # type: ignore[arg-type]
 
@@ -83,6 +108,19 @@ class EventRules:
     # source named here watches exactly the labels it lists.
     per_model: dict[str, dict[str, float]] = field(default_factory=dict)
     per_source: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: RegistratorSettings) -> EventRules:
+        return cls(
+            watch_labels=frozenset(settings.watch_labels),
+            min_score=settings.min_score,
+            gap=settings.event_gap,
+            max_duration=settings.max_event_duration,
+            per_model={model: rule.labels for model, rule in settings.event_rules.items() if rule.labels},
+            per_source={
+                (model, source): scores for model, rule in settings.event_rules.items() for source, scores in rule.sources.items()
+            },
+        )
 
     def threshold(self, model: str, source_id: str, label: str) -> float | None:
         """The minimum score for `label` here, or None when it is not watched here."""
@@ -177,3 +215,21 @@ class EventTracker:
     def oldest_start(self, feed: str) -> float | None:
         starts = [e.start for k, e in self.open.items() if k[0] == feed]
         return min(starts) if starts else None
+
+    def adopt(self, event: OpenEvent) -> None:
+        """Take back an open event saved before a restart."""
+        self.open[(event.feed, event.model, event.label)] = event
+
+    # The surface ObjectEventTracker adds, so the registrator holds either without asking which.
+
+    def flush(self, feed: str, model: str) -> tuple[list[OpenEvent], list[OpenEvent]]:
+        """Nothing is held back here: results apply as they come."""
+        return [], []
+
+    def take_dirty(self) -> set[tuple[str, str]]:
+        """No state of its own beyond the open events."""
+        return set()
+
+    def take_crossings(self) -> Counter[tuple[str, str, str, str]]:
+        """No tracks, so no line crossings."""
+        return Counter()

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.registrator.zones import SourceZones
 from shared.settings import TaskQueueSettings
 from shared.ttl import parse_ttl
 
@@ -14,6 +17,9 @@ class ModelEventRule(BaseModel):
 
     labels: dict[str, float] = Field(default_factory=dict, description="label -> minimum score")
     sources: dict[str, dict[str, float]] = Field(default_factory=dict, description="source id -> {label: minimum score}")
+    # event_mode=object only; names of zones in `zones`. A source that has none of the required zones is not filtered.
+    require_zones: list[str] = Field(default_factory=list, description="an object makes an event only once it entered one")
+    exclude_zones: list[str] = Field(default_factory=list, description="detections standing in these zones are ignored (a mask)")
 
 
 class RegistratorSettings(TaskQueueSettings):
@@ -28,6 +34,50 @@ class RegistratorSettings(TaskQueueSettings):
     event_rules: dict[str, ModelEventRule] = Field(
         default_factory=dict,
         description="per model (and source): labels and minimum scores (JSON); overrides the two above there",
+    )
+    event_mode: Literal["scene", "object"] = Field(
+        default="object",
+        description="object: an event per tracked object; scene: one per watched label while any is seen (before issue 18)",
+    )
+    object_min_frames: int = Field(
+        default=3, ge=1, description="object mode: frames a track needs, at its label's minimum score, before it makes an event"
+    )
+    object_min_area: float = Field(
+        default=0.001,
+        ge=0,
+        le=1,
+        description="object mode: smallest box (a fraction of the frame) that counts towards those frames",
+    )
+    stationary_after: float = Field(
+        default=10.0, gt=0, description="object mode: seconds an object barely moves before its event stops and it is stationary"
+    )
+    stationary_threshold: float = Field(
+        default=0.25, gt=0, description="object mode: a move shorter than this fraction of the box's height is barely moving"
+    )
+    path_max_points: int = Field(
+        default=64, ge=2, le=1000, description="object mode: most points kept of an event's path (thinned evenly)"
+    )
+    track_lost_seconds: float = Field(
+        default=2.0, gt=0, description="object mode: stream seconds a track out of sight keeps its id (occlusions)"
+    )
+    track_activation_score: float = Field(
+        default=0.5, ge=0, le=1, description="object mode: detections above this + 0.1 start tracks; weaker ones only extend them"
+    )
+    track_match_threshold: float = Field(
+        default=0.9, gt=0, le=1, description="object mode: highest matching cost (1 - IoU x score) that continues a track"
+    )
+    track_stitch_heights: float = Field(
+        default=1.0,
+        ge=0,
+        description="object mode: a new track this near (in box heights) to a lost one continues its event (0: off)",
+    )
+    track_reorder_depth: int = Field(
+        default=8, ge=0, le=256, description="object mode: results held to put replicas' answers back in frame order"
+    )
+    # Per source id, e.g. {"cam1": {"zones": {"door": {"points": "0.1,0.5,0.4,0.5,0.4,1,0.1,1"}},
+    #                              "lines": {"gate": {"points": [[0.5, 0], [0.5, 1]], "in_side": "right"}}}}
+    zones: dict[str, SourceZones] = Field(
+        default_factory=dict, description="per source: zones (polygons) and lines (two points), as fractions of the frame (JSON)"
     )
     event_gap: float = Field(
         default=2.0,
@@ -75,6 +125,19 @@ class RegistratorSettings(TaskQueueSettings):
     notify_update_interval: float = Field(
         default=5.0, ge=0, description="least seconds between two `update` notices of one event (docs/notifications.md)"
     )
+
+    @model_validator(mode="after")
+    def _rules_name_known_zones(self) -> RegistratorSettings:
+        known = {name for source in self.zones.values() for name in source.zones}
+        for model, rule in self.event_rules.items():
+            for field, names in (("require_zones", rule.require_zones), ("exclude_zones", rule.exclude_zones)):
+                for name in names:
+                    if name not in known:
+                        raise ValueError(
+                            f"event_rules[{model!r}].{field} names zone {name!r}, which no source defines; "
+                            f"add it under zones.<source>.zones (defined: {sorted(known) or 'none'})"
+                        )
+        return self
 
     @model_validator(mode="after")
     def _frames_outlive_events(self) -> RegistratorSettings:
