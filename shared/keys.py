@@ -12,6 +12,7 @@ ROUTED_TASKS = "task:"  # + model
 TOTAL_INFERRED = "inferred:"  # + model
 TOTAL_ERRORS = "errors:"  # + model
 TOTAL_EVENTS = "events"
+TOTAL_LINE = "line:"  # + <line>:<label>:<in|out>, objects crossing a configured line
 
 
 class RedisKeys:
@@ -90,6 +91,11 @@ class RedisKeys:
     def registrator_lease_tokens(self) -> str:
         """Hash of the last fencing token handed out per source: each new holder gets a higher one."""
         return f"{self._ns}registrator:lease-tokens"
+
+    @property
+    def registrator_tracker_prefix(self) -> str:
+        """Per run of a source and model (`<prefix><feed>:<model>`): its object tracker (services/registrator/objects.py)."""
+        return f"{self._ns}registrator:tracker:"
 
     @property
     def registrator_window_prefix(self) -> str:

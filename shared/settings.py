@@ -81,6 +81,19 @@ class VigilSettings(BaseSettings):
         le=5,
         description="JetStream replicas of every stream Vigil creates (frames, results, tasks); at most the cluster's nodes",
     )
+    frames_stream_max_msgs: int = Field(
+        default=500_000,
+        ge=10_000,
+        description="most frame references FRAMES keeps (oldest dropped); it holds min(ttl_bucket, this / frames per s)",
+    )
+    results_stream_max_msgs: int = Field(
+        default=2_000_000,
+        ge=10_000,
+        description="most results RESULTS keeps (oldest dropped): this / results per s is how long the registrator may lag",
+    )
+    results_stream_max_age: float = Field(
+        default=24 * 3600.0, ge=3600, description="seconds RESULTS keeps a result the registrator has not absorbed"
+    )
     nats_user: str = Field(default="", description="NATS user of this service's role; empty connects without credentials")
     nats_password_file: Path | None = Field(default=None, description="file holding nats_user's password (a Compose secret)")
     redis_host: str = Field(default="127.0.0.1", description="Redis host")

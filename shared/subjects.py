@@ -127,7 +127,7 @@ def frames_stream(settings: VigilSettings) -> StreamConfig:
         storage=StorageType.FILE,
         # A reference outliving its JPEG's TTL points at nothing.
         max_age=float(parse_ttl(settings.ttl_bucket)),
-        max_msgs=500_000,
+        max_msgs=settings.frames_stream_max_msgs,
         discard=DiscardPolicy.OLD,
         num_replicas=settings.stream_replicas,
     )
@@ -163,8 +163,8 @@ def results_stream(settings: VigilSettings) -> StreamConfig:
         subjects=[subjects.results_all, subjects.routed_all],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        max_age=24 * 3600.0,
-        max_msgs=2_000_000,
+        max_age=settings.results_stream_max_age,
+        max_msgs=settings.results_stream_max_msgs,
         discard=DiscardPolicy.OLD,
         num_replicas=settings.stream_replicas,
     )

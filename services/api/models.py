@@ -68,6 +68,9 @@ class SourceTotals(Answer):
     frames_routed: int = Field(ge=0)
     events: int = Field(ge=0)
     models: dict[str, ModelTotals]
+    lines: dict[str, dict[str, dict[str, int]]] = Field(
+        default_factory=dict, description="per configured line, per label: objects crossing it `in` and `out`"
+    )
 
 
 class Totals(Answer):

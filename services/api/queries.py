@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from shared.contracts import Contract, ContractError, Event, EventState, SourceHealth
 from shared.discovery import live_instances
 from shared.event_store import EventStore
-from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, RedisKeys
+from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, TOTAL_LINE, RedisKeys
 
 log = logging.getLogger("vigil.api.queries")
 C = TypeVar("C", bound=Contract)
@@ -150,12 +150,23 @@ class FleetView:
                     }
                     for m in models
                 },
+                "lines": _lines(counted),
             }
         return out
 
     async def _ids_of(self, pattern: str) -> list[str]:
         prefix = pattern[:-1]
         return [k.decode()[len(prefix) :] async for k in self.redis.scan_iter(match=pattern, count=500)]
+
+
+def _lines(counted: dict[str, int]) -> dict[str, dict[str, dict[str, int]]]:
+    """`line:<line>:<label>:<in|out>` fields -> line -> label -> {"in": n, "out": n}."""
+    lines: dict[str, dict[str, dict[str, int]]] = {}
+    for field, n in counted.items():
+        if field.startswith(TOTAL_LINE):
+            line, label, direction = field[len(TOTAL_LINE) :].rsplit(":", 2)
+            lines.setdefault(line, {}).setdefault(label, {"in": 0, "out": 0})[direction] = n
+    return lines
 
 
 def _decode_hash(raw: dict[bytes, bytes]) -> dict[str, int]:

@@ -233,3 +233,21 @@ class EventTracker:
     def take_crossings(self) -> Counter[tuple[str, str, str, str]]:
         """No tracks, so no line crossings."""
         return Counter()
+
+    def state_bytes(self, feed: str, model: str) -> bytes:
+        """Never asked: `take_dirty` names no pair."""
+        raise NotImplementedError("scene events keep no tracker state")
+
+    def load_state(self, feed: str, model: str, data: bytes | str) -> None:
+        """Nothing to restore beyond the open events (a tracker state saved in object mode is ignored)."""
+
+    def buffered(self, feed: str, model: str) -> bool:
+        """Nothing is held back here."""
+        return False
+
+    def forget(self, feed: str) -> None:
+        """The feed's source moved to another replica: drop what is kept of it, closing nothing."""
+        for key in [k for k in self.open if k[0] == feed]:
+            del self.open[key]
+        for key in [k for k in self.closed_until if k[0] == feed]:
+            del self.closed_until[key]

@@ -441,6 +441,22 @@ class ObjectEventTracker:
             self._dirty.discard(pair)
         return closed
 
+    def buffered(self, feed: str, model: str) -> bool:
+        """Whether results of the feed and model wait in the tracker's reorder buffer (`flush` releases them)."""
+        tracker = self.trackers.get((feed, model))
+        return tracker is not None and bool(tracker.buffered)
+
+    def forget(self, feed: str) -> None:
+        """The feed's source moved to another replica: drop what is kept of it, closing nothing."""
+        for key in [k for k in self.open if k[0] == feed]:
+            self._extended.pop(self.open.pop(key).id, None)
+        for pair in [p for p in self.trackers if p[0] == feed]:
+            del self.trackers[pair]
+        for store in (self.tracks, self._recent, self.stitched):
+            for pair in [p for p in store if p[0] == feed]:
+                del store[pair]
+        self._dirty = {p for p in self._dirty if p[0] != feed}
+
     def _close(self, key: EventKey, why: EventClose) -> OpenEvent:
         event = self.open.pop(key)
         event.closed_by = why

@@ -23,10 +23,12 @@ from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.frames import FrameRing
 from services.registrator.leases import LeaseLost, SourceLeases, plan_moves
 from services.registrator.notices import Notices
+from services.registrator.objects import ObjectEventTracker, ObjectRules
 from services.registrator.proofs import make_proofs
 from services.registrator.retention import Removed, size_unsized, sweep, sweep_budget
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState, SavedSource
+from services.registrator.tracking import TrackerStateError
 from services.registrator.window import Seen, SeenWindow
 from shared.bus import ConsumerLag, fetch
 from shared.contracts import (
@@ -43,7 +45,7 @@ from shared.contracts import (
     split_feed,
 )
 from shared.event_store import EventStore
-from shared.keys import TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, RedisKeys
+from shared.keys import TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, TOTAL_LINE, RedisKeys
 from shared.lifecycle import Service, Stopping
 from shared.storage import SeaweedStorage
 from shared.subjects import (
@@ -102,19 +104,11 @@ class RegistratorService(Service[RegistratorSettings]):
     def __init__(self, settings: RegistratorSettings) -> None:
         super().__init__(settings)
         self.keys = RedisKeys(settings)
-        self.tracker = EventTracker(
-            EventRules(
-                watch_labels=frozenset(settings.watch_labels),
-                min_score=settings.min_score,
-                gap=settings.event_gap,
-                max_duration=settings.max_event_duration,
-                per_model={model: rule.labels for model, rule in settings.event_rules.items() if rule.labels},
-                per_source={
-                    (model, source): scores
-                    for model, rule in settings.event_rules.items()
-                    for source, scores in rule.sources.items()
-                },
-            )
+        # An event per tracked object (issue 18), or the seed's one per label in view (event_mode=scene).
+        self.tracker: EventTracker | ObjectEventTracker = (
+            ObjectEventTracker(ObjectRules.from_settings(settings))
+            if settings.event_mode == "object"
+            else EventTracker(EventRules.from_settings(settings))
         )
         self.ring = FrameRing(settings.ring_max_frames)
         self.notices = Notices(self.bus, settings.notify_update_interval, self.metrics)  # event notices, for the notifier
@@ -153,6 +147,9 @@ class RegistratorService(Service[RegistratorSettings]):
         self.m_oldest = self.metrics.gauge("results_oldest_seconds", "age of the oldest result not yet absorbed")
         self.m_retained = self.metrics.counter("retention_removed", "events removed with their files", ("reason",))
         self.m_retained_bytes = self.metrics.counter("retention_removed_bytes", "proof bytes removed", ("reason",))
+        self.m_crossings = self.metrics.counter(
+            "line_crossings", "tracked objects crossing a configured line", ("source_id", "line", "label", "direction")
+        )
         self.m_stored = self.metrics.gauge("events_stored_bytes", "bytes of the events' proofs in the filer, by their records")
 
     async def start(self, stack: AsyncExitStack) -> None:
@@ -303,7 +300,9 @@ class RegistratorService(Service[RegistratorSettings]):
             if held.consumers:
                 await asyncio.wait(set(held.consumers))
             proofs = [t for feed, p in self.sources.items() if split_feed(feed)[0] == source_id for t in p.finalising]
-            if proofs:
+            # At stop, run() gives every proof the same time once, for all sources together; a proof cut short
+            # stays DONE in the saved state and the next holder cuts it.
+            if proofs and not self.stop_event.is_set():
                 await asyncio.wait(proofs, timeout=_HANDOVER_SECONDS)
             self._forget_source(source_id)
             await self.leases.release(source_id)
@@ -329,12 +328,9 @@ class RegistratorService(Service[RegistratorSettings]):
             return split_feed(feed)[0] == source_id
 
         self.held.pop(source_id, None)
-        for feed in [f for f in self.sources if mine(f)]:
-            del self.sources[feed]
-        for label_key in [k for k in self.tracker.open if mine(k[0])]:
-            del self.tracker.open[label_key]
-        for label_key in [k for k in self.tracker.closed_until if mine(k[0])]:
-            del self.tracker.closed_until[label_key]
+        for feed in {f for f in self.sources if mine(f)} | {k[0] for k in self.tracker.open if mine(k[0])}:
+            self.tracker.forget(feed)
+            self.sources.pop(feed, None)
         for model_key in [k for k in self._last_result if mine(k[0])]:
             del self._last_result[model_key]
         for feed in [f for f in self.drained_until if mine(f)]:
@@ -424,15 +420,17 @@ class RegistratorService(Service[RegistratorSettings]):
         """Live sources: events whose model has sent no result for event_gap of wall time close with what they have,
         marked NO_RESULTS (frames still come: the detector is out) or NO_FRAMES (the camera went dark)."""
         now, gap = time.monotonic(), self.settings.event_gap
-        for feed, model in {key[:2] for key in self.tracker.open if split_feed(key[0])[0] == source_id}:
-            last = self._last_result.get((feed, model))
-            if last is None or now - last <= gap or feed in self._unpaced:
+        for (feed, model), last in list(self._last_result.items()):
+            if split_feed(feed)[0] != source_id or now - last <= gap or feed in self._unpaced:
+                continue
+            if not any(key[:2] == (feed, model) for key in self.tracker.open) and not self.tracker.buffered(feed, model):
                 continue
             # Frames after the last result: the camera streams on and the detector is out; none: the camera is dark.
             answered = self.sources[feed].result_pts.get(model, 0.0)
             blind = (self.ring.latest_pts(feed) or 0.0) > answered
             why = EventClose.NO_RESULTS if blind else EventClose.NO_FRAMES
-            for event in self.tracker.close_quiet(feed, model, why):
+            closing = await self._flush_tracker(feed, model) + self.tracker.close_quiet(feed, model, why)
+            for event in closing:
                 self.log.warning(
                     "event %s closed: no result of %s for %.1f s (%s)",
                     event.id,
@@ -442,6 +440,33 @@ class RegistratorService(Service[RegistratorSettings]):
                     extra={"source_id": event.source_id},
                 )
                 await self._close(event)
+
+    async def _flush_tracker(self, feed: str, model: str) -> list[OpenEvent]:
+        """Object mode: the frames still in the tracker's reorder buffer are tracked before the feed's events close;
+        what they open or extend is counted and saved as a batch of results would be. Returns what they closed."""
+        changed, closed = self.tracker.flush(feed, model)
+        if not changed:
+            return closed
+        source_id = split_feed(feed)[0]
+        tally: Counter[tuple[str, str]] = Counter()
+        for event in changed:
+            if event.state is EventState.CREATED:
+                self.sources[feed].events += 1
+                tally[(source_id, TOTAL_EVENTS)] += 1
+                self.log.info("event %s opened at %.1f s", event.id, event.start, extra={"source_id": source_id})
+        trackers = {pair: self.tracker.state_bytes(*pair) for pair in self.tracker.take_dirty()}
+
+        async def fill(pipe: Pipeline) -> None:
+            assert self.store is not None
+            for event in changed:
+                self.state.keep(pipe, event)
+                await self.store.save_in(pipe, event.record())
+            for (f, m), data in trackers.items():
+                self.state.tracker(pipe, f, m, data)
+            self.state.count(pipe, tally)
+
+        await self.redis_must("flushed events", lambda: self.leases.write_fenced(source_id, fill))
+        return closed
 
     async def _on_results(self, source_id: str, msgs: list[Msg]) -> None:
         """Apply a batch, write its effects (records and the registrator's own state) in one pipeline,
@@ -473,6 +498,12 @@ class RegistratorService(Service[RegistratorSettings]):
         for event in records:
             event.saved_at = now
 
+        # Taken once, outside the transaction: a retry after Redis came back writes the same.
+        trackers = {pair: self.tracker.state_bytes(*pair) for pair in self.tracker.take_dirty()}
+        for (source, line, label, direction), n in self.tracker.take_crossings().items():
+            tally[(source, f"{TOTAL_LINE}{line}:{label}:{direction}")] += n
+            self.m_crossings.labels(source_id=source, line=line, label=label, direction=direction).inc(n)
+
         async def fill(pipe: Pipeline) -> None:
             assert self.store is not None
             for event in touched.values():
@@ -482,6 +513,8 @@ class RegistratorService(Service[RegistratorSettings]):
                 await self.store.save_in(pipe, event.record())
             for feed, model in seen:
                 self.state.window(pipe, feed, model, self.sources[feed].windows[model])
+            for (feed, model), data in trackers.items():
+                self.state.tracker(pipe, feed, model, data)
             for summary in summaries:
                 self.state.summary(pipe, summary)
             self.state.count(pipe, tally)
@@ -700,7 +733,8 @@ class RegistratorService(Service[RegistratorSettings]):
                 extra={"source_id": source_id},
             )
         try:
-            for event in self.tracker.close_source(feed):
+            closing = [event for model in results for event in await self._flush_tracker(feed, model)]
+            for event in closing + self.tracker.close_source(feed):
                 await self._close(event)
         except (Stopping, LeaseLost):
             return  # the source's saved state stays: the next start, or the next holder, drains it
@@ -737,12 +771,21 @@ class RegistratorService(Service[RegistratorSettings]):
         for feed in saved.ended:
             self.sources[feed].ended, self.sources[feed].ended_at = True, saved.ended_at.get(feed, 0.0)
         self.drained_until |= {feed: t for feed, t in saved.ended_at.items() if feed not in saved.ended}
+        for (feed, model), data in saved.trackers.items():
+            try:
+                self.tracker.load_state(feed, model, data)
+            except TrackerStateError as exc:
+                self.log.warning("object tracker not restored, its ids start again: %s", exc, extra={"source_id": feed})
         owed = []
         for event in saved.open_events:
             if event.state in (EventState.CREATED, EventState.PENDING):
-                self.tracker.open[(event.feed, event.model, event.label)] = event
-                # Its wall clock starts now: if no result of it comes after the restart, it still closes.
-                self._last_result[(event.feed, event.model)] = time.monotonic()
+                try:
+                    self.tracker.adopt(event)
+                    # Its wall clock starts now: if no result of it comes after the restart, it still closes.
+                    self._last_result[(event.feed, event.model)] = time.monotonic()
+                except ValueError:  # a scene event, saved before event_mode became object: it ends here
+                    event.closed_by = EventClose.SOURCE_END
+                    owed.append(event)
             else:
                 owed.append(event)
             self.sources[event.feed].events += 1

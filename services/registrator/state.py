@@ -32,6 +32,7 @@ class SavedSource:
     summaries: list[RoutingSummary] = field(default_factory=list)
     ended: set[str] = field(default_factory=set)  # feeds
     ended_at: dict[str, float] = field(default_factory=dict)  # feed -> wall time
+    trackers: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (feed, model) -> object tracker state
 
     def __bool__(self) -> bool:
         return bool(self.open_events or self.windows or self.summaries or self.ended)
@@ -47,6 +48,7 @@ class RegistratorState:
         self.ended_at_key = keys.registrator_ended_at
         self._seen_prefix = keys.registrator_seen_prefix
         self._window_prefix = keys.registrator_window_prefix
+        self._tracker_prefix = keys.registrator_tracker_prefix
 
     def _seen(self, feed: str, model: str) -> str:
         return f"{self._seen_prefix}{feed}:{model}"
@@ -65,6 +67,10 @@ class RegistratorState:
     def window(self, pipe: Pipeline, feed: str, model: str, window: SeenWindow) -> None:
         """The whole window, replaced: a few kilobytes whatever the run's length."""
         pipe.set(self._window(feed, model), window.to_bytes())
+
+    def tracker(self, pipe: Pipeline, feed: str, model: str, data: bytes) -> None:
+        """The object tracker of a run and model, replaced whole (tens of kilobytes at most, flat over a run)."""
+        pipe.set(f"{self._tracker_prefix}{feed}:{model}", data)
 
     def count(self, pipe: Pipeline, tally: Counter[tuple[str, str]]) -> None:
         """Add to the per-source totals the api serves; in the results' pipeline, so a redelivery counts once."""
@@ -87,7 +93,9 @@ class RegistratorState:
             pipe.hdel(self.summary_key, source_id)
             pipe.srem(self.ended_key, source_id)
             for model in models:
-                pipe.delete(self._window(source_id, model), self._seen(source_id, model))
+                pipe.delete(
+                    self._window(source_id, model), self._seen(source_id, model), f"{self._tracker_prefix}{source_id}:{model}"
+                )
             await pipe.execute()
 
     # -- reading back at start -------------------------------------------------------------------
@@ -114,18 +122,22 @@ class RegistratorState:
             summaries=[s for s in await self.summaries() if s.source_id == source_id],
             ended={feed for feed in await self.ended_sources() if split_feed(feed)[0] == source_id},
             ended_at={feed: t for feed, t in (await self.ended_at()).items() if split_feed(feed)[0] == source_id},
+            trackers=await self._per_feed(self._tracker_prefix, source_id),
         )
 
     async def windows(self, size: int, source_id: str) -> dict[tuple[str, str], SeenWindow]:
         """The seen windows of a source's runs. A run's feed key is `<source>@<run>`, or the bare source id for a run
         without an id."""
-        found: dict[tuple[str, str], SeenWindow] = {}
-        for pattern in (f"{self._window_prefix}{source_id}@*", f"{self._window_prefix}{source_id}:*"):
+        return {pair: SeenWindow.from_bytes(raw) for pair, raw in (await self._per_feed(self._window_prefix, source_id)).items()}
+
+    async def _per_feed(self, prefix: str, source_id: str) -> dict[tuple[str, str], bytes]:
+        found: dict[tuple[str, str], bytes] = {}
+        for pattern in (f"{prefix}{source_id}@*", f"{prefix}{source_id}:*"):
             async for key in self.redis.scan_iter(match=pattern, count=500):
-                feed, model = key.decode()[len(self._window_prefix) :].split(":", 1)
+                feed, model = key.decode()[len(prefix) :].split(":", 1)
                 raw = cast(bytes | None, await self.redis.get(key))  # no decode_responses: bytes
                 if raw is not None:
-                    found[(feed, model)] = SeenWindow.from_bytes(raw)
+                    found[(feed, model)] = raw
         return found
 
     async def upgrade_seen_sets(self, size: int) -> int:

@@ -10,7 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from fleet.servers import ServerSet
-from shared.contracts import EventState
+from services.worker.onnx_model import load_model
+from shared.contracts import BBox, Detection, EventState
 from shared.event_store import EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
@@ -19,11 +20,19 @@ from tests.e2e.conftest import FPS, POST, PRE, SampleRun
 from tests.support.settings import settings_from
 
 LAST_PTS = 79.4  # vtest: 795 frames at 10 fps; with one frame in two kept, frame 794 is the last
+PERSON_EVENTS = (20, 40)
+
+
+def iou(a: BBox, b: BBox) -> float:
+    w, h = min(a.x2, b.x2) - max(a.x1, b.x1), min(a.y2, b.y2) - max(a.y1, b.y1)
+    inter = max(0.0, w) * max(0.0, h)
+    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
+    return inter / union if union > 0 else 0.0
 
 
 @pytest.mark.timeout(400)
 async def test_sample_video_gives_finished_person_events_with_proofs(
-    redis: Redis, sample_run: SampleRun, servers: ServerSet
+    redis: Redis, sample_run: SampleRun, servers: ServerSet, repo_root: Path
 ) -> None:
     report, unique, tmp_path = sample_run.report, sample_run.prefix, sample_run.data_dir
     assert report.code == 0
@@ -40,8 +49,13 @@ async def test_sample_video_gives_finished_person_events_with_proofs(
     events = await EventStore(redis, keys).all()
     assert [e.start_wall for e in events] == sorted(e.start_wall for e in events)  # listed by start time
     finished = [e for e in events if e.state is EventState.FINISHED and e.label == "person"]
-    assert len(finished) >= 3, [f"{e.id} {e.state} {e.error}" for e in events]
+    # An event per tracked person (event_mode=object, the default). By eye the video holds 25 to 35 passes of a
+    # person across the view (docs/benchmarks.md#tracking: 16 frames 5 s apart show 6 people on average, a pass
+    # takes 13 to 20 s); at one frame in two the tracker finds PERSON_EVENTS of them.
+    assert PERSON_EVENTS[0] <= len(finished) <= PERSON_EVENTS[1], [f"{e.id} {e.state} {e.start}-{e.end}" for e in events]
+    assert all(e.track_id is not None and e.best_box is not None and len(e.path) >= 2 for e in finished)
     assert any(e.start >= PRE for e in finished)  # at least one clip has a real pre-roll
+    detector = load_model(repo_root / "models" / "ssd_mobilenet_v2_coco", intra_op_threads=1)
 
     async with SeaweedStorage(settings_from(VigilSettings, servers.env())) as storage:
         for event in finished:
@@ -58,6 +72,9 @@ async def test_sample_video_gives_finished_person_events_with_proofs(
 
             key = cv2.imdecode(np.frombuffer(Path(event.image_proof_path or "").read_bytes(), np.uint8), cv2.IMREAD_COLOR)
             assert key is not None and key.shape == (576, 768, 3)
+            # The snapshot shows the person: the detector, run again on it, finds a person where the event says.
+            people = [d.box for d in detector.infer([key])[0] if isinstance(d, Detection) and d.label == "person"]
+            assert event.best_box is not None and max((iou(event.best_box, box) for box in people), default=0) >= 0.5, event.id
             assert (clip.parent / f"{event.id}_boxes.jpg").stat().st_size > 0
 
             # The copies in SeaweedFS, without TTL (read with the admin's keys: the filer wants a signed read).

@@ -53,8 +53,12 @@ PERSON = range(5, 31)  # frames with a person: 0.5 s to 3.0 s
 
 
 def registrator(env: dict[str, str]) -> RegistratorService:
+    # The seed's events (one per label in view): these tests count frames and spans exactly; object mode has its own
+    # (tests/unit/test_objects.py, and the restart below in both modes).
     return RegistratorService(
-        settings_from(RegistratorSettings, env, pre_roll=1.0, post_roll=1.0, event_gap=1.0, finalise_retries=20)
+        settings_from(
+            RegistratorSettings, env, pre_roll=1.0, post_roll=1.0, event_gap=1.0, finalise_retries=20, event_mode="scene"
+        )
     )
 
 
@@ -367,7 +371,7 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
     bus: Bus, redis: Redis, service_env: dict[str, str], make_settings: MakeSettings, repo_root: Path
 ) -> None:
     refs = await store_frames(service_env, repo_root)
-    env = service_env | {"pre_roll": "1", "post_roll": "1", "event_gap": "1"}
+    env = service_env | {"pre_roll": "1", "post_roll": "1", "event_gap": "1", "event_mode": "scene"}
     settings = make_settings(RegistratorSettings)
     state = RegistratorState(redis, RedisKeys(settings))
     await bus.ensure_stream(frames_stream(settings))
