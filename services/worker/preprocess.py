@@ -8,7 +8,7 @@ undo it without the preprocess stage handing state over (the worker may time or 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import cv2
@@ -83,7 +83,21 @@ class Geometry:
         return np.clip(ox, 0.0, 1.0), np.clip(oy, 0.0, 1.0)
 
 
-def geometry(original: Size, spec: InputSpec) -> Geometry:
+def geometry(original: Size, spec: InputSpec, decoded: Size | None = None) -> Geometry:
+    """How an image of size `original` becomes the network's input. `decoded`: the size it was actually decoded
+    at, when smaller (a reduced JPEG decode): the steps are those of that image, and the scales go to `original`,
+    so that boxes come out in the full frame's pixels."""
+    g = _geometry(decoded or original, spec)
+    if decoded is None or decoded == original:
+        return g
+    w, h = original
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image size {w}x{h} is empty")
+    # The reduced image covers the same field of view: input_px = decoded_px * s + o = original_px * s * d / w + o.
+    return replace(g, original=original, scale_x=g.resized[0] / w, scale_y=g.resized[1] / h)
+
+
+def _geometry(original: Size, spec: InputSpec) -> Geometry:
     w, h = original
     if w <= 0 or h <= 0:
         raise ValueError(f"image size {w}x{h} is empty")
@@ -101,6 +115,13 @@ def geometry(original: Size, spec: InputSpec) -> Geometry:
         nw, nh = max(tw, round(w * r)), max(th, round(h * r))
         ox, oy = -((nw - tw) // 2), -((nh - th) // 2)
     return Geometry((w, h), (tw, th), (nw, nh), nw / w, nh / h, ox, oy)
+
+
+def pixels_needed(original: Size, spec: InputSpec) -> Size:
+    """The fewest pixels per side an image of size `original` must have so that the preprocess only shrinks it:
+    its size once resized, before padding or cropping. A JPEG decoded smaller than the frame (shared.jpeg
+    decode_for) must be at least this."""
+    return _geometry(original, spec).resized
 
 
 def image_size(image: np.ndarray) -> Size:
