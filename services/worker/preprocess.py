@@ -153,18 +153,27 @@ def fit(image: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def to_tensor(fitted: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
-    """Stack fitted BGR images into the network's batch: colour order, dtype, normalisation, layout."""
-    batch = np.stack(fitted)
-    if spec.color == "RGB":
-        batch = batch[..., ::-1]
-    if spec.dtype == "float32":
-        mean = np.asarray(spec.mean, dtype=np.float32)
-        inv_std = 1.0 / np.asarray(spec.std, dtype=np.float32)
-        batch = (batch.astype(np.float32) - mean) * inv_std
+    """Stack fitted BGR images into the network's batch: colour order, dtype, normalisation, layout.
+
+    Each step is one pass into a fresh C-contiguous array or in place: numpy's copy of a channel-reversed view
+    is ~100 times slower than cv2's colour swap, and normalising a strided array costs a copy per operation."""
+    first = fitted[0]
+    batch = np.empty((len(fitted), *first.shape), np.uint8)
+    for i, image in enumerate(fitted):
+        if spec.color == "RGB":
+            cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=batch[i])
+        else:
+            batch[i] = image
     if spec.layout == "NCHW":
         batch = batch.transpose(0, 3, 1, 2)
-    # onnxruntime copies non-contiguous input anyway; doing it here keeps that cost inside "preprocess".
-    return np.ascontiguousarray(batch)
+    if spec.dtype == "uint8":
+        return np.ascontiguousarray(batch)  # NHWC: as it is; NCHW: one copy into the layout
+    # One pass converts and lays out (onnxruntime copies non-contiguous input anyway); then in place.
+    out = np.ascontiguousarray(batch, dtype=np.float32)
+    shape = (3, 1, 1) if spec.layout == "NCHW" else (3,)
+    out -= np.asarray(spec.mean, dtype=np.float32).reshape(shape)
+    out *= (1.0 / np.asarray(spec.std, dtype=np.float32)).reshape(shape)
+    return out
 
 
 def preprocess(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:

@@ -13,7 +13,7 @@ import yaml
 from services.worker.adapters import PostParams, decode_yolov8
 from services.worker.manifest import DEFAULT_MODELS_ROOT, ModelError, discover_models, load_spec
 from services.worker.onnx_model import LoadedModel, load_model
-from services.worker.preprocess import InputSpec, geometry, pixels_needed, preprocess
+from services.worker.preprocess import InputSpec, geometry, pixels_needed, preprocess, to_tensor
 from shared.contracts import Classification, Detection, ModelKind
 from shared.jpeg import decode_for, decode_jpeg, encode_jpeg
 
@@ -235,6 +235,30 @@ def test_pixels_needed_is_the_size_before_padding_or_cropping() -> None:
     assert pixels_needed((768, 576), crop) == (341, 256)
     assert pixels_needed((768, 576), InputSpec(layout="NHWC", dtype="uint8", width=300, height=300)) == (300, 300)
     assert pixels_needed((1280, 720), YOLO_SPEC) == (640, 360)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        InputSpec(layout="NHWC", dtype="uint8", width=30, height=20),
+        InputSpec(layout="NCHW", dtype="float32", width=30, height=20, mean=127.0, std=128.0),
+        InputSpec(layout="NHWC", dtype="float32", width=30, height=20, color="BGR", mean=(1, 2, 3), std=(2, 4, 8)),
+        InputSpec(layout="NCHW", dtype="uint8", width=30, height=20, color="BGR"),
+    ],
+    ids=["ssd", "effnet", "nhwc-float-bgr", "nchw-uint8-bgr"],
+)
+def test_tensor_has_the_networks_colours_layout_and_values(spec: InputSpec) -> None:
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for _ in range(3)]
+    batch = to_tensor(images, spec)
+    # What it must equal, written plainly: colour order, then (x - mean) / std per channel, then the layout.
+    want = np.stack(images)[..., ::-1] if spec.color == "RGB" else np.stack(images)
+    if spec.dtype == "float32":
+        want = (want.astype(np.float64) - np.asarray(spec.mean)) / np.asarray(spec.std)
+    if spec.layout == "NCHW":
+        want = want.transpose(0, 3, 1, 2)
+    assert batch.dtype == np.dtype(spec.dtype) and batch.flags["C_CONTIGUOUS"]
+    assert batch.shape == want.shape and np.allclose(batch, want, atol=1e-5)
 
 
 # ---------------------------------------------------------------- YOLOv8 decoder on built tensors
