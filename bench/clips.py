@@ -27,19 +27,17 @@ from shared.jpeg import decode_jpeg, encode_jpeg
 VIDEO = ROOT / "video" / "vtest.mp4"
 JPEG_QUALITY = ReaderSettings.model_fields["jpeg_quality"].default
 SETTINGS = [
-    ClipEncoding(preset="veryfast", cv2_convert=False),  # the settings before this benchmark
-    ClipEncoding(preset="veryfast"),
-    ClipEncoding(preset="veryfast", threads=1),
-    ClipEncoding(preset="veryfast", tune="zerolatency"),
-    ClipEncoding(preset="superfast"),
-    ClipEncoding(preset="superfast", threads=1),
+    ClipEncoding(preset="veryfast", crf=26, cv2_convert=False),  # the settings before this benchmark
+    ClipEncoding(preset="veryfast", crf=26),
+    ClipEncoding(preset="veryfast", crf=26, threads=1),
+    ClipEncoding(preset="veryfast", crf=26, tune="zerolatency"),
+    ClipEncoding(preset="superfast", crf=26),
     ClipEncoding(preset="superfast", crf=29),
     ClipEncoding(preset="superfast", crf=29, threads=1),
-    ClipEncoding(preset="ultrafast"),
-    ClipEncoding(preset="ultrafast", threads=1),
+    ClipEncoding(preset="ultrafast", crf=26),
     ClipEncoding(preset="ultrafast", crf=31),
     ClipEncoding(preset="ultrafast", crf=31, threads=1),
-    ClipEncoding(preset="faster"),
+    ClipEncoding(preset="faster", crf=26),
 ]
 
 

@@ -281,6 +281,8 @@ class InferenceWorker(Service[WorkerSettings]):
         assert self.storage is not None and self.model is not None
         t0 = time.perf_counter()
         try:
+            # From storage, not in the task: frames cross processes and machines only through SeaweedFS (signed,
+            # over TLS, from the configured hosts), and a task stays a few hundred bytes on the bus.
             data = await self.storage.download(job.task.frame.url)
         except Unfetchable as exc:  # final (gone, foreign host, redirect, too large): no retry brings it back
             job.error = f"frame unavailable: {exc}"
@@ -288,6 +290,8 @@ class InferenceWorker(Service[WorkerSettings]):
             job.transient = f"storage: {exc!r}"
         else:
             try:
+                # On a thread (cv2 releases the GIL): the batch's other downloads and the last batch's results go on
+                # meanwhile. Decoded no larger than the model needs (1/2, 1/4, 1/8: libjpeg's DCT scaling).
                 job.image, job.frame_size = await asyncio.to_thread(
                     decode_for, data, self.model.pixels_needed, self.settings.image_max_pixels
                 )
