@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -244,6 +245,7 @@ def source_settings(case: Case) -> dict[str, str]:
 async def fleet_case(case: Case, threads: int, realtime_seconds: float, echo: bool) -> dict[str, Any]:
     detector, classifier = load_spec(DETECTOR).name, load_spec(CLASSIFIER).name
     settings = source_settings(case) | {"intra_op_threads": str(threads)}
+    load_before = os.getloadavg()[0]
     if case.every_nth > 1:
         settings["routing_rules"] = json.dumps({classifier: {"every_nth": case.every_nth}})
     fleet_settings = VigilSettings(_env_file=None, **settings)  # type: ignore[arg-type,call-arg]
@@ -294,6 +296,7 @@ async def fleet_case(case: Case, threads: int, realtime_seconds: float, echo: bo
             f"{case.name}: the fleet run failed (code {report.code}, drained {list(report.drained)})\n{exit_logs(fleet)}"
         )
     outcome = frame_outcomes(probe.results, detector, classifier, case.every_nth)
+    outcome["load_average_1m"] = [load_before, os.getloadavg()[0]]  # the machine's, before and after the case
     published = dropped = 0
     by_reason: Counter[str] = Counter()
     for source_id in case.source_ids:
@@ -401,30 +404,28 @@ def goal(name: str, case: str, value: float, target: float, higher_is_better: bo
 Runs = dict[Case, dict[str, list[dict[str, Any]]]]  # case -> "fleet" / "bare" -> one dict per repeat
 
 
-async def collect(repeats: int, threads: int, realtime_seconds: float, echo: bool) -> Runs:
-    runs: Runs = {c: {"fleet": [], "bare": []} for c in [*FAST, *TIMED]}
-    for i in range(repeats):
-        # Fleet and bare loop alternate so that machine noise hits both alike.
-        for case in FAST:
-            fleet = await fleet_case(case, threads, realtime_seconds, echo)
-            bare = await asyncio.to_thread(bare_loop, case.every_nth, threads)
-            fleet["ratio"] = fleet["fps"] / bare["fps"]
-            runs[case]["fleet"].append(fleet)
-            runs[case]["bare"].append(bare)
-            print(
-                f"run {i + 1}/{repeats}, {case.name}: fleet {fleet['fps']:.1f} frames/s, bare {bare['fps']:.1f} "
-                f"frames/s, ratio {fleet['ratio']:.2f}, p99 {fleet['latency_ms']['p99']:.0f} ms",
-                flush=True,
-            )
-        for case in TIMED:
-            rt = await fleet_case(case, threads, realtime_seconds, echo)
-            runs[case]["fleet"].append(rt)
-            print(
-                f"run {i + 1}/{repeats}, {case.name}: {rt['frames']} frames, p99 {rt['latency_ms']['p99']:.0f} ms, "
-                f"result->record p99 {rt['result_to_record']['latency_ms']['p99']:.0f} ms, dropped {rt['dropped_by_reader']}",
-                flush=True,
-            )
-    return runs
+async def collect_once(runs: Runs, i: int, repeats: int, threads: int, realtime_seconds: float, echo: bool) -> None:
+    """One run of every case, added to `runs`. Fleet and bare loop alternate so that machine noise hits both alike."""
+    for case in FAST:
+        fleet = await fleet_case(case, threads, realtime_seconds, echo)
+        bare = await asyncio.to_thread(bare_loop, case.every_nth, threads)
+        bare["load_average_1m"] = os.getloadavg()[0]
+        fleet["ratio"] = fleet["fps"] / bare["fps"]
+        runs[case]["fleet"].append(fleet)
+        runs[case]["bare"].append(bare)
+        print(
+            f"run {i + 1}/{repeats}, {case.name}: fleet {fleet['fps']:.1f} frames/s, bare {bare['fps']:.1f} "
+            f"frames/s, ratio {fleet['ratio']:.2f}, p99 {fleet['latency_ms']['p99']:.0f} ms",
+            flush=True,
+        )
+    for case in TIMED:
+        rt = await fleet_case(case, threads, realtime_seconds, echo)
+        runs[case]["fleet"].append(rt)
+        print(
+            f"run {i + 1}/{repeats}, {case.name}: {rt['frames']} frames, p99 {rt['latency_ms']['p99']:.0f} ms, "
+            f"result->record p99 {rt['result_to_record']['latency_ms']['p99']:.0f} ms, dropped {rt['dropped_by_reader']}",
+            flush=True,
+        )
 
 
 def summary(case: Case, fleet: list[dict[str, Any]], bare: list[dict[str, Any]]) -> dict[str, Any]:
@@ -549,7 +550,14 @@ def print_latency_parts(runs: Runs) -> None:
 
 
 async def main(repeats: int, threads: int, realtime_seconds: float, echo: bool) -> None:
-    runs = await collect(repeats, threads, realtime_seconds, echo)
+    runs: Runs = {c: {"fleet": [], "bare": []} for c in [*FAST, *TIMED]}
+    for i in range(repeats):
+        await collect_once(runs, i, repeats, threads, realtime_seconds, echo)
+        # Reported after every repeat: a long run stopped early still leaves its medians so far.
+        report(runs, i + 1, threads, realtime_seconds)
+
+
+def report(runs: Runs, repeats: int, threads: int, realtime_seconds: float) -> None:
     summaries = {case: summary(case, got["fleet"], got["bare"]) for case, got in runs.items()}
     goals = [g for case, s in summaries.items() for g in case_goals(case, s)]
     print_cases(summaries, threads, repeats)
