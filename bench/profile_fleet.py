@@ -135,7 +135,8 @@ def main() -> None:
         print(f"\n{name}: {got['samples']} samples on CPU; self %, then with callees %")
         for (own, own_pct), (inc, inc_pct) in zip(got["self_percent"][:12], got["inclusive_percent"][:12], strict=False):
             print(f"  {own_pct:5.1f}  {own[:70]:70}  {inc_pct:5.1f}  {inc[:70]}")
-    write_result(f"profile_{args.label}", {"command": command, "services": summary})
+    shown = ["python", *command[1:]] if command[0] == sys.executable else command  # no path of this machine
+    write_result(f"profile_{args.label}", {"command": shown, "services": summary})
 
 
 if __name__ == "__main__":
