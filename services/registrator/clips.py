@@ -42,7 +42,7 @@ class ClipEncoding:
     """x264's settings for the proof clips. Always H.264 in yuv420p at a fixed rate: what every browser plays."""
 
     preset: str = "superfast"
-    crf: int = 29  # superfast at 29: the size and picture of veryfast at 26, for two thirds of its CPU
+    crf: int = 29  # superfast at 29: about the size and picture of veryfast at 26, for about half its CPU
     threads: int = 0  # 0: x264's choice; the CPU is the same with 1, the clip is ready sooner with a free core
     tune: str | None = None
     # yuv420p made by cv2 (BGR2YUV_I420, one SIMD pass) rather than by PyAV's swscale from bgr24.
