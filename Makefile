@@ -12,7 +12,7 @@ DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-e2e soak soak-sources soak-reader lint format check up down logs ps scale-workers test-compose clean
+.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-clips bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-e2e soak soak-sources soak-reader lint format check up down logs ps scale-workers test-compose clean
 
 install: $(STAMP)
 
@@ -53,7 +53,7 @@ test-e2e: install
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # Benchmarks print a table and write JSON under bench/results/.
-bench: bench-reader bench-router bench-workers bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-e2e
+bench: bench-reader bench-router bench-workers bench-clips bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-e2e
 
 bench-reader: install
 	$(PY) -m bench.reader $(or $(REPEATS),3)
@@ -83,7 +83,12 @@ bench-tracking: install
 bench-workers: install
 	$(PY) -m bench.workers $(or $(REPEATS),2)
 
-# The whole fleet on the sample video (as fast as possible, then at 10 fps) next to a bare sequential loop.
+# Proof-clip encoding: CPU, size and PSNR for a few x264 settings on the sample video's frames.
+bench-clips: install
+	$(PY) -m bench.clips $(or $(REPEATS),3)
+
+# The whole fleet on the sample video (as fast as possible, then at 10 fps, then 4 sources at 10 fps) next to a
+# bare sequential loop.
 bench-e2e: install
 	$(PY) -m bench.e2e $(or $(REPEATS),1)
 

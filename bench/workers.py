@@ -24,10 +24,10 @@ from fleet.processes import start_service
 from fleet.servers import LocalServers, ServerSet
 from services.worker.manifest import load_spec
 from services.worker.onnx_model import load_model
-from shared.bus import Bus
+from shared.bus import Bus, Outgoing
 from shared.contracts import FrameRef, InferenceResult, InferenceTask
 from shared.discovery import live_instances
-from shared.jpeg import decode_jpeg, encode_jpeg
+from shared.jpeg import decode_for, decode_jpeg, encode_jpeg
 from shared.keys import RedisKeys
 from shared.metrics import Metrics
 from shared.settings import VigilSettings
@@ -48,6 +48,9 @@ CASES = [
 ]
 
 
+DECODE_LAPS = ("full_decode", "full_preprocess", "reduced_decode", "reduced_preprocess")
+
+
 def sample_jpegs(count: int) -> list[bytes]:
     cap = cv2.VideoCapture(str(ROOT / "video" / "vtest.mp4"))
     out = []
@@ -58,6 +61,29 @@ def sample_jpegs(count: int) -> list[bytes]:
         out.append(encode_jpeg(image, 85))
     cap.release()
     return out
+
+
+def decode_and_preprocess(model_dir: Path, jpegs: list[bytes], repeats: int) -> dict[str, Any]:
+    """ms per frame of the JPEG decode and of the model's preprocess, full decode next to the reduced one the
+    worker does (shared.jpeg.decode_for), alternating frame by frame so that load hits both alike."""
+    model = load_model(model_dir, intra_op_threads=1)
+    laps: dict[str, list[float]] = {k: [] for k in DECODE_LAPS}
+    reduced_size = (0, 0)
+    for _ in range(repeats):
+        for jpeg in jpegs:
+            t0 = time.perf_counter()
+            image = decode_jpeg(jpeg)
+            t1 = time.perf_counter()
+            model.preprocess([image])
+            t2 = time.perf_counter()
+            small, _ = decode_for(jpeg, model.pixels_needed)
+            t3 = time.perf_counter()
+            model.preprocess([small])
+            t4 = time.perf_counter()
+            for key, seconds in zip(laps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                laps[key].append(seconds * 1000)
+            reduced_size = (small.shape[1], small.shape[0])
+    return {"decoded_at": reduced_size} | {f"{k}_ms": median(v) for k, v in laps.items()}
 
 
 def bare_loop(model_dir: Path, images: list[Any], batch: int, threads: int) -> dict[str, float]:
@@ -115,7 +141,7 @@ async def worker_run(
             await asyncio.sleep(0.05)
         model = load_spec(ROOT / "models" / folder).name
         tasks = [
-            (
+            Outgoing.of(
                 bus.subjects.task(subject),
                 InferenceTask(
                     frame=FrameRef(source_id="bench", seq=i, pts=i / 10, wall_time=time.time(), url=url, width=768, height=576),
@@ -145,7 +171,17 @@ async def main(repeats: int) -> None:
     jpegs = sample_jpegs(FRAMES)
     images = [decode_jpeg(j) for j in jpegs]
     rows: list[list[Any]] = []
-    doc: dict[str, Any] = {"frames": len(jpegs), "repeats": repeats, "cases": []}
+    doc: dict[str, Any] = {"frames": len(jpegs), "repeats": repeats, "cases": [], "decode_preprocess": {}}
+    for folder in ("ssd_mobilenet_v2_coco", "efficientnet_lite0"):
+        got = doc["decode_preprocess"][folder] = decode_and_preprocess(ROOT / "models" / folder, jpegs, repeats)
+        rows.append([folder, "x".join(map(str, got["decoded_at"]))] + [got[f"{k}_ms"] for k in DECODE_LAPS])
+    print_table(
+        f"JPEG decode and preprocess per frame (768x576, quality 85), full decode vs the worker's reduced one; "
+        f"medians over {len(jpegs)} frames x {repeats}",
+        ["model", "decoded at", "full: decode ms", "preprocess ms", "reduced: decode ms", "preprocess ms"],
+        rows,
+    )
+    rows = []
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
         servers = LocalServers(Path(tmp))
         server_set = servers.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -13,6 +15,12 @@ DEFAULT_MAX_PIXELS = 50_000_000
 _SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 # Markers that stand alone, with no length after them: TEM and the restart markers.
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+# libjpeg's DCT scaling: at 1/2, 1/4 or 1/8 the decoder drops the high frequencies of each 8x8 block instead of
+# decoding them and throwing the pixels away later; each side comes out rounded up (ceil(w / 2), ...).
+_READ_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+REDUCTIONS = tuple(sorted(_READ_FLAGS, reverse=True))
+
+Size = tuple[int, int]  # (width, height)
 
 
 class ImageTooLarge(ValueError):
@@ -67,11 +75,41 @@ def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
     return buf.tobytes()
 
 
-def decode_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """BGR uint8; a clear error for bytes that are not a JPEG, or one larger than `max_pixels` (checked in its
-    header first: the decoder would allocate whatever the header claims)."""
+def reduced_size(size: Size, reduction: int) -> Size:
+    """What a decode at 1/`reduction` gives for a JPEG of `size`."""
+    return -(-size[0] // reduction), -(-size[1] // reduction)
+
+
+def reduction_for(size: Size, needed: Size) -> int:
+    """The largest reduction (8, 4, 2, else 1) whose decode of a `size` JPEG is still at least `needed` on both
+    sides: whoever resizes it next only ever shrinks it, as from the full decode."""
+    for reduction in REDUCTIONS:
+        width, height = reduced_size(size, reduction)
+        if width >= needed[0] and height >= needed[1]:
+            return reduction
+    return 1
+
+
+def decode_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, reduction: int = 1) -> np.ndarray:
+    """BGR uint8, at 1/`reduction` of each side (1, 2, 4 or 8; see reduction_for); a clear error for bytes that
+    are not a JPEG, or one larger than `max_pixels` (checked in its header first: the decoder would allocate
+    whatever the header claims)."""
+    if reduction not in _READ_FLAGS:
+        raise ValueError(f"JPEG reduction {reduction} is not one of {sorted(_READ_FLAGS)}")
     check_jpeg_size(data, max_pixels)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), _READ_FLAGS[reduction])
     if image is None:
         raise ValueError(f"not a decodable image ({len(data)} bytes)")
     return image
+
+
+def decode_for(data: bytes, needed: Callable[[Size], Size], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Size]:
+    """The smallest decode that still gives `needed(frame size)` pixels, and the full frame's (width, height).
+
+    Boxes found on the smaller image map to the full frame through that size (services.worker.preprocess)."""
+    size = check_jpeg_size(data, max_pixels)
+    reduction = reduction_for(size, needed(size))
+    image = decode_jpeg(data, max_pixels, reduction)
+    if (image.shape[1], image.shape[0]) != reduced_size(size, reduction):
+        size = size[1], size[0]  # an EXIF orientation turned it (cv2 applies it): the frame is turned alike
+    return image, size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,10 +37,31 @@ def pick_frames(refs: list[FrameRef], ticks: list[float]) -> list[FrameRef]:
     return chosen
 
 
-def write_clip(images: Iterable[np.ndarray], path: Path, fps: int) -> None:
+@dataclass(frozen=True, slots=True)
+class ClipEncoding:
+    """x264's settings for the proof clips. Always H.264 in yuv420p at a fixed rate: what every browser plays."""
+
+    preset: str = "superfast"
+    crf: int = 29  # superfast at 29: about the size and picture of veryfast at 26, for about half its CPU
+    threads: int = 0  # 0: x264's choice; the CPU is the same with 1, the clip is ready sooner with a free core
+    tune: str | None = None
+    # yuv420p made by cv2 (BGR2YUV_I420, one SIMD pass) rather than by PyAV's swscale from bgr24.
+    cv2_convert: bool = True
+
+    def options(self) -> dict[str, object]:
+        options: dict[str, object] = {"preset": self.preset, "crf": str(self.crf), "threads": str(self.threads)}
+        return options | ({"tune": self.tune} if self.tune else {})
+
+
+# Chosen by measurement on the sample video's frames (python -m bench.clips; docs/performance.md has the table).
+CLIP_ENCODING = ClipEncoding()
+
+
+def write_clip(images: Iterable[np.ndarray], path: Path, fps: int, encoding: ClipEncoding = CLIP_ENCODING) -> None:
     """H.264, yuv420p, faststart: plays in every browser without a download first.
 
-    `images` may be a generator: a long clip is encoded as it is decoded, one frame in memory at a time."""
+    `images` may be a generator: a long clip is encoded as it is decoded, one frame in memory at a time. The same
+    array given again (a source slower than `fps` shows one frame for several ticks) is converted once."""
     frames = iter(images)
     first = next(frames, None)
     if first is None:
@@ -51,13 +73,24 @@ def write_clip(images: Iterable[np.ndarray], path: Path, fps: int) -> None:
         stream = container.add_stream("libx264", rate=Fraction(fps, 1))
         stream.width, stream.height = even_w, even_h
         stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "26"}
-        for image in itertools.chain([first], frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:even_h, :even_w]), format="bgr24")
+        stream.options = encoding.options()
+        last: tuple[np.ndarray, av.VideoFrame] | None = None
+        for index, image in enumerate(itertools.chain([first], frames)):
+            if last is None or last[0] is not image:
+                last = image, _video_frame(np.ascontiguousarray(image[:even_h, :even_w]), encoding.cv2_convert)
+            frame = last[1]
+            frame.pts = index  # set each time: a frame given again must not repeat its time
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def _video_frame(image: np.ndarray, cv2_convert: bool) -> av.VideoFrame:
+    if cv2_convert:
+        planes: np.ndarray = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)  # Y, then U and V: uint8, rows x 1.5
+        return av.VideoFrame.from_ndarray(planes.astype(np.uint8, copy=False), format="yuv420p")
+    return av.VideoFrame.from_ndarray(image, format="bgr24")
 
 
 def draw_detections(image: np.ndarray, detections: list[Detection]) -> np.ndarray:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from services.registrator.clips import draw_detections, write_clip
 from services.registrator.events import OpenEvent
@@ -29,6 +32,19 @@ def remote_folder(event_id: str) -> str:
     return f"vigil/events/{event_id}"
 
 
+def decoded_once(chosen: list[FrameRef], jpegs: dict[str, bytes], keep: str, kept: dict[str, np.ndarray]) -> Iterator[np.ndarray]:
+    """The clip's images, each stored frame decoded once, as the encoder takes them. A tick that shows the frame
+    before it again (a source slower than the clip) gets the same array, which write_clip converts once; the
+    frame at `keep` (the key frame, usually one of the clip's) is left in `kept` on the way."""
+    url, image = "", np.empty(0, np.uint8)
+    for ref in chosen:
+        if ref.url != url:
+            url, image = ref.url, decode_jpeg(jpegs[ref.url])
+            if url == keep:
+                kept[url] = image
+        yield image
+
+
 async def make_proofs(
     storage: SeaweedStorage, tmp_path: Path, event: OpenEvent, chosen: list[FrameRef], fps: int
 ) -> dict[str, Any]:
@@ -36,15 +52,17 @@ async def make_proofs(
     urls = list(dict.fromkeys(ref.url for ref in chosen))
     blobs = await asyncio.gather(*(storage.download(url) for url in urls))
     jpegs = dict(zip(urls, blobs, strict=True))
-    key_jpeg = await storage.download(event.best_frame_url)
+    # The key frame is usually among the clip's: downloaded once.
+    key_jpeg = jpegs.get(event.best_frame_url) or await storage.download(event.best_frame_url)
     clip_path, key_path, boxes_path = proof_paths(tmp_path, event.id)
 
     def render() -> bytes:
-        # Decoded one at a time as the encoder takes them: a 2-minute clip holds its JPEGs (tens of MB),
-        # never its 1,200 decoded frames (1.6 GB at 768x576).
-        write_clip((decode_jpeg(jpegs[ref.url]) for ref in chosen), clip_path, fps)
+        # A 2-minute clip holds its JPEGs (tens of MB), never its 1,200 decoded frames (1.6 GB at 768x576).
+        kept: dict[str, np.ndarray] = {}
+        write_clip(decoded_once(chosen, jpegs, event.best_frame_url, kept), clip_path, fps)
         key_path.write_bytes(key_jpeg)
-        boxes = encode_jpeg(draw_detections(decode_jpeg(key_jpeg), event.best_detections), 90)
+        key = kept.get(event.best_frame_url)
+        boxes = encode_jpeg(draw_detections(decode_jpeg(key_jpeg) if key is None else key, event.best_detections), 90)
         boxes_path.write_bytes(boxes)
         return boxes
 

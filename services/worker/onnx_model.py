@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from services.worker.adapters import ADAPTERS, PostParams, Results
 from services.worker.manifest import MANIFEST, ModelError, ModelSpec, first_line, load_labels, load_spec
-from services.worker.preprocess import Geometry, geometry, image_size
+from services.worker.preprocess import Geometry, Size, geometry, image_size, pixels_needed
 from services.worker.preprocess import preprocess as _preprocess
 from shared.contracts import Classification, Detection, ModelKind
 
@@ -90,9 +90,20 @@ class LoadedModel:
         runs = [self.session.run(None, {self.input_name: batch[i : i + 1]}) for i in range(len(batch))]
         return [np.concatenate([r[k] for r in runs], axis=0) for k in range(len(runs[0]))]
 
-    def postprocess(self, outputs: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]]) -> Results:
-        """original_sizes are (width, height) of the images given to preprocess, in the same order."""
-        geoms: list[Geometry] = [geometry(size, self.spec.input) for size in original_sizes]
+    def pixels_needed(self, frame_size: Size) -> Size:
+        """The smallest (width, height) a frame of `frame_size` may be decoded at for this model (see
+        shared.jpeg.decode_for): the preprocess then only shrinks it, as it would the full frame."""
+        return pixels_needed(frame_size, self.spec.input)
+
+    def postprocess(
+        self, outputs: Sequence[np.ndarray], original_sizes: Sequence[Size], decoded_sizes: Sequence[Size] | None = None
+    ) -> Results:
+        """original_sizes: (width, height) of the frames, in the order given to preprocess; the boxes come out in
+        their pixels. decoded_sizes: those of the images preprocess was given, where they were decoded smaller."""
+        decoded = decoded_sizes or original_sizes
+        if len(decoded) != len(original_sizes):
+            raise ValueError(f"{len(original_sizes)} frame sizes but {len(decoded)} decoded sizes")
+        geoms: list[Geometry] = [geometry(o, self.spec.input, d) for o, d in zip(original_sizes, decoded, strict=True)]
         return self._adapter.decode(outputs, geoms, self._post)
 
     def infer(self, images: Sequence[np.ndarray]) -> list[list[Detection]] | list[list[Classification]]:

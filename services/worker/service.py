@@ -26,7 +26,7 @@ from services.worker.settings import WorkerSettings
 from shared.bus import Outgoing, fetch
 from shared.contracts import Heartbeat, InferenceResult, InferenceTask, ModelKind, Timings
 from shared.discovery import HeartbeatPublisher
-from shared.jpeg import decode_jpeg
+from shared.jpeg import Size, decode_for
 from shared.keys import RedisKeys
 from shared.lifecycle import Service, StartupError
 from shared.retry import backoff_delays
@@ -46,11 +46,18 @@ class InferenceModel(Protocol):
     @property
     def version(self) -> str: ...
 
+    def pixels_needed(self, frame_size: Size) -> Size:
+        """The smallest (width, height) a frame of this size may be decoded at: a JPEG is decoded at 1/2, 1/4 or 1/8
+        where that still gives these (shared.jpeg.decode_for). The frame's own size: always the full decode."""
+        ...
+
     def preprocess(self, images: Sequence[np.ndarray]) -> Any: ...
 
     def run(self, batch: Any) -> Any: ...
 
-    def postprocess(self, outputs: Any, original_sizes: Sequence[tuple[int, int]]) -> list[Any]: ...
+    def postprocess(
+        self, outputs: Any, original_sizes: Sequence[Size], decoded_sizes: Sequence[Size] | None = None
+    ) -> list[Any]: ...
 
 
 class _Job:
@@ -59,7 +66,8 @@ class _Job:
     def __init__(self, msg: Msg, task: InferenceTask) -> None:
         self.msg = msg
         self.task = task
-        self.image: np.ndarray | None = None
+        self.image: np.ndarray | None = None  # possibly decoded smaller than the frame: see frame_size
+        self.frame_size: Size = (0, 0)  # (width, height) of the frame the image stands for
         self.error: str | None = None
         self.output: list[Any] | None = None  # detections or classifications
         self.download_ms = 0.0
@@ -256,6 +264,7 @@ class InferenceWorker(Service[WorkerSettings]):
                     self._infer_thread,
                     self._infer,
                     [job.image for job in ready if job.image is not None],  # all of them: _fetch_image set it
+                    [job.frame_size for job in ready],
                 )
                 for job, output in zip(ready, outputs, strict=True):
                     job.output = output
@@ -269,9 +278,11 @@ class InferenceWorker(Service[WorkerSettings]):
         return timings
 
     async def _fetch_image(self, job: _Job) -> None:
-        assert self.storage is not None
+        assert self.storage is not None and self.model is not None
         t0 = time.perf_counter()
         try:
+            # From storage, not in the task: frames cross processes and machines only through SeaweedFS (signed,
+            # over TLS, from the configured hosts), and a task stays a few hundred bytes on the bus.
             data = await self.storage.download(job.task.frame.url)
         except Unfetchable as exc:  # final (gone, foreign host, redirect, too large): no retry brings it back
             job.error = f"frame unavailable: {exc}"
@@ -279,19 +290,25 @@ class InferenceWorker(Service[WorkerSettings]):
             job.transient = f"storage: {exc!r}"
         else:
             try:
-                job.image = await asyncio.to_thread(decode_jpeg, data, self.settings.image_max_pixels)
+                # On a thread (cv2 releases the GIL): the batch's other downloads and the last batch's results go on
+                # meanwhile. Decoded no larger than the model needs (1/2, 1/4, 1/8: libjpeg's DCT scaling).
+                job.image, job.frame_size = await asyncio.to_thread(
+                    decode_for, data, self.model.pixels_needed, self.settings.image_max_pixels
+                )
             except Exception as exc:  # noqa: BLE001 - a corrupt JPEG: final
                 job.error = f"bad image: {exc}"
         job.download_ms = (time.perf_counter() - t0) * 1000
 
-    def _infer(self, images: list[np.ndarray]) -> tuple[list[Any], Timings]:
+    def _infer(self, images: list[np.ndarray], frame_sizes: list[Size] | None = None) -> tuple[list[Any], Timings]:
+        """frame_sizes: those of the frames the images stand for, when decoded smaller (boxes come out in them)."""
         assert self.model is not None
         t0 = time.perf_counter()
         batch = self.model.preprocess(images)
         t1 = time.perf_counter()
         raw = self.model.run(batch)
         t2 = time.perf_counter()
-        outputs = self.model.postprocess(raw, [(img.shape[1], img.shape[0]) for img in images])
+        decoded = [(img.shape[1], img.shape[0]) for img in images]
+        outputs = self.model.postprocess(raw, frame_sizes or decoded, decoded)
         t3 = time.perf_counter()
         n = len(images)
         self.m_infer.labels(model=self.model_name).observe(t2 - t1)

@@ -37,6 +37,9 @@ class NoopModel:
     def version(self) -> str:
         return "0"
 
+    def pixels_needed(self, frame_size: tuple[int, int]) -> tuple[int, int]:
+        return frame_size  # the full decode, as a worker's model with a large input
+
     def preprocess(self, images: Sequence[np.ndarray]) -> Any:
         return len(images)
 
@@ -44,7 +47,9 @@ class NoopModel:
         time.sleep(self.delay)  # stands for inference: it holds the worker as a real model would
         return batch
 
-    def postprocess(self, outputs: Any, original_sizes: Sequence[tuple[int, int]]) -> list[Any]:
+    def postprocess(
+        self, outputs: Any, original_sizes: Sequence[tuple[int, int]], decoded_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[Any]:
         return [[] for _ in original_sizes]
 
 

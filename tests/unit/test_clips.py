@@ -1,11 +1,15 @@
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
+import pytest
 
-from services.registrator.clips import clip_ticks, draw_detections, pick_frames, write_clip
+from services.registrator import proofs
+from services.registrator.clips import ClipEncoding, clip_ticks, draw_detections, pick_frames, write_clip
 from services.registrator.frames import FrameRing
 from shared.contracts import BBox, Detection, FrameRef
+from shared.jpeg import encode_jpeg
 
 
 def ref(seq: int, pts: float, source: str = "cam0") -> FrameRef:
@@ -59,3 +63,36 @@ def test_boxes_are_drawn_where_the_detection_is() -> None:
     out = draw_detections(image, [det])
     assert out[20, 50:150].any() and not out[50, 100].any()  # the edge is drawn, the inside is not filled
     assert not image.any()  # the original is left alone
+
+
+@pytest.mark.parametrize("cv2_convert", [True, False], ids=["cv2 I420", "swscale"])
+def test_clip_keeps_the_colours_and_a_frame_given_again(tmp_path: Path, cv2_convert: bool) -> None:
+    # Blue, green, red and grey, each shown for several ticks by passing the same array again (as the proofs do
+    # for a source slower than the clip): every tick is a frame, in order, with its colour (BT.601, as players read).
+    colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (128, 128, 128)]
+    arrays = [np.full((96, 128, 3), c, np.uint8) for c in colours]
+    path = tmp_path / "clip.mp4"
+    write_clip([a for a in arrays for _ in range(3)], path, 10, ClipEncoding(cv2_convert=cv2_convert))
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="bgr24") for f in container.decode(container.streams.video[0])]
+    assert len(frames) == 12
+    for i, frame in enumerate(frames):
+        assert np.abs(frame.astype(int) - colours[i // 3]).mean(axis=(0, 1)).max() < 8, f"frame {i}"
+
+
+def test_each_stored_frame_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[int] = []
+
+    def counting_decode(data: bytes) -> np.ndarray:
+        decoded.append(len(data))
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+    monkeypatch.setattr(proofs, "decode_jpeg", counting_decode)
+    refs = [ref(0, 0.0), ref(5, 0.5), ref(10, 1.0)]  # read at 2 fps, a clip at 10 fps: 11 ticks, 3 frames
+    jpegs = {r.url: encode_jpeg(np.full((16, 16, 3), r.seq * 20, np.uint8)) for r in refs}
+    chosen = pick_frames(refs, clip_ticks(0.0, 1.0, 10))
+    kept: dict[str, np.ndarray] = {}
+    images = list(proofs.decoded_once(chosen, jpegs, refs[1].url, kept))
+    assert len(images) == 11 and len(decoded) == 3
+    assert images[0] is images[4] and images[5] is images[9] and images[4] is not images[5]
+    assert kept[refs[1].url] is images[5]  # the key frame comes from the clip's decode

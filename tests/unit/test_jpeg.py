@@ -8,7 +8,16 @@ import cv2
 import numpy as np
 import pytest
 
-from shared.jpeg import DEFAULT_MAX_PIXELS, ImageTooLarge, check_jpeg_size, decode_jpeg, encode_jpeg, jpeg_size
+from shared.jpeg import (
+    DEFAULT_MAX_PIXELS,
+    ImageTooLarge,
+    check_jpeg_size,
+    decode_for,
+    decode_jpeg,
+    encode_jpeg,
+    jpeg_size,
+    reduction_for,
+)
 from tests.support.garbage import jpeg_bomb
 
 
@@ -44,3 +53,33 @@ def test_a_bomb_is_refused_from_its_header_without_decoding() -> None:
 def test_what_is_not_a_jpeg_gets_a_clear_error(data: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         decode_jpeg(data)
+
+
+def test_the_largest_reduction_that_still_gives_the_pixels_needed() -> None:
+    assert reduction_for((768, 576), (341, 256)) == 2  # EfficientNet's short side of 256: 384x288 is enough
+    assert reduction_for((768, 576), (300, 300)) == 1  # SSD's 300x300 is more than 288 rows
+    assert reduction_for((3840, 2160), (300, 300)) == 4  # 960x540; 1/8 would be 480x270
+    assert reduction_for((2400, 2400), (300, 300)) == 8
+    assert reduction_for((100, 100), (300, 300)) == 1  # upscaled anyway: never reduced further
+
+
+def test_a_reduced_decode_is_the_same_picture_smaller() -> None:
+    # Left half dark, right half light: the reduced decode keeps the picture, at ceil(side / reduction).
+    image = np.zeros((575, 767, 3), np.uint8)
+    image[:, 384:] = 200
+    data = encode_jpeg(image, 95)
+    for reduction in (2, 4, 8):
+        small = decode_jpeg(data, reduction=reduction)
+        assert small.shape == (-(-575 // reduction), -(-767 // reduction), 3)
+        mid = small.shape[1] // 2
+        assert small[:, : mid - 2].mean() < 10 and small[:, mid + 2 :].mean() > 190
+    with pytest.raises(ValueError, match=r"JPEG reduction 3 is not one of \[1, 2, 4, 8\]"):
+        decode_jpeg(data, reduction=3)
+
+
+def test_decode_for_returns_the_full_frame_size_with_the_smaller_image() -> None:
+    data = encode_jpeg(np.zeros((576, 768, 3), np.uint8))
+    image, size = decode_for(data, lambda frame: (frame[0] // 3, frame[1] // 3))
+    assert image.shape == (288, 384, 3) and size == (768, 576)
+    with pytest.raises(ImageTooLarge):
+        decode_for(jpeg_bomb(), lambda frame: (1, 1))

@@ -13,8 +13,9 @@ import yaml
 from services.worker.adapters import PostParams, decode_yolov8
 from services.worker.manifest import DEFAULT_MODELS_ROOT, ModelError, discover_models, load_spec
 from services.worker.onnx_model import LoadedModel, load_model
-from services.worker.preprocess import InputSpec, geometry, preprocess
+from services.worker.preprocess import InputSpec, geometry, pixels_needed, preprocess, to_tensor
 from shared.contracts import Classification, Detection, ModelKind
+from shared.jpeg import decode_for, decode_jpeg, encode_jpeg
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
@@ -111,6 +112,66 @@ def test_stages_compose_to_infer(effnet: LoadedModel) -> None:
     assert effnet.infer([]) == []
 
 
+def _sample_frames(every: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(ROOT / "video" / "vtest.mp4"))
+    frames: list[np.ndarray] = []
+    try:
+        index = 0
+        while (got := cap.read())[0]:
+            if index % every == 0:
+                frames.append(got[1])
+            index += 1
+    finally:
+        cap.release()
+    assert frames, "cannot decode video/vtest.mp4"
+    return frames
+
+
+def _iou(a: Detection, b: Detection) -> float:
+    ix = max(0, min(a.box_px.x2, b.box_px.x2) - max(a.box_px.x1, b.box_px.x1))
+    iy = max(0, min(a.box_px.y2, b.box_px.y2) - max(a.box_px.y1, b.box_px.y1))
+    inter = ix * iy
+    area = (a.box_px.x2 - a.box_px.x1) * (a.box_px.y2 - a.box_px.y1) + (b.box_px.x2 - b.box_px.x1) * (b.box_px.y2 - b.box_px.y1)
+    return inter / (area - inter)
+
+
+def test_reduced_decode_finds_the_full_decodes_boxes_in_frame_pixels(ssd: LoadedModel) -> None:
+    # The sample video's frames at twice their size (1536x1152): half of that is still at least SSD's 300x300, so
+    # the worker decodes them at 1/2. The boxes must come out in the full frame's pixels, as from the full decode:
+    # same labels, and corners within a pixel or two of the model's input (one input pixel is 5.1 frame pixels).
+    input_px = 1536 / ssd.spec.input.width
+    gaps: list[float] = []
+    for frame in _sample_frames(every=100):
+        jpeg = encode_jpeg(cv2.resize(frame, (1536, 1152), interpolation=cv2.INTER_LINEAR), 85)
+        image, size = decode_for(jpeg, ssd.pixels_needed)
+        assert image.shape == (576, 768, 3) and size == (1536, 1152)
+        [reduced] = ssd.postprocess(ssd.run(ssd.preprocess([image])), [size], [(768, 576)])
+        [full] = ssd.infer([decode_jpeg(jpeg)])
+        sure = [d for d in full if isinstance(d, Detection) and d.score >= 0.6]  # not those at the threshold's edge
+        assert sure, "the sample frames have people in them"
+        for det in sure:
+            match = max((d for d in reduced if isinstance(d, Detection)), key=lambda d: _iou(det, d))
+            assert match.label == det.label and _iou(det, match) > 0.5
+            a, b = det.box_px, match.box_px
+            gaps += [abs(a.x1 - b.x1), abs(a.y1 - b.y1), abs(a.x2 - b.x2), abs(a.y2 - b.y2)]
+    assert float(np.median(gaps)) <= 1 * input_px
+    assert float(np.percentile(gaps, 90)) <= 2 * input_px
+
+
+def test_reduced_decode_keeps_a_clear_classification(effnet: LoadedModel) -> None:
+    # Twice the photo's size: EfficientNet's 256-pixel short side fits in half of it, so it is decoded at 1/2.
+    photo = _photo("squirrel_cls.jpg")
+    jpeg = encode_jpeg(cv2.resize(photo, (photo.shape[1] * 2, photo.shape[0] * 2)), 90)
+    image, size = decode_for(jpeg, effnet.pixels_needed)
+    assert (image.shape[1], image.shape[0]) == (photo.shape[1], photo.shape[0])
+    assert size == (photo.shape[1] * 2, photo.shape[0] * 2)
+    [reduced] = effnet.postprocess(effnet.run(effnet.preprocess([image])), [size], [(image.shape[1], image.shape[0])])
+    [full] = effnet.infer([decode_jpeg(jpeg)])
+    assert reduced[0].label == full[0].label == "fox squirrel" and reduced[0].score > 0.8
+    # SSD's 300x300 is more than half of a 768x576 frame: those frames are decoded whole for it.
+    assert decode_for(encode_jpeg(photo), lambda s: (300, 300))[0].shape == photo.shape
+
+
 def test_discover_finds_bundled_models() -> None:
     found = discover_models(MODELS)
     assert found == {"ssd_mobilenet_v2_coco": SSD, "efficientnet_lite0": EFFNET}
@@ -142,6 +203,62 @@ def test_resize_crop_geometry() -> None:
     batch = preprocess([image], spec)
     assert batch.shape == (1, 3, 224, 224)
     assert np.allclose(batch[0, 0], 200.0) and np.allclose(batch[0, 1:], 0.0)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        InputSpec(layout="NHWC", dtype="uint8", width=300, height=300),
+        InputSpec(layout="NCHW", dtype="float32", width=224, height=224, resize="resize_crop", resize_short=256),
+        InputSpec(layout="NCHW", dtype="float32", width=320, height=320, resize="letterbox", std=255.0),
+    ],
+    ids=["stretch", "resize_crop", "letterbox"],
+)
+@pytest.mark.parametrize("original", [(1536, 1152), (1001, 751), (3840, 2160)])
+def test_reduced_decode_geometry_maps_to_the_full_frame(spec: InputSpec, original: tuple[int, int]) -> None:
+    # The same input pixels mapped back through the reduced image's geometry land within a pixel of where the full
+    # image's geometry puts them, in the full frame's pixels (odd sizes round up in the reduced decode).
+    full = geometry(original, spec)
+    for reduction in (2, 4, 8):
+        decoded = (-(-original[0] // reduction), -(-original[1] // reduction))
+        reduced = geometry(original, spec, decoded)
+        assert reduced.original == original and reduced.input == full.input
+        xs, ys = np.meshgrid(np.linspace(0, spec.width, 7), np.linspace(0, spec.height, 7))
+        fx, fy = full.to_original(xs, ys)
+        rx, ry = reduced.to_original(xs, ys)
+        assert np.abs(fx - rx).max() * original[0] <= 1.0 + reduction / 2
+        assert np.abs(fy - ry).max() * original[1] <= 1.0 + reduction / 2
+
+
+def test_pixels_needed_is_the_size_before_padding_or_cropping() -> None:
+    crop = InputSpec(layout="NCHW", dtype="float32", width=224, height=224, resize="resize_crop", resize_short=256)
+    assert pixels_needed((768, 576), crop) == (341, 256)
+    assert pixels_needed((768, 576), InputSpec(layout="NHWC", dtype="uint8", width=300, height=300)) == (300, 300)
+    assert pixels_needed((1280, 720), YOLO_SPEC) == (640, 360)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        InputSpec(layout="NHWC", dtype="uint8", width=30, height=20),
+        InputSpec(layout="NCHW", dtype="float32", width=30, height=20, mean=127.0, std=128.0),
+        InputSpec(layout="NHWC", dtype="float32", width=30, height=20, color="BGR", mean=(1, 2, 3), std=(2, 4, 8)),
+        InputSpec(layout="NCHW", dtype="uint8", width=30, height=20, color="BGR"),
+    ],
+    ids=["ssd", "effnet", "nhwc-float-bgr", "nchw-uint8-bgr"],
+)
+def test_tensor_has_the_networks_colours_layout_and_values(spec: InputSpec) -> None:
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for _ in range(3)]
+    batch = to_tensor(images, spec)
+    # What it must equal, written plainly: colour order, then (x - mean) / std per channel, then the layout.
+    want = np.stack(images)[..., ::-1] if spec.color == "RGB" else np.stack(images)
+    if spec.dtype == "float32":
+        want = (want.astype(np.float64) - np.asarray(spec.mean)) / np.asarray(spec.std)
+    if spec.layout == "NCHW":
+        want = want.transpose(0, 3, 1, 2)
+    assert batch.dtype == np.dtype(spec.dtype) and batch.flags["C_CONTIGUOUS"]
+    assert batch.shape == want.shape and np.allclose(batch, want, atol=1e-5)
 
 
 # ---------------------------------------------------------------- YOLOv8 decoder on built tensors
