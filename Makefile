@@ -11,6 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum $(LOCK) | cut -d' ' -f1)
 DETECTION ?= 1
 CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
+TEST_JOBS ?= 4
 
 .PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-clips bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-e2e soak soak-sources soak-reader lint format check up down logs ps scale-workers test-compose clean
 
@@ -35,8 +36,10 @@ config-docs: install
 run: install
 	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve) $(if $(NATS_NODES),--nats-nodes $(NATS_NODES)) $(if $(REGISTRATORS),--registrators $(REGISTRATORS))
 
+# The tests mostly wait on servers and processes, so TEST_JOBS processes share them (pytest-xdist; tests/conftest.py
+# keeps the sample fleet run and module-wide servers in one process each); TEST_JOBS=0 runs them in this one.
 test: install test-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 # Debian's GStreamer RTSP server for the test camera: installed when root, else those tests skip and say why.
 test-deps:

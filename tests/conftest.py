@@ -34,6 +34,7 @@ _FOLDER_MARKERS = {
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
         try:
             folder = item.path.resolve().relative_to(TESTS).parts[0]
         except (ValueError, IndexError):
@@ -41,6 +42,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = _FOLDER_MARKERS.get(folder)
         if marker is not None:
             item.add_marker(marker)
+
+
+def _xdist_group(item: pytest.Item) -> str:
+    """`make test` spreads the tests over processes (pytest-xdist, --dist loadgroup): most go one by one, but the
+    tests of the sample fleet run share one process, so it runs once, and so do those of a file whose fixtures live
+    for the module (a NATS cluster, TLS servers), so each starts once."""
+    names = getattr(item, "fixturenames", ())
+    if "sample_run" in names or "api" in names:
+        return "sample_run"
+    info = getattr(item, "_fixtureinfo", None)
+    defs = [d for ds in (info.name2fixturedefs.values() if info else ()) for d in ds]
+    if any(d.scope == "module" for d in defs):
+        return str(item.path)
+    return item.nodeid
 
 
 @pytest.fixture(scope="session")
