@@ -1,4 +1,4 @@
-"""Who should hold which source (services/registrator/leases.py), without servers; the leases themselves run on the
+"""Who should hold which source (shared/leases.py), without servers; the leases themselves run on the
 real Redis in tests/integration/test_registrator_scaling.py."""
 
 from __future__ import annotations
