@@ -60,12 +60,15 @@ class ReaderService(Service[ReaderSettings]):
     def __init__(self, settings: ReaderSettings) -> None:
         super().__init__(settings)
         try:
-            self.configs: dict[str, SourceConfig] = {c.source_id: c for c in settings.source_configs()}
+            self.configs: list[SourceConfig] = settings.source_configs()
         except ValueError as exc:
             raise StartupError(str(exc)) from None
+        self.by_id = {c.source_id: c for c in self.configs}
         self.keys = RedisKeys(settings)
         self.runners: list[SourceRunner] = []  # every run this process started, oldest first
         self.held: dict[str, HeldRun] = {}  # the sources whose lease this replica holds, with their runs
+        # What /healthz shows: the last run of each source this replica reads or finished (not one it handed over).
+        self.shown: dict[str, SourceRunner] = {}
         # Done for this replica: a file read to its end (by any replica: FinishedFiles), a live source that gave up here.
         self.done: set[str] = set()
         self._ending: set[str] = set()  # runs stopping (given up, lease lost): not taken again until they have ended
@@ -92,10 +95,10 @@ class ReaderService(Service[ReaderSettings]):
         self.storage = await self.open_storage(stack, max_connections=connections)
 
     def health(self) -> dict[str, Any]:
-        return super().health() | {"sources": [h.runner.health().model_dump(mode="json") for h in self.held.values()]}
+        return super().health() | {"sources": [r.health().model_dump(mode="json") for r in self.shown.values()]}
 
     async def run(self) -> None:
-        for config in self.configs.values():
+        for config in self.configs:
             await self._skip_if_finished(config, warn=True)
         reporter = asyncio.create_task(self._report_periodically())
         try:
@@ -121,18 +124,14 @@ class ReaderService(Service[ReaderSettings]):
         once instead of after the lease's TTL)."""
         assert self.leases is not None
         interval = self.settings.lease_ttl / 3
-        renewed = time.monotonic()
-        while not self.stop_event.is_set() and not self.done >= self.configs.keys():
+        while not self.stop_event.is_set() and not self.done >= self.by_id.keys():
             self._wake.clear()
             try:
                 await self._hold_round()
-                renewed = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - Redis away: the next round retries
+                # The runs go on: a camera must not stop for Redis, and while Redis is away no other replica can take
+                # a lease either. The first renewal after it tells whether another replica held one meanwhile.
                 self.log.warning("could not renew or move source leases: %r", exc)
-                if time.monotonic() - renewed > self.settings.lease_ttl:
-                    # The leases have lapsed: another replica may read these sources now, so this one stops them.
-                    for source_id in list(self.held):
-                        self._drop(source_id)
             await self._pause_round(interval)
         await asyncio.gather(*(self._give_up(source_id) for source_id in list(self.held)))
         with suppress(Exception):  # Redis away at stop: the heartbeat simply runs out
@@ -145,19 +144,19 @@ class ReaderService(Service[ReaderSettings]):
             if source_id not in self._ending and not await self.leases.renew(source_id):
                 self.log.warning("lease lost: another replica reads the source now", extra={"source_id": source_id})
                 self._drop(source_id)
-        for source_id in self.configs.keys() - self.done - self.held.keys():
-            await self._skip_if_finished(self.configs[source_id])  # read to its end by another replica
-        known = self.configs.keys() - self.done
+        for source_id in self.by_id.keys() - self.done - self.held.keys():
+            await self._skip_if_finished(self.by_id[source_id])  # read to its end by another replica
+        known = self.by_id.keys() - self.done
         take, give_up = plan_moves(self.instance, replicas, set(known), self.held.keys() | self._ending)
         for source_id in take:
             # Taken, then checked: a file another replica finished just before is not read again.
             if await self.leases.acquire(source_id):
-                if await self._skip_if_finished(self.configs[source_id]):
+                if await self._skip_if_finished(self.by_id[source_id]):
                     await self.leases.release(source_id)
                 else:
                     self._start(source_id)
         for source_id in give_up:
-            if source_id in self.held and source_id not in self._ending and not is_finite_file(self.configs[source_id]):
+            if source_id in self.held and source_id not in self._ending and not is_finite_file(self.by_id[source_id]):
                 self._group.create_task(self._give_up(source_id))
         self.m_held.set(len(self.held))
 
@@ -194,7 +193,7 @@ class ReaderService(Service[ReaderSettings]):
         assert self.storage is not None and self._group is not None
         stop = asyncio.Event()
         runner = SourceRunner(
-            self.configs[source_id],
+            self.by_id[source_id],
             self.settings,
             self.storage,
             self._publish_frame,
@@ -206,6 +205,7 @@ class ReaderService(Service[ReaderSettings]):
             new_run_id(),
         )
         self.runners.append(runner)
+        self.shown[source_id] = runner
         held = self.held[source_id] = HeldRun(runner, stop)
         held.task = self._group.create_task(self._run_source(held))
 
@@ -251,6 +251,8 @@ class ReaderService(Service[ReaderSettings]):
                 extra={"source_id": source_id},
             )
         finally:
+            if source_id not in self.done and self.shown.get(source_id) is runner:
+                del self.shown[source_id]  # handed over: its health is the next holder's to tell
             if self.held.get(source_id) is held:  # not dropped meanwhile: the lease is still this run's
                 del self.held[source_id]
                 assert self.leases is not None
