@@ -79,18 +79,18 @@ class RedisKeys:
         """The seen sets of older versions (one member per result, never trimmed): read once, then windows."""
         return f"{self._ns}registrator:seen:"
 
-    @property
-    def registrator_replicas(self) -> str:
-        """The live registrator replicas, scored by when their heartbeat runs out (services/registrator/leases.py)."""
-        return f"{self._ns}registrator:replicas"
+    # Source leases per role (shared/leases.py): the registrator's are `vigil:registrator:replicas`, `...:lease:<source>`.
+    def leases_replicas(self, role: str) -> str:
+        """The live replicas of a role, scored by when their heartbeat runs out."""
+        return f"{self._ns}{role}:replicas"
 
-    def registrator_lease(self, source_id: str) -> str:
-        """Which replica holds a source: `<replica> <fencing token>`, expiring unless renewed."""
-        return f"{self._ns}registrator:lease:{source_id}"
+    def lease(self, role: str, source_id: str) -> str:
+        """Which replica of a role holds a source: `<replica> <fencing token>`, expiring unless renewed."""
+        return f"{self._ns}{role}:lease:{source_id}"
 
-    def registrator_lease_tokens(self) -> str:
+    def lease_tokens(self, role: str) -> str:
         """Hash of the last fencing token handed out per source: each new holder gets a higher one."""
-        return f"{self._ns}registrator:lease-tokens"
+        return f"{self._ns}{role}:lease-tokens"
 
     @property
     def registrator_tracker_prefix(self) -> str:

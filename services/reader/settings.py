@@ -72,6 +72,13 @@ class ReaderSettings(VigilSettings):
     reconnect_max: float = Field(default=30.0, gt=0, description="longest delay between reconnects (seconds)")
     max_reconnects: int = Field(default=0, ge=0, description="consecutive failed reconnects before a source fails; 0 = never")
     status_interval: float = Field(default=2.0, gt=0, description="seconds between source health reports")
+    # The registrator's name and bounds (services/registrator/settings.py): LEASE_TTL sets both, READER_LEASE_TTL this one.
+    lease_ttl: float = Field(
+        default=6.0,
+        ge=1.0,
+        le=60.0,
+        description="seconds a replica's hold on a source lasts unless renewed: a dead replica's sources move after this",
+    )
 
     @model_validator(mode="after")
     def _one_way_to_name_sources(self) -> ReaderSettings:

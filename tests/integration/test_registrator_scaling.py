@@ -30,7 +30,7 @@ async def holders(redis: Redis, keys: RedisKeys) -> dict[str, str]:
     """Source -> the replica holding its lease now."""
     found = {}
     for source_id in SOURCES:
-        raw = await redis.get(keys.registrator_lease(source_id))
+        raw = await redis.get(keys.lease("registrator", source_id))
         if raw is not None:
             found[source_id] = raw.decode().split(" ", 1)[0]
     return found
