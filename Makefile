@@ -33,7 +33,7 @@ config-docs: install
 	$(PY) -m scripts.settings_doc
 
 run: install
-	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve) $(if $(NATS_NODES),--nats-nodes $(NATS_NODES)) $(if $(REGISTRATORS),--registrators $(REGISTRATORS))
+	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve) $(if $(NATS_NODES),--nats-nodes $(NATS_NODES)) $(if $(VOLUME_SERVERS),--volume-servers $(VOLUME_SERVERS)) $(if $(REGISTRATORS),--registrators $(REGISTRATORS))
 
 test: install test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
