@@ -365,6 +365,25 @@ def _replication(volume_servers: int, replication: str | None) -> str:
     return replication
 
 
+def nats_cluster_config(name: str, listen: str, peers: Iterable[str], password: str, tls: TlsFiles) -> str:
+    """A NATS node's server name and `cluster` block: it listens for routes on `listen` and dials `peers`
+    (host:port each), as LocalServers(nats_nodes=3) and the Compose cluster (scripts/compose_secrets.py) run it."""
+    # Routes are TLS with the servers' certificate, checked against the fleet's CA, and a password besides:
+    # a client certificate from the same CA (every service holds one) must not be enough to join as a node.
+    block = {
+        "server_name": name,
+        "cluster": {
+            "name": NATS_CLUSTER,
+            "listen": listen,
+            "authorization": {"user": ROUTE_USER, "password": password},
+            "routes": [f"nats-route://{ROUTE_USER}:{password}@{peer}" for peer in peers],
+            "tls": {"cert_file": str(tls.cert), "key_file": str(tls.key), "ca_file": str(tls.ca), "verify": True},
+        },
+    }
+    # NATS's config format reads JSON: every string quoted, so no `$` or `:` is taken for syntax.
+    return json.dumps(block, indent=2)[1:-1] + "\n"
+
+
 @dataclass
 class _Server:
     name: str
@@ -662,26 +681,8 @@ class LocalServers:
         """A node's server name and its `cluster` block: it listens for routes on its own port and dials the others."""
         me = self._nats_names.index(name)
         password = generated_secret(self.credentials_dir / f"nats-{ROUTE_USER}.password")
-        # Routes are TLS with the servers' certificate, checked against the fleet's CA, and a password besides:
-        # a client certificate from the same CA (every service holds one) must not be enough to join as a node.
-        routes = [f"nats-route://{ROUTE_USER}:{password}@{HOST}:{p}" for i, p in enumerate(self._route_ports) if i != me]
-        block = {
-            "server_name": name,
-            "cluster": {
-                "name": NATS_CLUSTER,
-                "listen": f"{HOST}:{self._route_ports[me]}",
-                "authorization": {"user": ROUTE_USER, "password": password},
-                "routes": routes,
-                "tls": {
-                    "cert_file": str(server_tls.cert),
-                    "key_file": str(server_tls.key),
-                    "ca_file": str(server_tls.ca),
-                    "verify": True,
-                },
-            },
-        }
-        # NATS's config format reads JSON: every string quoted, so no `$` or `:` is taken for syntax.
-        return json.dumps(block, indent=2)[1:-1] + "\n"
+        peers = [f"{HOST}:{p}" for i, p in enumerate(self._route_ports) if i != me]
+        return nats_cluster_config(name, f"{HOST}:{self._route_ports[me]}", peers, password, server_tls)
 
     @property
     def _redis_acl(self) -> Path:
