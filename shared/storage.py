@@ -61,6 +61,11 @@ class FileGone(Unfetchable):
     """SeaweedFS answered that the file is not there (404): expired by its TTL or never stored. Final."""
 
 
+class HostGone(ForbiddenURL):
+    """A volume server the master named for the URL's volume before, and names no more (it died, or left): it is
+    no longer trusted, but the volume's other servers may hold the file (`download` reads it from them)."""
+
+
 class RefusedDownload(Unfetchable):
     """An answer that is not a file to read: a redirect (it could lead anywhere, past the host check), or a body
     over download_max_mb. Final."""
@@ -188,7 +193,8 @@ class SeaweedStorage:
                 self._named[(named, volume)] = now + self.named_host_seconds
             if host in hosts:
                 return
-            self._named.pop((host, volume), None)
+            if (host, volume) in self._named:  # kept, expired: the master named it once
+                raise HostGone(f"URL host {parts.netloc!r} held volume {volume} and the master names it no more")
         raise ForbiddenURL(f"URL host {parts.netloc!r} is not a configured SeaweedFS host, nor one the master names")
 
     async def _volume_hosts(self, volume: str) -> set[str]:
@@ -273,12 +279,13 @@ class SeaweedStorage:
     async def download(self, url: str) -> bytes:
         """The file at `url`, read in chunks and refused past max_download_bytes; a redirect is refused, not
         followed (the host check applies to the URL asked for, not to wherever an answer points). When the volume
-        server named in `url` cannot be reached, the file is read from another one the master names for its volume
-        (with replication, as `001`, every file is on two)."""
-        await self.check_url(url)
+        server named in `url` cannot be reached, or the master names it no more for its volume (HostGone), the file is
+        read from another one the master names (with replication, as `001`, every file is on two)."""
         try:
+            await self.check_url(url)
             return await self._download(url)
-        except aiohttp.ClientConnectionError:
+        except (HostGone, aiohttp.ClientConnectionError):
+            # The dead server is not asked again once the master has dropped it (HostGone): only those it names.
             replicas = await self._replicas(url)
             if not replicas:
                 raise

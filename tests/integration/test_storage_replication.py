@@ -39,17 +39,24 @@ def replicated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         servers.stop()
 
 
-def _storage(servers: ServerSet, role: Role, tmp_path: Path) -> SeaweedStorage:
+def _storage(servers: ServerSet, role: Role, tmp_path: Path, named_host_seconds: float = 60.0) -> SeaweedStorage:
     """A storage client holding `role`'s SeaweedFS keys and nothing more (the reader none, a worker the read key)."""
     env = servers.env(storage_keys=storage_keys(role)) | {"startup_timeout": "20"}
-    return SeaweedStorage(settings_from(VigilSettings, env, TMP_PATH=tmp_path))
+    settings = settings_from(VigilSettings, env, TMP_PATH=tmp_path)
+    return SeaweedStorage(settings, named_host_seconds=named_host_seconds)
 
 
 async def test_frames_stay_readable_when_a_volume_server_is_killed(replicated: LocalServers, tmp_path: Path) -> None:
     servers = replicated.servers
     volume_servers = len(servers.volume_urls)
     assert volume_servers >= 2
-    async with _storage(servers, Role.READER, tmp_path) as reader, _storage(servers, Role.WORKER, tmp_path) as worker:
+    # Two workers: one still trusts the volumes' hosts the master named when the server dies (a download finds it
+    # dead), one whose trust has lapsed (it asks the master again, which names the dead server no more).
+    async with (
+        _storage(servers, Role.READER, tmp_path) as reader,
+        _storage(servers, Role.WORKER, tmp_path) as worker,
+        _storage(servers, Role.WORKER, tmp_path, named_host_seconds=0) as lapsed,
+    ):
         await reader.wait_ready()
         frames = {await reader.upload(f"frame {i}".encode(), ttl=TTL): f"frame {i}".encode() for i in range(FRAMES)}
         assert len(frames) == FRAMES
@@ -61,8 +68,9 @@ async def test_frames_stay_readable_when_a_volume_server_is_killed(replicated: L
             assert len(hosts) == 2 and urlsplit(url).netloc in hosts, (url, hosts)
             homes.update(hosts)
         # The worker has been reading frames (as it does all along): it knows where each volume lives.
-        assert all([await worker.download(url) == data for url, data in frames.items()])
-        assert worker.replica_reads == 0
+        for client in (worker, lapsed):
+            assert all([await client.download(url) == data for url, data in frames.items()])
+            assert client.replica_reads == 0
 
         # The volume server that holds the most frames goes.
         victim_host = homes.most_common(1)[0][0]
@@ -79,6 +87,9 @@ async def test_frames_stay_readable_when_a_volume_server_is_killed(replicated: L
             assert await worker.download(url) == data, url
         read_all = time.monotonic() - killed_at
         assert worker.replica_reads == len(named_victim)
+        for url, data in frames.items():
+            assert await lapsed.download(url) == data, url
+        assert lapsed.replica_reads == len(named_victim)
 
         async def uploads() -> bool:
             try:
