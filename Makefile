@@ -34,7 +34,7 @@ config-docs: install
 	$(PY) -m scripts.settings_doc
 
 run: install
-	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve) $(if $(NATS_NODES),--nats-nodes $(NATS_NODES)) $(if $(REGISTRATORS),--registrators $(REGISTRATORS))
+	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve) $(if $(NATS_NODES),--nats-nodes $(NATS_NODES)) $(if $(VOLUME_SERVERS),--volume-servers $(VOLUME_SERVERS)) $(if $(REGISTRATORS),--registrators $(REGISTRATORS))
 
 # The tests mostly wait on servers and processes, so TEST_JOBS processes share them (pytest-xdist; tests/conftest.py
 # keeps the sample fleet run and module-wide servers in one process each); TEST_JOBS=0 runs them in this one.

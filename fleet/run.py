@@ -387,9 +387,12 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    servers = LocalServers(data / "servers", log_dir=data / "logs", nats_nodes=args.nats_nodes)
+    servers = LocalServers(
+        data / "servers", log_dir=data / "logs", nats_nodes=args.nats_nodes, volume_servers=args.volume_servers
+    )
     nats = "nats-server" if args.nats_nodes == 1 else f"a cluster of {args.nats_nodes} nats-server nodes"
-    print(f"starting {nats}, redis-server and weed under {data}", flush=True)
+    weed = "weed" if args.volume_servers == 1 else f"weed with {args.volume_servers} volume servers (replication 001)"
+    print(f"starting {nats}, redis-server and {weed} under {data}", flush=True)
     try:
         await asyncio.to_thread(servers.start)
     except ServerError as exc:
@@ -436,6 +439,12 @@ def main() -> None:
         type=_positive,
         default=1,
         help="NATS as a cluster of this many nodes (set stream_replicas too, e.g. 3; docs/operations.md)",
+    )
+    parser.add_argument(
+        "--volume-servers",
+        type=_positive,
+        default=1,
+        help="SeaweedFS volume servers; 2 or more replicate every file on two of them (docs/operations.md)",
     )
     parser.add_argument("--serve", action="store_true", help="keep the dashboard up after a file source has drained")
     parser.add_argument(

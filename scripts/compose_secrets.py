@@ -29,7 +29,7 @@ from dotenv import dotenv_values
 
 from fleet.pki import FleetPki, TlsFiles, nats_tls_config, weed_tls_config
 from fleet.run import worker_models
-from fleet.servers import SERVER_CERT, generated_secret, write_whole
+from fleet.servers import ROUTE_USER, SERVER_CERT, generated_secret, nats_cluster_config, write_whole
 from shared.access import ADMIN, ADMIN_ACCESS, Access, Role, fleet_access, nats_authorization, redis_acl
 from shared.settings import VigilSettings
 
@@ -58,7 +58,12 @@ TLS_DIR = "tls"
 IN_CONTAINER = TlsFiles(ca=Path("/run/secrets/ca.pem"), cert=Path("/run/secrets/tls.pem"), key=Path("/run/secrets/tls.key"))
 # The names the servers are reached by: their service names inside the fleet (and on worker machines, which map
 # them to the hub), and loopback for the health checks inside their containers. VIGIL_HUB_IP is added when set.
+# The cluster override (docker-compose.cluster.yml) adds the NATS nodes, which check each other's certificate on
+# their routes, and the volume servers.
 SERVER_HOSTS = ("nats", "redis", "seaweedfs", "localhost", "127.0.0.1")
+NATS_NODES = ("nats-1", "nats-2", "nats-3")
+VOLUME_SERVERS = ("weed-volume-1", "weed-volume-2")
+NATS_ROUTE_PORT = 6222
 # Beside the server certificate: the names it was made for, so that a changed hub address makes a new one.
 SERVER_HOSTS_FILE = f"{SERVER_CERT}.hosts"
 
@@ -102,7 +107,7 @@ def make_pki(folder: Path, users: list[str], hub_ip: str, created: list[str]) ->
     pki = FleetPki(folder / TLS_DIR)
     before = {p.name for p in pki.folder.glob("*")} if pki.folder.is_dir() else set()
     pki.ensure_ca()
-    hosts = "\n".join([*SERVER_HOSTS, *([hub_ip] if hub_ip else [])]) + "\n"
+    hosts = "\n".join([*SERVER_HOSTS, *NATS_NODES, *VOLUME_SERVERS, *([hub_ip] if hub_ip else [])]) + "\n"
     recorded = pki.folder / SERVER_HOSTS_FILE
     if not recorded.is_file() or recorded.read_text() != hosts:
         server = pki.files(SERVER_CERT)
@@ -161,6 +166,12 @@ def make_secrets(folder: Path, settings: VigilSettings, env_token: str = "", hub
         "redis.acl": redis_acl(triples["redis"]),
         "seaweedfs-security.toml": security_toml(folder),
     }
+    # The cluster override's nodes: each its own configuration, the same users plus its `cluster` block.
+    route_password = _secret(folder, password_file(folder, "nats", ROUTE_USER).name, MOUNTED, created)
+    for node in NATS_NODES:
+        peers = [f"{peer}:{NATS_ROUTE_PORT}" for peer in NATS_NODES if peer != node]
+        cluster = nats_cluster_config(node, f"0.0.0.0:{NATS_ROUTE_PORT}", peers, route_password, IN_CONTAINER)
+        rendered[f"{node}.conf"] = rendered["nats.conf"] + cluster
     for name, text in rendered.items():
         write_whole(folder / name, text, MOUNTED)
     return Made(created=created, rendered=list(rendered))

@@ -61,6 +61,11 @@ class FileGone(Unfetchable):
     """SeaweedFS answered that the file is not there (404): expired by its TTL or never stored. Final."""
 
 
+class HostGone(ForbiddenURL):
+    """A volume server the master named for the URL's volume before, and names no more (it died, or left): it is
+    no longer trusted, but the volume's other servers may hold the file (`download` reads it from them)."""
+
+
 class RefusedDownload(Unfetchable):
     """An answer that is not a file to read: a redirect (it could lead anywhere, past the host check), or a body
     over download_max_mb. Final."""
@@ -123,6 +128,7 @@ class SeaweedStorage:
         self.named_host_seconds = named_host_seconds
         self._named: dict[tuple[str, str], float] = {}  # (host, volume) -> until when the master's answer holds
         self.volume_lookups = 0
+        self.replica_reads = 0  # files read from another volume server than their URL names (download)
         self.allowed_hosts = {_netloc(settings.volume_url), _netloc(settings.filer_url)} | {
             _netloc(h) for h in settings.storage_allowed_hosts
         }
@@ -180,10 +186,15 @@ class SeaweedStorage:
             now = time.monotonic()
             if self._named.get((host, volume), 0.0) > now:
                 return
-            if host in await self._volume_hosts(volume):
-                self._named[(host, volume)] = now + self.named_host_seconds
+            hosts = await self._volume_hosts(volume)
+            # Every host named is trusted for the volume, not only this one: when this one dies, the others hold
+            # its replicas (download falls over to them) and a frame URL naming the dead one still passes here.
+            for named in hosts:
+                self._named[(named, volume)] = now + self.named_host_seconds
+            if host in hosts:
                 return
-            self._named.pop((host, volume), None)
+            if (host, volume) in self._named:  # kept, expired: the master named it once
+                raise HostGone(f"URL host {parts.netloc!r} held volume {volume} and the master names it no more")
         raise ForbiddenURL(f"URL host {parts.netloc!r} is not a configured SeaweedFS host, nor one the master names")
 
     async def _volume_hosts(self, volume: str) -> set[str]:
@@ -240,9 +251,17 @@ class SeaweedStorage:
         params = {"ttl": ttl} if ttl else None
         headers = {"Content-Type": content_type} | _bearer(fid.token)
         # A raw body, not multipart: the frame is sent as it is, with nothing to encode or parse around it.
-        async with self.session.put(url, data=data, params=params, headers=headers) as resp:
-            if resp.status not in (200, 201):
-                raise StorageError(f"upload to {url} failed: {resp.status} {(await resp.text())[:200]}")
+        try:
+            async with self.session.put(url, data=data, params=params, headers=headers) as resp:
+                if resp.status not in (200, 201):
+                    raise StorageError(f"upload to {url} failed: {resp.status} {(await resp.text())[:200]}")
+        except (StorageError, aiohttp.ClientConnectionError) as exc:
+            # The batch's volume server is gone, or its volume can no longer be written (a replica's server is
+            # gone): the rest of the batch would fail alike, so the next upload asks the master afresh.
+            self._pools[ttl].fids.clear()
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"upload to {url} failed: {exc!r}") from exc
         return url
 
     async def put_path(self, path: str, data: bytes, *, content_type: str) -> str:
@@ -259,8 +278,43 @@ class SeaweedStorage:
 
     async def download(self, url: str) -> bytes:
         """The file at `url`, read in chunks and refused past max_download_bytes; a redirect is refused, not
-        followed (the host check applies to the URL asked for, not to wherever an answer points)."""
-        await self.check_url(url)
+        followed (the host check applies to the URL asked for, not to wherever an answer points). When the volume
+        server named in `url` cannot be reached, or the master names it no more for its volume (HostGone), the file is
+        read from another one the master names (with replication, as `001`, every file is on two)."""
+        try:
+            await self.check_url(url)
+            return await self._download(url)
+        except (HostGone, aiohttp.ClientConnectionError):
+            # The dead server is not asked again once the master has dropped it (HostGone): only those it names.
+            replicas = await self._replicas(url)
+            if not replicas:
+                raise
+        for i, replica in enumerate(replicas):
+            try:
+                data = await self._download(replica)
+            except aiohttp.ClientConnectionError:
+                if i == len(replicas) - 1:
+                    raise
+                continue
+            self.replica_reads += 1
+            return data
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _replicas(self, url: str) -> list[str]:
+        """`url` on the other volume servers the master names for its volume now (none for a filer path): the
+        master drops a volume server from its answers as soon as its connection to it breaks."""
+        parts = urlsplit(url)
+        volume = parts.path.lstrip("/").split(",", 1)[0]
+        if not volume.isdigit():
+            return []
+        until = time.monotonic() + self.named_host_seconds
+        replicas: list[str] = []
+        for host in sorted(await self._volume_hosts(volume) - {parts.netloc.lower()}):
+            self._named[(host, volume)] = until
+            replicas.append(parts._replace(netloc=host).geturl())
+        return replicas
+
+    async def _download(self, url: str) -> bytes:
         cap = self.max_download_bytes
         async with self.session.get(url, allow_redirects=False, headers=self.authorization("GET", url)) as resp:
             if resp.status == 404:

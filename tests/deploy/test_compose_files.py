@@ -953,7 +953,9 @@ def test_make_secrets_makes_the_fleets_ca_and_certificates_once(tmp_path: Path) 
     tls = tmp_path / "secrets" / "tls"
     ca = tls / "ca.pem"
     assert _verifies(tls / "servers.pem", ca, "sslserver") and _verifies(tls / "servers.pem", ca, "sslclient")
-    assert _names_in(tls / "servers.pem") == {"nats", "redis", "seaweedfs", "localhost", "127.0.0.1"}
+    # The cluster override's NATS nodes and volume servers too (docker-compose.cluster.yml).
+    cluster = {"nats-1", "nats-2", "nats-3", "weed-volume-1", "weed-volume-2"}
+    assert _names_in(tls / "servers.pem") == {"nats", "redis", "seaweedfs", "localhost", "127.0.0.1"} | cluster
     for user in ("reader", "router", "registrator", "api", "admin", "worker-ssd_mobilenet_v2_coco"):
         assert _verifies(tls / f"{user}.pem", ca, "sslclient"), user
         assert not _verifies(tls / f"{user}.pem", ca, "sslserver"), f"{user}'s certificate could serve as a server's"

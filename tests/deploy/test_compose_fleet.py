@@ -43,7 +43,7 @@ SAMPLE_FRAMES = 795  # video/vtest.mp4
 OTHER_FRAMES = 100
 INFRA = ("nats", "redis", "seaweedfs")
 LONG_RUNNING = (*INFRA, "router", "detection", "classification", "registrator", "api")
-RESULTS = Subjects.from_settings(VigilSettings(_env_file=None)).results  # type: ignore[call-arg]
+RESULTS = Subjects.from_settings(VigilSettings(_env_file=None)).results("cam0")  # type: ignore[call-arg]
 MEDIA_OVERRIDE = """services:
   reader:
     volumes:

@@ -80,7 +80,7 @@ async def test_a_killed_node_loses_no_acknowledged_message(cluster: LocalServers
         victim = servers.nats_node(producer.nc.connected_url.geturl())
         await _lead_from(producer, config.name, victim)
 
-        subject = Subjects.from_settings(settings).results
+        subject = Subjects.from_settings(settings).results("cam0")
         acked: list[str] = []
         received: list[str] = []
         sub = await consumer.durable_pull(config.name, DURABLE, ack_wait=2.0)
