@@ -63,7 +63,7 @@ VIDEO = ROOT / "video" / "vtest.mp4"
 SOURCE_ID = "soak"
 SAMPLE_EVERY = 5.0
 VOLUME_MB = 4
-DETECT_FPS, CLASSIFY_EVERY = 2.0, 10
+DETECT_FPS, CLASSIFY_EVERY, TAKE_FPS = 2.0, 10, 2.0
 SHORT_RUN = 900.0
 SETTINGS = {
     "video_source": str(VIDEO),
@@ -166,8 +166,11 @@ class Shape:
     def settings(self) -> dict[str, str]:
         if self.sources == 1:
             return SETTINGS
+        # Read at the file's 10 fps like a camera, taking TAKE_FPS of them: 8 cameras at 10 fps need 80 inferences a
+        # second, about 4 times what 2 cores give (docs/performance.md), and a soak measures growth, not overload.
         cameras = [
-            {"source_id": f"{SOURCE_ID}{i}", "url": str(VIDEO), "loop": True, "realtime": True} for i in range(self.sources)
+            {"source_id": f"{SOURCE_ID}{i}", "url": str(VIDEO), "loop": True, "realtime": True, "target_fps": TAKE_FPS}
+            for i in range(self.sources)
         ]
         rules = {"ssd_mobilenet_v2_coco": {"max_fps": DETECT_FPS}, "efficientnet_lite0": {"every_nth": CLASSIFY_EVERY}}
         rest = {k: v for k, v in SETTINGS.items() if not k.startswith("video_") and k != "source_id"}
@@ -177,11 +180,14 @@ class Shape:
 
 
 def overlaps(events: list[Event]) -> list[tuple[str, str]]:
-    """Pairs of events of one source, run and label whose spans overlap: one occurrence recorded twice."""
+    """Pairs of events of one occurrence whose spans overlap: it was recorded twice. An occurrence is a tracked
+    object (source, run, model, track id) in object mode, and a label in view (source, run, model, label) in scene
+    mode: two people in view at once are two object events, not a double."""
     doubled = []
-    by_key: dict[tuple[str, str, str], list[Event]] = {}
+    by_key: dict[tuple[str, str, str, str], list[Event]] = {}
     for event in events:
-        by_key.setdefault((event.source_id, event.run, event.label), []).append(event)
+        who = f"#{event.track_id}" if event.track_id is not None else event.label
+        by_key.setdefault((event.source_id, event.run, event.model, who), []).append(event)
     for group in by_key.values():
         group.sort(key=lambda e: e.start)
         doubled += [(a.id, b.id) for a, b in itertools.pairwise(group) if b.start < a.end]
@@ -293,7 +299,7 @@ async def main(duration: float, echo: bool, shape: Shape = Shape()) -> int:
     print_table(
         f"fleet soak, {VIDEO.name} looped at 10 fps as {shape.sources} source(s), {shape.registrators} registrator(s)"
         f"{', one killed half-way' if shape.kill_registrator else ''}, for {duration:.0f} s, sampled every {SAMPLE_EVERY:.0f} s "
-        f"(ttl_bucket 1m, {VOLUME_MB} MB volumes); slopes by least squares",
+        f"(ttl_bucket {shape.settings()['ttl_bucket']}, {VOLUME_MB} MB volumes); slopes by least squares",
         [
             "series",
             "start MB",
