@@ -31,6 +31,7 @@ import contextlib
 import functools
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -220,17 +221,32 @@ def find_binary(name: str) -> str:
     raise ServerError(f"{name!r} not found in {local.parent} nor on PATH; {how} or put it on PATH")
 
 
+def _worker_ports() -> range | None:
+    """Under pytest-xdist, a slice of ports below the kernel's ephemeral range for each test process: processes
+    picking ports at once would otherwise be handed the same one between its pick and the server's bind."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not worker[2:].isdigit():
+        return None
+    width = 2000
+    start = 20000 + (int(worker[2:]) % 6) * width
+    return range(start, start + width)
+
+
 def free_ports(count: int, *, avoid: set[int] | frozenset[int] = frozenset()) -> list[int]:
     """Distinct free TCP ports on 127.0.0.1; all sockets stay open until the end so the kernel can't repeat one."""
     socks: list[socket.socket] = []
     ports: list[int] = []
+    pool = _worker_ports()
     try:
         while len(ports) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             socks.append(s)
-            s.bind((HOST, 0))
+            try:
+                s.bind((HOST, random.choice(pool) if pool is not None else 0))
+            except OSError:
+                continue  # taken: another pick
             port = s.getsockname()[1]
-            if port not in avoid:
+            if port not in avoid and port not in ports:
                 ports.append(port)
     finally:
         for s in socks:
