@@ -111,7 +111,7 @@ async def main(repeats: int) -> None:
         server_set = servers.start()
         broker = Mosquitto(binary, folder) if binary else None
         if broker is not None:
-            broker.start()
+            await broker.start()
         runs: dict[str, list[dict[str, Any]]] = {"webhook": [], "mqtt": [], "both": []}
         try:
             for i in range(repeats):

@@ -353,7 +353,8 @@ async def main(duration: float, echo: bool, shape: Shape = Shape()) -> int:
             "duration_s": duration,
             "sample_every_s": SAMPLE_EVERY,
             "volume_size_mb": VOLUME_MB,
-            "settings": {k: v for k, v in shape.settings().items() if k != "video_source"},
+            # Paths relative to the repository: the results name no folder of the machine that made them.
+            "settings": {k: v.replace(f"{ROOT}/", "") for k, v in shape.settings().items() if k != "video_source"},
             "sources": shape.sources,
             "registrators": shape.registrators,
             "killed_registrator_at_s": got["killed_registrator_at_s"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,12 @@ PEOPLE = (range(5, 13), range(26, 36))
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+async def mosquitto(tmp_path: Path) -> AsyncIterator[Mosquitto]:
     binary = mosquitto_binary()
     if binary is None:
         pytest.skip("no mosquitto binary: scripts/install-test-deps.sh installs Debian's (as root)")
     broker = Mosquitto(binary, tmp_path)
-    broker.start()
+    await broker.start()
     try:
         yield broker
     finally:
@@ -245,7 +245,7 @@ async def test_a_notifier_killed_while_delivering_loses_no_notice(
     receiver.answer = count_then_hang
     async with service_process("services.notifier", env) as first:
         await wait_for(lambda: len(receiver.requests) >= answered or not first.running, 60, "the first notices")
-        await asyncio.sleep(0.3)  # the requests after them reach the receiver and hang there
+        await wait_for(lambda: receiver.held > 0, 30, "requests hanging in the receiver")
         assert first.running, first.tail
         await first.kill()
     assert len(notice_keys(receiver.accepted)) < len(published)
@@ -317,15 +317,15 @@ async def test_mqtt_notices_wait_for_the_broker_and_reconnect_after_its_restart(
     notices = Notices(bus, 0.0, Metrics("test_publisher"))
     async with running(NotifierService(settings), lambda s: s.bus.nc is not None) as notifier:
         await notices.publish(stored_event("cam0-early", 100.0, state=EventState.CREATED, frames=1))
-        await asyncio.sleep(1.5)  # a few failed attempts while the broker is away
+        await wait_for(lambda: counter_value(notifier.m_retries, destination="mqtt") >= 3, 30, "attempts while it is away")
         assert notifier.mqtt is not None and not notifier.mqtt.connected
-        mosquitto.start()
+        await mosquitto.start()
         watch = MqttWatch(mosquitto.port, f"{unique}/events")
         watching = asyncio.create_task(watch.run())
         try:
             await wait_for(lambda: notifier.delivered_total == 1, 30, "the notice once the broker is up")
             mosquitto.stop()  # a broker restart: the notifier reconnects by itself
-            mosquitto.start()
+            await mosquitto.start()
             await wait_for(lambda: notifier.mqtt is not None and notifier.mqtt.connected, 30, "the reconnection")
             watching.cancel()
             watch = MqttWatch(mosquitto.port, f"{unique}/events")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from fleet.servers import free_ports
+from tests.integration.helpers import wait_for
 
 # Debian puts it in /usr/sbin, which is not on every user's PATH.
 _PLACES = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
@@ -29,19 +30,25 @@ class Mosquitto:
         self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 10.0) -> None:
+    async def start(self, timeout: float = 10.0) -> None:
+        process = self._spawn()
+        with contextlib.suppress(AssertionError):  # a timeout is said below, with the broker's log
+            await wait_for(lambda: process.poll() is not None or self._listening(), timeout, f"mosquitto on {self.port}")
+        if not self._listening():
+            self.stop()
+            raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log.read_text()[-2000:]}")
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log.read_text()[-2000:]}") from None
-                time.sleep(0.05)
+        return self.process
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -29,6 +29,7 @@ class Receiver:
     answer: Answer = lambda notice: 200  # the default: take everything
     requests: list[Request] = field(default_factory=list)
     hold: asyncio.Event | None = None  # while set to an unset event, requests wait (a receiver that hangs)
+    held: int = 0  # requests that came while it hung
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -42,6 +43,7 @@ class Receiver:
         signed = hmac.compare_digest(request.headers.get("X-Vigil-Signature", ""), expected)
         notice = json.loads(body)
         held = self.hold is not None and not self.hold.is_set()
+        self.held += held
         if self.hold is not None:
             await self.hold.wait()
         # A request that was held answers 503 once let go: its sender may be gone, and must not count it delivered.
