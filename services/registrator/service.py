@@ -457,16 +457,28 @@ class RegistratorService(Service[RegistratorSettings]):
         trackers = {pair: self.tracker.state_bytes(*pair) for pair in self.tracker.take_dirty()}
 
         async def fill(pipe: Pipeline) -> None:
-            assert self.store is not None
-            for event in changed:
-                self.state.keep(pipe, event)
-                await self.store.save_in(pipe, event.record())
-            for (f, m), data in trackers.items():
-                self.state.tracker(pipe, f, m, data)
-            self.state.count(pipe, tally)
+            await self._queue_changes(pipe, changed, changed, trackers, tally)
 
         await self.redis_must("flushed events", lambda: self.leases.write_fenced(source_id, fill))
         return closed
+
+    async def _queue_changes(
+        self,
+        pipe: Pipeline,
+        kept: list[OpenEvent],
+        records: list[OpenEvent],
+        trackers: dict[tuple[str, str], bytes],
+        tally: Counter[tuple[str, str]],
+    ) -> None:
+        """Into a source's transaction: its open events' saved state, their records, tracker states and counts."""
+        assert self.store is not None
+        for event in kept:
+            self.state.keep(pipe, event)
+        for event in records:
+            await self.store.save_in(pipe, event.record())
+        for (feed, model), data in trackers.items():
+            self.state.tracker(pipe, feed, model, data)
+        self.state.count(pipe, tally)
 
     async def _on_results(self, source_id: str, msgs: list[Msg]) -> None:
         """Apply a batch, write its effects (records and the registrator's own state) in one pipeline,
@@ -505,19 +517,12 @@ class RegistratorService(Service[RegistratorSettings]):
             self.m_crossings.labels(source_id=source, line=line, label=label, direction=direction).inc(n)
 
         async def fill(pipe: Pipeline) -> None:
-            assert self.store is not None
-            for event in touched.values():
-                if event.state is not EventState.DONE:
-                    self.state.keep(pipe, event)
-            for event in records:
-                await self.store.save_in(pipe, event.record())
+            kept = [event for event in touched.values() if event.state is not EventState.DONE]
+            await self._queue_changes(pipe, kept, records, trackers, tally)
             for feed, model in seen:
                 self.state.window(pipe, feed, model, self.sources[feed].windows[model])
-            for (feed, model), data in trackers.items():
-                self.state.tracker(pipe, feed, model, data)
             for summary in summaries:
                 self.state.summary(pipe, summary)
-            self.state.count(pipe, tally)
 
         # One transaction, only while this replica holds the source: written whole or not at all, so a retry after
         # Redis came back counts nothing twice, and a replica that lost the source writes nothing (LeaseLost).
