@@ -34,7 +34,7 @@ config-docs: install
 	$(PY) -m scripts.settings_doc
 
 run: install
-	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve) $(if $(NATS_NODES),--nats-nodes $(NATS_NODES)) $(if $(VOLUME_SERVERS),--volume-servers $(VOLUME_SERVERS)) $(if $(REGISTRATORS),--registrators $(REGISTRATORS))
+	$(PY) -m fleet --detection $(DETECTION) --classification $(CLASSIFICATION) $(if $(SOURCE),--source $(SOURCE)) $(if $(SERVE),--serve) $(if $(NATS_NODES),--nats-nodes $(NATS_NODES)) $(if $(VOLUME_SERVERS),--volume-servers $(VOLUME_SERVERS)) $(if $(REGISTRATORS),--registrators $(REGISTRATORS)) $(if $(READERS),--readers $(READERS))
 
 # The tests mostly wait on servers and processes, so TEST_JOBS processes share them (pytest-xdist; tests/conftest.py
 # keeps the sample fleet run and module-wide servers in one process each); TEST_JOBS=0 runs them in this one.
@@ -104,9 +104,10 @@ soak: install
 soak-sources: install
 	$(PY) -m bench.soak $(or $(DURATION),1800) --sources $(or $(SOURCES),8) --registrators 2 --kill-registrator
 
-# RSS of a reader looping the sample as fast as it can, sampled over DURATION seconds (default 600).
+# RSS and threads of a reader looping the sample as fast as it can, sampled over DURATION seconds (default 600);
+# SOURCES=8: eight camera-paced copies in one reader.
 soak-reader: install
-	$(PY) -m bench.reader_soak $(or $(DURATION),600)
+	$(PY) -m bench.reader_soak $(or $(DURATION),600) $(if $(SOURCES),--sources $(SOURCES))
 
 # `make check`, which CI runs first: ruff's lint, ruff's formatting and mypy (strict; pyproject.toml's [tool.mypy]).
 # `make format` rewrites the files as `ruff format --check` wants them. .pre-commit-config.yaml runs the same.

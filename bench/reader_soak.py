@@ -1,13 +1,16 @@
-"""Reader memory over a long run: the sample video looped as fast as possible; RSS sampled, slope reported.
+"""Reader memory over a long run: RSS and threads sampled, slope reported.
 
-Frames are smaller (max_width 384) and expire sooner (ttl 2m) than by default so that a 10-minute run
-at full speed stays within the disk SeaweedFS is given here; the reader's own work per frame is the same.
+One source: the sample video looped as fast as possible. Frames are smaller (max_width 384) and expire sooner
+(ttl 2m) than by default so that a 10-minute run at full speed stays within the disk SeaweedFS is given here; the
+reader's own work per frame is the same. `--sources N`: N copies looped at the video's own 10 fps, like cameras,
+each taking 2 frames a second (as `bench.soak --sources` does): one reader holding many decoders at once.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -32,29 +35,40 @@ def slope_mb_per_min(points: list[tuple[float, float]]) -> float:
     return sum((t - mt) * (r - mr) for t, r in points) / den if den else 0.0
 
 
-async def main(duration: float) -> None:
+def source_settings(sources: int) -> dict[str, str]:
+    video = str(ROOT / "video" / "vtest.mp4")
+    if sources == 1:
+        return {"video_source": video, "video_loop": "true", "source_id": "soak"}
+    cameras = [{"source_id": f"soak{i}", "url": video, "loop": True, "realtime": True, "target_fps": 2.0} for i in range(sources)]
+    return {"sources": json.dumps(cameras)}
+
+
+async def main(duration: float, sources: int) -> None:
     with tempfile.TemporaryDirectory(prefix="vigil-soak-") as tmp:
         servers = LocalServers(Path(tmp))
         server_set = servers.start()
-        env = server_set.env() | {
-            "video_source": str(ROOT / "video" / "vtest.mp4"),
-            "video_loop": "true",
-            "max_width": "384",
-            "ttl_bucket": "2m",
-            "source_id": "soak",
-            "metrics_port": "0",
-        }
+        env = (
+            server_set.env()
+            | source_settings(sources)
+            | {
+                "max_width": "384",
+                "ttl_bucket": "2m",
+                "metrics_port": "0",
+            }
+        )
         process = await start_service("services.reader", env)
         ps = psutil.Process(process.pid)
         samples: list[tuple[float, float]] = []
+        threads: list[int] = []
         started = time.monotonic()
         try:
             while (elapsed := time.monotonic() - started) < duration:
                 await asyncio.sleep(SAMPLE_EVERY)
                 process.check_running()  # ServiceExited, with its last lines
                 samples.append((elapsed / 60, ps.memory_info().rss / 2**20))
+                threads.append(ps.num_threads())
                 if len(samples) % 12 == 0:
-                    print(f"{elapsed:6.0f} s  RSS {samples[-1][1]:.1f} MB", flush=True)
+                    print(f"{elapsed:6.0f} s  RSS {samples[-1][1]:.1f} MB, {threads[-1]} threads", flush=True)
             cpu = sum(ps.cpu_times()[:2])
         finally:
             await process.stop()
@@ -66,11 +80,24 @@ async def main(duration: float) -> None:
         ["RSS max (MB)", max(r for _, r in samples)],
         ["slope, whole run (MB/min)", slope_mb_per_min(samples)],
         ["slope, second half (MB/min)", slope_mb_per_min(half)],
+        ["threads, first and last", f"{threads[0]}, {threads[-1]}"],
+        ["threads, max", max(threads)],
         ["reader CPU (s)", cpu],
     ]
-    print_table(f"reader RSS over {duration:.0f} s, sample video looped as fast as possible", ["measure", "value"], rows)
-    write_result("reader_soak", {"duration_s": duration, "samples_min_mb": samples, "summary": {r[0]: r[1] for r in rows}})
+    how = "sample video looped as fast as possible" if sources == 1 else f"{sources} camera-paced sources at 2 fps each"
+    print_table(f"reader RSS over {duration:.0f} s, {how}", ["measure", "value"], rows)
+    name = "reader_soak" if sources == 1 else f"reader_soak_{sources}_sources"
+    doc = {"duration_s": duration, "sources": sources, "samples_min_mb": samples, "threads": threads}
+    write_result(name, doc | {"summary": {r[0]: r[1] for r in rows}})
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("duration", type=float, nargs="?", default=600.0, help="seconds (default 600)")
+    parser.add_argument("--sources", type=int, default=1, help="looped copies of the sample video (default 1)")
+    args = parser.parse_args()
+    asyncio.run(main(args.duration, args.sources))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(float(sys.argv[1]) if len(sys.argv) > 1 else 600.0))
+    cli()

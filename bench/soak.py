@@ -210,7 +210,7 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape()) -> dict[str,
         seen_ttl: set[int] = set()
         victim, killed_at = None, None
         try:
-            while not any(p.name == "reader" for p in fleet.procs):  # the clock starts with the source
+            while not any(p.service == "reader" for p in fleet.procs):  # the clock starts with the source
                 if run.done():
                     break
                 await asyncio.sleep(0.2)

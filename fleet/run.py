@@ -213,6 +213,7 @@ class FleetOptions:
     server_addresses: bool = True
     api_port: int = 0  # the dashboard's port; 0 takes a free one
     registrators: int = 1  # replicas sharing the sources by lease (services/registrator/leases.py)
+    readers: int = 1  # replicas sharing the sources by lease (services/reader/service.py)
     keep_serving: bool = False  # after a file source has drained, keep the api up until Ctrl-C
 
 
@@ -322,7 +323,8 @@ async def run_fleet(servers: LocalServers, options: FleetOptions, stop: asyncio.
         if options.classification:
             models.add(load_spec(ROOT / "models" / "efficientnet_lite0").name)
         await fleet.wait_for_models(router, models)
-        await fleet.spawn("reader", "reader")
+        for i in range(options.readers):
+            await fleet.spawn("reader", "reader" if options.readers == 1 else f"reader-{i + 1}")
         last = 0.0
         while not stop.is_set() and not p.drained:
             await asyncio.sleep(0.2)
@@ -336,7 +338,7 @@ async def run_fleet(servers: LocalServers, options: FleetOptions, stop: asyncio.
                 published = p.frames["published"]
                 print(f"[progress] frames published {published}, inferred: {inferred}, events {event_count}", flush=True)
             crashed = [
-                x.name for x in fleet.procs if x.process.returncode not in (None, 0) and x.name != "reader" and not x.killed
+                x.name for x in fleet.procs if x.process.returncode not in (None, 0) and x.service != "reader" and not x.killed
             ]
             if crashed:
                 print(f"service(s) exited with an error: {', '.join(crashed)}", flush=True)
@@ -405,6 +407,7 @@ async def run(args: argparse.Namespace) -> int:
         {"video_source": args.source} if args.source else {},
         api_port=args.api_port,
         registrators=args.registrators,
+        readers=args.readers,
         keep_serving=args.serve,
         env_file=env_file,
     )
@@ -433,6 +436,7 @@ def main() -> None:
     parser.add_argument(
         "--registrators", type=_positive, default=1, help="registrator replicas; each source is held by one of them"
     )
+    parser.add_argument("--readers", type=_positive, default=1, help="reader replicas; each source is read by one of them")
     parser.add_argument("--api-port", type=int, default=8080, help="port of the api and dashboard (0: a free one)")
     parser.add_argument(
         "--nats-nodes",
