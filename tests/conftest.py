@@ -71,11 +71,8 @@ def local_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSer
     Tests share it, so each uses `unique` names, and a test that stops a server starts it again.
     """
     servers = LocalServers(tmp_path_factory.mktemp("servers"))
-    servers.start()
-    try:
+    with servers:  # started, and stopped after the last test
         yield servers
-    finally:
-        servers.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ the report then says exactly what was read, routed and answered.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,11 +25,12 @@ import psutil
 from fleet.clients import connect_nats, redis_client
 from fleet.run import Fleet, FleetOptions, FleetReport, run_fleet
 from fleet.servers import LocalServers
-from shared.contracts import ContractError, Event, EventState, InferenceResult
+from shared.contracts import ContractError, Event, EventState, InferenceResult, SourceState
 from shared.event_store import EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from shared.subjects import Subjects, results_stream_name, task_stream_name, worker_durable
+from tests.integration.helpers import wait_for
 from tests.support.settings import settings_from
 
 SOURCE = "cam0"
@@ -248,3 +250,26 @@ def check_accounting(report: FleetReport) -> None:
     drained = report.drained[SOURCE]
     assert drained.frames_routed == status.frames_published, (drained, status)
     assert drained.results == drained.tasks, drained
+
+
+def check_file_read_whole(report: FleetReport) -> None:
+    """A fleet run on a file that a server fault did not hurt: no service crashed, the file was read to its end with
+    nothing shed (a file waits), and every frame is accounted for."""
+    status = report.sources[SOURCE]
+    assert report.code == 0, report
+    assert status.state is SourceState.ENDED and status.frames_dropped == 0, status
+    check_accounting(report)
+
+
+def sigkill_server(servers: LocalServers, name: str) -> float:
+    """SIGKILL one server process ("nats-2", "weed-volume-1"); returns when, on the monotonic clock."""
+    pid = servers.pid(name)
+    assert pid is not None, f"{name} is not running"
+    os.kill(pid, signal.SIGKILL)
+    return time.monotonic()
+
+
+async def frames_published_beyond(fleet: Fleet, run: asyncio.Task[FleetReport], count: int, timeout: float, what: str) -> None:
+    """Wait until the fleet has published more than `count` frames, while its run goes on."""
+    await wait_for(lambda: run.done() or fleet.progress.frames["published"] > count, timeout, what)
+    assert not run.done(), run.result()
