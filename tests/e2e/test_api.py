@@ -315,7 +315,8 @@ async def test_openapi_document_describes_every_route(api: str) -> None:
     assert clip["responses"]["206"]["headers"]["Content-Range"]["required"] is True
     assert "video_proof_path" not in doc["components"]["schemas"]["Event"]["properties"]
     params = {p["name"]: p["schema"] for p in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
-    assert set(params) == {"source", "label", "state", "since", "until", "limit", "cursor"}
+    assert set(params) == {"source", "label", "state", "zone", "sub_label", "stationary", "since", "until", "limit", "cursor"}
+    assert params["stationary"] == {"type": "boolean", "examples": [False]} and "pattern" in params["zone"]
     assert params["limit"] | {"examples": None} == {
         "type": "integer",
         "minimum": 1,
@@ -506,3 +507,18 @@ async def test_unreadable_records_are_skipped_and_counted_and_big_clips_refused(
             assert resp.status == 200 and len(await resp.read()) == 1000
         body = await get_json(http, f"{service.url}api/v1/events/{big.id}/clip", 502)
         assert body["error"]["message"] == "the clip is 1.0 MiB, over api_clip_max_mb (1 MiB)"
+
+
+async def test_a_configured_source_without_events_has_a_layout_without_a_frame(servers: ServerSet) -> None:
+    """Zones as Frigate writes them (a flat string) come back as corner pairs; no event yet: no frame to draw on."""
+    zones = {"gate": {"zones": {"drive": {"points": "0.1,0.5,0.4,0.5,0.4,1"}}}}
+    service = api_service(servers, f"t{secrets.token_hex(4)}", zones=zones)
+    async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession() as http:
+        layout = await get_json(http, f"{service.url}api/v1/sources/gate/layout")
+        assert layout == {
+            "source_id": "gate",
+            "zones": {"drive": [[0.1, 0.5], [0.4, 0.5], [0.4, 1.0]]},
+            "lines": {},
+            "frame": None,
+        }
+        await get_json(http, f"{service.url}api/v1/sources/cam0/layout", status=404)  # no zones, no events here
