@@ -33,6 +33,9 @@ from shared.settings import VigilSettings
 FPS, MODELS, HOUR = 10, ("ssd", "effnet"), 3600
 SOURCES = 20
 LABELS = (("person", 0.70), ("car", 0.25), ("dog", 0.05))
+ZONES = (("drive", 0.40), ("gate", 0.02))  # the share of objects that enter each
+SUB_LABELS = ("cab", "minivan", "pickup", "police van")  # a car's, from the cascade
+STATIONARY = 0.05
 PAGE = 50
 WINDOW = RegistratorSettings.model_fields["dedup_window_frames"].default
 
@@ -94,6 +97,9 @@ def synthetic(i: int, rng: random.Random, now: float) -> Event:
     label = rng.choices([lab for lab, _ in LABELS], [w for _, w in LABELS])[0]
     source = f"cam{rng.randrange(SOURCES)}"
     state = EventState.FINISHED if rng.random() < 0.97 else EventState.ERROR
+    zones = [zone for zone, share in ZONES if rng.random() < share]
+    sub_label = rng.choice(SUB_LABELS) if label == "car" else None
+    stationary = rng.random() < STATIONARY
     start = now - i * 7.0  # one event every 7 s across the fleet
     return Event(
         id=f"{source}-{i:016x}",
@@ -109,6 +115,9 @@ def synthetic(i: int, rng: random.Random, now: float) -> Event:
         best_score=0.9,
         best_frame_seq=0,
         updated_at=start,
+        zones=zones,
+        sub_label=sub_label,
+        stationary=stationary,
     )
 
 
@@ -136,6 +145,10 @@ async def listing(redis: Redis, keys: RedisKeys, count: int) -> list[list[Any]]:
         "source+label+state": EventFilter(source_id="cam3", label="dog", state=EventState.FINISHED),
         "state ERROR (3%)": EventFilter(state=EventState.ERROR),
         "rare source (1 record, oldest)": EventFilter(source_id="rare"),
+        "zone gate (2%)": EventFilter(zone="gate"),
+        "sub_label cab (6%)": EventFilter(sub_label="cab"),
+        "stationary (5%)": EventFilter(stationary=True),
+        "zone drive+sub_label+moving": EventFilter(zone="drive", sub_label="police van", stationary=False),
     }
     rows = []
     for name, where in cases.items():

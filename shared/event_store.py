@@ -1,11 +1,11 @@
 """The event records in Redis, for the registrator that writes them and the api that reads them.
 
 Layout: the sorted set `RedisKeys.events` holds one JSON record per event, scored by its start (unix time),
-and the hash `RedisKeys.event_index` maps an event id to its current record. Beside them, one sorted set of
-event ids per source, per label and per state (`RedisKeys.events_by`), scored by the start too, lets a filtered
-listing read only what it returns; and `RedisKeys.events_stored_bytes` sums the records' `stored_bytes` (the
-proofs' size in the filer) for retention by disk budget. All of them are written by one script with the record,
-so they never disagree. Nothing else reads or writes these keys.
+and the hash `RedisKeys.event_index` maps an event id to its current record. Beside them, sorted sets of event
+ids (`RedisKeys.events_by`), scored by the start too, one per source, label, state, zone entered, sub-label and
+stationary flag, let a filtered listing read only what it returns; and `RedisKeys.events_stored_bytes` sums the
+records' `stored_bytes` (the proofs' size in the filer) for retention by disk budget. All of them are written by
+one script with the record, so they never disagree. Nothing else reads or writes these keys.
 """
 
 from __future__ import annotations
@@ -20,27 +20,50 @@ from redis.asyncio.client import Pipeline
 from shared.contracts import ContractError, Event
 from shared.keys import RedisKeys
 
-# The indexed fields, as named in the index keys, and the record fields they read.
-INDEXED = {"source": "source_id", "label": "label", "state": "state"}
+# The indexed fields, as named in the index keys, and the record fields they read. An event is in one index per
+# field and value: `zone` has one entry per zone it entered, `sub_label` none while it has none, `stationary` is
+# `true` or `false`. index_entries below and _ENTRIES_LUA say the same, for the backfill and for the script.
+INDEXED = {
+    "source": "source_id",
+    "label": "label",
+    "state": "state",
+    "zone": "zones",
+    "sub_label": "sub_label",
+    "stationary": "stationary",
+}
 
 # The member of a sorted set is its value, so an update must remove the previous JSON and add the new one in
-# one step; the index hash remembers which JSON is current. The previous record also says which label and state
-# indexes held the event (both change as it grows) and how many proof bytes it counted. The index keys are built
-# here from their prefix (ARGV[4]): they are under the fleet's own prefix, which the roles' ACLs cover.
-_FIELDS_LUA = "local FIELDS = {source = 'source_id', label = 'label', state = 'state'}\n"
+# one step; the index hash remembers which JSON is current. The index entries of a record are read from its
+# JSON by one function, for the record written and for the one it replaces (its label, state, zones and
+# sub-label change as it grows); the previous record also says how many proof bytes it counted. The index keys
+# are built here from their prefix (ARGV[4]): they are under the fleet's own prefix, which the roles' ACLs cover.
+_ENTRIES_LUA = """
+local SCALARS = {source = 'source_id', label = 'label', state = 'state', sub_label = 'sub_label'}
+local function entries(doc)
+  local out = {}
+  for field, name in pairs(SCALARS) do
+    if type(doc[name]) == 'string' then table.insert(out, field .. ':' .. doc[name]) end
+  end
+  if type(doc.zones) == 'table' then
+    for _, zone in ipairs(doc.zones) do
+      if type(zone) == 'string' then table.insert(out, 'zone:' .. zone) end
+    end
+  end
+  table.insert(out, 'stationary:' .. tostring(doc.stationary == true))
+  return out
+end
+"""
 _UNINDEX_LUA = """
 local function unindex(prefix, id, raw)
   local ok, doc = pcall(cjson.decode, raw)
   if not ok or type(doc) ~= 'table' then return 0 end
-  for field, name in pairs(FIELDS) do
-    if type(doc[name]) == 'string' then redis.call('ZREM', prefix .. field .. ':' .. doc[name], id) end
-  end
+  for _, entry in ipairs(entries(doc)) do redis.call('ZREM', prefix .. entry, id) end
   if type(doc.stored_bytes) == 'number' then return doc.stored_bytes end
   return 0
 end
 """
 _REPLACE = (
-    _FIELDS_LUA
+    _ENTRIES_LUA
     + _UNINDEX_LUA
     + """
 local old = redis.call('HGET', KEYS[2], ARGV[1])
@@ -51,10 +74,8 @@ if old then
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('ZADD', ARGV[4] .. 'source:' .. ARGV[5], ARGV[2], ARGV[1])
-redis.call('ZADD', ARGV[4] .. 'label:' .. ARGV[6], ARGV[2], ARGV[1])
-redis.call('ZADD', ARGV[4] .. 'state:' .. ARGV[7], ARGV[2], ARGV[1])
-local delta = tonumber(ARGV[8]) - old_bytes
+for _, entry in ipairs(entries(cjson.decode(ARGV[3]))) do redis.call('ZADD', ARGV[4] .. entry, ARGV[2], ARGV[1]) end
+local delta = tonumber(ARGV[5]) - old_bytes
 if delta ~= 0 then redis.call('INCRBY', KEYS[3], delta) end
 return 1
 """
@@ -62,7 +83,7 @@ return 1
 # Removes the record `started_before` gave (ARGV[1]) and the current one of its id (ARGV[2]) if that differs,
 # with their index entries; only a record still in the set takes its bytes off the meter, so a repeat is a no-op.
 _DELETE = (
-    _FIELDS_LUA
+    _ENTRIES_LUA
     + _UNINDEX_LUA
     + """
 local current = redis.call('HGET', KEYS[2], ARGV[2])
@@ -84,15 +105,20 @@ SCAN_CHUNK = 500
 # A filtered page reads at most this many index entries: a combination that matches little (one source's rare
 # label) answers a short page and a cursor after what it read, rather than reading a whole index in one request.
 SCAN_BUDGET = 10_000
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"  # 2: the zone, sub_label and stationary indexes
 log = logging.getLogger("vigil.events")
 
 Position = tuple[float, str]  # (start_wall, event id): where a newest-first listing stands
 
 
-def index_values(event: Event) -> dict[str, str]:
-    """The event's entry in each index: field -> value."""
-    return {"source": event.source_id, "label": event.label, "state": event.state.value}
+def index_entries(event: Event) -> list[tuple[str, str]]:
+    """The (field, value) of each index that lists the event: what the script's `entries` reads from its JSON."""
+    found = [("source", event.source_id), ("label", event.label), ("state", event.state.value)]
+    if event.sub_label is not None:
+        found.append(("sub_label", event.sub_label))
+    found += [("zone", zone) for zone in event.zones]
+    found.append(("stationary", "true" if event.stationary else "false"))
+    return found
 
 
 def narrowest(counts: Mapping[str, int]) -> str:
@@ -139,8 +165,9 @@ class EventStore:
         return int(freed)
 
     async def backfill_indexes(self, chunk: int = SCAN_CHUNK) -> int | None:
-        """Index the records written before the indexes existed, and sum their stored bytes: once (a version mark
-        says it is done), and harmless if repeated. Returns how many records it indexed, None if done before.
+        """Index the records written before the indexes existed (or before INDEX_VERSION's newest ones), and sum
+        their stored bytes: once per version (a mark says it is done), and harmless if repeated. Returns how many
+        records it indexed, None if done before.
 
         Run by the registrator at start, before it writes: the meter is set from the records it read."""
         if await self.redis.get(self.keys.events_indexed) == INDEX_VERSION.encode():
@@ -151,7 +178,7 @@ class EventStore:
                 for raw in raws:
                     if (event := self._parse(raw)) is None:
                         continue  # listed by no index: retention still finds it by age, and removes it
-                    for field, value in index_values(event).items():
+                    for field, value in index_entries(event):
                         pipe.zadd(self.keys.events_by(field, value), {event.id: event.start_wall})
                     stored += event.stored_bytes
                     indexed += 1
@@ -286,17 +313,7 @@ class EventStore:
         return [self.keys.events, self.keys.event_index, self.keys.events_stored_bytes]
 
     def _args(self, event: Event) -> list[str | float | int]:
-        values = index_values(event)
-        return [
-            event.id,
-            event.start_wall,
-            event.model_dump_json(),
-            self.keys.events_by_prefix,
-            values["source"],
-            values["label"],
-            values["state"],
-            event.stored_bytes,
-        ]
+        return [event.id, event.start_wall, event.model_dump_json(), self.keys.events_by_prefix, event.stored_bytes]
 
 
 def _range(newest: float | None, oldest: float | None) -> tuple[str | float, str | float]:

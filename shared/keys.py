@@ -113,7 +113,7 @@ class RedisKeys:
         return f"{self._ns}events-by:"
 
     def events_by(self, field: str, value: str) -> str:
-        """Sorted set of the ids of the events whose `field` (source, label, state) is `value`, scored by start."""
+        """Sorted set of the ids of the events whose `field` is `value` (shared/event_store.py INDEXED), by start."""
         return f"{self.events_by_prefix}{field}:{value}"
 
     @property

@@ -30,6 +30,7 @@ from services.api.handlers import (
     get_event,
     get_keyframe,
     get_openapi,
+    get_source_layout,
     get_totals,
     healthz,
     list_events,
@@ -38,12 +39,13 @@ from services.api.handlers import (
     static_file,
 )
 from services.api.middleware import cors, json_errors, log_access, no_sniff
-from services.api.models import EventPage, OpenApiDocument, PublicEvent, Services, Sources, Totals
+from services.api.models import EventPage, OpenApiDocument, PublicEvent, Services, SourceLayout, Sources, Totals
 from services.api.openapi import Link, Route
 from services.api.params import (
     ClipHeaders,
     EventPath,
     KeyframeQuery,
+    SourcePath,
     events_query,
     parse_headers,
     parse_query,
@@ -125,6 +127,14 @@ def routes(page_limit: int) -> tuple[Route, ...]:
             "Sources with their state, fps and drops",
             {"200": "every source the fleet reports", "503": _UNAVAILABLE},
             Sources,
+        ),
+        Route(
+            f"{API}/sources/{{source_id}}/layout",
+            get_source_layout,
+            "A source's zones and lines (fractions of the frame), and its newest key frame to draw them on",
+            {"200": "the layout", "404": "a source with no zones configured and no events", "503": _UNAVAILABLE},
+            SourceLayout,
+            path_params=SourcePath,
         ),
         Route(
             f"{API}/totals",

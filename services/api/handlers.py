@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from services.api.errors import ApiError, not_found
-from services.api.models import INTERNAL_FIELDS, EventPage, PublicEvent, Services, Sources, Totals, dump
+from services.api.models import INTERNAL_FIELDS, EventPage, PublicEvent, Services, SourceLayout, Sources, Totals, dump
 from services.api.params import (
     ClipHeaders,
     EventPath,
@@ -19,6 +19,7 @@ from services.api.params import (
     Headers,
     KeyframeQuery,
     Params,
+    SourcePath,
 )
 from services.api.queries import Cursor, EventFilter, FleetView
 from services.api.ranges import UnsatisfiableRange, parse_range
@@ -80,7 +81,16 @@ async def list_events(request: web.Request) -> web.Response:
     # since after until is an empty range, not an error: the document allows any two times.
     # The cursor's pattern is the shape Cursor.encode writes, so one that matches it decodes.
     cursor = Cursor.decode(q.cursor) if q.cursor else None
-    where = EventFilter(source_id=q.source, label=q.label, state=q.state, since=q.since, until=q.until)
+    where = EventFilter(
+        source_id=q.source,
+        label=q.label,
+        state=q.state,
+        since=q.since,
+        until=q.until,
+        zone=q.zone,
+        sub_label=q.sub_label,
+        stationary=q.stationary,
+    )
     page = await _view(request).events(where, q.limit, cursor)
     return _json(
         dump(
@@ -147,6 +157,31 @@ async def list_services(request: web.Request) -> web.Response:
 
 async def list_sources(request: web.Request) -> web.Response:
     return _json(dump(Sources, {"sources": await _view(request).sources()}))
+
+
+async def get_source_layout(request: web.Request) -> web.Response:
+    """What the dashboard draws a source's zones and lines with. A source id the settings do not name and no event
+    has is a 404: a mistyped id should not look like a source without zones."""
+    path = request[PATH]
+    assert isinstance(path, SourcePath)
+    configured = request.app[SETTINGS].zones.get(path.source_id)
+    newest = await _view(request).newest_with_keyframe(path.source_id)
+    if configured is None and newest is None and not await _view(request).has_source(path.source_id):
+        raise not_found(f"no source {path.source_id!r}: no zones are configured for it and it has no events")
+    frame = None
+    if newest is not None:
+        frame = {"event_id": newest.id, "start_wall": newest.start_wall, "keyframe": f"{API}/events/{newest.id}/keyframe"}
+    return _json(
+        dump(
+            SourceLayout,
+            {
+                "source_id": path.source_id,
+                "zones": {name: zone.points for name, zone in configured.zones.items()} if configured else {},
+                "lines": {name: line.model_dump() for name, line in configured.lines.items()} if configured else {},
+                "frame": frame,
+            },
+        )
+    )
 
 
 async def get_totals(request: web.Request) -> web.Response:

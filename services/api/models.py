@@ -51,6 +51,26 @@ class Sources(Answer):
     sources: list[SourceHealth]
 
 
+class LayoutLine(Answer):
+    points: list[tuple[float, float]] = Field(description="its two ends, as fractions of the frame's width and height")
+    in_side: str = Field(description="crossing onto this side (left or right, walking from the first point) counts as in")
+
+
+class LayoutFrame(Answer):
+    event_id: str = Field(description="the source's newest event that has a key frame")
+    start_wall: float
+    keyframe: str = Field(description="that key frame (the object's best frame in object mode)")
+
+
+class SourceLayout(Answer):
+    """A source's zones and lines as configured (the registrator's `zones` setting), and a recent frame of it."""
+
+    source_id: str
+    zones: dict[str, list[tuple[float, float]]] = Field(description="polygon corners, as fractions of the frame")
+    lines: dict[str, LayoutLine]
+    frame: LayoutFrame | None = Field(description="null while the source has no event with a key frame")
+
+
 class Services(Answer):
     models: dict[str, list[Heartbeat]] = Field(description="live instances per model name")
 

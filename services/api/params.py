@@ -32,6 +32,8 @@ _EPOCH = datetime(1970, 1, 1)
 CURSOR_PATTERN = r"^-?[0-9]+(\.[0-9]+)?(e[+-][0-9]+)?_[A-Za-z0-9_-]{1,128}$"
 # One or more byte ranges (RFC 9110 §14.1.2); several get the whole body, one that misses the clip gets 416.
 # Empty is allowed and means no range: HTTP clients send and strip blank header values alike.
+# A zone's name, as services/registrator/zones.py allows it: letters, digits, '-' and '_'.
+ZONE_NAME_PATTERN = r"^[\w-]{1,128}$"
 RANGE_PATTERN = r"^(bytes=([0-9]+-[0-9]*|-[0-9]+)(, *([0-9]+-[0-9]*|-[0-9]+))*)?$"
 
 
@@ -113,6 +115,10 @@ class NoQuery(Params):
     pass
 
 
+class SourcePath(Params):
+    source_id: str = Field(pattern=SOURCE_ID_PATTERN, description="the source's id", examples=["cam0"])
+
+
 class EventPath(Params):
     event_id: str = Field(pattern=EVENT_ID_PATTERN, description="the event's id", examples=["cam0-0e0428da6e1d4c7a"])
 
@@ -121,6 +127,18 @@ class EventsQuery(Params):
     source: str | None = Field(None, pattern=SOURCE_ID_PATTERN, description="only this source's events", examples=["cam0"])
     label: str | None = Field(None, min_length=1, max_length=128, description="only events of this label", examples=["person"])
     state: EventState | None = Field(None, description="only events in this state", examples=["FINISHED"])
+    zone: str | None = Field(
+        None,
+        pattern=ZONE_NAME_PATTERN,
+        description="only events whose object entered this zone (a name under zones.<source>.zones)",
+        examples=["drive"],
+    )
+    sub_label: str | None = Field(
+        None, min_length=1, max_length=128, description="only events with this sub-label (the cascade's)", examples=["cab"]
+    )
+    stationary: JsonBool | None = Field(
+        None, description="only events whose object stopped moving (true), or only those that did not (false)", examples=[False]
+    )
     since: UnixTime | None = Field(
         None,
         description="events that started at or after this time (unix seconds, "

@@ -16,6 +16,8 @@ from shared.event_store import EventStore
 from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, TOTAL_LINE, RedisKeys
 
 log = logging.getLogger("vigil.api.queries")
+# How many of a source's newest events a search for a recent key frame reads: past that, none is "recent".
+KEYFRAME_SEARCH = 200
 C = TypeVar("C", bound=Contract)
 
 
@@ -26,10 +28,20 @@ class EventFilter:
     state: EventState | None = None
     since: float | None = None  # unix time, inclusive, on the event's start
     until: float | None = None  # unix time, inclusive
+    zone: str | None = None  # events that entered this zone
+    sub_label: str | None = None
+    stationary: bool | None = None
 
     def indexed(self) -> dict[str, str]:
-        """The filters that have an index (shared/event_store.py INDEXED): field -> value."""
-        wanted = {"source": self.source_id, "label": self.label, "state": self.state.value if self.state else None}
+        """The filters that have an index (shared/event_store.py INDEXED): field -> value as the index names it."""
+        wanted = {
+            "source": self.source_id,
+            "label": self.label,
+            "state": self.state.value if self.state else None,
+            "zone": self.zone,
+            "sub_label": self.sub_label,
+            "stationary": None if self.stationary is None else ("true" if self.stationary else "false"),
+        }
         return {field: value for field, value in wanted.items() if value is not None}
 
 
@@ -89,9 +101,9 @@ class FleetView:
         return await self.events_store.get(event_id)
 
     async def events(self, where: EventFilter, limit: int, cursor: Cursor | None = None) -> EventPage:
-        """Newest first. Filtered on source, label or state, the page walks the narrowest of those indexes
-        (shared/event_store.py); with the time range alone it reads the records in order. Either way a page costs
-        O(log N + what it reads), not a scan of everything newer."""
+        """Newest first. Filtered on source, label, state, zone, sub-label or stationary, the page walks the
+        narrowest of those indexes (shared/event_store.py); with the time range alone it reads the records in order.
+        Either way a page costs O(log N + what it reads), not a scan of everything newer."""
         newest = where.until
         if cursor is not None:
             newest = cursor.start_wall if newest is None else min(cursor.start_wall, newest)
@@ -111,6 +123,24 @@ class FleetView:
                     last = found[limit - 1]
                     return EventPage(found[:limit], Cursor(last.start_wall, last.id))
         return EventPage(found, None)
+
+    async def newest_with_keyframe(self, source_id: str, budget: int = KEYFRAME_SEARCH) -> Event | None:
+        """The source's newest event that has a key frame, among its `budget` newest (open events have none yet)."""
+        after: tuple[float, str] | None = None
+        for _ in range(0, budget, 20):
+            events, after = await self.events_store.page({"source": source_id}, 20, after=after)
+            for event in events:
+                if event.image_proofs:
+                    return event
+            if after is None:
+                return None
+        return None
+
+    async def has_source(self, source_id: str) -> bool:
+        """Whether the source has events or a health record (a source that runs but saw nothing yet)."""
+        if await self.redis.zcard(self.keys.events_by("source", source_id)):
+            return True
+        return bool(await self.redis.exists(self.keys.source_health(source_id)))
 
     async def sources(self) -> list[SourceHealth]:
         names = sorted([k async for k in self.redis.scan_iter(match=self.keys.source_health_pattern, count=500)])

@@ -6,6 +6,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.api.auth import is_loopback, token_problem
+from services.registrator.zones import SourceZones
 from shared.credentials import CredentialsError, read_password
 from shared.settings import VigilSettings
 
@@ -41,6 +42,11 @@ class ApiSettings(VigilSettings):
     )
     api_cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the api from a browser")
     api_page_limit: int = Field(default=200, ge=1, le=1000, description="most events one page may ask for")
+    # The registrator's own key, read here to draw the zones: one value in .env for both, so what the dashboard
+    # draws is what the registrator tests boxes against (a source added later is drawn once the api restarts).
+    zones: dict[str, SourceZones] = Field(
+        default_factory=dict, description="per source: zones (polygons) and lines (two points), as fractions of the frame (JSON)"
+    )
     api_clip_max_mb: int = Field(
         default=256, ge=1, description="largest clip the api serves (streamed from the filer, never held in memory)"
     )

@@ -19,7 +19,7 @@ import pytest
 
 from fleet.servers import ServerSet
 from tests.contract.hooks import TOKEN_ENV
-from tests.e2e.conftest import SampleRun, api_service
+from tests.e2e.conftest import SAMPLE_ZONES, SampleRun, api_service
 from tests.integration.helpers import running
 
 pytestmark = pytest.mark.timeout(420)  # the first test to ask for sample_run waits for the fleet's run
@@ -32,7 +32,7 @@ REPO = HERE.parent.parent
 MAX_EXAMPLES = 20
 FIXED_SEED = 20
 TOKEN = "contract-test-token-Kq9xQ2mZ7vB4nT8wR1y"
-OPERATIONS = 7  # the document's operations, less openapi.json itself (Schemathesis leaves its own schema out)
+OPERATIONS = 8  # the document's operations, less openapi.json itself (Schemathesis leaves its own schema out)
 
 
 def _seeds() -> list[Any]:
@@ -88,7 +88,7 @@ async def test_the_api_keeps_its_openapi_contract(
     seed: int,
     token: str | None,
 ) -> None:
-    extra = {"api_token": token} if token else {}
+    extra: dict[str, object] = {"zones": SAMPLE_ZONES} | ({"api_token": token} if token else {})
     async with running(api_service(servers, sample_run.prefix, as_api_user=True, **extra), ready=lambda s: bool(s.url)) as api:
         code, output = await schemathesis(api.url.rstrip("/"), seed, token, tmp_path / "report.json")
     report = json.loads((tmp_path / "report.json").read_text())

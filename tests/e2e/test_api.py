@@ -30,7 +30,7 @@ from shared.jpeg import encode_jpeg
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from shared.storage import SeaweedStorage
-from tests.e2e.conftest import SampleRun, api_service
+from tests.e2e.conftest import SAMPLE_ZONES, SampleRun, api_service
 from tests.integration.helpers import running
 from tests.support.noop_worker import NoopSettings, NoopWorker
 from tests.support.settings import settings_from
@@ -81,6 +81,58 @@ async def test_events_are_listed_newest_first_filtered_and_paged(api: str, sampl
         assert one == public_event(middle)
 
 
+async def ids_of(http: aiohttp.ClientSession, url: str) -> list[str]:
+    """Every event the listing gives at `url`, following its cursor."""
+    found: list[str] = []
+    cursor = ""
+    while True:
+        page = await get_json(http, f"{url}&limit=7{cursor}")
+        found += [e["id"] for e in page["events"]]
+        if page["next_cursor"] is None:
+            return found
+        cursor = f"&cursor={page['next_cursor']}"
+
+
+async def test_events_are_filtered_by_zone_sub_label_and_stationary(api: str, sample_run: SampleRun) -> None:
+    stored = sorted(sample_run.report.events, key=lambda e: (e.start_wall, e.id), reverse=True)
+    async with aiohttp.ClientSession() as http:
+        for zone in SAMPLE_ZONES["cam0"]["zones"]:
+            wanted = [e.id for e in stored if zone in e.zones]
+            assert wanted and len(wanted) < len(stored), zone  # the sample's people enter some zones, not all
+            assert await ids_of(http, f"{api}/api/v1/events?zone={zone}") == wanted
+        # With another filter: the narrower index walked, the other checked per id.
+        assert await ids_of(http, f"{api}/api/v1/events?zone=east_path&state=FINISHED") == [
+            e.id for e in stored if "east_path" in e.zones and e.state is EventState.FINISHED
+        ]
+        assert await ids_of(http, f"{api}/api/v1/events?zone=nowhere") == []
+        for flag in (True, False):
+            wanted = [e.id for e in stored if e.stationary is flag]
+            assert await ids_of(http, f"{api}/api/v1/events?stationary={str(flag).lower()}") == wanted
+        for sub_label in {e.sub_label for e in stored if e.sub_label} or {"cab"}:  # none without the cascade
+            wanted = [e.id for e in stored if e.sub_label == sub_label]
+            assert await ids_of(http, f"{api}/api/v1/events?sub_label={sub_label}") == wanted
+
+
+async def test_a_source_layout_has_its_zones_lines_and_newest_key_frame(api: str, sample_run: SampleRun) -> None:
+    configured = SAMPLE_ZONES["cam0"]
+    with_frame = [e for e in sample_run.report.events if e.image_proofs]
+    newest = max(with_frame, key=lambda e: (e.start_wall, e.id))
+    async with aiohttp.ClientSession() as http:
+        layout = await get_json(http, f"{api}/api/v1/sources/cam0/layout")
+        assert layout["zones"] == {name: zone["points"] for name, zone in configured["zones"].items()}
+        assert layout["lines"] == configured["lines"]
+        assert layout["frame"] == {
+            "event_id": newest.id,
+            "start_wall": newest.start_wall,
+            "keyframe": f"/api/v1/events/{newest.id}/keyframe",
+        }
+        async with http.get(f"{api}{layout['frame']['keyframe']}") as resp:
+            assert resp.status == 200 and resp.content_type == "image/jpeg"
+        missing = await get_json(http, f"{api}/api/v1/sources/cam9/layout", status=404)
+        assert "no source 'cam9'" in missing["error"]["message"]
+        await get_json(http, f"{api}/api/v1/sources/a.b/layout", status=400)
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [
@@ -96,6 +148,9 @@ async def test_events_are_listed_newest_first_filtered_and_paged(api: str, sampl
         ("until=inf", "until='inf': is neither unix seconds"),
         ("since=2030-02-30", "is not a valid date or time"),
         ("source=", "source='': String should match pattern"),
+        ("zone=a:b", "zone='a:b': String should match pattern"),
+        ("sub_label=", "sub_label='': String should have at least 1 character"),
+        ("stationary=1", "stationary='1': must be true or false"),
         ("cursor=abc", "cursor='abc': String should match pattern"),
         ("colour=red", "unknown query parameter 'colour'"),
         ("limit=1&limit=2", "query parameter 'limit' is given more than once"),
@@ -260,7 +315,8 @@ async def test_openapi_document_describes_every_route(api: str) -> None:
     assert clip["responses"]["206"]["headers"]["Content-Range"]["required"] is True
     assert "video_proof_path" not in doc["components"]["schemas"]["Event"]["properties"]
     params = {p["name"]: p["schema"] for p in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
-    assert set(params) == {"source", "label", "state", "since", "until", "limit", "cursor"}
+    assert set(params) == {"source", "label", "state", "zone", "sub_label", "stationary", "since", "until", "limit", "cursor"}
+    assert params["stationary"] == {"type": "boolean", "examples": [False]} and "pattern" in params["zone"]
     assert params["limit"] | {"examples": None} == {
         "type": "integer",
         "minimum": 1,
@@ -451,3 +507,18 @@ async def test_unreadable_records_are_skipped_and_counted_and_big_clips_refused(
             assert resp.status == 200 and len(await resp.read()) == 1000
         body = await get_json(http, f"{service.url}api/v1/events/{big.id}/clip", 502)
         assert body["error"]["message"] == "the clip is 1.0 MiB, over api_clip_max_mb (1 MiB)"
+
+
+async def test_a_configured_source_without_events_has_a_layout_without_a_frame(servers: ServerSet) -> None:
+    """Zones as Frigate writes them (a flat string) come back as corner pairs; no event yet: no frame to draw on."""
+    zones = {"gate": {"zones": {"drive": {"points": "0.1,0.5,0.4,0.5,0.4,1"}}}}
+    service = api_service(servers, f"t{secrets.token_hex(4)}", zones=zones)
+    async with running(service, ready=lambda s: bool(s.url)), aiohttp.ClientSession() as http:
+        layout = await get_json(http, f"{service.url}api/v1/sources/gate/layout")
+        assert layout == {
+            "source_id": "gate",
+            "zones": {"drive": [[0.1, 0.5], [0.4, 0.5], [0.4, 1.0]]},
+            "lines": {},
+            "frame": None,
+        }
+        await get_json(http, f"{service.url}api/v1/sources/cam0/layout", status=404)  # no zones, no events here

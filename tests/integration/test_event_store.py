@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from fleet.clients import redis_client
 from services.api.queries import Cursor, EventFilter, FleetView
 from shared.contracts import ContractError, Event, EventState
-from shared.event_store import INDEXED, EventStore
+from shared.event_store import INDEXED, EventStore, index_entries
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
 from tests.support.events import stored_event
@@ -96,10 +96,14 @@ async def test_the_api_pages_through_the_store(redis: tuple[Redis, RedisKeys]) -
 
 
 def fleet_event(i: int, rng: random.Random) -> Event:
-    """One of many: 12 sources, three labels (dog rare), one in 20 in ERROR; starts 1 s apart, some shared."""
+    """One of many: 12 sources, three labels (dog rare), one in 20 in ERROR; starts 1 s apart, some shared. Objects
+    enter none, one or both of two zones (the gate rarely), a car has a sub-label, one in 10 is stationary."""
     label = rng.choices(["person", "car", "dog"], [70, 25, 5])[0]
     state = EventState.ERROR if rng.random() < 0.05 else EventState.FINISHED
-    return event(f"e{i:05d}", 1000.0 + i // 3, state=state, label=label).model_copy(update={"source_id": f"cam{i % 12}"})
+    zones = [z for z, share in (("drive", 0.4), ("gate", 0.03)) if rng.random() < share]
+    sub_label = rng.choice(["cab", "minivan", "police van"]) if label == "car" else None
+    changes = {"source_id": f"cam{i % 12}", "zones": zones, "sub_label": sub_label, "stationary": rng.random() < 0.1}
+    return event(f"e{i:05d}", 1000.0 + i // 3, state=state, label=label).model_copy(update=changes)
 
 
 async def save_all(store: EventStore, events: list[Event]) -> None:
@@ -109,12 +113,22 @@ async def save_all(store: EventStore, events: list[Event]) -> None:
         await pipe.execute()
 
 
+def matches(e: Event, field: str, value: str) -> bool:
+    """Read from the record's own fields, not from index_entries: what the listing must answer, said another way."""
+    got = getattr(e, INDEXED[field])
+    if field == "zone":
+        return value in got
+    if field == "stationary":
+        return value == ("true" if got else "false")
+    return (got.value if field == "state" else got) == value
+
+
 def expected(events: list[Event], where: EventFilter) -> list[str]:
     wanted = where.indexed()
     return [
         e.id
         for e in sorted(events, key=lambda e: (e.start_wall, e.id), reverse=True)
-        if all(str(getattr(e, INDEXED[f]).value if f == "state" else getattr(e, INDEXED[f])) == v for f, v in wanted.items())
+        if all(matches(e, f, v) for f, v in wanted.items())
         and (where.since is None or e.start_wall >= where.since)
         and (where.until is None or e.start_wall <= where.until)
     ]
@@ -134,9 +148,17 @@ async def test_filtered_listings_page_through_the_indexes_of_thousands_of_record
         EventFilter(source_id="cam5", label="person", state=EventState.FINISHED),
         EventFilter(label="car", since=1300.0, until=1700.0),
         EventFilter(source_id="nobody"),
+        EventFilter(zone="drive"),
+        EventFilter(zone="gate", label="person"),
+        EventFilter(sub_label="police van"),
+        EventFilter(sub_label="cab", zone="drive", stationary=False),
+        EventFilter(stationary=True, source_id="cam3"),
+        EventFilter(stationary=False, since=1500.0),
+        EventFilter(zone="nowhere"),
     ]
     for where in cases:
         want = expected(events, where)
+        assert want or where in (EventFilter(source_id="nobody"), EventFilter(zone="nowhere")), where  # a real case
         first = await view.events(where, limit=25)
         assert [e.id for e in first.events] == want[:25], where
         got, cursor = [], None
@@ -151,6 +173,10 @@ async def test_filtered_listings_page_through_the_indexes_of_thousands_of_record
     before = await _calls(client)
     await view.events(EventFilter(source_id="cam5"), limit=25)
     assert await _calls(client) - before <= 4  # ZCOUNT, ZREVRANGEBYSCORE, HMGET (+ the INFO)
+    # The same for a zone: its own index, not the records filtered by what they entered.
+    before = await _calls(client)
+    await view.events(EventFilter(zone="gate"), limit=25)
+    assert await _calls(client) - before <= 4
 
 
 async def _calls(client: Redis) -> int:
@@ -228,3 +254,63 @@ async def test_a_filtered_listing_skips_and_counts_a_record_that_does_not_parse(
     page, more = await store.page({"source": "cam0"}, 10)
     assert [e.id for e in page] == ["e2", "e0"] and more is None
     assert len(unreadable) == 1
+
+
+async def _indexes_of(client: Redis, keys: RedisKeys, event_id: str) -> set[tuple[str, str]]:
+    """Every index (field, value) that lists `event_id`, found by scanning the index keys."""
+    found = set()
+    async for key in client.scan_iter(match=f"{keys.events_by_prefix}*", count=500):
+        if await client.zscore(key, event_id) is not None:
+            field, _, value = key.decode()[len(keys.events_by_prefix) :].partition(":")
+            found.add((field, value))
+    return found
+
+
+async def test_zone_sub_label_and_stationary_indexes_follow_updates_and_deletes(redis: tuple[Redis, RedisKeys]) -> None:
+    client, keys = redis
+    store = EventStore(client, keys)
+    growing = event("e1", 100.0, label="car").model_copy(update={"zones": ["street"]})
+    await store.save(growing)
+    # What the script indexes is what index_entries (the backfill's) says: the two cannot drift apart.
+    assert await _indexes_of(client, keys, "e1") == set(index_entries(growing))
+    assert ("stationary", "false") in set(index_entries(growing)) and not any(f == "sub_label" for f, _ in index_entries(growing))
+    grown = growing.model_copy(
+        update={"zones": ["street", "drive"], "sub_label": "police van", "stationary": True, "state": EventState.FINISHED}
+    )
+    await store.save(grown)
+    assert (
+        await _indexes_of(client, keys, "e1")
+        == set(index_entries(grown))
+        == {
+            ("source", "cam0"),
+            ("label", "car"),
+            ("state", "FINISHED"),
+            ("zone", "street"),
+            ("zone", "drive"),
+            ("sub_label", "police van"),
+            ("stationary", "true"),
+        }
+    )
+    assert await client.zcard(keys.events_by("stationary", "false")) == 0  # the flag it had while it moved
+    view = FleetView(client, keys)
+    listed = await view.events(EventFilter(zone="drive", sub_label="police van", stationary=True), limit=5)
+    assert [e.id for e in listed.events] == ["e1"]
+    assert (await view.events(EventFilter(zone="drive", stationary=False), limit=5)).events == []
+    # Retention's delete takes every entry with the record.
+    ((member, _),) = await store.started_before(150.0)
+    await store.delete(member, "e1")
+    assert await _indexes_of(client, keys, "e1") == set()
+
+
+async def test_records_from_before_the_new_indexes_are_backfilled(redis: tuple[Redis, RedisKeys]) -> None:
+    """A store indexed by version 1 (source, label, state) gets its zone, sub-label and stationary indexes once."""
+    client, keys = redis
+    store = EventStore(client, keys)
+    old = event("old", 100.0, label="car").model_copy(update={"zones": ["drive"], "sub_label": "cab", "stationary": True})
+    raw = old.model_dump_json()
+    await client.zadd(keys.events, {raw: old.start_wall})
+    await client.hset(keys.event_index, old.id, raw)
+    await client.set(keys.events_indexed, "1")
+    assert await store.backfill_indexes() == 1
+    assert await _indexes_of(client, keys, "old") == set(index_entries(old))
+    assert await store.backfill_indexes() is None

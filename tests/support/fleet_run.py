@@ -6,6 +6,7 @@ Imported by tests/conftest.py, so that both folders see one session fixture and 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +25,18 @@ from tests.integration.helpers import running
 from tests.support.settings import settings_from
 
 PRE, POST, FPS = 2.0, 2.0, 10
+# The sample video's walkway, split where the lamp post stands, and a line across it there: events record the
+# zones their person entered, the line counts crossings, and the dashboard draws both. No rule requires a zone, so
+# the events are those the run has without zones.
+SAMPLE_ZONES: dict[str, Any] = {
+    "cam0": {
+        "zones": {
+            "west_path": {"points": [[0, 0.3], [0.55, 0.3], [0.55, 0.58], [0, 0.46]]},
+            "east_path": {"points": [[0.55, 0.22], [0.92, 0.22], [1, 0.5], [1, 0.86], [0.55, 0.58]]},
+        },
+        "lines": {"lamp": {"points": [[0.55, 0.2], [0.55, 0.62]], "in_side": "right"}},
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ def sample_run(local_servers: LocalServers, tmp_path_factory: pytest.TempPathFac
         "max_event_duration": "25",  # people are in every frame: split, so clips stay short
         "pre_roll": str(PRE),
         "post_roll": str(POST),
+        "zones": json.dumps(SAMPLE_ZONES),
     }
     # A sync fixture with its own loop: the run is shared across tests, each of which has its own loop.
     report = asyncio.run(run_fleet(local_servers, FleetOptions(data_dir, settings=settings), asyncio.Event()))
@@ -62,5 +76,6 @@ def api_service(servers: ServerSet, prefix: str, *, as_api_user: bool = False, *
 @pytest.fixture
 async def api(servers: ServerSet, sample_run: SampleRun) -> AsyncIterator[str]:
     """The api, in the test's loop, over the sample run's events; its base URL without the final slash."""
-    async with running(api_service(servers, sample_run.prefix, as_api_user=True), ready=lambda s: bool(s.url)) as service:
+    configured = api_service(servers, sample_run.prefix, as_api_user=True, zones=SAMPLE_ZONES)  # the run's zones too
+    async with running(configured, ready=lambda s: bool(s.url)) as service:
         yield service.url.rstrip("/")

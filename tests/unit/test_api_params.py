@@ -36,6 +36,10 @@ def query(text: str, model: type[Any] = EventsQuery) -> Any:
         ("since=1972-07-01T00:59:60%2B01:00".replace("%2B", "+"), "since", 78796800.0),  # ... at 23:59 UTC
         ("since=9999-12-31T23:59:60.5Z", "since", 253402300800.5),
         ("since=9999-12-31T23:59:59-23:59", "since", 253402387139.0),  # past datetime's range once in UTC
+        ("zone=front_door-2", "zone", "front_door-2"),
+        ("sub_label=police van", "sub_label", "police van"),
+        ("stationary=true", "stationary", True),
+        ("stationary=false", "stationary", False),
     ],
 )
 def test_values_the_document_allows_are_read(text: str, field: str, value: Any) -> None:
@@ -59,6 +63,12 @@ def test_values_the_document_allows_are_read(text: str, field: str, value: Any) 
         ("state=done", "Input should be"),
         ("cursor=nan_x", "should match pattern"),
         ("page=2", "unknown query parameter 'page'"),
+        ("zone=", "zone='': String should match pattern"),
+        ("zone=a:b", "zone='a:b': String should match pattern"),
+        ("sub_label=", "sub_label='': String should have at least 1 character"),
+        ("stationary=1", "stationary='1': must be true or false"),
+        ("stationary=yes", "must be true or false"),
+        ("zones=drive", "unknown query parameter 'zones'"),
         ("limit=1&limit=1", "given more than once"),
     ],
 )
