@@ -80,6 +80,7 @@ class RouterService(Service[RouterSettings]):
         self.m_crop_tasks = self.metrics.counter("crop_tasks", "crop tasks published (the cascade)", ("source_id", "model"))
         self.m_crops = self.metrics.counter("crops", "boxes sent to be classified (the cascade)", ("model",))
         self._misnamed: set[str] = set()  # crop-rule problems already logged
+        self._started = time.monotonic()
 
     async def start(self, stack: AsyncExitStack) -> None:
         await self.open_bus(stack)
@@ -328,6 +329,8 @@ class RouterService(Service[RouterSettings]):
                 continue
             source, target = self.live.get(rule.on.model), self.live.get(model)
             problems = []
+            if source is None and time.monotonic() - self._started > self.settings.model_grace:
+                problems.append(f"routing_rules.{model}.on.model names {rule.on.model}, which no live worker serves")
             if source is not None and source.kind is not ModelKind.DETECTION:
                 problems.append(
                     f"routing_rules.{model}.on.model names {rule.on.model}, a {source.kind.value} model: name a detection model"
