@@ -19,6 +19,7 @@ from shared.keys import RedisKeys
 from shared.notices import NOTIFIER_DURABLE, NoticeSubjects, events_stream_name
 from shared.settings import VigilSettings
 from shared.subjects import (
+    ROUTER_CROPS_DURABLE,
     ROUTER_DURABLE,
     Subjects,
     frames_stream_name,
@@ -122,12 +123,13 @@ def role_access(role: Role, settings: VigilSettings, tasks: Mapping[str, str], m
         return Access(
             nats_publish=(
                 *_consume(frames, ROUTER_DURABLE),
+                *_consume(results, ROUTER_CROPS_DURABLE),  # detection results that give crops (the cascade)
                 *(s.task(subject) for subject in tasks.values()),
                 *(_api("CONSUMER.INFO", task_stream_name(settings, m), worker_durable(m)) for m in tasks),
                 s.routed("*"),
                 s.dead_letter(role.value),
             ),
-            nats_subscribe=(own_inbox, _max_deliveries(frames, ROUTER_DURABLE)),
+            nats_subscribe=(own_inbox, _max_deliveries(frames, ROUTER_DURABLE), _max_deliveries(results, ROUTER_CROPS_DURABLE)),
             redis_rules=writer,
         )
     if role is Role.WORKER:

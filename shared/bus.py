@@ -233,12 +233,14 @@ class Bus:
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,
         max_deliver: int = MAX_DELIVER,
+        deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
     ) -> JetStreamContext.PullSubscription:
-        """Bind to a durable pull consumer shared by every replica, creating it if needed."""
+        """Bind to a durable pull consumer shared by every replica, creating it if needed. deliver_policy: where a
+        consumer created now starts (NEW: only what comes after; ALL: the whole stream)."""
         config = ConsumerConfig(
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=deliver_policy,
             ack_wait=ack_wait,
             max_ack_pending=max_ack_pending,
             max_deliver=max_deliver,

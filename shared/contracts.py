@@ -191,14 +191,18 @@ class InferenceTask(Contract):
     frame: FrameRef
     model: str = Field(min_length=1, max_length=128)
     routed_at: float
+    # A cascade (issue 18): classify these boxes of the frame instead of the whole frame. None: the whole frame, as
+    # every task before the cascade said.
+    crop: CropRequest | None = None
 
     def msg_id(self) -> str:
-        return self.id_for(self.frame, self.model)
+        return self.id_for(self.frame, self.model, self.crop)
 
     @staticmethod
-    def id_for(frame: FrameRef, model: str) -> str:
-        """A frame routed again (a router died before acking it) is the same task: the stream drops it."""
-        return f"task:{model}:{frame.identity}"
+    def id_for(frame: FrameRef, model: str, crop: CropRequest | None = None) -> str:
+        """A frame routed again (a router died before acking it) is the same task: the stream drops it. A frame's
+        crops are one task per model and detection model, and never the frame's own task."""
+        return f"task:{model}{crop.tag if crop else ''}:{frame.identity}"
 
     @staticmethod
     def encode(frame_json: bytes, model: str, routed_at: float) -> bytes:
@@ -223,6 +227,23 @@ class BBox(BaseModel):
 
     def to_pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
         return (round(self.x1 * width), round(self.y1 * height), round(self.x2 * width), round(self.y2 * height))
+
+
+# Boxes of one frame a second model classifies in one task: the router bounds them per frame (max_crops).
+MAX_CROPS = 32
+
+
+class CropRequest(BaseModel):
+    """Boxes a detection model found in the frame, for a classification model to classify each (a cascade)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    of: str = Field(min_length=1, max_length=128, description="the detection model whose boxes these are")
+    boxes: list[BBox] = Field(min_length=1, max_length=MAX_CROPS)
+
+    @property
+    def tag(self) -> str:
+        return f"<{self.of}"
 
 
 class PixelBox(BaseModel):
@@ -259,6 +280,15 @@ class Classification(BaseModel):
     score: float = Field(ge=0, le=1)
 
 
+class CropLabels(BaseModel):
+    """What a classification model made of one box of a crop task: its best classes, best first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    box: BBox
+    classifications: list[Classification]
+
+
 class ModelKind(str, enum.Enum):
     DETECTION = "detection"
     CLASSIFICATION = "classification"
@@ -284,10 +314,13 @@ class InferenceResult(Contract):
     error: Scrubbed | None = None
     timings: Timings = Field(default_factory=Timings)
     finished_at: float
+    # The answer to a crop task: the detection model the boxes came from, and each box's classes, in its order.
+    crop_of: str | None = None
+    crops: list[CropLabels] = Field(default_factory=list)
 
     def msg_id(self) -> str:
-        # One result per frame and model: a second answer to a redelivered task is a copy too.
-        return f"result:{self.model}:{self.frame.identity}"
+        # One result per frame and model (and crops of a detection model): a redelivered task's answer is a copy too.
+        return f"result:{self.model}{'<' + self.crop_of if self.crop_of else ''}:{self.frame.identity}"
 
 
 class RoutingSummary(Contract):

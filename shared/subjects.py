@@ -94,6 +94,8 @@ def _stream_name(settings: VigilSettings, base: str) -> str:
 # on each stream, bound by whichever replica holds the source's lease (services/registrator/leases.py), so the
 # position survives a move.
 ROUTER_DURABLE = "router"
+# The router's consumer of the detection results that give crops (the cascade), shared by its replicas too.
+ROUTER_CROPS_DURABLE = "router-crops"
 
 
 def registrator_frames_durable(source_id: str) -> str:

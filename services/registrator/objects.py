@@ -36,9 +36,10 @@ from services.registrator.events import EventRules, OpenEvent
 from services.registrator.settings import RegistratorSettings
 from services.registrator.tracking import SourceTracker, TrackedFrame, TrackerSettings, TrackerStateError
 from services.registrator.zones import SourceGeometry, centre
-from shared.contracts import BBox, Detection, EventClose, EventState, FrameRef, InferenceResult
+from shared.contracts import BBox, Classification, Detection, EventClose, EventState, FrameRef, InferenceResult
 
 EventKey = tuple[str, str, str]  # (feed, model, "#<track id>"): one open event per track
+CropLabel = tuple[BBox, Classification]  # a box of a detection and a second model's best class for its crop
 # Frames whose track assignments are kept to find the track of a box a second model classified.
 _RECENT_FRAMES = 256
 
@@ -126,6 +127,9 @@ class ObjectEventTracker:
         self._crossings: Counter[tuple[str, str, str, str]] = Counter()
         self._dirty: set[tuple[str, str]] = set()
         self._recent: dict[tuple[str, str], deque[tuple[int, list[tuple[int, BBox]]]]] = {}
+        # Crop labels of frames still in the reorder buffer: (feed, detection model) -> seq -> labels. Few: the
+        # buffer holds reorder_depth frames, and each is released (or flushed) in time.
+        self._waiting: dict[tuple[str, str], dict[int, list[CropLabel]]] = {}
         # A new track that continues the event of a track ByteTrack lost: new id -> the event's track id.
         self.stitched: dict[tuple[str, str], dict[int, int]] = {}
         self._extended: dict[str, int] = {}  # event id -> the frame seq that last extended it
@@ -187,6 +191,8 @@ class ObjectEventTracker:
                 closed += ended
                 if event is not None:
                     changed[event.id] = event
+            for event in self._attach_waiting(pair, tracked.frame.seq):
+                changed[event.id] = event
         # An event closed later in the same call is reported closed, and as changed if it changed first.
         return list(changed.values()), closed
 
@@ -369,6 +375,48 @@ class ObjectEventTracker:
 
     # -- sub-labels (a second model on the object's crop) ------------------------------------------
 
+    def attach_crops(self, result: InferenceResult) -> list[OpenEvent]:
+        """A classification of crops of a detection model's boxes (a cascade): each crop's best class counts towards
+        the sub-label of the track whose detection had that box. Returns the open events whose sub-label changed.
+
+        The crop task left the router after the detection result reached the results stream, so that result was
+        absorbed first; but its frame may still wait in the tracker's reorder buffer: its labels wait with it."""
+        if result.crop_of is None or result.error is not None:
+            return []
+        labels = [(crop.box, crop.classifications[0]) for crop in result.crops if crop.classifications]
+        pair, seq = (result.frame.feed, result.crop_of), result.frame.seq
+        tracker = self.trackers.get(pair)
+        if not labels or tracker is None:
+            return []
+        if tracker.holds(seq):
+            self._waiting.setdefault(pair, {}).setdefault(seq, []).extend(labels)
+            return []
+        return self._attach(pair, seq, labels)
+
+    def _attach(self, pair: tuple[str, str], seq: int, labels: list[CropLabel]) -> list[OpenEvent]:
+        changed: dict[str, OpenEvent] = {}
+        for box, label in labels:
+            track_id = self.track_for(pair[0], pair[1], seq, box)
+            if track_id is None:
+                continue  # a detection no track took (too weak to start one), or a frame too old to be recent
+            event = self.attach_sub_label(pair[0], pair[1], track_id, label.label, label.score)
+            if event is not None:
+                changed[event.id] = event
+        return list(changed.values())
+
+    def _attach_waiting(self, pair: tuple[str, str], seq: int) -> list[OpenEvent]:
+        """The frame `seq` was just tracked: the crop labels that waited for it (and any of older frames, which
+        are past waiting for) count now."""
+        waiting = self._waiting.get(pair)
+        if not waiting:
+            return []
+        changed = []
+        for older in sorted(s for s in waiting if s <= seq):
+            labels = waiting.pop(older)
+            if older == seq:
+                changed += self._attach(pair, seq, labels)
+        return changed
+
     def track_for(self, feed: str, model: str, seq: int, box: BBox) -> int | None:
         """The track of the detection with this box in frame `seq` (a recent one), if any."""
         for frame_seq, boxes in reversed(self._recent.get((feed, model), ())):
@@ -437,6 +485,7 @@ class ObjectEventTracker:
             del self.trackers[pair]
             self.tracks.pop(pair, None)
             self._recent.pop(pair, None)
+            self._waiting.pop(pair, None)
             self.stitched.pop(pair, None)
             self._dirty.discard(pair)
         return closed
@@ -452,7 +501,7 @@ class ObjectEventTracker:
             self._extended.pop(self.open.pop(key).id, None)
         for pair in [p for p in self.trackers if p[0] == feed]:
             del self.trackers[pair]
-        for store in (self.tracks, self._recent, self.stitched):
+        for store in (self.tracks, self._recent, self.stitched, self._waiting):
             for pair in [p for p in store if p[0] == feed]:
                 del store[pair]
         self._dirty = {p for p in self._dirty if p[0] != feed}

@@ -575,6 +575,8 @@ class RegistratorService(Service[RegistratorSettings]):
                     self.log.info("event %s opened at %.1f s", event.id, event.start, extra={"source_id": frame.source_id})
                 touched[event.id] = event
             closed.extend(ended)
+        elif result.crop_of is not None and isinstance(self.tracker, ObjectEventTracker):  # a cascade's crops: sub-labels
+            touched.update((event.id, event) for event in self.tracker.attach_crops(result))
         return True
 
     def _prune(self, feed: str) -> None:

@@ -123,6 +123,10 @@ class SourceTracker:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    def holds(self, seq: int) -> bool:
+        """Whether the frame `seq` waits in the reorder buffer (not yet handed to ByteTrack)."""
+        return seq in self._buffer
+
     def oldest_buffered_pts(self) -> float | None:
         return min((r.frame.pts for r in self._buffer.values()), default=None)
 

@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from redis.asyncio import Redis
 
 from services.router.counts import FrameCount, RoutedCounts
@@ -24,11 +25,30 @@ from services.router.rules import RoutingRules
 from services.router.settings import RouterSettings
 from shared.backlog import BacklogGate
 from shared.bus import Outgoing, fetch
-from shared.contracts import DropPolicy, FrameRef, Heartbeat, InferenceTask, RoutingSummary, SourceState, SourceStatus
+from shared.contracts import (
+    CropRequest,
+    DropPolicy,
+    FrameRef,
+    Heartbeat,
+    InferenceResult,
+    InferenceTask,
+    ModelKind,
+    RoutingSummary,
+    SourceState,
+    SourceStatus,
+)
 from shared.discovery import live_instances
 from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, RedisKeys
 from shared.lifecycle import Service, Stopping
-from shared.subjects import ROUTER_DURABLE, frames_stream_name, task_stream_name, worker_durable
+from shared.subjects import (
+    ROUTER_CROPS_DURABLE,
+    ROUTER_DURABLE,
+    Subjects,
+    frames_stream_name,
+    results_stream_name,
+    task_stream_name,
+    worker_durable,
+)
 
 Routed = tuple[Msg, FrameRef | SourceStatus]  # a message of the frames stream, parsed
 
@@ -57,6 +77,10 @@ class RouterService(Service[RouterSettings]):
         self.m_failed = self.metrics.counter("tasks_failed", "tasks that could not be published", ("model",))
         self.m_waits = self.metrics.counter("backpressure_waits", "times a WAIT frame waited for a model's backlog", ("model",))
         self.m_backlog = self.metrics.gauge("task_backlog", "tasks queued or in flight for a model", ("model",))
+        self.m_crop_tasks = self.metrics.counter("crop_tasks", "crop tasks published (the cascade)", ("source_id", "model"))
+        self.m_crops = self.metrics.counter("crops", "boxes sent to be classified (the cascade)", ("model",))
+        self._misnamed: set[str] = set()  # crop-rule problems already logged
+        self._started = time.monotonic()
 
     async def start(self, stack: AsyncExitStack) -> None:
         await self.open_bus(stack)
@@ -86,6 +110,7 @@ class RouterService(Service[RouterSettings]):
             if model not in self.live or self._last_seen.get(model, 0.0) < now - self._refresh_slack:
                 self.log.info("model %s is live (%d instance(s))", model, len(instances), extra={"model": model})
             self.live[model], self._last_seen[model] = instances[0], now
+        self._check_cascades()
         for model in self.live.keys() - found.keys():
             since = now - self._last_seen.get(model, 0.0)
             if since > self.settings.model_grace:
@@ -123,6 +148,7 @@ class RouterService(Service[RouterSettings]):
             tg.create_task(self._watch_live())
             self._tg = tg
             keeper = tg.create_task(self._keep_held_alive())
+            crops = tg.create_task(self._route_crops()) if self.rules.cascades else None
             sub = await self.bus.bind_when_ready(
                 self.frames_stream,
                 ROUTER_DURABLE,
@@ -138,6 +164,8 @@ class RouterService(Service[RouterSettings]):
             for task in self._summaries:
                 task.cancel()
             keeper.cancel()
+            if crops is not None:
+                await crops  # ends with the stop: its batch in hand is routed and acked first
 
     async def _keep_held_alive(self) -> None:
         """In-progress acks, a third of frames_ack_wait apart, for every frame a lane holds: one that waits behind a
@@ -203,6 +231,8 @@ class RouterService(Service[RouterSettings]):
             if not self.live:
                 self.m_unrouted.labels(source_id=frame.source_id).inc()
             for model, hb in list(self.live.items()):
+                if self.rules.takes_crops(model):
+                    continue  # crops only: they come from its detection model's results (_route_crops)
                 if not self.rules.wants(model, frame):
                     skipped[model] += 1
                     continue
@@ -233,6 +263,86 @@ class RouterService(Service[RouterSettings]):
                 await msg.nak(delay=1.0)
             else:
                 await msg.ack()
+
+    # -- the cascade: crops of detections for a second model ---------------------------------------
+
+    async def _route_crops(self) -> None:
+        """Detection results -> crop tasks for the models whose `on` rule names their model. One durable consumer
+        shared by the replicas: a result is cropped once, and none is lost across a restart (redelivered until
+        acked; a task routed twice is dropped by its stream as a copy). A consumer created now starts with the
+        results that come after: crops of frames from before the cascade was configured are of no use."""
+        sub = await self.bus.bind_when_ready(
+            results_stream_name(self.settings),
+            ROUTER_CROPS_DURABLE,
+            self.stop_event,
+            filter_subject=self.bus.subjects.results_all,
+            deliver_policy=DeliverPolicy.NEW,
+            max_ack_pending=4 * self.settings.route_batch,
+            ack_wait=self.settings.frames_ack_wait,
+        )
+        while sub is not None and not self.stop_event.is_set():
+            msgs = await fetch(sub, self.settings.route_batch, timeout=0.5)
+            try:
+                await self._crop_batch(msgs)
+            except Stopping:
+                return  # unacked: redelivered to the next router
+
+    async def _crop_batch(self, msgs: list[Msg]) -> None:
+        plans: list[tuple[Msg, str, Outgoing]] = []  # (its result's message, model, crop task)
+        now = time.time()
+        for msg in msgs:
+            result = await self.bus.decode(msg, InferenceResult)
+            if result is None or result.kind is not ModelKind.DETECTION:
+                continue
+            for model in self.rules.cascades.get(result.model, ()):
+                hb = self.live.get(model)
+                if hb is None or hb.kind is not ModelKind.CLASSIFICATION:
+                    continue  # not live (its crops are not queued for it: they are cheap to lose), or misnamed
+                boxes = self.rules.crops(model, result)
+                if not boxes:
+                    continue
+                if result.frame.policy is DropPolicy.WAIT:
+                    await self._wait_for_room(model)
+                task = InferenceTask(
+                    frame=result.frame, model=model, routed_at=now, crop=CropRequest(of=result.model, boxes=boxes)
+                )
+                plans.append((msg, model, Outgoing.of(self.bus.subjects.task(hb.subject), task)))
+                self.m_crops.labels(model=model).inc(len(boxes))
+        outcomes = await self.bus.publish_many([out for _, _, out in plans])
+        failed = {id(msg) for (msg, _, _), outcome in zip(plans, outcomes, strict=True) if outcome is not None}
+        for (msg, model, _), outcome in zip(plans, outcomes, strict=True):
+            if outcome is None:
+                self.m_crop_tasks.labels(source_id=Subjects.source_of(msg.subject), model=model).inc()
+            else:
+                self.m_failed.labels(model=model).inc()
+                self.log.warning("crop task not published, result given back: %r", outcome, extra={"model": model})
+        for msg in msgs:
+            if id(msg) in failed:
+                await msg.nak(delay=1.0)  # its tasks that did go out are dropped by the stream as copies
+            else:
+                await msg.ack()
+
+    def _check_cascades(self) -> None:
+        """Crop rules against the live models' kinds: logged once per problem, as the live view is all there is."""
+        for model, rule in self.rules.rules.items():
+            if rule.on is None:
+                continue
+            source, target = self.live.get(rule.on.model), self.live.get(model)
+            problems = []
+            if source is None and time.monotonic() - self._started > self.settings.model_grace:
+                problems.append(f"routing_rules.{model}.on.model names {rule.on.model}, which no live worker serves")
+            if source is not None and source.kind is not ModelKind.DETECTION:
+                problems.append(
+                    f"routing_rules.{model}.on.model names {rule.on.model}, a {source.kind.value} model: name a detection model"
+                )
+            if target is not None and target.kind is not ModelKind.CLASSIFICATION:
+                problems.append(
+                    f"routing_rules.{model} has an `on` rule, but {model} is a {target.kind.value} model: crops are classified"
+                )
+            for problem in problems:
+                if problem not in self._misnamed:
+                    self._misnamed.add(problem)
+                    self.log.error("%s; no crops for it", problem, extra={"model": model})
 
     def _count_metrics(self, counted: list[FrameCount], skipped: Counter[str]) -> None:
         # Per batch, not per frame: the labels lookup is a measurable share of routing.

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from services.router.rules import ModelRule
+from services.router.rules import ModelRule, check_cascades
 from shared.bus import MAX_DELIVER
 from shared.settings import VigilSettings
 from shared.ttl import parse_ttl
@@ -15,8 +15,10 @@ class RouterSettings(VigilSettings):
     task_backlog_limit: int = Field(default=32, ge=1, description="WAIT frames: most tasks queued per model before routing waits")
     route_batch: int = Field(default=64, ge=1, le=1024, description="frame references fetched and routed together")
     # Per model, e.g. {"efficientnet_lite0": {"sources": ["cam1"], "every_nth": 5, "max_fps": 2}}; others see every frame.
+    # A cascade: {"efficientnet_lite0": {"on": {"model": "ssd_mobilenet_v2_coco", "labels": ["car", "truck", "bus"]}}}.
     routing_rules: dict[str, ModelRule] = Field(
-        default_factory=dict, description="per model: sources, every_nth, max_fps (JSON); a model not named sees every frame"
+        default_factory=dict,
+        description="per model: sources, every_nth, max_fps, on (a cascade) (JSON); a model not named sees every frame",
     )
     model_grace: float = Field(
         default=60.0, ge=0, description="seconds a model with no live instance still gets tasks, queued for its restart"
@@ -25,6 +27,12 @@ class RouterSettings(VigilSettings):
     summary_timeout: float = Field(
         default=45.0, gt=0, description="seconds an ended source waits for its last frames to be counted by every replica"
     )
+
+    @field_validator("routing_rules")
+    @classmethod
+    def _cascades_name_detection_models(cls, rules: dict[str, ModelRule]) -> dict[str, ModelRule]:
+        check_cascades(rules)
+        return rules
 
     @model_validator(mode="after")
     def _summary_outwaits_redelivery(self) -> RouterSettings:

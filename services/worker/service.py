@@ -20,11 +20,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from redis.asyncio import Redis
 
+from services.worker.crops import cut, pixels_needed_for_crops
 from services.worker.manifest import ModelError
 from services.worker.onnx_model import load_model
 from services.worker.settings import WorkerSettings
 from shared.bus import Outgoing, fetch
-from shared.contracts import Heartbeat, InferenceResult, InferenceTask, ModelKind, Timings
+from shared.contracts import CropLabels, Heartbeat, InferenceResult, InferenceTask, ModelKind, Timings
 from shared.discovery import HeartbeatPublisher
 from shared.jpeg import Size, decode_for
 from shared.keys import RedisKeys
@@ -66,10 +67,11 @@ class _Job:
     def __init__(self, msg: Msg, task: InferenceTask) -> None:
         self.msg = msg
         self.task = task
-        self.image: np.ndarray | None = None  # possibly decoded smaller than the frame: see frame_size
-        self.frame_size: Size = (0, 0)  # (width, height) of the frame the image stands for
+        # The frame, possibly decoded smaller than it is (see sizes), or a crop task's crops of it, in its boxes' order.
+        self.images: list[np.ndarray] = []
+        self.sizes: list[Size] = []  # (width, height) of the frame (or of the crop, in the frame) each image stands for
         self.error: str | None = None
-        self.output: list[Any] | None = None  # detections or classifications
+        self.output: list[Any] | None = None  # detections or classifications; a crop task's: one list per crop
         self.download_ms = 0.0
         self.transient: str | None = None  # why the frame could not be fetched this time (storage away): try again
 
@@ -198,7 +200,11 @@ class InferenceWorker(Service[WorkerSettings]):
                 self.m_redelivered.labels(model=self.model_name).inc()
             job = _Job(msg, task)
             age = time.time() - task.routed_at
-            if age > self.settings.task_max_age:
+            if task.crop is not None and self.model is not None and self.model.kind is not ModelKind.CLASSIFICATION:
+                job.error = (
+                    f"crop task for {self.model_name}, a {self.model.kind.value} model: crops are for classification models"
+                )
+            elif age > self.settings.task_max_age:
                 # Answered, not left to expire: the stream keeps a task twice as long as this, so a worker that fell
                 # behind (after an outage, say) says which frames it shed, and the registrator waits for none of them.
                 job.error = f"expired: routed {age:.0f} s ago, past task_max_age ({self.settings.task_max_age:g} s)"
@@ -263,11 +269,14 @@ class InferenceWorker(Service[WorkerSettings]):
                 outputs, timings = await asyncio.get_running_loop().run_in_executor(
                     self._infer_thread,
                     self._infer,
-                    [job.image for job in ready if job.image is not None],  # all of them: _fetch_image set it
-                    [job.frame_size for job in ready],
+                    [image for job in ready for image in job.images],  # a crop task's crops batch with the rest
+                    [size for job in ready for size in job.sizes],
                 )
-                for job, output in zip(ready, outputs, strict=True):
-                    job.output = output
+                at = 0
+                for job in ready:
+                    n = len(job.images)
+                    job.output = outputs[at : at + n] if job.task.crop is not None else outputs[at]
+                    at += n
             except Exception as exc:  # a bad batch gives error results, the worker goes on
                 self.log.exception("inference failed", extra={"model": self.model_name})
                 for job in ready:
@@ -292,12 +301,25 @@ class InferenceWorker(Service[WorkerSettings]):
             try:
                 # On a thread (cv2 releases the GIL): the batch's other downloads and the last batch's results go on
                 # meanwhile. Decoded no larger than the model needs (1/2, 1/4, 1/8: libjpeg's DCT scaling).
-                job.image, job.frame_size = await asyncio.to_thread(
-                    decode_for, data, self.model.pixels_needed, self.settings.image_max_pixels
-                )
+                job.images, job.sizes = await asyncio.to_thread(self._decode, data, job.task)
             except Exception as exc:  # noqa: BLE001 - a corrupt JPEG: final
                 job.error = f"bad image: {exc}"
         job.download_ms = (time.perf_counter() - t0) * 1000
+
+    def _decode(self, data: bytes, task: InferenceTask) -> tuple[list[np.ndarray], list[Size]]:
+        """The frame as the model sees it, or a crop task's crops of it (decoded reduced only where every crop
+        keeps the pixels the model needs: a crop small against the model's input needs the full decode)."""
+        assert self.model is not None
+        crop = task.crop
+        if crop is None:
+            image, frame_size = decode_for(data, self.model.pixels_needed, self.settings.image_max_pixels)
+            return [image], [frame_size]
+        needed = self.model.pixels_needed
+        image, frame_size = decode_for(
+            data, lambda size: pixels_needed_for_crops(size, crop.boxes, needed), self.settings.image_max_pixels
+        )
+        crops = cut(image, frame_size, crop.boxes)
+        return crops, [(c.shape[1], c.shape[0]) for c in crops]
 
     def _infer(self, images: list[np.ndarray], frame_sizes: list[Size] | None = None) -> tuple[list[Any], Timings]:
         """frame_sizes: those of the frames the images stand for, when decoded smaller (boxes come out in them)."""
@@ -324,6 +346,7 @@ class InferenceWorker(Service[WorkerSettings]):
             reason = job.error.split(":", 1)[0]
             self.m_errors.labels(model=self.model_name, reason=reason).inc()
             self.log.warning("%s", job.error, extra={"model": self.model_name, "frame_id": job.task.frame.frame_id})
+        crop = job.task.crop
         return InferenceResult(
             frame=job.task.frame,
             model=self.model_name,
@@ -331,10 +354,14 @@ class InferenceWorker(Service[WorkerSettings]):
             instance=self.instance,
             model_version=self.model.version,
             detections=output if kind is ModelKind.DETECTION else [],
-            classifications=output if kind is ModelKind.CLASSIFICATION else [],
+            classifications=output if kind is ModelKind.CLASSIFICATION and crop is None else [],
             error=job.error,
             timings=timings.model_copy(update={"download_ms": job.download_ms}),
             finished_at=time.time(),
+            crop_of=crop.of if crop is not None else None,
+            crops=[CropLabels(box=box, classifications=labels) for box, labels in zip(crop.boxes, output, strict=True)]
+            if crop is not None and job.error is None
+            else [],
         )
 
     async def _give_back(self, job: _Job) -> bool:
