@@ -119,6 +119,11 @@ class SourceLeases:
             await self._release(keys=[self.keys.lease(self.role, source_id)], args=[self.value(source_id)])
             del self.tokens[source_id]
 
+    def forget(self, source_id: str) -> None:
+        """Another replica holds the source now: let go of its token without touching the lease (it is not ours to
+        release), so that no later write of this replica can pass the fence with it."""
+        self.tokens.pop(source_id, None)
+
     async def holder(self, source_id: str) -> str | None:
         raw = cast(bytes | None, await self.redis.get(self.keys.lease(self.role, source_id)))
         return raw.decode().split(" ", 1)[0] if raw is not None else None

@@ -13,9 +13,14 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import Counter, Gauge
+
+from services.registrator.lifecycle import Lifecycle
 from services.registrator.proofs import proof_paths, remote_folder
+from services.registrator.settings import RegistratorSettings
 from shared.contracts import Event
 from shared.event_store import EventStore
+from shared.metrics import Metrics
 from shared.storage import FileGone, SeaweedStorage, StorageError
 
 log = logging.getLogger("vigil.registrator.retention")
@@ -35,6 +40,65 @@ def event_folder(tmp_path: Path, event_id: str) -> Path | None:
     root = tmp_path.resolve()
     folder = (root / event_id).resolve()
     return folder if folder != root and folder.is_relative_to(root) else None
+
+
+@dataclass(frozen=True)
+class RetentionMetrics:
+    removed: Counter
+    removed_bytes: Counter
+    stored: Gauge
+
+    @classmethod
+    def register(cls, metrics: Metrics) -> RetentionMetrics:
+        return cls(
+            removed=metrics.counter("retention_removed", "events removed with their files", ("reason",)),
+            removed_bytes=metrics.counter("retention_removed_bytes", "proof bytes removed", ("reason",)),
+            stored=metrics.gauge("events_stored_bytes", "bytes of the events' proofs in the filer, by their records"),
+        )
+
+
+class Retention:
+    """The sweeps, every `retention_interval`, for as long as the service runs: by age, then by disk budget."""
+
+    def __init__(
+        self,
+        life: Lifecycle,
+        settings: RegistratorSettings,
+        store: EventStore,
+        storage: SeaweedStorage,
+        metrics: RetentionMetrics,
+    ) -> None:
+        self.life = life
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.metrics = metrics
+
+    @staticmethod
+    def wanted(settings: RegistratorSettings) -> bool:
+        return settings.event_retention_days > 0 or settings.event_storage_max_gb > 0
+
+    async def run(self) -> None:
+        store, storage = self.store, self.storage
+        s, tmp = self.settings, Path(self.settings.TMP_PATH)
+        sized = s.event_storage_max_gb == 0  # without a budget, the size of older events matters to nothing
+        while not self.life.stop_event.is_set():
+            try:
+                if not sized:
+                    await size_unsized(store, storage)
+                    sized = True
+                if s.event_retention_days > 0:
+                    self._count("age", await sweep(store, storage, tmp, s.event_retention_days * 86400))
+                if s.event_storage_max_gb > 0:
+                    self._count("budget", await sweep_budget(store, storage, tmp, int(s.event_storage_max_gb * 1e9)))
+                self.metrics.stored.set(await store.stored_bytes())
+            except Exception as exc:  # noqa: BLE001 - Redis or storage away: the next sweep tries again
+                self.life.log.warning("retention sweep failed: %r", exc)
+            await self.life.pause(s.retention_interval)
+
+    def _count(self, reason: str, removed: Removed) -> None:
+        self.metrics.removed.labels(reason=reason).inc(removed.events)
+        self.metrics.removed_bytes.labels(reason=reason).inc(removed.bytes)
 
 
 async def sweep(store: EventStore, storage: SeaweedStorage, tmp_path: Path, max_age_seconds: float) -> Removed:

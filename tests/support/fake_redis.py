@@ -99,6 +99,9 @@ class SoleHolder:
     async def release(self, source_id: str) -> None:
         self.tokens.pop(source_id, None)
 
+    def forget(self, source_id: str) -> None:
+        self.tokens.pop(source_id, None)
+
     async def write_fenced(self, source_id: str, fill: Callable[[Any], Awaitable[None]]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             await fill(pipe)

@@ -1,0 +1,181 @@
+"""The registrator's units on their own, without servers: forgetting and dropping a source (sources.SourceBook),
+and the proof pool's place in the task group (proof_pool.ProofPool).
+
+tests/unit/test_registrator_decisions.py drives the whole service on a fake bus; the integration tests run it on the
+real servers. These pin what only the units decide: a source forgotten leaves nothing of it behind, and a proof job
+never outlives the service nor takes its task group down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import pytest
+
+from services.registrator import proof_pool
+from services.registrator.events import EventRules, EventTracker, OpenEvent
+from services.registrator.frames import FrameRing
+from services.registrator.notices import Notices
+from services.registrator.proof_pool import ProofMetrics, ProofPool
+from services.registrator.settings import RegistratorSettings
+from services.registrator.sources import HeldSource, SourceBook
+from services.registrator.state import RegistratorState
+from shared.contracts import Event, EventState, FrameRef
+from shared.event_store import EventStore
+from shared.keys import RedisKeys
+from shared.metrics import Metrics
+from shared.pause import sleep_unless_stopped
+from tests.support.fake_bus import FakeBus
+from tests.support.fake_redis import FakeRedis, SoleHolder
+from tests.support.settings import settings_from
+
+T = TypeVar("T")
+SETTINGS = settings_from(RegistratorSettings, subject_prefix="unit", event_mode="scene")
+
+
+class Life:
+    """The running service as the units see it (services/registrator/lifecycle.py), with Redis always there."""
+
+    def __init__(self) -> None:
+        self.stop_event = asyncio.Event()
+        self.log = logging.getLogger("vigil.registrator")
+
+    async def pause(self, seconds: float) -> bool:
+        return await sleep_unless_stopped(self.stop_event, seconds)
+
+    async def redis_must(self, what: str, attempt: Callable[[], Awaitable[T]], *, hold: Sequence[Any] = ()) -> T:
+        return await attempt()
+
+
+class StuckStorage:
+    """A filer that never answers: a proof job cutting from it waits until it is cancelled."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.cancelled = False
+
+    async def download(self, url: str) -> bytes:
+        self.asked.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return b""
+
+
+class RefusingStore:
+    """An event store whose writes fail with something other than Redis being away (redis_must retries that)."""
+
+    async def save(self, record: Event) -> None:
+        raise PermissionError("NOPERM this user has no permissions to run the 'evalsha' command")
+
+
+def book_of(leases: SoleHolder) -> SourceBook:
+    return SourceBook(EventTracker(EventRules.from_settings(SETTINGS)), FrameRing(100), leases)  # type: ignore[arg-type]
+
+
+def event(source_id: str, event_id: str = "e1") -> OpenEvent:
+    return OpenEvent(
+        id=event_id, source_id=source_id, model="ssd", label="person", start=0.0, end=1.0, start_wall=time.time(), run="r1"
+    )
+
+
+def frame(source_id: str, seq: int) -> FrameRef:
+    return FrameRef(
+        source_id=source_id, run="r1", seq=seq, pts=seq / 10, wall_time=time.time(), url=f"http://x/{seq},01", width=4, height=4
+    )
+
+
+def remember(book: SourceBook, source_id: str) -> None:
+    """Everything the book keeps of one source run: progress, clocks, a late-copy mark, a frame, an event being cut."""
+    feed = f"{source_id}@r1"
+    book.held[source_id] = HeldSource(source_id)
+    book.sources[feed].events = 1
+    book.last_result[(feed, "ssd")] = time.monotonic()
+    book.drained_until[f"{source_id}@r0"] = time.time()
+    book.unpaced.add(feed)
+    book.ring.add(frame(source_id, 0))
+    book.finalising[f"{source_id}-e"] = event(source_id, f"{source_id}-e")
+
+
+def test_forgetting_a_source_leaves_nothing_of_it_and_keeps_the_others() -> None:
+    book = book_of(SoleHolder(FakeRedis()))
+    remember(book, "cam0")
+    remember(book, "cam1")
+    book.forget_source("cam0")
+    assert list(book.held) == ["cam1"] and list(book.sources) == ["cam1@r1"]
+    assert [feed for feed, _ in book.last_result] == ["cam1@r1"] and list(book.drained_until) == ["cam1@r0"]
+    assert book.unpaced == {"cam1@r1"} and list(book.finalising) == ["cam1-e"]
+    assert book.ring.latest_pts("cam0@r1") is None and book.ring.latest_pts("cam1@r1") == 0.0
+
+
+async def test_a_dropped_source_stops_at_once_and_lets_go_of_its_token() -> None:
+    leases = SoleHolder(FakeRedis())
+    book = book_of(leases)
+    remember(book, "cam0")
+    held = book.held["cam0"]
+    await leases.acquire("cam0")
+    proof = asyncio.create_task(asyncio.Event().wait())
+    book.sources["cam0@r1"].finalising.add(proof)
+    book.drop("cam0")
+    await asyncio.sleep(0)  # the cancellation lands
+    assert held.stop.is_set() and proof.cancelled()
+    assert "cam0" not in book.held and not book.sources
+    assert leases.tokens == {}  # no later write of this replica passes the fence with it
+
+
+@asynccontextmanager
+async def pool_in_a_group(life: Life, book: SourceBook, store: Any, storage: Any) -> AsyncIterator[ProofPool]:
+    """A proof pool in a task group, as RegistratorService.run wires it; the group ends once the test stops it."""
+    redis = FakeRedis()
+    keys = RedisKeys(SETTINGS)
+    notices = Notices(FakeBus(SETTINGS, "registrator"), SETTINGS.notify_update_interval, Metrics("unit"))  # type: ignore[arg-type]
+    metrics = ProofMetrics.register(Metrics("unit"))
+    async with asyncio.timeout(10), asyncio.TaskGroup() as group:
+        state = RegistratorState(redis, keys)  # type: ignore[arg-type]
+        pool = ProofPool(life, SETTINGS, book, store, state, storage, notices, metrics, group)
+        group.create_task(pool.run())
+        yield pool
+
+
+async def test_a_proof_job_gets_the_handover_at_stop_then_is_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proof_pool, "HANDOVER_SECONDS", 0.3)
+    life, book, storage = Life(), book_of(SoleHolder(FakeRedis())), StuckStorage()
+    book.held["cam0"] = HeldSource("cam0")
+    book.held["cam0"].ring_ready.set()
+    book.sources["cam0@r1"].ended = True  # no post-roll to wait for
+    for seq in range(20):
+        book.ring.add(frame("cam0", seq))
+    closed = event("cam0")
+    closed.state = EventState.DONE
+    async with pool_in_a_group(life, book, EventStore(FakeRedis(), RedisKeys(SETTINGS)), storage) as pool:  # type: ignore[arg-type]
+        pool.submit(closed)
+        await asyncio.wait_for(storage.asked.wait(), 5)  # cutting: its frames are being downloaded
+        stopped = time.monotonic()
+        life.stop_event.set()
+    # The group ended: the job was cancelled after the handover, not waited for (the filer never answers).
+    assert storage.cancelled and not pool.jobs and not book.sources["cam0@r1"].finalising
+    assert 0.3 <= time.monotonic() - stopped < 5
+    assert "e1" in book.finalising  # still owed its proofs: DONE in the saved state, the next holder cuts them
+
+
+async def test_a_proof_job_that_fails_is_logged_and_the_task_group_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    life, book = Life(), book_of(SoleHolder(FakeRedis()))
+    book.held["cam0"] = HeldSource("cam0")
+    book.held["cam0"].ring_ready.set()
+    book.sources["cam0@r1"].ended = True
+    # No frame buffered: the event gets ERROR, and its ERROR record cannot be written either.
+    async with pool_in_a_group(life, book, RefusingStore(), StuckStorage()) as pool:
+        sibling = pool.group.create_task(asyncio.sleep(0.5))  # stands for the consumers: a failed job must not cancel them
+        pool.submit(event("cam0"))
+        await asyncio.wait_for(asyncio.gather(*pool.jobs), 5)
+        assert not sibling.done()
+        life.stop_event.set()
+    await sibling
+    assert "proof job of event e1 failed" in caplog.text and "NOPERM" in caplog.text
