@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from redis.asyncio.client import Pipeline
 
-from services.registrator.clips import clip_ticks, pick_frames
+from services.registrator.clips import SEGMENT_SECONDS, ClipFrames, plan_clip, segment_span
 from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.frames import FrameRing
 from services.registrator.leases import LeaseLost, SourceLeases, plan_moves
@@ -587,7 +587,8 @@ class RegistratorService(Service[RegistratorSettings]):
         oldest_open = self.tracker.oldest_start(feed)
         if oldest_open is not None:
             pinned.append(oldest_open)
-        horizon = min([horizon, *pinned]) - self.settings.pre_roll - 1.0
+        # A clip starts up to a segment before its pre-roll (segment_span); a second more for the frame before it.
+        horizon = min([horizon, *pinned]) - self.settings.pre_roll - SEGMENT_SECONDS - 1.0
         self.ring.prune_before(feed, horizon)
 
     # -- closing and proofs ----------------------------------------------------------------------
@@ -633,7 +634,7 @@ class RegistratorService(Service[RegistratorSettings]):
         if not await self._attempt(event, chosen):
             self._proof_task(event, self._retry(event, chosen))
 
-    async def _retry(self, event: OpenEvent, chosen: list[FrameRef]) -> None:
+    async def _retry(self, event: OpenEvent, chosen: ClipFrames) -> None:
         delay = 1.0
         for _ in range(self.settings.finalise_retries):
             if await self.pause(delay):
@@ -643,7 +644,7 @@ class RegistratorService(Service[RegistratorSettings]):
             delay = min(delay * 2, 30.0)
         await self._forget(event)
 
-    async def _attempt(self, event: OpenEvent, chosen: list[FrameRef]) -> bool:
+    async def _attempt(self, event: OpenEvent, chosen: ClipFrames) -> bool:
         assert self.store is not None and self.storage is not None
         started = time.perf_counter()
         try:
@@ -689,11 +690,11 @@ class RegistratorService(Service[RegistratorSettings]):
         await self.store.save(record := event.record(error=f"{type(exc).__name__}: {exc}"[:500]))
         await self.notices.publish(record)
 
-    async def _select_frames(self, event: OpenEvent) -> list[FrameRef]:
+    async def _select_frames(self, event: OpenEvent) -> ClipFrames:
         """The frame shown at each clip tick, chosen once: retries reuse it even after the ring has moved on."""
         s = self.settings
         progress = self.sources[event.feed]
-        start, end = max(0.0, event.start - s.pre_roll), event.end + s.post_roll
+        start, end = segment_span(max(0.0, event.start - s.pre_roll), event.end + s.post_roll, s.clip_fps)
         # After a restart or a move the frames streamed before it are still being read back into the buffer.
         held = self.held.get(event.source_id)
         if held is None:
@@ -711,7 +712,7 @@ class RegistratorService(Service[RegistratorSettings]):
         if latest is None:
             raise RuntimeError("no frames of the source are buffered")
         end = min(end, latest)
-        return pick_frames(self.ring.window(event.feed, start, end), clip_ticks(start, end, s.clip_fps))
+        return plan_clip(self.ring.window(event.feed, start, end), start, end, s.clip_fps)
 
     # -- draining ended sources ------------------------------------------------------------------
 
