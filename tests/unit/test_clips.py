@@ -23,6 +23,11 @@ def test_ticks_lie_on_the_source_grid_and_cover_both_ends() -> None:
     assert clip.first_tick == 11 and len(clip) == 2
 
 
+def test_a_clip_without_frames_says_why() -> None:
+    with pytest.raises(ValueError, match=r"no frame of the source is buffered at or before 3\.0 s"):
+        plan_clip([], 1.0, 3.0, 10)
+
+
 def test_windows_widen_to_whole_segments_of_the_source_clock() -> None:
     assert segment_span(2.35, 5.2, 10) == (2.0, 5.9)
     assert segment_span(4.0, 5.0, 10) == (4.0, 5.9)  # a window on a boundary starts there
