@@ -16,9 +16,10 @@ import cv2
 from bench.common import ROOT, median, print_table, write_result
 from fleet.processes import start_service
 from fleet.servers import LocalServers, ServerSet
-from services.registrator.clips import write_clip
+from services.registrator.clips import ClipFrames, write_clip
 from services.registrator.events import OpenEvent
 from services.registrator.proofs import make_proofs
+from services.registrator.segments import SegmentCache
 from shared.bus import Bus, Outgoing
 from shared.contracts import BBox, Detection, FrameRef, InferenceResult, ModelKind
 from shared.jpeg import decode_jpeg, encode_jpeg
@@ -114,7 +115,8 @@ async def finalise(servers: ServerSet, tmp: Path) -> dict[str, float]:
             best_frame_url=refs[70].url,
         )
         started = time.perf_counter()
-        await make_proofs(storage, tmp, event, refs, 10)
+        # One frame per tick from 0 s: every frame of the clip encoded, as a source's first event has it.
+        await make_proofs(storage, tmp, event, ClipFrames(0, refs), 10, SegmentCache(2**30, 3600.0))
         whole = time.perf_counter() - started
     images = [decode_jpeg(j) for j in jpegs]
     started = time.perf_counter()

@@ -15,11 +15,56 @@ import numpy as np
 
 from shared.contracts import Detection, FrameRef
 
+SEGMENT_SECONDS = 2  # a proof clip is cut from whole segments of this length (segments.py)
 
-def clip_ticks(start: float, end: float, fps: int) -> list[float]:
-    """Output frame times: one every 1/fps from `start`, through `end` inclusive."""
-    count = max(1, math.floor((end - start) * fps + 1e-6) + 1)
-    return [start + k / fps for k in range(count)]
+
+def segment_span(start: float, end: float, fps: int) -> tuple[float, float]:
+    """[start, end] widened to whole segments of the source's clock: from the segment boundary at or before `start`
+    to the last tick of the segment holding `end`.
+
+    The clip then overruns its window by less than one segment (SEGMENT_SECONDS) at each end: a little more of
+    the scene around an event that already has seconds of pre- and post-roll, in a clip that stays short. In
+    exchange every clip of a source is cut from the same segments, each encoded once (segments.py), instead of each
+    event encoding all of its frames: with an event per tracked object, a busy camera's clips overlap many times."""
+    per_segment = fps * SEGMENT_SECONDS
+    first = _tick_at_or_before(start, fps) // per_segment * per_segment
+    last = (_tick_at_or_before(end, fps) // per_segment + 1) * per_segment - 1
+    return first / fps, last / fps
+
+
+@dataclass(frozen=True, slots=True)
+class ClipFrames:
+    """The frame shown at each tick of a clip; the ticks lie on the source's grid of 1/fps (tick k at k/fps of its
+    stream time), so that two clips of one source share their segments."""
+
+    first_tick: int
+    refs: list[FrameRef]
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+
+def plan_clip(refs: list[FrameRef], start: float, end: float, fps: int) -> ClipFrames:
+    """The ticks of the grid in [start, end] (at least one), each with the latest frame at or before it.
+
+    Without any frame (the buffer, read back after a restart or a move, begins after the window) there is nothing
+    to cut, and no retry can help: the error says so at once."""
+    if not refs:
+        raise ValueError(
+            f"no frame of the source is buffered at or before {end:.1f} s: its frames were dropped before the "
+            "proofs were cut (the source moved or restarted later than the frame stream keeps them)"
+        )
+    first = _tick_at_or_after(start, fps)
+    last = max(first, _tick_at_or_before(end, fps))
+    return ClipFrames(first, pick_frames(refs, [k / fps for k in range(first, last + 1)]))
+
+
+def _tick_at_or_after(t: float, fps: int) -> int:
+    return math.ceil(t * fps - 1e-6)
+
+
+def _tick_at_or_before(t: float, fps: int) -> int:
+    return math.floor(t * fps + 1e-6)
 
 
 def pick_frames(refs: list[FrameRef], ticks: list[float]) -> list[FrameRef]:
@@ -77,7 +122,7 @@ def write_clip(images: Iterable[np.ndarray], path: Path, fps: int, encoding: Cli
         last: tuple[np.ndarray, av.VideoFrame] | None = None
         for index, image in enumerate(itertools.chain([first], frames)):
             if last is None or last[0] is not image:
-                last = image, _video_frame(np.ascontiguousarray(image[:even_h, :even_w]), encoding.cv2_convert)
+                last = image, video_frame(np.ascontiguousarray(image[:even_h, :even_w]), encoding.cv2_convert)
             frame = last[1]
             frame.pts = index  # set each time: a frame given again must not repeat its time
             for packet in stream.encode(frame):
@@ -86,7 +131,8 @@ def write_clip(images: Iterable[np.ndarray], path: Path, fps: int, encoding: Cli
             container.mux(packet)
 
 
-def _video_frame(image: np.ndarray, cv2_convert: bool) -> av.VideoFrame:
+def video_frame(image: np.ndarray, cv2_convert: bool) -> av.VideoFrame:
+    """A BGR image as the yuv420p frame x264 takes."""
     if cv2_convert:
         planes: np.ndarray = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)  # Y, then U and V: uint8, rows x 1.5
         return av.VideoFrame.from_ndarray(planes.astype(np.uint8, copy=False), format="yuv420p")

@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter as MetricCounter
 from redis.asyncio.client import Pipeline
 
+from services.registrator.clips import SEGMENT_SECONDS
 from services.registrator.closing import EventCloser
 from services.registrator.draining import Drainer
 from services.registrator.events import OpenEvent
@@ -240,7 +241,8 @@ class Intake:
         oldest_open = self.tracker.oldest_start(feed)
         if oldest_open is not None:
             pinned.append(oldest_open)
-        horizon = min([horizon, *pinned]) - self.settings.pre_roll - 1.0
+        # A clip starts up to a segment before its pre-roll (segment_span); a second more for the frame before it.
+        horizon = min([horizon, *pinned]) - self.settings.pre_roll - SEGMENT_SECONDS - 1.0
         self.book.ring.prune_before(feed, horizon)
 
     async def close_quiet(self, source_id: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from services.registrator.clips import clip_ticks, pick_frames
+from services.registrator.clips import ClipFrames, plan_clip, segment_span
 from services.registrator.events import OpenEvent
 from services.registrator.lifecycle import Lifecycle
 from services.registrator.notices import Notices
@@ -27,7 +27,7 @@ from services.registrator.proofs import make_proofs
 from services.registrator.settings import RegistratorSettings
 from services.registrator.sources import SourceBook
 from services.registrator.state import RegistratorState
-from shared.contracts import EventClose, EventState, FrameRef
+from shared.contracts import EventClose, EventState
 from shared.event_store import EventStore
 from shared.lifecycle import Stopping
 from shared.metrics import Metrics
@@ -119,7 +119,7 @@ class ProofPool:
         if not await self._attempt(event, chosen):
             self._job(event, self._retry(event, chosen))
 
-    async def _retry(self, event: OpenEvent, chosen: list[FrameRef]) -> None:
+    async def _retry(self, event: OpenEvent, chosen: ClipFrames) -> None:
         delay = 1.0
         for _ in range(self.settings.finalise_retries):
             if await self.life.pause(delay):
@@ -129,7 +129,7 @@ class ProofPool:
             delay = min(delay * 2, 30.0)
         await self._forget(event)
 
-    async def _attempt(self, event: OpenEvent, chosen: list[FrameRef]) -> bool:
+    async def _attempt(self, event: OpenEvent, chosen: ClipFrames) -> bool:
         assert self.storage is not None
         started = time.perf_counter()
         try:
@@ -173,11 +173,11 @@ class ProofPool:
         await self.store.save(record := event.record(error=f"{type(exc).__name__}: {exc}"[:500]))
         await self.notices.publish(record)
 
-    async def _select_frames(self, event: OpenEvent) -> list[FrameRef]:
+    async def _select_frames(self, event: OpenEvent) -> ClipFrames:
         """The frame shown at each clip tick, chosen once: retries reuse it even after the ring has moved on."""
         s, ring = self.settings, self.book.ring
         progress = self.book.sources[event.feed]
-        start, end = max(0.0, event.start - s.pre_roll), event.end + s.post_roll
+        start, end = segment_span(max(0.0, event.start - s.pre_roll), event.end + s.post_roll, s.clip_fps)
         # After a restart or a move the frames streamed before it are still being read back into the buffer.
         held = self.book.held.get(event.source_id)
         if held is None:
@@ -195,4 +195,4 @@ class ProofPool:
         if latest is None:
             raise RuntimeError("no frames of the source are buffered")
         end = min(end, latest)
-        return pick_frames(ring.window(event.feed, start, end), clip_ticks(start, end, s.clip_fps))
+        return plan_clip(ring.window(event.feed, start, end), start, end, s.clip_fps)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.registrator import proofs
-from services.registrator.clips import ClipEncoding, clip_ticks, draw_detections, pick_frames, write_clip
+from services.registrator.clips import ClipEncoding, draw_detections, plan_clip, segment_span, write_clip
 from services.registrator.frames import FrameRing
 from shared.contracts import BBox, Detection, FrameRef
 from shared.jpeg import encode_jpeg
@@ -16,14 +16,29 @@ def ref(seq: int, pts: float, source: str = "cam0") -> FrameRef:
     return FrameRef(source_id=source, seq=seq, pts=pts, wall_time=0, url=f"http://h/{seq}", width=8, height=8)
 
 
-def test_ticks_cover_both_ends_at_the_rate() -> None:
-    ticks = clip_ticks(1.0, 3.0, 10)
-    assert len(ticks) == 21 and ticks[0] == 1.0 and abs(ticks[-1] - 3.0) < 1e-9
+def test_ticks_lie_on_the_source_grid_and_cover_both_ends() -> None:
+    clip = plan_clip([ref(0, 0.0)], 1.0, 3.0, 10)
+    assert clip.first_tick == 10 and len(clip) == 21
+    clip = plan_clip([ref(0, 0.0)], 1.04, 1.26, 10)  # between ticks: the grid's ticks inside the window
+    assert clip.first_tick == 11 and len(clip) == 2
+
+
+def test_a_clip_without_frames_says_why() -> None:
+    with pytest.raises(ValueError, match=r"no frame of the source is buffered at or before 3\.0 s"):
+        plan_clip([], 1.0, 3.0, 10)
+
+
+def test_windows_widen_to_whole_segments_of_the_source_clock() -> None:
+    assert segment_span(2.35, 5.2, 10) == (2.0, 5.9)
+    assert segment_span(4.0, 5.0, 10) == (4.0, 5.9)  # a window on a boundary starts there
+    assert segment_span(0.0, 0.0, 10) == (0.0, 1.9)
+    start, end = segment_span(7.77, 8.01, 25)
+    assert (start, round(end * 25)) == (6.0, 249)
 
 
 def test_sparse_frames_fill_every_tick_with_the_latest_before_it() -> None:
     refs = [ref(0, 0.0), ref(5, 0.5), ref(10, 1.0)]  # a source read at 2 fps
-    chosen = pick_frames(refs, clip_ticks(0.0, 1.0, 10))
+    chosen = plan_clip(refs, 0.0, 1.0, 10).refs
     assert [r.seq for r in chosen] == [0] * 5 + [5] * 5 + [10]
 
 
@@ -90,7 +105,7 @@ def test_each_stored_frame_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(proofs, "decode_jpeg", counting_decode)
     refs = [ref(0, 0.0), ref(5, 0.5), ref(10, 1.0)]  # read at 2 fps, a clip at 10 fps: 11 ticks, 3 frames
     jpegs = {r.url: encode_jpeg(np.full((16, 16, 3), r.seq * 20, np.uint8)) for r in refs}
-    chosen = pick_frames(refs, clip_ticks(0.0, 1.0, 10))
+    chosen = plan_clip(refs, 0.0, 1.0, 10).refs
     kept: dict[str, np.ndarray] = {}
     images = list(proofs.decoded_once(chosen, jpegs, refs[1].url, kept))
     assert len(images) == 11 and len(decoded) == 3
