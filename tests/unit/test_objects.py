@@ -129,6 +129,23 @@ def test_a_required_zone_admits_only_objects_that_enter_it() -> None:
     assert len(feed(other, walk(stays_right))[0]) == 1
 
 
+def test_a_required_zone_admits_each_event_of_a_track_on_its_own_sightings() -> None:
+    # Found on the sample video: a track whose event had closed came back elsewhere (ByteTrack had moved its id
+    # onto another person) and opened an event outside the required zone, on the strength of its first one.
+    # Here: a person walks from the left half into the right, parks there until its event closes, and walks on.
+    tracker = ObjectEventTracker(rules(geometry=GEOMETRY, require_zones={"ssd": frozenset({"left"})}, stationary_after=3.0))
+    results = []
+    for seq in range(200):
+        x = 100 + 10 * min(seq, 30) + (seq % 2) + 4 * max(0, seq - 150)
+        results.append(result(seq, [detection((x, 200, x + 50, 320), 0.9, "person")]))
+    changed, closed = feed(tracker, results)
+    (event,) = changed  # the walk on from the right half entered no required zone: no second event
+    assert event.zones == ["left"] and event.stationary and event in closed
+    # The same scene without the rule gives the second event, so the rule is what held it back.
+    unfiltered, _ = feed(ObjectEventTracker(rules(geometry=GEOMETRY, stationary_after=3.0)), results)
+    assert [e.zones for e in unfiltered] == [["left"], []]
+
+
 def test_an_excluded_zone_masks_detections() -> None:
     tracker = ObjectEventTracker(rules(geometry=GEOMETRY, exclude_zones={"ssd": frozenset({"left"})}))
     in_mask = Walker(gt=1, x=20, y=150, w=50, h=120, dx=1)
