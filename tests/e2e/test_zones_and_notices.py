@@ -34,7 +34,7 @@ from tests.support.media import first_seconds
 from tests.support.mosquitto import Mosquitto, MqttWatch, mosquitto_binary
 from tests.support.webhook import Receiver, Request
 
-pytestmark = pytest.mark.timeout(420)  # the first test waits for the fleet's run
+pytestmark = pytest.mark.timeout(600)  # the first test waits for the fleet's run: 6.5 min beside two CPU burners
 
 SECONDS, SKIP = 30.0, 3  # 300 frames, one in four kept: 75 per source
 DETECTOR = "ssd_mobilenet_v2_coco"
