@@ -1,8 +1,9 @@
 """The whole fleet as local processes on real servers: no Docker needed.
 
 Starts nats-server, redis-server and weed, then the services in dependency order, prefixes their
-logs, shows progress, and for a file source ends by itself once the registrator says the source
-is drained (every result in, every event final), printing the events.
+logs, shows progress, and for file sources ends by itself once the registrator says every source
+is drained (every result in, every event final) and the notifier, if any, has sent their notices,
+printing the events.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from shared.access import Role, fleet_access, storage_keys, user_name
 from shared.contracts import Event, InferenceResult, SourceDrained, SourceState, SourceStatus
 from shared.keys import RedisKeys
 from shared.logs import quiet_tls_eof
+from shared.notices import NOTIFIER_DURABLE, events_stream_name
 from shared.settings import VigilSettings
 from shared.subjects import Subjects
 
@@ -69,6 +71,10 @@ class Progress:
     errors: Counter[str] = field(default_factory=Counter)
     status: dict[str, SourceStatus] = field(default_factory=dict)
     drained: dict[str, SourceDrained] = field(default_factory=dict)
+
+    def all_drained(self) -> bool:
+        """Every source the reader reported has drained: with several files, the first to end is not the run's end."""
+        return bool(self.drained) and self.drained.keys() >= self.status.keys()
 
 
 class Fleet:
@@ -184,6 +190,20 @@ class Fleet:
         await nc.subscribe(subjects.source_status_all, cb=on_status)
         await nc.subscribe(subjects.drained("*"), cb=on_drained)
 
+    async def wait_for_notices(self, nc: nats.NATS, settings: VigilSettings, timeout: float) -> bool:
+        """Whether the notifier delivered every notice in its stream (none waiting, none unacked) within `timeout`.
+        The notices of a file's last events come as it drains: stopping the notifier then would leave them unsent."""
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(nats.errors.Error):
+                info = await js.consumer_info(events_stream_name(settings), NOTIFIER_DURABLE)
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
+
 
 def print_events(events: list[Event], root: Path) -> None:
     if not events:
@@ -215,6 +235,7 @@ class FleetOptions:
     registrators: int = 1  # replicas sharing the sources by lease (services/registrator/leases.py)
     readers: int = 1  # replicas sharing the sources by lease (services/reader/service.py)
     keep_serving: bool = False  # after a file source has drained, keep the api up until Ctrl-C
+    notices_timeout: float = 30.0  # after the sources drained, seconds the notifier has to deliver what is left
 
 
 @dataclass
@@ -326,7 +347,7 @@ async def run_fleet(servers: LocalServers, options: FleetOptions, stop: asyncio.
         for i in range(options.readers):
             await fleet.spawn("reader", "reader" if options.readers == 1 else f"reader-{i + 1}")
         last = 0.0
-        while not stop.is_set() and not p.drained:
+        while not stop.is_set() and not p.all_drained():
             await asyncio.sleep(0.2)
             if time.monotonic() - last >= 2.0:
                 last = time.monotonic()
@@ -344,6 +365,9 @@ async def run_fleet(servers: LocalServers, options: FleetOptions, stop: asyncio.
                 print(f"service(s) exited with an error: {', '.join(crashed)}", flush=True)
                 code = 1
                 break
+        notifying = code == 0 and not stop.is_set() and any(x.service == "notifier" for x in fleet.procs)
+        if notifying and not await fleet.wait_for_notices(nc, settings, options.notices_timeout):
+            print(f"notices undelivered after {options.notices_timeout:.0f} s: the notifier stops with them", flush=True)
         if options.keep_serving and code == 0 and not stop.is_set():
             print(f"the sources have drained; the dashboard stays up at {dashboard} until Ctrl-C", flush=True)
             await stop.wait()

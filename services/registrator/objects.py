@@ -100,7 +100,6 @@ class TrackState:
     anchor_pts: float = 0.0
     stationary: bool = False
     confirming: int = 0  # sightings that count towards confirmation
-    zones_entered: list[str] = field(default_factory=list)  # ever, for required zones
     sub_labels: dict[str, int] = field(default_factory=dict)
     sub_scores: dict[str, float] = field(default_factory=dict)
     candidate: OpenEvent | None = None  # the event it makes once confirmed, accumulating meanwhile
@@ -211,9 +210,6 @@ class ObjectEventTracker:
                 self._crossings[(frame.source_id, line, det.label, direction)] += 1
         track.last_centre, track.last_pts = position, max(track.last_pts, pts)
         zones = geometry.zones_of(det.box)
-        for zone in zones:
-            if zone not in track.zones_entered:
-                track.zones_entered.append(zone)
         self._update_motion(track, position, det.box, pts)
         threshold = rules.events.threshold(model, frame.source_id, det.label)
         if threshold is not None and det.score >= threshold and area(det.box) >= rules.min_area:
@@ -251,7 +247,7 @@ class ObjectEventTracker:
                 # Not yet an event: what it gathers becomes the event's (bounded like an event's span).
                 candidate = track.candidate = self._fresh(frame, model, track.track_id)
             self._extend(candidate, frame, det, zones)
-            if not self._confirmed(track, model, frame.source_id):
+            if not self._confirmed(track, candidate, model, frame.source_id):
                 return None, closed
             track.candidate = None
             lost = self._lost_event(pair, track, candidate)
@@ -330,11 +326,13 @@ class ObjectEventTracker:
         track.events += 1
         return event
 
-    def _confirmed(self, track: TrackState, model: str, source_id: str) -> bool:
+    def _confirmed(self, track: TrackState, candidate: OpenEvent, model: str, source_id: str) -> bool:
         if track.confirming < self.rules.min_frames:
             return False
+        # The zones of this would-be event, not of the track's whole life: a track that comes back after its event
+        # closed (or that ByteTrack moved onto another object) opens no event outside the required zones.
         required = self.rules.required(model, source_id)
-        return not required or bool(required & set(track.zones_entered))
+        return not required or bool(required & set(candidate.zones))
 
     def _update_motion(self, track: TrackState, position: tuple[float, float], box: BBox, pts: float) -> None:
         """Stationary: no move beyond a fraction of its own height (scale-free: near and far alike) for a while."""

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from fleet.processes import service_process
@@ -30,7 +29,7 @@ from shared.subjects import frames_stream
 from tests.integration.helpers import running, wait_for, wait_until
 from tests.integration.test_registrator import end_source, events_of, result, store_frames
 from tests.support.events import stored_event
-from tests.support.mosquitto import Mosquitto, mosquitto_binary
+from tests.support.mosquitto import Mosquitto, MqttWatch, mosquitto_binary
 from tests.support.settings import MakeSettings, settings_from
 from tests.support.webhook import Receiver, fail_first
 
@@ -90,23 +89,6 @@ def notifier_values(receiver: Receiver, secret_file: Path, **more: object) -> di
         "notify_retry_max": 0.5,
         **more,
     }
-
-
-class MqttWatch:
-    """An MQTT subscriber of the notices' topic, collecting what arrives."""
-
-    def __init__(self, port: int, topic: str) -> None:
-        self.port, self.topic = port, topic
-        self.got: list[dict[str, Any]] = []
-        self.ready = asyncio.Event()
-
-    async def run(self) -> None:
-        async with aiomqtt.Client("127.0.0.1", self.port, identifier=f"watch-{self.topic}") as client:
-            await client.subscribe(self.topic, qos=1)
-            self.ready.set()
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                self.got.append(json.loads(message.payload))
 
 
 def types_by_event(notices: list[dict[str, Any]]) -> dict[str, list[str]]:

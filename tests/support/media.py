@@ -58,3 +58,19 @@ def truncated_copy(video: Path, path: Path, fraction: float) -> Path:
     data = video.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
     return path
+
+
+def first_seconds(video: Path, path: Path, seconds: float) -> Path:
+    """The first `seconds` of an MP4, remuxed (no re-encoding): a shorter run of the same footage."""
+    with av.open(str(video)) as src, av.open(str(path), "w") as out:
+        in_stream = src.streams.video[0]
+        out_stream = out.add_stream_from_template(in_stream)
+        assert in_stream.time_base is not None
+        for packet in src.demux(in_stream):
+            if packet.dts is None:
+                continue
+            if packet.pts is not None and packet.pts * in_stream.time_base >= seconds:
+                break
+            packet.stream = out_stream
+            out.mux(packet)
+    return path

@@ -1,12 +1,18 @@
-"""Debian's mosquitto, as a test's MQTT broker on a free port (scripts/install-test-deps.sh installs it)."""
+"""Debian's mosquitto, as a test's MQTT broker on a free port (scripts/install-test-deps.sh installs it), and an
+MQTT subscriber that collects what arrives."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
+
+import aiomqtt
 
 from fleet.servers import free_ports
 from tests.integration.helpers import wait_for
@@ -59,3 +65,20 @@ class Mosquitto:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+class MqttWatch:
+    """An MQTT subscriber of the notices' topic, collecting what arrives."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.port, self.topic = port, topic
+        self.got: list[dict[str, Any]] = []
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        async with aiomqtt.Client("127.0.0.1", self.port, identifier=f"watch-{self.topic}") as client:
+            await client.subscribe(self.topic, qos=1)
+            self.ready.set()
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                self.got.append(json.loads(message.payload))

@@ -7,6 +7,7 @@ A shared id: one track id given to two objects (a swap makes these too).
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -103,3 +104,74 @@ def score(truth: dict[tuple[int, int], int], assigned: dict[tuple[int, int], int
         fragments += len(set(ids)) - 1
     shared = sum(1 for gts in objects_of_id.values() if len(gts) > 1)
     return Score(switches, fragments, shared, len(assigned))
+
+
+def crowd(seed: int, people: int = 8, frames: int = 200, miss: float = 0.1, jitter: float = 3.0) -> Scene:
+    """People crossing the view both ways on overlapping lanes, nearer ones bigger, as on the sample video: each
+    enters from a side at its own time, its box jitters by up to `jitter` px and its score between 0.55 and 0.95,
+    and the detector misses it in a fraction `miss` of frames (alone or in runs of up to 5). Seeded: the same
+    scene every time."""
+    rng = random.Random(seed)
+    walkers = []
+    for gt in range(1, people + 1):
+        y = rng.uniform(140, 300)  # its feet lower: nearer, so bigger
+        h = 60 + (y - 140) * 0.5
+        speed = rng.uniform(3.0, 7.0) * rng.choice((-1, 1))
+        x = -h * 0.4 if speed > 0 else WIDTH
+        first = rng.randrange(0, frames // 2)
+        walkers.append(Walker(gt=gt, x=x, y=y - h, w=h * 0.4, h=h, dx=speed, first=first))
+    hidden: set[tuple[int, int]] = set()
+    for walker in walkers:
+        seq = walker.first
+        while seq < frames:
+            if rng.random() < miss / 3:  # runs of 1 to 5 frames average 3: `miss` of the frames in all
+                run = rng.randint(1, 5)
+                hidden.update((walker.gt, s) for s in range(seq, seq + run))
+                seq += run
+            seq += 1
+    results, truth = [], {}
+    for seq in range(frames):
+        dets: list[Detection] = []
+        for walker in walkers:
+            x1, y1, x2, y2 = walker.box(seq)
+            if seq < walker.first or (walker.gt, seq) in hidden or x2 <= 0 or x1 >= WIDTH:
+                continue
+            nx1, ny1, nx2, ny2 = (v + rng.uniform(-jitter, jitter) for v in (x1, y1, x2, y2))
+            truth[(seq, len(dets))] = walker.gt
+            dets.append(detection((nx1, ny1, nx2, ny2), round(rng.uniform(0.55, 0.95), 2)))
+        results.append(result(seq, dets))
+    return Scene(results, truth)
+
+
+@dataclass(frozen=True)
+class EventScore:
+    """Per-object events against the truth: what a user sees in the event list."""
+
+    fragments: int  # events beyond the first that show one object (its pass split in two)
+    merged: int  # events that show more than one object (a swap, or a new track stitched to another's event)
+    missed: int  # objects in no event
+
+    def __str__(self) -> str:
+        return f"fragments={self.fragments} merged={self.merged} missed={self.missed}"
+
+
+def event_score(sc: Scene, paths: dict[str, list[tuple[float, float, float]]]) -> EventScore:
+    """`paths`: event id -> its path (stream seconds, box centre x, y), as events record them. Each point names the
+    detection it was taken from, so the objects an event shows are read off its points."""
+    detection_at: dict[tuple[int, float, float], int] = {}
+    for (seq, index), gt in sc.truth.items():
+        box = sc.results[seq].detections[index].box
+        detection_at[(seq, round((box.x1 + box.x2) / 2, 4), round((box.y1 + box.y2) / 2, 4))] = gt
+    objects_of = {
+        event_id: {detection_at[key] for t, x, y in path if (key := (round(t * FPS), x, y)) in detection_at}
+        for event_id, path in paths.items()
+    }
+    events_of: dict[int, set[str]] = defaultdict(set)
+    for event_id, objects in objects_of.items():
+        for gt in objects:
+            events_of[gt].add(event_id)
+    return EventScore(
+        fragments=sum(len(events) - 1 for events in events_of.values()),
+        merged=sum(1 for objects in objects_of.values() if len(objects) > 1),
+        missed=len(set(sc.truth.values()) - events_of.keys()),
+    )
