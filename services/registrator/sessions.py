@@ -240,7 +240,9 @@ class SessionManager:
             for msg in msgs:
                 with contextlib.suppress(Exception):
                     await msg.nak()
-            if self.book.held.get(held.source_id) is held:
+            # A source being given up is not dropped: give_up lets its proofs finish and releases the lease, so the
+            # next holder need not wait out the TTL.
+            if self.book.held.get(held.source_id) is held and held.source_id not in self.moving:
                 self.life.log.warning("lease lost: the source is handed over", extra={"source_id": held.source_id})
                 self.book.drop(held.source_id)
         finally:
