@@ -17,9 +17,13 @@ def main(url: str, out: Path) -> None:
         wait_until(
             driver, "[...document.querySelectorAll('#events img')].every(i => i.complete && i.naturalWidth > 0)", "the thumbnails"
         )
-        driver.find_elements("css selector", "#events li")[1].click()
+        items = driver.find_elements("css selector", "#events li")
+        # An event with a sub-label (a cascade's) shows the most of the event view; else the second one.
+        labelled = [li for li in items if li.find_elements("css selector", ".sub-label")]
+        (labelled or items[1:] or items)[0].click()
         wait_until(driver, "document.querySelector('#player').readyState >= 2", "the clip")
-        driver.execute_script("const v = document.querySelector('#player'); v.currentTime = 4; v.pause();")
+        seek = "const v = document.querySelector('#player'); v.currentTime = Math.min(4, v.duration / 2); v.pause();"
+        driver.execute_script(seek)
         wait_until(driver, "document.querySelector('#workers tbody tr') !== null", "the live panel")
         wait_until(driver, "!document.querySelector('#player').seeking", "the seek")
         driver.save_screenshot(str(out))
