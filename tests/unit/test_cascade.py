@@ -34,6 +34,7 @@ from shared.contracts import (
 )
 from shared.metrics import counter_value
 from shared.subjects import ROUTER_CROPS_DURABLE, ROUTER_DURABLE, frames_stream_name
+from tests.integration.helpers import wait_for
 from tests.support.fake_bus import FakeBus, FakeMsg
 from tests.support.fake_redis import FakeRedis
 from tests.support.settings import settings_from
@@ -200,12 +201,6 @@ async def crop_router(**settings: Any) -> AsyncIterator[tuple[RouterService, Fak
         await asyncio.wait_for(task, 10)
 
 
-async def until_true(condition: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 async def test_the_router_sends_crops_of_detection_results_and_no_whole_frames_to_the_classifier() -> None:
     async with crop_router(routing_rules={"cls": {"on": CARS.model_dump()}}) as (router, bus):
         car = ("car", 0.9, box(0.1, 0.1, 0.4, 0.5))
@@ -221,7 +216,7 @@ async def test_the_router_sends_crops_of_detection_results_and_no_whole_frames_t
         ]
         bus.deliver(ROUTER_DURABLE, *frames)
         bus.deliver(ROUTER_CROPS_DURABLE, *results)
-        await until_true(lambda: all(m.acked for m in frames + results))
+        await wait_for(lambda: all(m.acked for m in frames + results), 10, "frames and results acked")
     tasks = bus.sent(bus.subjects.task("cls-tasks"), InferenceTask)
     assert [(t.frame.seq, t.crop) for t in tasks] == [(0, CropRequest(of="ssd", boxes=[box(0.1, 0.1, 0.4, 0.5)]))]
     assert [t.crop for t in bus.sent(bus.subjects.task("ssd-tasks"), InferenceTask)] == [None]  # the frame, to ssd only
@@ -234,7 +229,7 @@ async def test_a_result_whose_crop_task_cannot_be_published_is_given_back() -> N
         bus.failing.add(bus.subjects.task("cls-tasks"))
         msg = FakeMsg.of(bus.subjects.results("cam0"), detections(("car", 0.9, box(0.1, 0.1, 0.4, 0.5))))
         bus.deliver(ROUTER_CROPS_DURABLE, msg)
-        await until_true(lambda: msg.naked)
+        await wait_for(lambda: msg.naked, 10, "the result given back")
     assert not msg.acked
 
 
@@ -328,7 +323,7 @@ async def test_a_crop_rule_on_the_wrong_kinds_of_model_is_logged_once_and_sends_
         router._check_cascades()
         msg = FakeMsg.of(bus.subjects.results("cam0"), detections(("car", 0.9, box(0.1, 0.1, 0.4, 0.5))))
         bus.deliver(ROUTER_CROPS_DURABLE, msg)
-        await until_true(lambda: msg.acked)
+        await wait_for(lambda: msg.acked, 10, "the result acked")
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert sorted(errors) == [
         "routing_rules.ssd has an `on` rule, but ssd is a detection model: crops are classified; no crops for it",
