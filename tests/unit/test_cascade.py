@@ -3,10 +3,7 @@ the crops' classes give the tracks. The router runs its real `run()` on tests/su
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -17,7 +14,6 @@ from services.registrator.events import EventRules
 from services.registrator.objects import ObjectEventTracker, ObjectRules
 from services.registrator.tracking import TrackerSettings
 from services.router.rules import CropRule, ModelRule, RoutingRules
-from services.router.service import RouterService
 from services.router.settings import RouterSettings
 from services.worker.crops import crop_region, cut, pixels_needed_for_crops
 from shared.contracts import (
@@ -27,21 +23,20 @@ from shared.contracts import (
     CropRequest,
     DropPolicy,
     FrameRef,
-    Heartbeat,
     InferenceResult,
     InferenceTask,
     ModelKind,
 )
 from shared.metrics import counter_value
-from shared.subjects import ROUTER_CROPS_DURABLE, ROUTER_DURABLE, frames_stream_name
+from shared.subjects import ROUTER_CROPS_DURABLE, ROUTER_DURABLE
 from tests.integration.helpers import wait_for
-from tests.support.fake_bus import FakeBus, FakeMsg
-from tests.support.fake_redis import FakeRedis
+from tests.support.fake_bus import FakeMsg
+from tests.support.offline_router import heartbeat, offline_router
 from tests.support.settings import settings_from
 from tests.support.tracks import Walker, detection, result, scene
-from tests.unit.test_router_decisions import MemoryCounts
 
 CARS = CropRule(model="ssd", labels=["car", "truck", "bus"], min_score=0.5, min_area=0.01, max_crops=2)
+MODELS, TO_CLS = ["ssd", "cls"], {"cls": {"on": CARS.model_dump()}}  # the router's live models, and a cascade rule
 
 
 def box(x1: float, y1: float, x2: float, y2: float) -> BBox:
@@ -178,31 +173,11 @@ def test_cut_gives_the_same_region_from_a_reduced_decode() -> None:
 # -- the router emits crop tasks from detection results ------------------------------------------
 
 
-def heartbeat(model: str, kind: ModelKind) -> Heartbeat:
-    return Heartbeat(
-        model=model, kind=kind, subject=f"{model}-tasks", instance="w", started_at=0, processed=0, in_flight=0, fps=0
-    )
-
-
-@asynccontextmanager
-async def crop_router(**settings: Any) -> AsyncIterator[tuple[RouterService, FakeBus]]:
-    router = RouterService(settings_from(RouterSettings, subject_prefix="unit", live_refresh_seconds=3600, **settings))
-    bus = FakeBus(router.settings, "router")
-    router.bus = bus  # type: ignore[assignment]
-    router.redis = FakeRedis()  # type: ignore[assignment]
-    router.counts = MemoryCounts()  # type: ignore[assignment]
-    router.frames_stream = frames_stream_name(router.settings)
-    router.live = {"ssd": heartbeat("ssd", ModelKind.DETECTION), "cls": heartbeat("cls", ModelKind.CLASSIFICATION)}
-    task = asyncio.create_task(router.run())
-    try:
-        yield router, bus
-    finally:
-        router.stop_event.set()
-        await asyncio.wait_for(task, 10)
-
-
 async def test_the_router_sends_crops_of_detection_results_and_no_whole_frames_to_the_classifier() -> None:
-    async with crop_router(routing_rules={"cls": {"on": CARS.model_dump()}}) as (router, bus):
+    async with offline_router(MODELS, classifiers={"cls"}, routing_rules=TO_CLS) as (
+        router,
+        bus,
+    ):
         car = ("car", 0.9, box(0.1, 0.1, 0.4, 0.5))
         frame = detections(car).frame
         frames = [FakeMsg.of(bus.subjects.frames("cam0"), frame)]
@@ -217,16 +192,18 @@ async def test_the_router_sends_crops_of_detection_results_and_no_whole_frames_t
         bus.deliver(ROUTER_DURABLE, *frames)
         bus.deliver(ROUTER_CROPS_DURABLE, *results)
         await wait_for(lambda: all(m.acked for m in frames + results), 10, "frames and results acked")
-    tasks = bus.sent(bus.subjects.task("cls-tasks"), InferenceTask)
+    tasks = bus.sent(bus.subjects.task(heartbeat("cls").subject), InferenceTask)
     assert [(t.frame.seq, t.crop) for t in tasks] == [(0, CropRequest(of="ssd", boxes=[box(0.1, 0.1, 0.4, 0.5)]))]
-    assert [t.crop for t in bus.sent(bus.subjects.task("ssd-tasks"), InferenceTask)] == [None]  # the frame, to ssd only
+    assert [t.crop for t in bus.sent(bus.subjects.task(heartbeat("ssd").subject), InferenceTask)] == [
+        None
+    ]  # the frame, to ssd only
     assert counter_value(router.m_crop_tasks, source_id="cam0", model="cls") == 1
     assert counter_value(router.m_crops, model="cls") == 1
 
 
 async def test_a_result_whose_crop_task_cannot_be_published_is_given_back() -> None:
-    async with crop_router(routing_rules={"cls": {"on": CARS.model_dump()}}) as (_, bus):
-        bus.failing.add(bus.subjects.task("cls-tasks"))
+    async with offline_router(MODELS, classifiers={"cls"}, routing_rules=TO_CLS) as (_, bus):
+        bus.failing.add(bus.subjects.task(heartbeat("cls").subject))
         msg = FakeMsg.of(bus.subjects.results("cam0"), detections(("car", 0.9, box(0.1, 0.1, 0.4, 0.5))))
         bus.deliver(ROUTER_CROPS_DURABLE, msg)
         await wait_for(lambda: msg.naked, 10, "the result given back")
@@ -315,7 +292,9 @@ async def test_a_crop_rule_on_the_wrong_kinds_of_model_is_logged_once_and_sends_
     }
     with pytest.raises(ValidationError, match="which itself gets crops"):
         settings_from(RouterSettings, routing_rules=rules)
-    async with crop_router(
+    async with offline_router(
+        MODELS,
+        classifiers={"cls"},
         routing_rules={"ssd": {"on": {"model": "cls", "labels": ["car"]}}, "x": {"on": {"model": "gone", "labels": ["car"]}}},
         model_grace=0,
     ) as (router, bus):
@@ -330,4 +309,4 @@ async def test_a_crop_rule_on_the_wrong_kinds_of_model_is_logged_once_and_sends_
         "routing_rules.ssd.on.model names cls, a classification model: name a detection model; no crops for it",
         "routing_rules.x.on.model names gone, which no live worker serves; no crops for it",
     ]
-    assert bus.sent(bus.subjects.task("ssd-tasks"), InferenceTask) == []
+    assert bus.sent(bus.subjects.task(heartbeat("ssd").subject), InferenceTask) == []

@@ -9,6 +9,7 @@ never outlives the service nor takes its task group down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -124,7 +125,8 @@ async def test_a_dropped_source_stops_at_once_and_lets_go_of_its_token() -> None
     proof = asyncio.create_task(asyncio.Event().wait())
     book.sources["cam0@r1"].finalising.add(proof)
     book.drop("cam0")
-    await asyncio.sleep(0)  # the cancellation lands
+    with contextlib.suppress(asyncio.CancelledError):
+        await proof  # the cancellation lands
     assert held.stop.is_set() and proof.cancelled()
     assert "cam0" not in book.held and not book.sources
     assert leases.tokens == {}  # no later write of this replica passes the fence with it
@@ -172,10 +174,13 @@ async def test_a_proof_job_that_fails_is_logged_and_the_task_group_goes_on(caplo
     book.sources["cam0@r1"].ended = True
     # No frame buffered: the event gets ERROR, and its ERROR record cannot be written either.
     async with pool_in_a_group(life, book, RefusingStore(), StuckStorage()) as pool:
-        sibling = pool.group.create_task(asyncio.sleep(0.5))  # stands for the consumers: a failed job must not cancel them
+        # Stands for the consumers: a failed job must not cancel them.
+        released = asyncio.Event()
+        sibling = pool.group.create_task(released.wait())
         pool.submit(event("cam0"))
         await asyncio.wait_for(asyncio.gather(*pool.jobs), 5)
         assert not sibling.done()
+        released.set()
         life.stop_event.set()
-    await sibling
+    assert await sibling  # it ran to its end, not cancelled
     assert "proof job of event e1 failed" in caplog.text and "NOPERM" in caplog.text
