@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from services.registrator import proof_pool
+from services.registrator import proof_pool, recovery
 from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.frames import FrameRing
 from services.registrator.notices import Notices
@@ -184,3 +184,16 @@ async def test_a_proof_job_that_fails_is_logged_and_the_task_group_goes_on(caplo
         life.stop_event.set()
     assert await sibling  # it ran to its end, not cancelled
     assert "proof job of event e1 failed" in caplog.text and "NOPERM" in caplog.text
+
+
+def test_frames_are_read_back_to_the_oldest_saved_event() -> None:
+    """A source unheld for a while (its replica restarting) keeps events older than the usual read-back window: their
+    first frames and pre-roll must come back too, or their proofs fail for want of frames."""
+    now = 10_000.0
+    usual = recovery.rebuild_since(now, SETTINGS, [])
+    assert usual < now - SETTINGS.max_event_duration - SETTINGS.pre_roll
+    recent = OpenEvent(id="cam0-1", source_id="cam0", model="ssd", label="person", start=0, end=1, start_wall=now - 5)
+    assert recovery.rebuild_since(now, SETTINGS, [recent]) == usual
+    old = OpenEvent(id="cam0-2", source_id="cam0", model="ssd", label="person", start=0, end=1, start_wall=usual - 100)
+    since = recovery.rebuild_since(now, SETTINGS, [recent, old])
+    assert since <= old.start_wall - SETTINGS.pre_roll
