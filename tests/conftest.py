@@ -32,6 +32,9 @@ _FOLDER_MARKERS = {
 }
 
 
+# tryfirst: xdist reads the xdist_group marks in its own hook of this name (renaming the nodeids), which would
+# otherwise run before this one and find none, leaving every test ungrouped.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
@@ -54,7 +57,7 @@ def _xdist_group(item: pytest.Item) -> str:
     info = getattr(item, "_fixtureinfo", None)
     defs = [d for ds in (info.name2fixturedefs.values() if info else ()) for d in ds]
     if any(d.scope == "module" for d in defs):
-        return str(item.path)
+        return item.nodeid.split("::", 1)[0]
     return item.nodeid
 
 
