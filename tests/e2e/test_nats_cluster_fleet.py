@@ -1,4 +1,4 @@
-"""The real fleet on the sample video, over a 3-node NATS cluster with streams of 3 replicas: the node that leads
+"""The real fleet on the sample video's first 40 s, over a 3-node NATS cluster with streams of 3 replicas: the node that leads
 the frames stream is killed with SIGKILL mid-run and started again. The run must end as one without the kill:
 every frame read published, routed and inferred, no service down, and the services on the dead node moved to the
 others (issue 17)."""
@@ -18,7 +18,7 @@ from fleet.run import Fleet, FleetOptions, run_fleet
 from fleet.servers import LocalServers, ServerSet, _http_get
 from shared.settings import VigilSettings
 from shared.subjects import frames_stream_name
-from tests.e2e.faults import SOURCE, check_file_read_whole, frames_published_beyond, sigkill_server
+from tests.e2e.faults import SOURCE, check_file_read_whole, frames_published_beyond, sample_start, sigkill_server
 from tests.integration.helpers import wait_for
 from tests.support.settings import settings_from
 
@@ -45,6 +45,7 @@ async def test_fleet_goes_on_when_the_frames_leader_is_killed(cluster_servers: L
     servers = cluster_servers.servers
     fleet = Fleet()
     values = {"subject_prefix": unique, "stream_replicas": str(NODES), "video_skip_frames": "1", "startup_timeout": "30"}
+    values |= {"video_source": str(sample_start(tmp_path))}
     options = FleetOptions(tmp_path, settings=values | {"max_event_duration": "10"})
     run = asyncio.create_task(run_fleet(cluster_servers, options, asyncio.Event(), fleet))
     victim = ""

@@ -1,4 +1,4 @@
-"""The real fleet on the sample video, over SeaweedFS with three volume servers and replication `001`: the volume
+"""The real fleet on the sample video's first 40 s, over SeaweedFS with three volume servers and replication `001`: the volume
 server holding the most volumes is killed with SIGKILL mid-run, and started again at the end. The run must end as
 one without the kill: every frame read published, routed and inferred (none unreadable), no service down (issue 17)."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from fleet.run import Fleet, FleetOptions, run_fleet
 from fleet.servers import LocalServers, ServerSet, _http_get
-from tests.e2e.faults import SOURCE, check_file_read_whole, frames_published_beyond, sigkill_server
+from tests.e2e.faults import SOURCE, check_file_read_whole, frames_published_beyond, sample_start, sigkill_server
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(420)
@@ -46,6 +46,7 @@ async def test_fleet_goes_on_when_a_volume_server_is_killed(
     servers = replicated_servers.servers
     fleet = Fleet()
     values = {"subject_prefix": unique, "video_skip_frames": "1", "startup_timeout": "30"}
+    values |= {"video_source": str(sample_start(tmp_path))}
     options = FleetOptions(tmp_path, settings=values | {"max_event_duration": "10"})
     run = asyncio.create_task(run_fleet(replicated_servers, options, asyncio.Event(), fleet))
     victim = _fullest(servers)
