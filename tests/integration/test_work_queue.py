@@ -190,7 +190,10 @@ async def test_a_task_past_its_last_delivery_is_counted(service_env: dict[str, s
     assert held > 0
     assert gave_up() >= held  # every task the dead replica held is accounted for...
     assert counter_value(survivor.m_redelivered, model="once") == 0  # ...and none was delivered again
-    assert 300 - len(answered) >= held
+    # A held task was never answered, or was answered by the frozen replica just before the freeze, its ack not yet
+    # sent (the worker answers a batch, then acks it): at most one batch of those.
+    unanswered = 300 - len(answered)
+    assert held - 4 <= unanswered <= held, (held, unanswered)
 
 
 @pytest.mark.timeout(120)
