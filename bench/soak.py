@@ -26,7 +26,7 @@ short run never overwrites a long run's figures.
 end the run) is killed with SIGKILL half-way; detection sees at most DETECT_FPS frames per second of each source
 and classification one frame in CLASSIFY_EVERY, so that 2 cores keep up with 8 cameras. At the end every event
 must be FINISHED once: none ERROR, none still DONE, no two of one source, run and label overlapping in time
-(a doubled occurrence). Results: soak_sources.json.
+(a doubled occurrence). Results: soak_sources.json (soak_sources_short.json under SHORT_RUN).
 """
 
 from __future__ import annotations
@@ -36,15 +36,19 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import ssl
 import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from bench.common import ROOT, print_table, write_result
@@ -63,6 +67,9 @@ VIDEO = ROOT / "video" / "vtest.mp4"
 SOURCE_ID = "soak"
 SAMPLE_EVERY = 5.0
 VOLUME_MB = 4
+# 8 cameras at 2 fps write about 0.9 MB of frames a second: 4 MB volumes would make SeaweedFS grow new ones every
+# few seconds. 32 MB volumes still fill (and so cycle) within a minute.
+VOLUME_MB_MANY = 32
 DETECT_FPS, CLASSIFY_EVERY, TAKE_FPS = 2.0, 10, 2.0
 SHORT_RUN = 900.0
 SETTINGS = {
@@ -163,6 +170,10 @@ class Shape:
     registrators: int = 1
     kill_registrator: bool = False
 
+    @property
+    def volume_mb(self) -> int:
+        return VOLUME_MB if self.sources == 1 else VOLUME_MB_MANY
+
     def settings(self) -> dict[str, str]:
         if self.sources == 1:
             return SETTINGS
@@ -194,13 +205,37 @@ def overlaps(events: list[Event]) -> list[tuple[str, str]]:
     return doubled
 
 
-async def soak(duration: float, echo: bool, shape: Shape = Shape()) -> dict[str, Any]:
+def error_reasons(events: list[Event]) -> dict[str, int]:
+    """ERROR events by reason, numbers blanked so that one cause is one line."""
+    reasons = Counter(re.sub(r"\d+(\.\d+)?", "N", e.error or "(none given)") for e in events if e.state is EventState.ERROR)
+    return dict(reasons.most_common())
+
+
+async def reader_drops(fleet: Fleet) -> dict[str, int]:
+    """Frames the readers dropped, by reason, read from their metrics."""
+    drops: Counter[str] = Counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        for proc in fleet.procs:
+            if proc.service != "reader" or proc.process.returncode is not None:
+                continue
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(f"http://127.0.0.1:{proc.metrics_port}/metrics") as resp:
+                    text = await resp.text()
+                for family in text_string_to_metric_families(text):
+                    if family.name == "vigil_reader_frames_dropped":
+                        for sample in family.samples:
+                            if sample.name.endswith("_total"):
+                                drops[sample.labels["reason"]] += int(sample.value)
+    return dict(drops)
+
+
+async def soak(duration: float, echo: bool, shape: Shape = Shape(), log_path: Path | None = None) -> dict[str, Any]:
     series: dict[str, Series] = {}
     with tempfile.TemporaryDirectory(prefix="vigil-soak-") as tmp:
         data = Path(tmp)
-        servers = LocalServers(data / "servers", log_dir=data / "logs", volume_size_limit_mb=VOLUME_MB)
+        servers = LocalServers(data / "servers", log_dir=data / "logs", volume_size_limit_mb=shape.volume_mb)
         server_set = await asyncio.to_thread(servers.start)
-        fleet = Fleet(echo=echo)
+        fleet = Fleet(echo=echo, log_path=log_path)
         processes = FleetProcesses(fleet, servers)
         redis = redis_client(server_set.env())
         stop = asyncio.Event()
@@ -217,7 +252,11 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape()) -> dict[str,
             started = time.monotonic()
             if shape.kill_registrator:
                 env = fleet.env_base | fleet.logins["registrator"] | {"instance": "registrator-victim"}
-                victim = await start_service("services.registrator", env | {"metrics_port": str(free_ports(1)[0])})
+                victim = await start_service(
+                    "services.registrator",
+                    env | {"metrics_port": str(free_ports(1)[0])},
+                    echo=lambda line: fleet.record("victim", line),
+                )
             while not run.done() and (elapsed := time.monotonic() - started) < duration:
                 if victim is not None and killed_at is None and elapsed >= duration / 2:
                     await victim.kill()
@@ -228,6 +267,7 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape()) -> dict[str,
             # run_fleet returns early only when a service died.
             exited = [p.name for p in fleet.procs if p.process.returncode is not None] or (["(fleet)"] if run.done() else [])
             logs = exit_logs(fleet)  # before the fleet is stopped, when every exit is an error
+            drops = await reader_drops(fleet)
             stop.set()
             stopped_at = time.time()
             report = await run
@@ -257,6 +297,8 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape()) -> dict[str,
         # Closed in the last minute: its proofs were being cut when the fleet stopped, which is no failure.
         "unfinished": [e.id for e in events if e.state is EventState.DONE and e.updated_at < stopped_at - 60],
         "doubled": overlaps(events),
+        "error_reasons": error_reasons(events),
+        "reader_drops": drops,
         "killed_registrator_at_s": killed_at,
     }
 
@@ -291,15 +333,15 @@ def verdicts(series: dict[str, Series], duration: float, cycled_at: float | None
     return out
 
 
-async def main(duration: float, echo: bool, shape: Shape = Shape()) -> int:
-    got = await soak(duration, echo, shape)
+async def main(duration: float, echo: bool, shape: Shape = Shape(), log_path: Path | None = None) -> int:
+    got = await soak(duration, echo, shape, log_path)
     series: dict[str, Series] = got["series"]
     rows = verdicts(series, duration, got["cycled_at"])
     order = sorted(rows, key=lambda r: (r["series"].startswith("RSS") and is_server(r["series"][4:]), r["series"]))
     print_table(
         f"fleet soak, {VIDEO.name} looped at 10 fps as {shape.sources} source(s), {shape.registrators} registrator(s)"
         f"{', one killed half-way' if shape.kill_registrator else ''}, for {duration:.0f} s, sampled every {SAMPLE_EVERY:.0f} s "
-        f"(ttl_bucket {shape.settings()['ttl_bucket']}, {VOLUME_MB} MB volumes); slopes by least squares",
+        f"(ttl_bucket {shape.settings()['ttl_bucket']}, {shape.volume_mb} MB volumes); slopes by least squares",
         [
             "series",
             "start MB",
@@ -333,6 +375,9 @@ async def main(duration: float, echo: bool, shape: Shape = Shape()) -> int:
         f"{'-' if cycled is None else f'{cycled:.0f} s'}"
     )
     print(f"events by state {got['states']}; doubled occurrences {len(got['doubled'])}")
+    print(f"frames the readers dropped, by reason: {got['reader_drops'] or 'none'}")
+    for reason, count in got["error_reasons"].items():
+        print(f"ERROR x{count}: {reason}")
     failures = [r["series"] for r in rows if r["grew"]]
     if shape.sources > 1:
         states = got["states"]
@@ -345,14 +390,14 @@ async def main(duration: float, echo: bool, shape: Shape = Shape()) -> int:
         print(got["exit_logs"], file=sys.stderr)
     name = "soak" if duration >= SHORT_RUN else "soak_short"
     if shape.sources > 1:
-        name = "soak_sources"
+        name = "soak_sources" if duration >= SHORT_RUN else "soak_sources_short"
     write_result(
         name,
         {
             "video": VIDEO.name,
             "duration_s": duration,
             "sample_every_s": SAMPLE_EVERY,
-            "volume_size_mb": VOLUME_MB,
+            "volume_size_mb": shape.volume_mb,
             # Paths relative to the repository: the results name no folder of the machine that made them.
             "settings": {k: v.replace(f"{ROOT}/", "") for k, v in shape.settings().items() if k != "video_source"},
             "sources": shape.sources,
@@ -360,6 +405,8 @@ async def main(duration: float, echo: bool, shape: Shape = Shape()) -> int:
             "killed_registrator_at_s": got["killed_registrator_at_s"],
             "event_states": got["states"],
             "doubled": got["doubled"],
+            "error_reasons": got["error_reasons"],
+            "reader_drops": got["reader_drops"],
             "thresholds_mb_per_min": THRESHOLDS,
             "min_growth_mb": MIN_GROWTH_MB,
             "ttl_first_cycled_s": cycled,
@@ -384,12 +431,13 @@ def cli() -> None:
     parser.add_argument("--echo", action="store_true", help="show the services' log lines")
     parser.add_argument("--sources", type=int, default=1, help="copies of the video, each a camera of its own")
     parser.add_argument("--registrators", type=int, default=1, help="registrator replicas")
+    parser.add_argument("--logs", type=Path, help="write every service's log lines to this file")
     parser.add_argument("--kill-registrator", action="store_true", help="SIGKILL one registrator half-way")
     args = parser.parse_args()
     if args.kill_registrator and args.registrators < 2:
         parser.error("--kill-registrator needs --registrators 2 or more (one must stay)")
     shape = Shape(args.sources, args.registrators, args.kill_registrator)
-    sys.exit(asyncio.run(main(args.duration, args.echo, shape)))
+    sys.exit(asyncio.run(main(args.duration, args.echo, shape, args.logs)))
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ class Progress:
 
 
 class Fleet:
-    def __init__(self, echo: bool = True) -> None:
+    def __init__(self, echo: bool = True, log_path: Path | None = None) -> None:
         self.procs: list[Proc] = []
         self.env_base: dict[str, str] = {}
         self.service_args: list[str] = []  # after `python -m services.<name>`, e.g. --env-file
@@ -87,6 +87,8 @@ class Fleet:
         self.progress = Progress()
         self.colour = sys.stdout.isatty()
         self.echo = echo  # services' log lines to stdout (benchmarks turn it off)
+        # Every service's lines, also when not echoed: a long quiet run (the soak) says afterwards what went wrong.
+        self.log_file = log_path.open("a", buffering=1) if log_path is not None else None
         self.ports: set[int] = set()  # given out to services, bound or not yet
 
     # -- processes -------------------------------------------------------------------------------
@@ -107,7 +109,7 @@ class Fleet:
             args=self.service_args,
             name=label,
             env_file=None,
-            echo=lambda line: self._echo(prefix, line),
+            echo=lambda line: self._echo(prefix, line, label),
             own_session=True,
         )
         proc = Proc(label, service, extra or {}, handle, port)
@@ -136,7 +138,13 @@ class Fleet:
         self.procs.remove(old)
         return await self.spawn(old.service, label, old.extra)
 
-    def _echo(self, prefix: str, line: str) -> None:
+    def record(self, label: str, line: str) -> None:
+        """A service's log line into the log file, when the fleet keeps one."""
+        if self.log_file is not None:
+            self.log_file.write(f"{label:>15} | {line}")
+
+    def _echo(self, prefix: str, line: str, label: str) -> None:
+        self.record(label, line)
         if self.echo:
             sys.stdout.write(prefix + line)
             sys.stdout.flush()
