@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import psutil
 
 from bench.common import ROOT, print_table, write_result
 from bench.registrator import consumer_exists
@@ -118,6 +119,10 @@ async def trial(servers: ServerSet, urls: list[str], replicas: int, n: int) -> d
             await asyncio.sleep(0.1)
         feeder = asyncio.create_task(feed(bus, sources, urls, stop, late))
         started = time.monotonic()
+        # CPU from the start of feeding: the replicas' own (x264's threads included), and the machine's busy share.
+        watched = [psutil.Process(proc.pid) for proc in procs]
+        cpu_before = [sum(w.cpu_times()[:2]) for w in watched]
+        psutil.cpu_percent(None)
         while (elapsed := time.monotonic() - started) < TRIAL_S:
             await asyncio.sleep(0.5)
             if elapsed < WARMUP_S:
@@ -132,6 +137,9 @@ async def trial(servers: ServerSet, urls: list[str], replicas: int, n: int) -> d
             worst.append(max(ages))
         for proc in procs:
             proc.check_running()
+        spent = time.monotonic() - started
+        replica_cores = [(sum(w.cpu_times()[:2]) - before) / spent for w, before in zip(watched, cpu_before, strict=True)]
+        machine_busy = psutil.cpu_percent(None)
     finally:
         stop.set()
         if feeder is not None:
@@ -145,7 +153,8 @@ async def trial(servers: ServerSet, urls: list[str], replicas: int, n: int) -> d
     load = os.getloadavg()[0]
     print(
         f"  {replicas} replica(s), {n:2d} sources: oldest unabsorbed result p50 {percentile(worst, 50):.2f} s, "
-        f"p99 {p99:.2f} s; feeder behind p99 {feeder_late:.2f} s; load {load:.1f} -> {'held' if held else 'FAILED'}",
+        f"p99 {p99:.2f} s; feeder behind p99 {feeder_late:.2f} s; registrator cores {sum(replica_cores):.2f}, machine busy "
+        f"{machine_busy:.0f} %; load {load:.1f} -> {'held' if held else 'FAILED'}",
         flush=True,
     )
     return {
@@ -156,6 +165,8 @@ async def trial(servers: ServerSet, urls: list[str], replicas: int, n: int) -> d
         "max_s": max(worst, default=0.0),
         "feeder_behind_p99_s": feeder_late,
         "load_1min": load,
+        "registrator_cores": replica_cores,  # CPU seconds per second, per replica
+        "machine_busy_pct": machine_busy,
         "held": held,
     }
 
@@ -191,9 +202,31 @@ async def main(ladder: list[int]) -> int:
     print_table(
         f"registrator scale-out: {FPS}-fps 720p sources, person 3 s in 6; a step holds when the p99 of the oldest "
         f"unabsorbed result is under {P99_LIMIT_S:g} s ({TRIAL_S:.0f} s per step, first {WARMUP_S:.0f} s not sampled)",
-        ["replicas", "sources", "p50 s", "p99 s", "max s", "feeder behind p99 s", "load 1 min", "held"],
         [
-            [s["replicas"], s["sources"], s["p50_s"], s["p99_s"], s["max_s"], s["feeder_behind_p99_s"], s["load_1min"], s["held"]]
+            "replicas",
+            "sources",
+            "p50 s",
+            "p99 s",
+            "max s",
+            "feeder behind p99 s",
+            "registrator cores (each)",
+            "machine busy %",
+            "load 1 min",
+            "held",
+        ],
+        [
+            [
+                s["replicas"],
+                s["sources"],
+                s["p50_s"],
+                s["p99_s"],
+                s["max_s"],
+                s["feeder_behind_p99_s"],
+                " + ".join(f"{c:.2f}" for c in s["registrator_cores"]),
+                s["machine_busy_pct"],
+                s["load_1min"],
+                s["held"],
+            ]
             for s in steps
         ],
     )
