@@ -24,20 +24,16 @@ from shared.bus import Bus, fetch
 from shared.contracts import EventClose, EventState, FrameRef
 from shared.event_store import EventStore
 from shared.subjects import frames_stream_name
-
-REBUILD_MARGIN = 30.0  # seconds of frames read back beyond the longest an event and its pre-roll may reach
-# An event saved open or owed its proof may be older than that (the source sat unheld while its replica restarted, or
-# proofs queued behind a backlog): its first frame is read back too, with this much before its pre-roll.
-EVENT_SLACK = 5.0
+from shared.ttl import parse_ttl
 
 
-def rebuild_since(now: float, settings: RegistratorSettings, events: list[OpenEvent]) -> float:
-    """Unix time from which a taken source's frames are read back: far enough for any event still to come, and for
-    every saved event's pre-roll."""
-    since = now - settings.max_event_duration - settings.pre_roll - settings.event_gap - REBUILD_MARGIN
-    if events:
-        since = min(since, min(e.start_wall for e in events) - settings.pre_roll - EVENT_SLACK)
-    return since
+def rebuild_since(now: float, settings: RegistratorSettings) -> float:
+    """Unix time from which a taken source's frames are read back: every frame whose JPEG still exists (ttl_bucket).
+
+    Not only what the longest event and its pre-roll need: behind a pipeline running minutes late (a busy detector),
+    the results still to come, and the events saved open or owed their proofs, are of frames read that long ago,
+    which the previous holder had acked. A frame older than ttl_bucket is of no use: its JPEG is gone."""
+    return now - parse_ttl(settings.ttl_bucket)
 
 
 async def upgrade_stores(store: EventStore, state: RegistratorState, window_frames: int, log: logging.Logger) -> None:
@@ -88,16 +84,15 @@ class Recovery:
             book.sources[event.feed].events += 1
         return owed
 
-    async def rebuild_ring(self, source_id: str, events: list[OpenEvent]) -> None:
-        """The frames seen before the restart or move were acked: read them again from the stream, which keeps them,
-        back to the oldest of `events` (those saved open or owed their proofs).
+    async def rebuild_ring(self, source_id: str) -> None:
+        """The frames seen before the restart or move were acked: read them again from the stream, which keeps them.
 
         Up to the stream's last message at this moment: what comes after arrives through the frames consumer,
         so a source that never pauses cannot keep this going (the old loop ended only after a silent second)."""
         s, bus = self.settings, self.bus
         stream = frames_stream_name(s)
         last = (await bus.js.stream_info(stream)).state.last_seq
-        since = datetime.fromtimestamp(rebuild_since(time.time(), s, events), UTC)
+        since = datetime.fromtimestamp(rebuild_since(time.time(), s), UTC)
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME,
             opt_start_time=since,

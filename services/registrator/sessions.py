@@ -159,7 +159,7 @@ class SessionManager:
             # frames, wait for it (issue 15). The frames a previous holder acked are read again from the stream.
             self._consume_in(held, self._consume(held, frames, self.intake.on_frames_msg))
             if saved or await self.bus.acked_any(frames_stream, frames_durable):
-                await self.recovery.rebuild_ring(source_id, saved.open_events)
+                await self.recovery.rebuild_ring(source_id)
             held.ring_ready.set()
             self.life.log.info(
                 "source taken: %d open event(s), %d owed proofs",
