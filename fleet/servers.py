@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 from fleet.pki import FleetPki, TlsFiles, nats_tls_config, redis_tls_args, weed_tls_config
@@ -381,21 +382,34 @@ def _replication(volume_servers: int, replication: str | None) -> str:
     return replication
 
 
-def nats_cluster_config(name: str, listen: str, peers: Iterable[str], password: str, tls: TlsFiles) -> str:
+def nats_cluster_config(
+    name: str,
+    listen: str,
+    peers: Iterable[str],
+    password: str,
+    tls: TlsFiles,
+    *,
+    client_advertise: str = "",
+    route_advertise: str = "",
+) -> str:
     """A NATS node's server name and `cluster` block: it listens for routes on `listen` and dials `peers`
-    (host:port each), as LocalServers(nats_nodes=3) and the Compose cluster (scripts/compose_secrets.py) run it."""
+    (host:port each), as LocalServers(nats_nodes=3) and the Compose cluster (scripts/compose_secrets.py) run it.
+    `client_advertise` and `route_advertise` (host:port) are where clients and the other nodes are told to find
+    it; by default the address it listens on."""
     # Routes are TLS with the servers' certificate, checked against the fleet's CA, and a password besides:
     # a client certificate from the same CA (every service holds one) must not be enough to join as a node.
-    block = {
-        "server_name": name,
-        "cluster": {
-            "name": NATS_CLUSTER,
-            "listen": listen,
-            "authorization": {"user": ROUTE_USER, "password": password},
-            "routes": [f"nats-route://{ROUTE_USER}:{password}@{peer}" for peer in peers],
-            "tls": {"cert_file": str(tls.cert), "key_file": str(tls.key), "ca_file": str(tls.ca), "verify": True},
-        },
+    cluster: dict[str, Any] = {
+        "name": NATS_CLUSTER,
+        "listen": listen,
+        "authorization": {"user": ROUTE_USER, "password": password},
+        "routes": [f"nats-route://{ROUTE_USER}:{password}@{peer}" for peer in peers],
+        "tls": {"cert_file": str(tls.cert), "key_file": str(tls.key), "ca_file": str(tls.ca), "verify": True},
     }
+    block: dict[str, Any] = {"server_name": name, "cluster": cluster}
+    if route_advertise:
+        cluster["advertise"] = route_advertise
+    if client_advertise:
+        block["client_advertise"] = client_advertise
     # NATS's config format reads JSON: every string quoted, so no `$` or `:` is taken for syntax.
     return json.dumps(block, indent=2)[1:-1] + "\n"
 

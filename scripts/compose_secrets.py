@@ -62,7 +62,9 @@ IN_CONTAINER = TlsFiles(ca=Path("/run/secrets/ca.pem"), cert=Path("/run/secrets/
 # their routes, and the volume servers.
 SERVER_HOSTS = ("nats", "redis", "seaweedfs", "localhost", "127.0.0.1")
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
-VOLUME_SERVERS = ("weed-volume-1", "weed-volume-2")
+# weed-volume-3 runs on the third host only (docker-compose.host-c.yml).
+VOLUME_SERVERS = ("weed-volume-1", "weed-volume-2", "weed-volume-3")
+NATS_CLIENT_PORT = 4222
 NATS_ROUTE_PORT = 6222
 # Beside the server certificate: the names it was made for, so that a changed hub address makes a new one.
 SERVER_HOSTS_FILE = f"{SERVER_CERT}.hosts"
@@ -170,7 +172,17 @@ def make_secrets(folder: Path, settings: VigilSettings, env_token: str = "", hub
     route_password = _secret(folder, password_file(folder, "nats", ROUTE_USER).name, MOUNTED, created)
     for node in NATS_NODES:
         peers = [f"{peer}:{NATS_ROUTE_PORT}" for peer in NATS_NODES if peer != node]
-        cluster = nats_cluster_config(node, f"0.0.0.0:{NATS_ROUTE_PORT}", peers, route_password, IN_CONTAINER)
+        # Each node is advertised by its name, not the container address it listens on: on three hosts
+        # (docker-compose.host-*.yml) the other hosts and their clients reach a node only by its name.
+        cluster = nats_cluster_config(
+            node,
+            f"0.0.0.0:{NATS_ROUTE_PORT}",
+            peers,
+            route_password,
+            IN_CONTAINER,
+            client_advertise=f"{node}:{NATS_CLIENT_PORT}",
+            route_advertise=f"{node}:{NATS_ROUTE_PORT}",
+        )
         rendered[f"{node}.conf"] = rendered["nats.conf"] + cluster
     for name, text in rendered.items():
         write_whole(folder / name, text, MOUNTED)

@@ -112,13 +112,17 @@ def compose_bin() -> Path:
     return binary
 
 
-def _run_compose(binary: Path, files: list[Path], *args: str, hub_ip: str | None = HUB_IP) -> subprocess.CompletedProcess[str]:
+def _run_compose(
+    binary: Path, files: list[Path], *args: str, hub_ip: str | None = HUB_IP, variables: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     # The caller's COMPOSE_* / VIGIL_* variables (and a local .env) would change what is validated, so
-    # they are dropped: interpolation reads .env.example, and so do the services' env_file.
+    # they are dropped: interpolation reads .env.example, and so do the services' env_file. `variables` are
+    # the ones a layout needs besides (the three hosts' addresses).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "VIGIL_"))}
     env["VIGIL_ENV_FILE"] = ENV_EXAMPLE.name
     if hub_ip is not None:
         env["VIGIL_HUB_IP"] = hub_ip
+    env |= variables or {}
     file_args = [a for f in files for a in ("-f", str(f))]
     return subprocess.run(
         [str(binary), *file_args, "--project-directory", str(ROOT), "--env-file", str(ENV_EXAMPLE), *args],
@@ -953,8 +957,9 @@ def test_make_secrets_makes_the_fleets_ca_and_certificates_once(tmp_path: Path) 
     tls = tmp_path / "secrets" / "tls"
     ca = tls / "ca.pem"
     assert _verifies(tls / "servers.pem", ca, "sslserver") and _verifies(tls / "servers.pem", ca, "sslclient")
-    # The cluster override's NATS nodes and volume servers too (docker-compose.cluster.yml).
-    cluster = {"nats-1", "nats-2", "nats-3", "weed-volume-1", "weed-volume-2"}
+    # The cluster override's NATS nodes and volume servers too (docker-compose.cluster.yml; weed-volume-3 runs on
+    # the third host of docker-compose.host-c.yml).
+    cluster = {"nats-1", "nats-2", "nats-3", "weed-volume-1", "weed-volume-2", "weed-volume-3"}
     assert _names_in(tls / "servers.pem") == {"nats", "redis", "seaweedfs", "localhost", "127.0.0.1"} | cluster
     for user in ("reader", "router", "registrator", "api", "admin", "worker-ssd_mobilenet_v2_coco"):
         assert _verifies(tls / f"{user}.pem", ca, "sslclient"), user

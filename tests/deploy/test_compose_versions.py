@@ -17,7 +17,11 @@ LAYOUTS = {
     "hub": ["docker-compose.yml", "docker-compose.hub.yml"],
     "worker-machine": ["docker-compose.workers.yml"],
     "single-host-engine25": ["docker-compose.yml", "docker-compose.engine25.yml"],
+    "cluster": ["docker-compose.yml", "docker-compose.cluster.yml"],
+    **{f"host-{h}": ["docker-compose.yml", "docker-compose.cluster.yml", f"docker-compose.host-{h}.yml"] for h in "abc"},
 }
+# The bus on three hosts (docs/multi-machine.md): every host file needs the three addresses.
+HOST_ADDRESSES = {"VIGIL_HOST_A": "10.20.0.1", "VIGIL_HOST_B": "10.20.0.2", "VIGIL_HOST_C": "10.20.0.3"}
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(300)]
 
@@ -44,7 +48,7 @@ def oldest_compose() -> Path:
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_the_oldest_supported_compose_accepts_every_layout(oldest_compose: Path, layout: str) -> None:
     files = [arg for name in LAYOUTS[layout] for arg in ("-f", str(ROOT / name))]
-    env = {"PATH": "/usr/bin:/bin", "VIGIL_ENV_FILE": str(ROOT / ".env.example"), "VIGIL_HUB_IP": "10.11.12.13"}
+    env = {"PATH": "/usr/bin:/bin", "VIGIL_ENV_FILE": str(ROOT / ".env.example"), "VIGIL_HUB_IP": "10.11.12.13", **HOST_ADDRESSES}
     done = subprocess.run(
         [str(oldest_compose), *files, "--profile", "gpu", "config", "-q"],
         cwd=ROOT,
@@ -60,7 +64,7 @@ def test_the_oldest_supported_compose_accepts_every_layout(oldest_compose: Path,
 
 def test_only_the_opt_in_file_needs_engine_25() -> None:
     """start_interval (Engine 25+) lives only in docker-compose.engine25.yml, and the Dockerfile avoids its flag."""
-    for name in ("docker-compose.yml", "docker-compose.hub.yml", "docker-compose.workers.yml"):
+    for name in {name for files in LAYOUTS.values() for name in files} - {"docker-compose.engine25.yml"}:
         assert "start_interval" not in (ROOT / name).read_text(), name
     dockerfile = (ROOT / "Dockerfile").read_text()
     instructions = [line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")]
