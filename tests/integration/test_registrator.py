@@ -21,7 +21,6 @@ from services.registrator.retention import event_folder, size_unsized, sweep, sw
 from services.registrator.service import RegistratorService
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
-from services.registrator.window import SeenWindow
 from shared.bus import Bus
 from shared.contracts import (
     BBox,
@@ -382,7 +381,7 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
         for ref in refs[:20]:  # the event is open, 15 frames in, when the registrator dies
             await bus.publish(bus.subjects.results(ref.source_id), result(ref, ref.seq in PERSON))
         deadline = time.monotonic() + 60
-        while not (open_now := await state.open_events()) or open_now[0].frames < 15:
+        while not (open_now := (await state.load_source("cam0")).open_events) or open_now[0].frames < 15:
             assert time.monotonic() < deadline and first.running, (open_now, first.tail)
             await asyncio.sleep(0.1)
         await first.kill()
@@ -405,9 +404,11 @@ async def test_a_finished_event_leaves_no_state_and_redeliveries_still_count_onc
 ) -> None:
     refs = await store_frames(service_env, repo_root)
     keys = RedisKeys(settings_from(RegistratorSettings, service_env))
-    own = f"{keys.registrator_open.rsplit(':', 1)[0]}:*"  # every key of the registrator's own state
+    sessions = f"{keys.registrator_session_prefix}*"  # every key of the registrator's own state
     # A run kept by an older version: a seen set, one member per result, is read once and becomes a window.
-    await redis.sadd(f"{keys.registrator_seen_prefix}old:ssd", *range(10))
+    seen_set = f"{keys.legacy_registrator_seen_prefix}old:ssd"
+    await redis.sadd(seen_set, *range(10))
+    state = RegistratorState(redis, keys)
 
     async def redeliver(service: RegistratorService) -> None:
         """The person's results once more, without message ids (past the stream's duplicate window)."""
@@ -417,8 +418,8 @@ async def test_a_finished_event_leaves_no_state_and_redeliveries_still_count_onc
         await wait_for(lambda: counter_value(service.m_duplicates, model="ssd") == before + 6, 30, "the copies dropped")
 
     async with running(registrator(service_env), lambda s: s.storage is not None) as service:
-        assert await redis.exists(f"{keys.registrator_seen_prefix}old:ssd") == 0
-        assert SeenWindow.from_bytes(await redis.get(f"{keys.registrator_window_prefix}old:ssd")).count == 10
+        assert await redis.exists(seen_set) == 0
+        assert (await state.load_source("old")).windows[("old", "ssd")].count == 10
         await service.bus.ensure_stream(frames_stream(service.settings))
         await feed(service.bus, refs, shuffle=True)  # a live source: it never ends
 
@@ -428,13 +429,13 @@ async def test_a_finished_event_leaves_no_state_and_redeliveries_still_count_onc
         await wait_until(finished, 60, "a FINISHED event")
         await wait_for(lambda: not service._tasks and not service.finalising, 10, "the event's tasks to end")
         assert not service.sources["cam0"].finalising and not service.tracker.open
-        assert await RegistratorState(redis, keys).open_events() == []
-        state_keys = sorted([k.decode() async for k in redis.scan_iter(match=own)])
-        windows = [k for k in state_keys if k.startswith(keys.registrator_window_prefix)]
-        assert windows == [f"{keys.registrator_window_prefix}{feed}:ssd" for feed in ("cam0", "old")], state_keys
-        assert not [k for k in state_keys if k.startswith(keys.registrator_seen_prefix)]
-        sizes = {await redis.strlen(k) for k in windows}
-        assert sizes == {24 + service.settings.dedup_window_frames // 8}  # the same whatever the run's length
+        state_keys = sorted([k.decode() async for k in redis.scan_iter(match=sessions)])
+        assert state_keys == [keys.registrator_session(source) for source in ("cam0", "old")]
+        # A live source that never ended (scene events: no object tracker): its window, nothing of the finished event.
+        cam0 = keys.registrator_session("cam0")
+        assert await redis.hkeys(cam0) == [b"window:cam0:ssd"]
+        size = await redis.hstrlen(cam0, "window:cam0:ssd")
+        assert size == 24 + service.settings.dedup_window_frames // 8  # the same whatever the run's length
         await redeliver(service)
     again = registrator(service_env)
     async with running(again, lambda s: s.storage is not None) as service:
