@@ -156,56 +156,58 @@ class RegistratorState:
 
     async def _upgrade_once(self, window_size: int) -> int:
         k = self.keys
-        globals_ = [
+        singles = [
             k.legacy_registrator_open,
             k.legacy_registrator_summaries,
             k.legacy_registrator_ended,
             k.legacy_registrator_ended_at,
         ]
-        prefixes = {
-            WINDOW: k.legacy_registrator_window_prefix,
-            TRACKER: k.legacy_registrator_tracker_prefix,
-            "seen": k.legacy_registrator_seen_prefix,
-        }
-        scanned: dict[str, list[bytes]] = {}
-        for kind, prefix in prefixes.items():
-            scanned[kind] = [key async for key in self.redis.scan_iter(match=f"{prefix}*", count=500)]
+        per_run: dict[str, list[bytes]] = {}  # prefix -> its keys, one per (feed, model)
+        for prefix in (k.legacy_registrator_window_prefix, k.legacy_registrator_tracker_prefix, k.legacy_registrator_seen_prefix):
+            per_run[prefix] = [key async for key in self.redis.scan_iter(match=f"{prefix}*", count=500)]
+        scanned = [key for keys in per_run.values() for key in keys]
         async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(*globals_, *(key for keys in scanned.values() for key in keys))
-            old = [key for key in globals_ if await pipe.exists(key)] + [key for keys in scanned.values() for key in keys]
+            await pipe.watch(*singles, *scanned)
+            old = [key for key in singles if await pipe.exists(key)] + scanned
             if not old:
                 return 0
-            sessions: dict[str, dict[str, bytes | str]] = {}
-
-            def put(feed: str, name: str, value: bytes | str) -> None:
-                sessions.setdefault(split_feed(feed)[0], {})[name] = value
-
-            for raw in cast(dict[bytes, bytes], await pipe.hgetall(k.legacy_registrator_open)).values():
-                event = _OPEN.validate_json(raw)
-                put(event.feed, _event(event.id), raw)
-            for raw in cast(dict[bytes, bytes], await pipe.hgetall(k.legacy_registrator_summaries)).values():
-                summary = RoutingSummary.from_bytes(raw)
-                put(summary.feed, f"{SUMMARY}{summary.feed}", raw)
-            ended_at = {
-                f.decode(): t for f, t in cast(dict[bytes, bytes], await pipe.hgetall(k.legacy_registrator_ended_at)).items()
-            }
-            for feed, t in ended_at.items():
-                put(feed, f"{ENDED_AT}{feed}", t)
-            for raw_feed in cast(set[bytes], await pipe.smembers(k.legacy_registrator_ended)):
-                feed = raw_feed.decode()
-                put(feed, f"{ENDED}{feed}", ended_at.get(feed, b"0.0"))
-            for kind in (WINDOW, TRACKER):
-                for key in scanned[kind]:
-                    feed, model = _feed_model(key.decode().removeprefix(prefixes[kind]))
-                    if (raw_value := cast(bytes | None, await pipe.get(key))) is not None:
-                        put(feed, _per_model(kind, feed, model), raw_value)
-            for key in scanned["seen"]:  # after the windows: a seen set replaces the window of its run, as it always did
-                feed, model = _feed_model(key.decode().removeprefix(prefixes["seen"]))
-                seqs = {int(m) for m in cast(set[bytes], await pipe.smembers(key))}
-                put(feed, _per_model(WINDOW, feed, model), SeenWindow.of(window_size, seqs).to_bytes())
+            sessions = await self._read_legacy(pipe, per_run, window_size)
             pipe.multi()  # type: ignore[no-untyped-call]
             for source_id, fields in sessions.items():
                 pipe.hset(self.session_key(source_id), mapping=fields)  # type: ignore[arg-type]
             pipe.delete(*old)
             await pipe.execute()
         return len(old)
+
+    async def _read_legacy(
+        self, pipe: Pipeline, per_run: dict[str, list[bytes]], window_size: int
+    ) -> dict[str, dict[str, bytes]]:
+        """The legacy keys' contents as the fields of each source's session (source id -> field -> value)."""
+        k = self.keys
+        sessions: dict[str, dict[str, bytes]] = {}
+
+        def put(feed: str, name: str, value: bytes) -> None:
+            sessions.setdefault(split_feed(feed)[0], {})[name] = value
+
+        for raw in cast(dict[bytes, bytes], await pipe.hgetall(k.legacy_registrator_open)).values():
+            event = _OPEN.validate_json(raw)
+            put(event.feed, _event(event.id), raw)
+        for raw in cast(dict[bytes, bytes], await pipe.hgetall(k.legacy_registrator_summaries)).values():
+            summary = RoutingSummary.from_bytes(raw)
+            put(summary.feed, f"{SUMMARY}{summary.feed}", raw)
+        ended_at = cast(dict[bytes, bytes], await pipe.hgetall(k.legacy_registrator_ended_at))
+        for raw_feed, t in ended_at.items():
+            put(raw_feed.decode(), f"{ENDED_AT}{raw_feed.decode()}", t)
+        for raw_feed in cast(set[bytes], await pipe.smembers(k.legacy_registrator_ended)):
+            put(raw_feed.decode(), f"{ENDED}{raw_feed.decode()}", ended_at.get(raw_feed, b"0.0"))
+        for kind, prefix in ((WINDOW, k.legacy_registrator_window_prefix), (TRACKER, k.legacy_registrator_tracker_prefix)):
+            for key in per_run[prefix]:
+                if (value := cast(bytes | None, await pipe.get(key))) is not None:
+                    feed, model = _feed_model(key.decode().removeprefix(prefix))
+                    put(feed, _per_model(kind, feed, model), value)
+        # After the windows: a seen set replaces the window of its run, as its upgrade always did.
+        for key in per_run[k.legacy_registrator_seen_prefix]:
+            feed, model = _feed_model(key.decode().removeprefix(k.legacy_registrator_seen_prefix))
+            seqs = {int(m) for m in cast(set[bytes], await pipe.smembers(key))}
+            put(feed, _per_model(WINDOW, feed, model), SeenWindow.of(window_size, seqs).to_bytes())
+        return sessions
