@@ -365,9 +365,26 @@ async def test_events_stored_before_their_size_was_recorded_are_sized_once(redis
         assert await size_unsized(store, storage) is None  # once
 
 
+async def as_older_version(redis: Redis, keys: RedisKeys, source_id: str) -> None:
+    """Rewrite a source's session as the version before issue 17 kept it: global keys and per (feed, model) keys."""
+    session = keys.registrator_session(source_id)
+    legacy = {"window:": keys.legacy_registrator_window_prefix, "tracker:": keys.legacy_registrator_tracker_prefix}
+    async with redis.pipeline(transaction=True) as pipe:
+        for raw_name, value in (await redis.hgetall(session)).items():
+            kind, _, rest = raw_name.decode().partition(":")
+            if kind == "event":
+                pipe.hset(keys.legacy_registrator_open, rest, value)
+            else:
+                assert f"{kind}:" in legacy, raw_name  # mid-event: no summary or end yet
+                pipe.set(f"{legacy[kind + ':']}{rest}", value)
+        pipe.delete(session)
+        await pipe.execute()
+
+
 @pytest.mark.timeout(150)
+@pytest.mark.parametrize("upgraded", [False, True], ids=["same-version", "from-older-version"])
 async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
-    bus: Bus, redis: Redis, service_env: dict[str, str], make_settings: MakeSettings, repo_root: Path
+    bus: Bus, redis: Redis, service_env: dict[str, str], make_settings: MakeSettings, repo_root: Path, upgraded: bool
 ) -> None:
     refs = await store_frames(service_env, repo_root)
     env = service_env | {"pre_roll": "1", "post_roll": "1", "event_gap": "1", "event_mode": "scene"}
@@ -385,6 +402,9 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
             assert time.monotonic() < deadline and first.running, (open_now, first.tail)
             await asyncio.sleep(0.1)
         await first.kill()
+    if upgraded:  # the restart is also an upgrade: what the killed one saved is found in the older layout
+        await as_older_version(redis, RedisKeys(settings), "cam0")
+        assert not await state.load_source("cam0")
     for ref in refs[20:]:
         await bus.publish(bus.subjects.results(ref.source_id), result(ref, ref.seq in PERSON))
     async with service_process("services.registrator", env):
