@@ -90,20 +90,20 @@ class RegistratorState:
         self.redis = redis
         self.keys = keys
 
-    def session_key(self, source_id: str) -> str:
+    def _session_key(self, source_id: str) -> str:
         return self.keys.registrator_session(source_id)
 
     def _feed_key(self, feed: str) -> str:
-        return self.session_key(split_feed(feed)[0])
+        return self._session_key(split_feed(feed)[0])
 
-    # -- writes, into the caller's pipeline ------------------------------------------------------
+    # -- writes: those of the results and closed events into the caller's (fenced) pipeline -----------
 
     def keep(self, pipe: Pipeline, event: OpenEvent) -> None:
-        pipe.hset(self.session_key(event.source_id), _event(event.id), _OPEN.dump_json(event))
+        pipe.hset(self._session_key(event.source_id), _event(event.id), _OPEN.dump_json(event))
 
     async def drop(self, event: OpenEvent) -> None:
         """The event's proofs are cut (or given up on): nothing of it stays."""
-        await self.redis.hdel(self.session_key(event.source_id), _event(event.id))
+        await self.redis.hdel(self._session_key(event.source_id), _event(event.id))
 
     def window(self, pipe: Pipeline, feed: str, model: str, window: SeenWindow) -> None:
         """The whole window, replaced: a few kilobytes whatever the run's length."""
@@ -119,10 +119,10 @@ class RegistratorState:
             pipe.hincrby(self.keys.totals(source_id), name, n)
 
     def summary(self, pipe: Pipeline, summary: RoutingSummary) -> None:
-        pipe.hset(self.session_key(summary.source_id), f"{SUMMARY}{summary.feed}", summary.to_bytes())
+        pipe.hset(self._session_key(summary.source_id), f"{SUMMARY}{summary.feed}", summary.to_bytes())
 
     async def mark_ended(self, feed: str, wall_time: float) -> None:
-        # ENDED_AT stays after the drain (one field per run, replaced by its next end).
+        # ENDED_AT stays after the drain (one field per run): late copies of its results are told by it.
         mapping = {f"{ENDED}{feed}": repr(wall_time), f"{ENDED_AT}{feed}": repr(wall_time)}
         await self.redis.hset(self._feed_key(feed), mapping=mapping)  # type: ignore[arg-type]
 
@@ -137,7 +137,7 @@ class RegistratorState:
 
     async def load_source(self, source_id: str) -> SourceSession:
         """Everything saved of one source (all its runs), for the replica that takes it: one read."""
-        fields = cast(dict[bytes, bytes], await self.redis.hgetall(self.session_key(source_id)))  # bytes: no decoding
+        fields = cast(dict[bytes, bytes], await self.redis.hgetall(self._session_key(source_id)))  # bytes: no decoding
         return SourceSession.from_fields(fields)
 
     # -- upgrading a store of an older version, once at start ------------------------------------
@@ -174,7 +174,7 @@ class RegistratorState:
             sessions = await self._read_legacy(pipe, per_run, window_size)
             pipe.multi()  # type: ignore[no-untyped-call]
             for source_id, fields in sessions.items():
-                pipe.hset(self.session_key(source_id), mapping=fields)  # type: ignore[arg-type]
+                pipe.hset(self._session_key(source_id), mapping=fields)  # type: ignore[arg-type]
             pipe.delete(*old)
             await pipe.execute()
         return len(old)

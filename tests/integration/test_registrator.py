@@ -132,6 +132,12 @@ async def test_disorder_duplicates_and_a_stranger_make_no_duplicate_event(servic
         await feed(bus, refs, shuffle=True)
         stranger = FrameRef(source_id="ghost", seq=0, pts=0, wall_time=time.time(), url=refs[0].url, width=768, height=576)
         await bus.publish(bus.subjects.results(stranger.source_id), result(stranger, True))  # a source nobody announced
+
+        async def ghost_event() -> bool:
+            return any(e.source_id == "ghost" for e in await events_of(service_env))
+
+        # The stranger's source is taken at a lease round of its own, which may come after cam0 has drained.
+        await wait_until(ghost_event, 30, "an event of the stranger's source")
         await end_source(bus)
         done = SourceDrained.from_bytes((await drained.next_msg(timeout=60)).data)
     assert done.results == {"ssd": FRAMES} and done.events == 1
