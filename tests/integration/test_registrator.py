@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import cv2
 import pytest
+from nats.js.errors import NotFoundError
 from redis.asyncio import Redis
 
 from fleet.clients import redis_client
@@ -371,6 +372,14 @@ async def test_events_stored_before_their_size_was_recorded_are_sized_once(redis
         assert await size_unsized(store, storage) is None  # once
 
 
+async def results_stream_declared(bus: Bus) -> bool:
+    try:
+        await bus.js.stream_info(results_stream_name(bus.settings))
+    except NotFoundError:
+        return False
+    return True
+
+
 async def as_older_version(redis: Redis, keys: RedisKeys, source_id: str) -> None:
     """Rewrite a source's session as the version before issue 17 kept it: global keys and per (feed, model) keys."""
     session = keys.registrator_session(source_id)
@@ -401,6 +410,8 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
     for ref in refs:
         await bus.publish(bus.subjects.frames(ref.source_id), ref)
     async with service_process("services.registrator", env) as first:
+        # It declares the results stream at start, which takes longer than startup_timeout on a loaded machine.
+        await wait_until(lambda: results_stream_declared(bus), 90, "the registrator's results stream")
         for ref in refs[:20]:  # the event is open, 15 frames in, when the registrator dies
             await bus.publish(bus.subjects.results(ref.source_id), result(ref, ref.seq in PERSON))
         deadline = time.monotonic() + 60
