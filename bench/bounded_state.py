@@ -88,7 +88,7 @@ async def dedup_hour(redis: Redis, keys: RedisKeys) -> dict[str, Any]:
                 state.window(pipe, feed, model, window)
             await pipe.execute()
     grown = await used_memory(redis) - before
-    own = keys.registrator_open.rsplit(":", 1)[0] + ":*"  # every key of the registrator's own state
+    own = f"{keys.registrator_session_prefix}*"  # every source session of the registrator
     per_key = [int(await redis.memory_usage(k) or 0) async for k in redis.scan_iter(match=own)]
     return {"used_memory_growth_kb": round(grown / 1024, 1), "keys": len(per_key), "keys_kb": round(sum(per_key) / 1024, 1)}
 

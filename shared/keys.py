@@ -56,28 +56,46 @@ class RedisKeys:
         """Hash of everything counted for a source: routed frames and tasks, inferred, error results, events."""
         return f"{self._ns}totals:{source_id}"
 
-    # The registrator's own memory (services/registrator/state.py).
+    # The registrator's own memory (services/registrator/state.py): one hash per source, its `SourceSession`.
+    def registrator_session(self, source_id: str) -> str:
+        """Everything the registrator saves of a source, as fields: its open events, and per run its dedup windows,
+        object trackers, routing summary and end."""
+        return f"{self._ns}registrator:session:{source_id}"
+
     @property
-    def registrator_open(self) -> str:
+    def registrator_session_prefix(self) -> str:
+        return f"{self._ns}registrator:session:"
+
+    # The registrator's memory as versions before the per-source session (issue 17) wrote it: global keys over all
+    # sources, and per (feed, model) keys. Read once by the upgrade (RegistratorState.upgrade_layout), then deleted.
+    @property
+    def legacy_registrator_open(self) -> str:
         return f"{self._ns}registrator:open"
 
     @property
-    def registrator_summaries(self) -> str:
+    def legacy_registrator_summaries(self) -> str:
         return f"{self._ns}registrator:summary"
 
     @property
-    def registrator_ended(self) -> str:
+    def legacy_registrator_ended(self) -> str:
         return f"{self._ns}registrator:ended"
 
     @property
-    def registrator_ended_at(self) -> str:
-        """Hash source id -> wall time of its last ENDED: results of frames read before it are of a drained run."""
+    def legacy_registrator_ended_at(self) -> str:
         return f"{self._ns}registrator:ended-at"
 
     @property
-    def registrator_seen_prefix(self) -> str:
-        """The seen sets of older versions (one member per result, never trimmed): read once, then windows."""
+    def legacy_registrator_seen_prefix(self) -> str:
+        """The seen sets of still older versions (`<prefix><feed>:<model>`, one member per result, never trimmed)."""
         return f"{self._ns}registrator:seen:"
+
+    @property
+    def legacy_registrator_tracker_prefix(self) -> str:
+        return f"{self._ns}registrator:tracker:"
+
+    @property
+    def legacy_registrator_window_prefix(self) -> str:
+        return f"{self._ns}registrator:window:"
 
     # Source leases per role (shared/leases.py): the registrator's are `vigil:registrator:replicas`, `...:lease:<source>`.
     def leases_replicas(self, role: str) -> str:
@@ -91,16 +109,6 @@ class RedisKeys:
     def lease_tokens(self, role: str) -> str:
         """Hash of the last fencing token handed out per source: each new holder gets a higher one."""
         return f"{self._ns}{role}:lease-tokens"
-
-    @property
-    def registrator_tracker_prefix(self) -> str:
-        """Per run of a source and model (`<prefix><feed>:<model>`): its object tracker (services/registrator/objects.py)."""
-        return f"{self._ns}registrator:tracker:"
-
-    @property
-    def registrator_window_prefix(self) -> str:
-        """Per run of a source and model (`<prefix><feed>:<model>`): its seen window (services/registrator/window.py)."""
-        return f"{self._ns}registrator:window:"
 
     @property
     def event_index(self) -> str:

@@ -101,4 +101,4 @@ class Drainer:
         self.life.log.info("source drained: %d event(s), results %s", progress.events, results, extra={"source_id": source_id})
         self.book.forget_drained(feed, progress.ended_at)
         with contextlib.suppress(Stopping):  # its saved state stays: the next start drains it again, and finds nothing left to do
-            await self.life.redis_must("drained source", lambda: self.state.forget_source(feed, list(results)))
+            await self.life.redis_must("drained source", lambda: self.state.forget_run(feed, list(results)))

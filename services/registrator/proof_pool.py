@@ -164,7 +164,7 @@ class ProofPool:
         self.book.finalising.pop(event.id, None)
         # Stopping: a restart finds its record FINISHED and its saved state: it cuts the proofs once more.
         with contextlib.suppress(Stopping):
-            await self.life.redis_must("forget event", lambda: self.state.drop(event.id))
+            await self.life.redis_must("forget event", lambda: self.state.drop(event))
 
     async def _failed(self, event: OpenEvent, exc: BaseException) -> None:
         event.state = EventState.ERROR

@@ -1,6 +1,6 @@
 """Recovery: picking a source up where it was left, by this replica before a restart or by another before a move.
 
-What was saved of a source (`RegistratorState.load_source`: dedup windows, routing summaries, ended runs, tracker
+What was saved of a source (its `SourceSession`, one read: dedup windows, routing summaries, ended runs, tracker
 states, open events) goes back into memory; the frames its previous holder acked are read again from the frames
 stream, which keeps them, so proofs get their pre-roll. At start, once per replica, stores written by an older
 version are brought up to date before anything new is written.
@@ -18,7 +18,7 @@ from services.registrator.events import OpenEvent
 from services.registrator.lifecycle import Lifecycle
 from services.registrator.settings import RegistratorSettings
 from services.registrator.sources import SourceBook
-from services.registrator.state import RegistratorState, SavedSource
+from services.registrator.state import RegistratorState, SourceSession
 from services.registrator.tracking import TrackerStateError
 from shared.bus import Bus, fetch
 from shared.contracts import EventClose, EventState, FrameRef
@@ -37,12 +37,12 @@ def rebuild_since(now: float, settings: RegistratorSettings) -> float:
 
 
 async def upgrade_stores(store: EventStore, state: RegistratorState, window_frames: int, log: logging.Logger) -> None:
-    """Records written before the listing indexes existed are indexed, and seen sets of an older version become
-    windows, once, before anything new is written."""
+    """Records written before the listing indexes existed are indexed, and the registrator's state as older versions
+    kept it (global keys, seen sets) becomes each source's session, once, before anything new is written."""
     if (indexed := await store.backfill_indexes()) is not None:
         log.info("listing indexes built over %d existing event record(s)", indexed)
-    if upgraded := await state.upgrade_seen_sets(window_frames):
-        log.info("%d seen set(s) of an older version became windows", upgraded)
+    if upgraded := await state.upgrade_layout(window_frames):
+        log.info("%d key(s) of an older version's registrator state became per-source sessions", upgraded)
 
 
 class Recovery:
@@ -52,7 +52,7 @@ class Recovery:
         self.bus = bus
         self.book = book
 
-    def apply(self, saved: SavedSource) -> list[OpenEvent]:
+    def apply(self, saved: SourceSession) -> list[OpenEvent]:
         """Pick up a source where its previous holder (or this replica before a restart) stopped; returns the closed
         events still owed their proofs."""
         book, tracker = self.book, self.book.tracker

@@ -137,7 +137,7 @@ class SessionManager:
         """Read back what the previous holder saved, then consume the source's results and frames."""
         held = self.book.held[source_id] = HeldSource(source_id)
         try:
-            saved = await self.state.load_source(source_id, self.settings.dedup_window_frames)
+            saved = await self.state.load_source(source_id)
             owed = self.recovery.apply(saved)
             s, settings = self.bus.subjects, self.settings
             results = await self.bus.durable_pull(

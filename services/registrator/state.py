@@ -1,8 +1,19 @@
-"""What the registrator must not forget across a restart: open events, results seen (a bounded window per run of
-a source and model), how sources ended. Nothing stays per event once it has finished.
+"""What the registrator must not forget across a restart or a move, one record per source: its `SourceSession`.
+
+Each source's session is one Redis hash (`RedisKeys.registrator_session`), so taking a source is one HGETALL
+whatever the number of sources, and forgetting a run is one HDEL. Its fields:
+
+- `event:<id>`: an event open, or closed and owed its proofs (removed once they are cut);
+- `window:<feed>:<model>`: the run's dedup window of results seen, replaced whole;
+- `tracker:<feed>:<model>`: the run's object tracker, replaced whole;
+- `summary:<feed>`: the run's routing summary;
+- `ended:<feed>`: the run ended, at this wall time (removed when it drains);
+- `ended-at:<feed>`: the wall time of the run's end, kept after the drain: it tells a late copy of a drained run's
+  result from a result of the run after it.
 
 Written in the same Redis pipeline as the event records, before the results behind it are acked, so a
 registrator killed at any moment resumes where the acked results left it: nothing lost, nothing twice.
+Nothing stays per event once it has finished.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from typing import cast
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
 
 from services.registrator.events import OpenEvent
 from services.registrator.window import SeenWindow
@@ -22,10 +34,26 @@ from shared.keys import RedisKeys
 
 _OPEN = TypeAdapter(OpenEvent)
 
+EVENT, WINDOW, TRACKER, SUMMARY, ENDED, ENDED_AT = "event:", "window:", "tracker:", "summary:", "ended:", "ended-at:"
+
+
+def _event(event_id: str) -> str:
+    return f"{EVENT}{event_id}"
+
+
+def _per_model(kind: str, feed: str, model: str) -> str:
+    return f"{kind}{feed}:{model}"
+
+
+def _feed_model(rest: str) -> tuple[str, str]:
+    """`<feed>:<model>`: neither a source id nor a run id holds a colon (shared/contracts.py)."""
+    feed, _, model = rest.partition(":")
+    return feed, model
+
 
 @dataclass
-class SavedSource:
-    """What a replica taking a source reads back: everything the previous holder wrote of it."""
+class SourceSession:
+    """Everything saved of one source (all its runs): what a replica taking it reads back."""
 
     open_events: list[OpenEvent] = field(default_factory=list)
     windows: dict[tuple[str, str], SeenWindow] = field(default_factory=dict)  # (feed, model)
@@ -37,40 +65,53 @@ class SavedSource:
     def __bool__(self) -> bool:
         return bool(self.open_events or self.windows or self.summaries or self.ended)
 
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> SourceSession:
+        session = cls()
+        for raw_name, raw in fields.items():
+            name = raw_name.decode()
+            if name.startswith(EVENT):
+                session.open_events.append(_OPEN.validate_json(raw))
+            elif name.startswith(WINDOW):
+                session.windows[_feed_model(name.removeprefix(WINDOW))] = SeenWindow.from_bytes(raw)
+            elif name.startswith(TRACKER):
+                session.trackers[_feed_model(name.removeprefix(TRACKER))] = raw
+            elif name.startswith(SUMMARY):
+                session.summaries.append(RoutingSummary.from_bytes(raw))
+            elif name.startswith(ENDED_AT):  # before ENDED, which it starts with
+                session.ended_at[name.removeprefix(ENDED_AT)] = float(raw)
+            elif name.startswith(ENDED):
+                session.ended.add(name.removeprefix(ENDED))
+        return session
+
 
 class RegistratorState:
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
         self.redis = redis
         self.keys = keys
-        self.open_key = keys.registrator_open
-        self.summary_key = keys.registrator_summaries
-        self.ended_key = keys.registrator_ended
-        self.ended_at_key = keys.registrator_ended_at
-        self._seen_prefix = keys.registrator_seen_prefix
-        self._window_prefix = keys.registrator_window_prefix
-        self._tracker_prefix = keys.registrator_tracker_prefix
 
-    def _seen(self, feed: str, model: str) -> str:
-        return f"{self._seen_prefix}{feed}:{model}"
+    def _session_key(self, source_id: str) -> str:
+        return self.keys.registrator_session(source_id)
 
-    def _window(self, feed: str, model: str) -> str:
-        return f"{self._window_prefix}{feed}:{model}"
+    def _feed_key(self, feed: str) -> str:
+        return self._session_key(split_feed(feed)[0])
 
-    # -- writes, into the caller's pipeline ------------------------------------------------------
+    # -- writes: those of the results and closed events into the caller's (fenced) pipeline -----------
 
     def keep(self, pipe: Pipeline, event: OpenEvent) -> None:
-        pipe.hset(self.open_key, event.id, _OPEN.dump_json(event))
+        pipe.hset(self._session_key(event.source_id), _event(event.id), _OPEN.dump_json(event))
 
-    async def drop(self, event_id: str) -> None:
-        await self.redis.hdel(self.open_key, event_id)
+    async def drop(self, event: OpenEvent) -> None:
+        """The event's proofs are cut (or given up on): nothing of it stays."""
+        await self.redis.hdel(self._session_key(event.source_id), _event(event.id))
 
     def window(self, pipe: Pipeline, feed: str, model: str, window: SeenWindow) -> None:
         """The whole window, replaced: a few kilobytes whatever the run's length."""
-        pipe.set(self._window(feed, model), window.to_bytes())
+        pipe.hset(self._feed_key(feed), _per_model(WINDOW, feed, model), window.to_bytes())
 
     def tracker(self, pipe: Pipeline, feed: str, model: str, data: bytes) -> None:
         """The object tracker of a run and model, replaced whole (tens of kilobytes at most, flat over a run)."""
-        pipe.set(f"{self._tracker_prefix}{feed}:{model}", data)
+        pipe.hset(self._feed_key(feed), _per_model(TRACKER, feed, model), data)
 
     def count(self, pipe: Pipeline, tally: Counter[tuple[str, str]]) -> None:
         """Add to the per-source totals the api serves; in the results' pipeline, so a redelivery counts once."""
@@ -78,77 +119,95 @@ class RegistratorState:
             pipe.hincrby(self.keys.totals(source_id), name, n)
 
     def summary(self, pipe: Pipeline, summary: RoutingSummary) -> None:
-        pipe.hset(self.summary_key, summary.source_id, summary.to_bytes())
+        pipe.hset(self._session_key(summary.source_id), f"{SUMMARY}{summary.feed}", summary.to_bytes())
 
-    async def mark_ended(self, source_id: str, wall_time: float) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(self.ended_key, source_id)
-            # Kept after the drain (one field per source, replaced by its next end): it tells a late copy of a
-            # drained run's result from a result of the run after it.
-            pipe.hset(self.ended_at_key, source_id, repr(wall_time))
+    async def mark_ended(self, feed: str, wall_time: float) -> None:
+        # ENDED_AT stays after the drain (one field per run): late copies of its results are told by it.
+        mapping = {f"{ENDED}{feed}": repr(wall_time), f"{ENDED_AT}{feed}": repr(wall_time)}
+        await self.redis.hset(self._feed_key(feed), mapping=mapping)  # type: ignore[arg-type]
+
+    async def forget_run(self, feed: str, models: list[str]) -> None:
+        """A drained run: its fields go, one HDEL; its end time stays (ENDED_AT), and its events went with their
+        proofs."""
+        fields = [f"{SUMMARY}{feed}", f"{ENDED}{feed}"]
+        fields += [_per_model(kind, feed, model) for model in models for kind in (WINDOW, TRACKER)]
+        await self.redis.hdel(self._feed_key(feed), *fields)
+
+    # -- reading back when a source is taken -----------------------------------------------------
+
+    async def load_source(self, source_id: str) -> SourceSession:
+        """Everything saved of one source (all its runs), for the replica that takes it: one read."""
+        fields = cast(dict[bytes, bytes], await self.redis.hgetall(self._session_key(source_id)))  # bytes: no decoding
+        return SourceSession.from_fields(fields)
+
+    # -- upgrading a store of an older version, once at start ------------------------------------
+
+    async def upgrade_layout(self, window_size: int) -> int:
+        """The global keys of versions before the per-source session (and the seen sets of still older ones) become
+        fields of each source's session, in one transaction that also deletes them; returns how many keys went.
+
+        The transaction WATCHes every key it read: if another replica, starting at the same time, upgraded first,
+        this one starts again and finds nothing left, so what the other wrote since is never overwritten."""
+        while True:
+            try:
+                return await self._upgrade_once(window_size)
+            except WatchError:
+                continue
+
+    async def _upgrade_once(self, window_size: int) -> int:
+        k = self.keys
+        singles = [
+            k.legacy_registrator_open,
+            k.legacy_registrator_summaries,
+            k.legacy_registrator_ended,
+            k.legacy_registrator_ended_at,
+        ]
+        per_run: dict[str, list[bytes]] = {}  # prefix -> its keys, one per (feed, model)
+        for prefix in (k.legacy_registrator_window_prefix, k.legacy_registrator_tracker_prefix, k.legacy_registrator_seen_prefix):
+            per_run[prefix] = [key async for key in self.redis.scan_iter(match=f"{prefix}*", count=500)]
+        scanned = [key for keys in per_run.values() for key in keys]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(*singles, *scanned)
+            old = [key for key in singles if await pipe.exists(key)] + scanned
+            if not old:
+                return 0
+            sessions = await self._read_legacy(pipe, per_run, window_size)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            for source_id, fields in sessions.items():
+                pipe.hset(self._session_key(source_id), mapping=fields)  # type: ignore[arg-type]
+            pipe.delete(*old)
             await pipe.execute()
+        return len(old)
 
-    async def forget_source(self, source_id: str, models: list[str]) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hdel(self.summary_key, source_id)
-            pipe.srem(self.ended_key, source_id)
-            for model in models:
-                pipe.delete(
-                    self._window(source_id, model), self._seen(source_id, model), f"{self._tracker_prefix}{source_id}:{model}"
-                )
-            await pipe.execute()
+    async def _read_legacy(
+        self, pipe: Pipeline, per_run: dict[str, list[bytes]], window_size: int
+    ) -> dict[str, dict[str, bytes]]:
+        """The legacy keys' contents as the fields of each source's session (source id -> field -> value)."""
+        k = self.keys
+        sessions: dict[str, dict[str, bytes]] = {}
 
-    # -- reading back at start -------------------------------------------------------------------
+        def put(feed: str, name: str, value: bytes) -> None:
+            sessions.setdefault(split_feed(feed)[0], {})[name] = value
 
-    async def open_events(self) -> list[OpenEvent]:
-        return [_OPEN.validate_json(raw) for raw in (await self.redis.hgetall(self.open_key)).values()]
-
-    async def summaries(self) -> list[RoutingSummary]:
-        return [RoutingSummary.from_bytes(raw) for raw in (await self.redis.hgetall(self.summary_key)).values()]
-
-    async def ended_sources(self) -> set[str]:
-        raws = cast(set[bytes], await self.redis.smembers(self.ended_key))  # no decode_responses: bytes
-        return {raw.decode() for raw in raws}
-
-    async def ended_at(self) -> dict[str, float]:
-        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.ended_at_key))  # no decode_responses: bytes
-        return {k.decode(): float(v) for k, v in raw.items()}
-
-    async def load_source(self, source_id: str, window_size: int) -> SavedSource:
-        """Everything saved of one source (all its runs), for the replica that takes it."""
-        return SavedSource(
-            open_events=[e for e in await self.open_events() if e.source_id == source_id],
-            windows=await self.windows(window_size, source_id),
-            summaries=[s for s in await self.summaries() if s.source_id == source_id],
-            ended={feed for feed in await self.ended_sources() if split_feed(feed)[0] == source_id},
-            ended_at={feed: t for feed, t in (await self.ended_at()).items() if split_feed(feed)[0] == source_id},
-            trackers=await self._per_feed(self._tracker_prefix, source_id),
-        )
-
-    async def windows(self, size: int, source_id: str) -> dict[tuple[str, str], SeenWindow]:
-        """The seen windows of a source's runs. A run's feed key is `<source>@<run>`, or the bare source id for a run
-        without an id."""
-        return {pair: SeenWindow.from_bytes(raw) for pair, raw in (await self._per_feed(self._window_prefix, source_id)).items()}
-
-    async def _per_feed(self, prefix: str, source_id: str) -> dict[tuple[str, str], bytes]:
-        found: dict[tuple[str, str], bytes] = {}
-        for pattern in (f"{prefix}{source_id}@*", f"{prefix}{source_id}:*"):
-            async for key in self.redis.scan_iter(match=pattern, count=500):
-                feed, model = key.decode()[len(prefix) :].split(":", 1)
-                raw = cast(bytes | None, await self.redis.get(key))  # no decode_responses: bytes
-                if raw is not None:
-                    found[(feed, model)] = raw
-        return found
-
-    async def upgrade_seen_sets(self, size: int) -> int:
-        """Seen sets left by an older version (one member per result) become windows, once: they are replaced."""
-        upgraded = 0
-        async for key in self.redis.scan_iter(match=f"{self._seen_prefix}*", count=500):
-            feed, model = key.decode()[len(self._seen_prefix) :].split(":", 1)
-            seqs = {int(m) for m in cast(set[bytes], await self.redis.smembers(key))}
-            async with self.redis.pipeline(transaction=True) as pipe:
-                self.window(pipe, feed, model, SeenWindow.of(size, seqs))
-                pipe.delete(key)
-                await pipe.execute()
-            upgraded += 1
-        return upgraded
+        for raw in cast(dict[bytes, bytes], await pipe.hgetall(k.legacy_registrator_open)).values():
+            event = _OPEN.validate_json(raw)
+            put(event.feed, _event(event.id), raw)
+        for raw in cast(dict[bytes, bytes], await pipe.hgetall(k.legacy_registrator_summaries)).values():
+            summary = RoutingSummary.from_bytes(raw)
+            put(summary.feed, f"{SUMMARY}{summary.feed}", raw)
+        ended_at = cast(dict[bytes, bytes], await pipe.hgetall(k.legacy_registrator_ended_at))
+        for raw_feed, t in ended_at.items():
+            put(raw_feed.decode(), f"{ENDED_AT}{raw_feed.decode()}", t)
+        for raw_feed in cast(set[bytes], await pipe.smembers(k.legacy_registrator_ended)):
+            put(raw_feed.decode(), f"{ENDED}{raw_feed.decode()}", ended_at.get(raw_feed, b"0.0"))
+        for kind, prefix in ((WINDOW, k.legacy_registrator_window_prefix), (TRACKER, k.legacy_registrator_tracker_prefix)):
+            for key in per_run[prefix]:
+                if (value := cast(bytes | None, await pipe.get(key))) is not None:
+                    feed, model = _feed_model(key.decode().removeprefix(prefix))
+                    put(feed, _per_model(kind, feed, model), value)
+        # After the windows: a seen set replaces the window of its run, as its upgrade always did.
+        for key in per_run[k.legacy_registrator_seen_prefix]:
+            feed, model = _feed_model(key.decode().removeprefix(k.legacy_registrator_seen_prefix))
+            seqs = {int(m) for m in cast(set[bytes], await pipe.smembers(key))}
+            put(feed, _per_model(WINDOW, feed, model), SeenWindow.of(window_size, seqs).to_bytes())
+        return sessions

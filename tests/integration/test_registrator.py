@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import cv2
 import pytest
+from nats.js.errors import NotFoundError
 from redis.asyncio import Redis
 
 from fleet.clients import redis_client
@@ -21,7 +22,6 @@ from services.registrator.retention import event_folder, size_unsized, sweep, sw
 from services.registrator.service import RegistratorService
 from services.registrator.settings import RegistratorSettings
 from services.registrator.state import RegistratorState
-from services.registrator.window import SeenWindow
 from shared.bus import Bus
 from shared.contracts import (
     BBox,
@@ -133,6 +133,12 @@ async def test_disorder_duplicates_and_a_stranger_make_no_duplicate_event(servic
         await feed(bus, refs, shuffle=True)
         stranger = FrameRef(source_id="ghost", seq=0, pts=0, wall_time=time.time(), url=refs[0].url, width=768, height=576)
         await bus.publish(bus.subjects.results(stranger.source_id), result(stranger, True))  # a source nobody announced
+
+        async def ghost_event() -> bool:
+            return any(e.source_id == "ghost" for e in await events_of(service_env))
+
+        # The stranger's source is taken at a lease round of its own, which may come after cam0 has drained.
+        await wait_until(ghost_event, 30, "an event of the stranger's source")
         await end_source(bus)
         done = SourceDrained.from_bytes((await drained.next_msg(timeout=60)).data)
     assert done.results == {"ssd": FRAMES} and done.events == 1
@@ -366,9 +372,34 @@ async def test_events_stored_before_their_size_was_recorded_are_sized_once(redis
         assert await size_unsized(store, storage) is None  # once
 
 
+async def results_stream_declared(bus: Bus) -> bool:
+    try:
+        await bus.js.stream_info(results_stream_name(bus.settings))
+    except NotFoundError:
+        return False
+    return True
+
+
+async def as_older_version(redis: Redis, keys: RedisKeys, source_id: str) -> None:
+    """Rewrite a source's session as the version before issue 17 kept it: global keys and per (feed, model) keys."""
+    session = keys.registrator_session(source_id)
+    legacy = {"window:": keys.legacy_registrator_window_prefix, "tracker:": keys.legacy_registrator_tracker_prefix}
+    async with redis.pipeline(transaction=True) as pipe:
+        for raw_name, value in (await redis.hgetall(session)).items():
+            kind, _, rest = raw_name.decode().partition(":")
+            if kind == "event":
+                pipe.hset(keys.legacy_registrator_open, rest, value)
+            else:
+                assert f"{kind}:" in legacy, raw_name  # mid-event: no summary or end yet
+                pipe.set(f"{legacy[kind + ':']}{rest}", value)
+        pipe.delete(session)
+        await pipe.execute()
+
+
 @pytest.mark.timeout(150)
+@pytest.mark.parametrize("upgraded", [False, True], ids=["same-version", "from-older-version"])
 async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
-    bus: Bus, redis: Redis, service_env: dict[str, str], make_settings: MakeSettings, repo_root: Path
+    bus: Bus, redis: Redis, service_env: dict[str, str], make_settings: MakeSettings, repo_root: Path, upgraded: bool
 ) -> None:
     refs = await store_frames(service_env, repo_root)
     env = service_env | {"pre_roll": "1", "post_roll": "1", "event_gap": "1", "event_mode": "scene"}
@@ -379,13 +410,18 @@ async def test_killed_mid_event_the_registrator_resumes_and_finishes_it_once(
     for ref in refs:
         await bus.publish(bus.subjects.frames(ref.source_id), ref)
     async with service_process("services.registrator", env) as first:
+        # It declares the results stream at start, which takes longer than startup_timeout on a loaded machine.
+        await wait_until(lambda: results_stream_declared(bus), 90, "the registrator's results stream")
         for ref in refs[:20]:  # the event is open, 15 frames in, when the registrator dies
             await bus.publish(bus.subjects.results(ref.source_id), result(ref, ref.seq in PERSON))
         deadline = time.monotonic() + 60
-        while not (open_now := await state.open_events()) or open_now[0].frames < 15:
+        while not (open_now := (await state.load_source("cam0")).open_events) or open_now[0].frames < 15:
             assert time.monotonic() < deadline and first.running, (open_now, first.tail)
             await asyncio.sleep(0.1)
         await first.kill()
+    if upgraded:  # the restart is also an upgrade: what the killed one saved is found in the older layout
+        await as_older_version(redis, RedisKeys(settings), "cam0")
+        assert not await state.load_source("cam0")
     for ref in refs[20:]:
         await bus.publish(bus.subjects.results(ref.source_id), result(ref, ref.seq in PERSON))
     async with service_process("services.registrator", env):
@@ -405,9 +441,11 @@ async def test_a_finished_event_leaves_no_state_and_redeliveries_still_count_onc
 ) -> None:
     refs = await store_frames(service_env, repo_root)
     keys = RedisKeys(settings_from(RegistratorSettings, service_env))
-    own = f"{keys.registrator_open.rsplit(':', 1)[0]}:*"  # every key of the registrator's own state
+    sessions = f"{keys.registrator_session_prefix}*"  # every key of the registrator's own state
     # A run kept by an older version: a seen set, one member per result, is read once and becomes a window.
-    await redis.sadd(f"{keys.registrator_seen_prefix}old:ssd", *range(10))
+    seen_set = f"{keys.legacy_registrator_seen_prefix}old:ssd"
+    await redis.sadd(seen_set, *range(10))
+    state = RegistratorState(redis, keys)
 
     async def redeliver(service: RegistratorService) -> None:
         """The person's results once more, without message ids (past the stream's duplicate window)."""
@@ -417,8 +455,8 @@ async def test_a_finished_event_leaves_no_state_and_redeliveries_still_count_onc
         await wait_for(lambda: counter_value(service.m_duplicates, model="ssd") == before + 6, 30, "the copies dropped")
 
     async with running(registrator(service_env), lambda s: s.storage is not None) as service:
-        assert await redis.exists(f"{keys.registrator_seen_prefix}old:ssd") == 0
-        assert SeenWindow.from_bytes(await redis.get(f"{keys.registrator_window_prefix}old:ssd")).count == 10
+        assert await redis.exists(seen_set) == 0
+        assert (await state.load_source("old")).windows[("old", "ssd")].count == 10
         await service.bus.ensure_stream(frames_stream(service.settings))
         await feed(service.bus, refs, shuffle=True)  # a live source: it never ends
 
@@ -428,13 +466,13 @@ async def test_a_finished_event_leaves_no_state_and_redeliveries_still_count_onc
         await wait_until(finished, 60, "a FINISHED event")
         await wait_for(lambda: not service._tasks and not service.finalising, 10, "the event's tasks to end")
         assert not service.sources["cam0"].finalising and not service.tracker.open
-        assert await RegistratorState(redis, keys).open_events() == []
-        state_keys = sorted([k.decode() async for k in redis.scan_iter(match=own)])
-        windows = [k for k in state_keys if k.startswith(keys.registrator_window_prefix)]
-        assert windows == [f"{keys.registrator_window_prefix}{feed}:ssd" for feed in ("cam0", "old")], state_keys
-        assert not [k for k in state_keys if k.startswith(keys.registrator_seen_prefix)]
-        sizes = {await redis.strlen(k) for k in windows}
-        assert sizes == {24 + service.settings.dedup_window_frames // 8}  # the same whatever the run's length
+        state_keys = sorted([k.decode() async for k in redis.scan_iter(match=sessions)])
+        assert state_keys == [keys.registrator_session(source) for source in ("cam0", "old")]
+        # A live source that never ended (scene events: no object tracker): its window, nothing of the finished event.
+        cam0 = keys.registrator_session("cam0")
+        assert await redis.hkeys(cam0) == [b"window:cam0:ssd"]
+        size = await redis.hstrlen(cam0, "window:cam0:ssd")
+        assert size == 24 + service.settings.dedup_window_frames // 8  # the same whatever the run's length
         await redeliver(service)
     again = registrator(service_env)
     async with running(again, lambda s: s.storage is not None) as service:

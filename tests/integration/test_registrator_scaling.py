@@ -131,7 +131,8 @@ async def test_killed_replica_sources_move_within_the_lease_ttl(
 
 
 async def _open_events_counted(redis: Redis, keys: RedisKeys, frames: int) -> bool:
-    events = await RegistratorState(redis, keys).open_events()
+    state = RegistratorState(redis, keys)
+    events = [event for source in SOURCES for event in (await state.load_source(source)).open_events]
     return len(events) == len(SOURCES) and all(e.frames >= frames for e in events)
 
 

@@ -70,6 +70,10 @@ class FakeRedis:
         for key in ():
             yield key
 
+    async def hset(self, key: str, field: str | None = None, value: Any = None, mapping: dict[str, Any] | None = None) -> int:
+        self.commands.append(("hset", (key, field, value) if mapping is None else (key, mapping)))
+        return 1
+
     async def hdel(self, key: str, *fields: str) -> int:
         self.commands.append(("hdel", (key, *fields)))
         return len(fields)
