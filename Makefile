@@ -69,7 +69,7 @@ bench-registrator: install
 
 # Issue 17: the most 10-fps sources one registrator replica keeps up with (p99 under 1 s), then two, in one run.
 bench-registrator-scaling: install
-	$(PY) -m bench.registrator_scaling $(if $(LADDER),--ladder $(LADDER))
+	$(PY) -m bench.registrator_scaling $(if $(LADDER),--ladder $(LADDER)) $(if $(REPLICA_CPU),--replica-cpu $(REPLICA_CPU))
 
 bench-notifier: install
 	$(PY) -m bench.notifier $(or $(REPEATS),3)

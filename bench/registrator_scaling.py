@@ -30,6 +30,7 @@ import cv2
 import psutil
 
 from bench.common import ROOT, print_table, write_result
+from bench.cpu_quota import CpuQuota, CpuQuotaError
 from bench.registrator import consumer_exists
 from fleet.processes import ServiceProcess, start_service
 from fleet.servers import LocalServers, ServerSet
@@ -91,7 +92,7 @@ async def feed(bus: Bus, sources: list[str], urls: list[str], stop: asyncio.Even
             await asyncio.sleep(-behind)
 
 
-async def trial(servers: ServerSet, urls: list[str], replicas: int, n: int) -> dict[str, Any]:
+async def trial(servers: ServerSet, urls: list[str], replicas: int, n: int, replica_cpu: float | None) -> dict[str, Any]:
     prefix = f"s{secrets.token_hex(3)}"
     settings = VigilSettings(_env_file=None, **servers.env(), subject_prefix=prefix)  # type: ignore[arg-type]
     bus = Bus(settings, "bench", "bench", Metrics("bench"))
@@ -106,6 +107,7 @@ async def trial(servers: ServerSet, urls: list[str], replicas: int, n: int) -> d
         "TMP_PATH": str(Path(tempfile.gettempdir()) / f"vigil-bench-{prefix}"),
     }
     procs: list[ServiceProcess] = []
+    quotas: list[CpuQuota] = []
     sources = [f"cam{i}" for i in range(n)]
     stop, late, worst = asyncio.Event(), [], []
     stream = results_stream_name(settings)
@@ -113,6 +115,9 @@ async def trial(servers: ServerSet, urls: list[str], replicas: int, n: int) -> d
     try:
         for i in range(replicas):
             procs.append(await start_service("services.registrator", env | {"instance": f"reg-{i + 1}"}, name=f"reg-{i + 1}"))
+            if replica_cpu is not None:
+                quotas.append(CpuQuota(f"vigil-bench-{prefix}-{i + 1}", replica_cpu))
+                quotas[-1].add(procs[-1].pid)
         while not await stream_exists(bus, stream):
             for proc in procs:
                 proc.check_running()
@@ -147,6 +152,8 @@ async def trial(servers: ServerSet, urls: list[str], replicas: int, n: int) -> d
                 await feeder
         for proc in procs:
             await proc.stop(10)
+        for quota in quotas:
+            quota.close()
         await bus.close()
     p99, feeder_late = percentile(worst, 99), percentile(late, 99)
     held = p99 < P99_LIMIT_S and feeder_late < P99_LIMIT_S
@@ -179,7 +186,7 @@ async def stream_exists(bus: Bus, stream: str) -> bool:
     return True
 
 
-async def main(ladder: list[int]) -> int:
+async def main(ladder: list[int], replica_cpu: float | None) -> int:
     steps: list[dict[str, Any]] = []
     best: dict[int, int] = {}
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
@@ -191,7 +198,7 @@ async def main(ladder: list[int]) -> int:
             for replicas in (1, 2):
                 best[replicas] = 0
                 for n in ladder:
-                    step = await trial(server_set, urls, replicas, n)
+                    step = await trial(server_set, urls, replicas, n, replica_cpu)
                     steps.append(step)
                     if not step["held"]:
                         break
@@ -201,7 +208,8 @@ async def main(ladder: list[int]) -> int:
     ratio = best[2] / best[1] if best[1] else 0.0
     print_table(
         f"registrator scale-out: {FPS}-fps 720p sources, person 3 s in 6; a step holds when the p99 of the oldest "
-        f"unabsorbed result is under {P99_LIMIT_S:g} s ({TRIAL_S:.0f} s per step, first {WARMUP_S:.0f} s not sampled)",
+        f"unabsorbed result is under {P99_LIMIT_S:g} s ({TRIAL_S:.0f} s per step, first {WARMUP_S:.0f} s not sampled)"
+        + ("" if replica_cpu is None else f"; each replica held to {replica_cpu:g} core(s)"),
         [
             "replicas",
             "sources",
@@ -232,8 +240,16 @@ async def main(ladder: list[int]) -> int:
     )
     print(f"most sources held: 1 replica {best[1]}, 2 replicas {best[2]}; ratio {ratio:.2f} (goal >= 1.8)")
     write_result(
-        "registrator_scaling",
-        {"fps": FPS, "trial_s": TRIAL_S, "p99_limit_s": P99_LIMIT_S, "steps": steps, "most_sources": best, "ratio": ratio},
+        "registrator_scaling" if replica_cpu is None else "registrator_scaling_quota",
+        {
+            "fps": FPS,
+            "trial_s": TRIAL_S,
+            "p99_limit_s": P99_LIMIT_S,
+            "replica_cpu_cores": replica_cpu,
+            "steps": steps,
+            "most_sources": best,
+            "ratio": ratio,
+        },
     )
     return 0
 
@@ -241,8 +257,17 @@ async def main(ladder: list[int]) -> int:
 def cli() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.registrator_scaling", description=__doc__.splitlines()[0])
     parser.add_argument("--ladder", default=",".join(map(str, LADDER)), help="source counts to try, in order")
+    parser.add_argument(
+        "--replica-cpu",
+        type=float,
+        help="hold each replica to this many cores (a cgroup CPU quota; root only): on a machine too small to give "
+        "a second replica a core of its own, the same budget per replica measures the design, not the machine",
+    )
     args = parser.parse_args()
-    sys.exit(asyncio.run(main([int(n) for n in args.ladder.split(",")])))
+    try:
+        sys.exit(asyncio.run(main([int(n) for n in args.ladder.split(",")], args.replica_cpu)))
+    except CpuQuotaError as exc:
+        parser.error(str(exc))
 
 
 if __name__ == "__main__":

@@ -206,8 +206,12 @@ def overlaps(events: list[Event]) -> list[tuple[str, str]]:
 
 
 def error_reasons(events: list[Event]) -> dict[str, int]:
-    """ERROR events by reason, numbers blanked so that one cause is one line."""
-    reasons = Counter(re.sub(r"\d+(\.\d+)?", "N", e.error or "(none given)") for e in events if e.state is EventState.ERROR)
+    """ERROR events by reason, URLs and numbers blanked so that one cause is one line."""
+
+    def blank(reason: str) -> str:
+        return re.sub(r"\d+(\.\d+)?", "N", re.sub(r"https?://\S+", "<url>", reason))
+
+    reasons = Counter(blank(e.error or "(none given)") for e in events if e.state is EventState.ERROR)
     return dict(reasons.most_common())
 
 
