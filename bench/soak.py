@@ -70,6 +70,10 @@ VOLUME_MB = 4
 # 8 cameras at 2 fps write about 0.9 MB of frames a second: 4 MB volumes would make SeaweedFS grow new ones every
 # few seconds. 32 MB volumes still fill (and so cycle) within a minute.
 VOLUME_MB_MANY = 32
+# Proofs are kept (no retention in a soak): 8 cameras' events write about 100 MB of clips and key frames a minute,
+# 3 GB in 30 minutes, beside the frames' TTL volumes. The local servers' 100 volumes (3.2 GB of 32 MB ones) ran out
+# after 21 minutes, and every upload failed from then on.
+MAX_VOLUMES_MANY = 400
 DETECT_FPS, CLASSIFY_EVERY, TAKE_FPS = 2.0, 10, 2.0
 SHORT_RUN = 900.0
 SETTINGS = {
@@ -174,6 +178,10 @@ class Shape:
     def volume_mb(self) -> int:
         return VOLUME_MB if self.sources == 1 else VOLUME_MB_MANY
 
+    @property
+    def max_volumes(self) -> int:
+        return 100 if self.sources == 1 else MAX_VOLUMES_MANY
+
     def settings(self) -> dict[str, str]:
         if self.sources == 1:
             return SETTINGS
@@ -237,7 +245,9 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
     series: dict[str, Series] = {}
     with tempfile.TemporaryDirectory(prefix="vigil-soak-") as tmp:
         data = Path(tmp)
-        servers = LocalServers(data / "servers", log_dir=data / "logs", volume_size_limit_mb=shape.volume_mb)
+        servers = LocalServers(
+            data / "servers", log_dir=data / "logs", volume_size_limit_mb=shape.volume_mb, max_volumes=shape.max_volumes
+        )
         server_set = await asyncio.to_thread(servers.start)
         fleet = Fleet(echo=echo, log_path=log_path)
         processes = FleetProcesses(fleet, servers)

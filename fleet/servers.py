@@ -447,6 +447,7 @@ class LocalServers:
         weed_ports: WeedPorts | None = None,
         log_dir: Path | None = None,
         volume_size_limit_mb: int = 64,
+        max_volumes: int = 100,
         redis_binary: str | None = None,
         nats_nodes: int = 1,
         volume_servers: int = 1,
@@ -464,6 +465,7 @@ class LocalServers:
         self._redis_port = redis_port
         self._weed_ports = weed_ports or WeedPorts()
         self._volume_size_limit_mb = volume_size_limit_mb
+        self._max_volumes = max_volumes
         self._nats_nodes = nats_nodes
         self._volume_servers = volume_servers
         self._replication = _replication(volume_servers, replication)
@@ -557,7 +559,7 @@ class LocalServers:
             *(
                 (
                     # Each TTL grows its own 7 volumes: the default limit of 8 is spent by the second TTL.
-                    "-volume.max=100",
+                    f"-volume.max={self._max_volumes}",
                     # Default 10 s of heartbeat draining before the volume server stops.
                     "-volume.preStopSeconds=0",
                 )
@@ -600,7 +602,7 @@ class LocalServers:
                     f"-dir={d / name}",
                     # host:port.grpcPort: the master's gRPC port is not port+10000 here.
                     f"-mserver={HOST}:{master}.{master_grpc}",
-                    "-max=100",
+                    f"-max={self._max_volumes}",
                     "-preStopSeconds=0",
                 ],
                 # Its own folder, with its own security.toml, for the reason given for weed's below.
