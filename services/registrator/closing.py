@@ -73,7 +73,7 @@ class EventCloser:
                 self.book.sources[feed].events += 1
                 tally[(source_id, TOTAL_EVENTS)] += 1
                 self.life.log.info("event %s opened at %.1f s", event.id, event.start, extra={"source_id": source_id})
-        trackers = {pair: tracker.state_bytes(*pair) for pair in tracker.take_dirty()}
+        trackers = {pair: tracker.state_bytes(*pair) for pair in tracker.take_dirty(source_id)}
 
         async def fill(pipe: Pipeline) -> None:
             await self.queue_changes(pipe, changed, changed, trackers, tally)

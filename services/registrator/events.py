@@ -226,11 +226,11 @@ class EventTracker:
         """Nothing is held back here: results apply as they come."""
         return [], []
 
-    def take_dirty(self) -> set[tuple[str, str]]:
+    def take_dirty(self, source_id: str) -> set[tuple[str, str]]:
         """No state of its own beyond the open events."""
         return set()
 
-    def take_crossings(self) -> Counter[tuple[str, str, str, str]]:
+    def take_crossings(self, source_id: str) -> Counter[tuple[str, str, str, str]]:
         """No tracks, so no line crossings."""
         return Counter()
 

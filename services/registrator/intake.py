@@ -163,8 +163,8 @@ class Intake:
             event.saved_at = now
 
         # Taken once, outside the transaction: a retry after Redis came back writes the same.
-        trackers = {pair: self.tracker.state_bytes(*pair) for pair in self.tracker.take_dirty()}
-        for (source, line, label, direction), n in self.tracker.take_crossings().items():
+        trackers = {pair: self.tracker.state_bytes(*pair) for pair in self.tracker.take_dirty(source_id)}
+        for (source, line, label, direction), n in self.tracker.take_crossings(source_id).items():
             tally[(source, f"{TOTAL_LINE}{line}:{label}:{direction}")] += n
             self.metrics.crossings.labels(source_id=source, line=line, label=label, direction=direction).inc(n)
 

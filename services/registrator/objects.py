@@ -36,7 +36,7 @@ from services.registrator.events import EventRules, OpenEvent
 from services.registrator.settings import RegistratorSettings
 from services.registrator.tracking import SourceTracker, TrackedFrame, TrackerSettings, TrackerStateError
 from services.registrator.zones import SourceGeometry, centre
-from shared.contracts import BBox, Classification, Detection, EventClose, EventState, FrameRef, InferenceResult
+from shared.contracts import BBox, Classification, Detection, EventClose, EventState, FrameRef, InferenceResult, split_feed
 
 EventKey = tuple[str, str, str]  # (feed, model, "#<track id>"): one open event per track
 CropLabel = tuple[BBox, Classification]  # a box of a detection and a second model's best class for its crop
@@ -530,15 +530,21 @@ class ObjectEventTracker:
             raise ValueError(f"event {event.id} has no track id: it is a scene event (event_mode=scene)")
         self.open[self.key(event.feed, event.model, event.track_id)] = event
 
-    def take_dirty(self) -> set[tuple[str, str]]:
-        """The (feed, model) pairs whose state changed since the last call: save `state_bytes` of each."""
-        dirty, self._dirty = self._dirty, set()
-        return {pair for pair in dirty if pair in self.trackers}
+    def take_dirty(self, source_id: str) -> set[tuple[str, str]]:
+        """The source's (feed, model) pairs whose state changed since the last call: save `state_bytes` of each in
+        that source's own transaction. Another source's state written there would pass the wrong lease's fence: if
+        that source was moving, its tracker would be saved with results whose window was not, and the next holder
+        would take their redelivery for a repeat and drop their sightings."""
+        mine = {pair for pair in self._dirty if split_feed(pair[0])[0] == source_id}
+        self._dirty -= mine
+        return {pair for pair in mine if pair in self.trackers}
 
-    def take_crossings(self) -> Counter[tuple[str, str, str, str]]:
-        """Line crossings since the last call: (source id, line, label, "in" or "out") -> count."""
-        crossings, self._crossings = self._crossings, Counter()
-        return crossings
+    def take_crossings(self, source_id: str) -> Counter[tuple[str, str, str, str]]:
+        """The source's line crossings since the last call: (source id, line, label, "in" or "out") -> count."""
+        mine = Counter({key: n for key, n in self._crossings.items() if key[0] == source_id})
+        for key in mine:
+            del self._crossings[key]
+        return mine
 
     def state_bytes(self, feed: str, model: str) -> bytes:
         tracker = self._tracker((feed, model))

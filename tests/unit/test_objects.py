@@ -110,11 +110,11 @@ def test_zones_entered_and_lines_crossed() -> None:
     changed, _ = feed(tracker, walk(right_walker, frames=60))
     (event,) = changed
     assert event.zones == ["left"] and event.record().zones == ["left"]
-    assert tracker.take_crossings() == {("cam0", "middle", "person", "in"): 1}
-    assert tracker.take_crossings() == {}  # taken
+    assert tracker.take_crossings("cam0") == {("cam0", "middle", "person", "in"): 1}
+    assert tracker.take_crossings("cam0") == {}  # taken
     back = ObjectEventTracker(rules(geometry=GEOMETRY))
     feed(back, walk(Walker(gt=1, x=500, y=150, w=50, h=120, dx=-8), frames=60))
-    assert back.take_crossings() == {("cam0", "middle", "person", "out"): 1}
+    assert back.take_crossings("cam0") == {("cam0", "middle", "person", "out"): 1}
 
 
 def test_a_required_zone_admits_only_objects_that_enter_it() -> None:
@@ -204,11 +204,11 @@ def test_state_saved_mid_sequence_gives_the_same_events_after_a_restart() -> Non
 
     whole = ObjectEventTracker(settings)
     expected = finish(whole, results)
-    crossings = whole.take_crossings()
+    crossings = whole.take_crossings("cam0")
 
     before = ObjectEventTracker(settings)
     feed(before, results[:25])
-    assert before.take_dirty() == {("cam0", "ssd")} and before.take_dirty() == set()  # what to save, once
+    assert before.take_dirty("cam0") == {("cam0", "ssd")} and before.take_dirty("cam0") == set()  # what to save, once
     saved = before.state_bytes("cam0", "ssd")
     open_events = list(before.open.values())
     assert open_events and all(e.track_id is not None for e in open_events)
@@ -219,7 +219,7 @@ def test_state_saved_mid_sequence_gives_the_same_events_after_a_restart() -> Non
     got = finish(after, results[25:])
     ignore = {"id", "updated_at", "start_wall"}
     assert [e.model_dump(exclude=ignore) for e in got] == [e.model_dump(exclude=ignore) for e in expected]
-    assert before.take_crossings() + after.take_crossings() == crossings
+    assert before.take_crossings("cam0") + after.take_crossings("cam0") == crossings
 
 
 def test_records_of_scene_events_keep_the_defaults() -> None:
@@ -274,7 +274,7 @@ def test_the_saved_state_stays_small_on_a_long_run() -> None:
 def test_the_scene_tracker_has_the_same_surface() -> None:
     scene_tracker = EventTracker(EVENTS)
     assert scene_tracker.flush("cam0", "ssd") == ([], [])
-    assert scene_tracker.take_dirty() == set() and scene_tracker.take_crossings() == {}
+    assert scene_tracker.take_dirty("cam0") == set() and scene_tracker.take_crossings("cam0") == {}
     event = OpenEvent(id="cam0-1", source_id="cam0", model="ssd", label="person", start=0, end=1, start_wall=0)
     scene_tracker.adopt(event)
     assert scene_tracker.open == {("cam0", "ssd", "person"): event}
@@ -314,3 +314,15 @@ def test_crowds_give_an_event_per_person_within_the_measured_bounds() -> None:
     assert stitched.fragments <= 4 and stitched.merged <= 7, stitched
     assert unstitched.fragments <= 6 and unstitched.merged <= 4, unstitched
     assert stitched.fragments < unstitched.fragments  # what stitching is for
+
+
+def test_a_source_saves_only_its_own_tracker_state_and_crossings() -> None:
+    """Each source's state is written in its own transaction, under its own lease: a batch of cam0 must not take
+    cam1's tracker (cam1 may be moving, and its results' windows be written only in its own transaction)."""
+    tracker = ObjectEventTracker(rules())
+    for seq in range(3):
+        for source in ("cam0", "cam1"):
+            tracker.observe(result(seq, [detection((100, 100, 160, 250))], source=source))
+    assert tracker.take_dirty("cam0") == {("cam0", "ssd")}
+    assert tracker.take_dirty("cam0") == set()
+    assert tracker.take_dirty("cam1") == {("cam1", "ssd")}
