@@ -61,16 +61,7 @@ async def prepare(servers: ServerSet) -> tuple[VigilSettings, Bus, Redis]:
     redis = redis_client(servers.env())
     for model in MODELS:
         await bus.ensure_stream(task_stream(settings, model, f"{model}Inference", max_age=60, cap=100_000))
-        hb = Heartbeat(
-            model=model,
-            kind=ModelKind.DETECTION,
-            subject=f"{model}Inference",
-            instance="bench",
-            started_at=time.time(),
-            processed=0,
-            in_flight=0,
-            fps=0,
-        )
+        hb = Heartbeat.idle(model, ModelKind.DETECTION, f"{model}Inference", "bench")
         await redis.set(RedisKeys(settings).heartbeat(model, "bench"), hb.to_bytes(), ex=600)
     return settings, bus, redis
 

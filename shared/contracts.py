@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import time
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -349,6 +350,13 @@ class Heartbeat(Contract):
     processed: int = Field(ge=0)
     in_flight: int = Field(ge=0)
     fps: float = Field(ge=0)
+
+    @classmethod
+    def idle(cls, model: str, kind: ModelKind, subject: str, instance: str) -> Heartbeat:
+        """A worker that has just started: nothing processed, nothing in hand (what tests and benchmarks declare)."""
+        return cls(
+            model=model, kind=kind, subject=subject, instance=instance, started_at=time.time(), processed=0, in_flight=0, fps=0
+        )
 
 
 class EventState(str, enum.Enum):

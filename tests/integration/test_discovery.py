@@ -15,16 +15,7 @@ async def test_each_instance_has_its_own_key_that_expires(redis: Redis, make_set
     keys = RedisKeys(settings)
 
     def beat(instance: str) -> HeartbeatPublisher:
-        hb = Heartbeat(
-            model="ssd",
-            kind=ModelKind.DETECTION,
-            subject="DetectionInference",
-            instance=instance,
-            started_at=time.time(),
-            processed=0,
-            in_flight=0,
-            fps=0,
-        )
+        hb = Heartbeat.idle("ssd", ModelKind.DETECTION, "DetectionInference", instance)
         return HeartbeatPublisher(redis, keys, 2, lambda: hb)
 
     a, b = beat("a"), beat("b")

@@ -28,16 +28,7 @@ async def test_router_routes_every_frame_to_each_live_model_and_summarises(
     await bus.ensure_stream(results_stream(settings))
     tasks = task_stream(settings, "m1", "M1Inference", max_age=30, cap=100)
     await bus.ensure_stream(tasks)
-    hb = Heartbeat(
-        model="m1",
-        kind=ModelKind.DETECTION,
-        subject="M1Inference",
-        instance="w1",
-        started_at=time.time(),
-        processed=0,
-        in_flight=0,
-        fps=0,
-    )
+    hb = Heartbeat.idle("m1", ModelKind.DETECTION, "M1Inference", "w1")
     await redis.set(keys.heartbeat("m1", "w1"), hb.to_bytes(), ex=10)
     summaries = await bus.nc.subscribe(bus.subjects.routed("cam0"))
 

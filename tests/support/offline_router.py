@@ -4,7 +4,6 @@ memory (RoutedCounts keeps them in Redis, once per frame; tests/integration cove
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
@@ -45,16 +44,7 @@ class MemoryCounts:
 
 
 def heartbeat(model: str, kind: ModelKind = ModelKind.DETECTION) -> Heartbeat:
-    return Heartbeat(
-        model=model,
-        kind=kind,
-        subject=f"{model.capitalize()}Inference",
-        instance="w",
-        started_at=time.time(),
-        processed=0,
-        in_flight=0,
-        fps=0,
-    )
+    return Heartbeat.idle(model, kind, f"{model.capitalize()}Inference", "w")
 
 
 @asynccontextmanager
