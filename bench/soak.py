@@ -8,15 +8,17 @@ minutes, so 2 min for 1m; with the default 64 MB volumes the first would go afte
 
 Series: RSS of every service and server, Redis `used_memory`, and the SeaweedFS data folder split into the
 frames' TTL volumes (which must cycle) and the rest (proof clips and key frames, kept with no TTL by design,
-and the filer's metadata). Slopes are least squares over the whole run and over its second half.
+and the filer's metadata). Slopes are least squares over the whole run and over its judged span (below).
 
 The run fails (exit 1) when a service exits, or when a gated series (services' RSS, Redis used_memory, the
-frames' disk) grows over the second half faster than its threshold (THRESHOLDS in MB/min, and by at least
-MIN_GROWTH_MB over the half) both by least squares and by its floor (the lowest sample of the last quarter
-against that of the third): RSS that jumps while a clip is made and falls back moves a short run's
-least-squares slope, not its floor. Servers' RSS is reported only. The frames' disk is gated only when its TTL
-volumes first cycled before the second half began (a 3-minute run reports it but cannot gate it: they first
-cycle after about 2 minutes).
+frames' disk) grows over the judged span faster than its threshold (THRESHOLDS in MB/min, and by at least
+MIN_GROWTH_MB over the span) both by least squares and by its floor (the lowest sample of the span's second half
+against that of its first): RSS that jumps while a clip is made and falls back moves a short run's
+least-squares slope, not its floor. The judged span is the second half of the run, or, when a registrator is
+killed, what follows TAKEOVER_SETTLE seconds after the kill: the survivor then holds 4 times the sources, and
+its memory steps up once to hold them (a step is no slope; growth after it is). Servers' RSS is reported only.
+The frames' disk is gated only when its TTL volumes first cycled before the judged span began (a 3-minute run
+reports it but cannot gate it: they first cycle after about 2 minutes).
 
 Results: bench/results/soak.json, or soak_short.json for runs under SHORT_RUN seconds (CI's 3 minutes), so a
 short run never overwrites a long run's figures.
@@ -24,9 +26,13 @@ short run never overwrites a long run's figures.
 `--sources N --registrators R --kill-registrator` is issue 17's soak: N copies of the video, each its own camera
 (10 fps), shared by R registrator replicas, one of which (started beside the fleet, so that its death does not
 end the run) is killed with SIGKILL half-way; detection sees at most DETECT_FPS frames per second of each source
-and classification one frame in CLASSIFY_EVERY, so that 2 cores keep up with 8 cameras. At the end every event
-must be FINISHED once: none ERROR, none still DONE, no two of one source, run and label overlapping in time
-(a doubled occurrence). Results: soak_sources.json (soak_sources_short.json under SHORT_RUN).
+and classification one frame in CLASSIFY_EVERY, so that 2 cores keep up with 8 cameras. Retention is on, as in
+production, with a disk budget (PROOF_BUDGET_GB) that 8 cameras' proofs reach within minutes: over a camera's months
+the records and proofs are bounded by retention, and so they are here, so a rising Redis is the registrator's own
+state. Every event is read every sample into a ledger (retention removes the oldest), and at the end every event
+must have been FINISHED once: none ERROR, none still DONE, no two of one source, run and label overlapping in time
+(a doubled occurrence). The saved registrator sessions' bytes (MEMORY USAGE) are a series of their own.
+Results: soak_sources.json (soak_sources_short.json under SHORT_RUN).
 """
 
 from __future__ import annotations
@@ -75,6 +81,13 @@ VOLUME_MB_MANY = 32
 # after 21 minutes, and every upload failed from then on.
 MAX_VOLUMES_MANY = 400
 DETECT_FPS, CLASSIFY_EVERY, TAKE_FPS = 2.0, 10, 2.0
+# 8 cameras' proofs take about 100 MB a minute, so retention by disk budget starts after about 5 minutes, well
+# before the kill, and sweeps every RETENTION_EVERY seconds from then on.
+PROOF_BUDGET_GB, RETENTION_EVERY = 0.5, 15
+# After a kill the survivor takes the victim's sources within the lease (10 s), reads back their frames, and fills
+# their frame buffers (ttl_bucket, 2 minutes), trackers and segment caches: the last soak's survivor stepped from
+# 264 to about 350 MB over the 5 minutes after the kill, flat before and after.
+TAKEOVER_SETTLE = 300.0
 SHORT_RUN = 900.0
 SETTINGS = {
     "video_source": str(VIDEO),
@@ -87,13 +100,15 @@ SETTINGS = {
     # still exist when it is routed again.
     "frames_ack_wait": "10",
 }
-# Second-half slopes (MB/min) that fail the run. A Python service's RSS wanders by a few MB as its heaps and
+# Slopes over the judged span (MB/min) that fail the run. A Python service's RSS wanders by a few MB as its heaps and
 # caches settle; a leak of 1 KB a frame at 10 fps is 0.6 MB/min, a frame's JPEG kept (~60 KB) 35 MB/min.
 THRESHOLDS = {"rss": 2.0, "redis": 1.0, "frames_disk": 5.0}
-# ...and the least growth over the second half that fails it: one late step of an allocator (ONNX Runtime's
+# ...and the least growth over the judged span that fails it: one late step of an allocator (ONNX Runtime's
 # arena meeting its first full batch) is no leak, but in a short run it alone makes a steep slope. In a
 # 30-minute run the slopes above decide; in CI's 3 minutes, 20 MB over 90 s (13 MB/min) does.
 MIN_GROWTH_MB = {"rss": 20.0, "redis": 5.0, "frames_disk": 20.0}
+# Issue 17's goal for 8 cameras together, by least squares over the judged span: Redis must not grow with time.
+REDIS_GOAL_MANY = 0.1
 
 
 @dataclass
@@ -102,20 +117,18 @@ class Series:
     kind: str  # a key of THRESHOLDS, or "" for series only reported
     points: list[tuple[float, float]] = field(default_factory=list)  # (minutes since start, MB)
 
-    def slopes(self) -> tuple[float, float]:
-        return slope_mb_per_min(self.points), slope_mb_per_min(self.since(0.5))
+    def slopes(self, judged_from: float) -> tuple[float, float]:
+        """Least-squares slopes over the whole run and over the judged span (from `judged_from` minutes)."""
+        return slope_mb_per_min(self.points), slope_mb_per_min([p for p in self.points if p[0] >= judged_from])
 
-    def since(self, fraction: float) -> list[tuple[float, float]]:
-        end = self.points[-1][0]
-        return [p for p in self.points if p[0] >= fraction * end]
-
-    def floor_slope(self) -> float:
-        """How fast the floor rises over the second half: the lowest sample of its second half minus that of its
+    def floor_slope(self, judged_from: float) -> float:
+        """How fast the floor rises over the judged span: the lowest sample of its second half minus that of its
         first, over the time between them. Spikes (a clip being made) move the least-squares slope, not this."""
         end = self.points[-1][0]
-        third = [mb for t, mb in self.points if end / 2 <= t < 3 * end / 4]
-        fourth = [mb for t, mb in self.points if t >= 3 * end / 4]
-        return (min(fourth) - min(third)) / (end / 4) if third and fourth and end else 0.0
+        middle = (judged_from + end) / 2
+        first = [mb for t, mb in self.points if judged_from <= t < middle]
+        second = [mb for t, mb in self.points if t >= middle]
+        return (min(second) - min(first)) / (end - middle) if first and second and end > middle else 0.0
 
 
 def ttl_volume_ids(volume_url: str, context: ssl.SSLContext) -> set[int]:
@@ -154,7 +167,10 @@ async def sample(
         # Servers' RSS is reported, not gated: Go heaps grow to their GC target, and the results stream is kept
         # for 24 h by design, so nats-server's index grows with it.
         add(f"RSS {name}", "" if is_server(name) else "rss", rss)
-    add("Redis used_memory", "redis", (await redis.info("memory"))["used_memory"] / MB)
+    memory = await redis.info("memory")
+    add("Redis used_memory", "redis", memory["used_memory"] / MB)
+    add("Redis used_memory_dataset", "", memory["used_memory_dataset"] / MB)
+    add("Redis, registrator sessions", "redis", await sessions_mb(redis))
     ids = await asyncio.to_thread(ttl_volume_ids, servers.servers.volume_url, servers.servers.ssl_context())
     total = await asyncio.to_thread(folder_mb, weed_dir)
     frames = await asyncio.to_thread(volume_files_mb, weed_dir, ids)
@@ -164,6 +180,28 @@ async def sample(
     cycled = bool(seen_ttl - ids)
     seen_ttl |= ids
     return cycled
+
+
+async def sessions_mb(redis: Redis) -> float:
+    """What the registrators' saved sessions take in Redis (MEMORY USAGE of every session hash): their own state,
+    apart from the event records that retention bounds."""
+    prefix = RedisKeys(VigilSettings()).registrator_session_prefix
+    total = 0
+    async for key in redis.scan_iter(match=f"{prefix}*", count=200):
+        total += await redis.memory_usage(key) or 0
+    return total / MB
+
+
+async def redis_breakdown(redis: Redis) -> dict[str, float]:
+    """Redis at the end, in MB: every key family's MEMORY USAGE (a key with its ids blanked), and INFO's split of
+    used_memory into the data and the server's own overhead, so that a growth can be put on its owner."""
+    families: Counter[str] = Counter()
+    async for key in redis.scan_iter(count=500):
+        name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+        families[":".join(name.split(":")[:3])] += await redis.memory_usage(key) or 0
+    info = await redis.info("memory")
+    split = {"(used_memory_dataset)": info["used_memory_dataset"], "(used_memory_overhead)": info["used_memory_overhead"]}
+    return {k: round(v / MB, 3) for k, v in (split | dict(families.most_common(12))).items()}
 
 
 @dataclass(frozen=True)
@@ -195,7 +233,8 @@ class Shape:
         rest = {k: v for k, v in SETTINGS.items() if not k.startswith("video_") and k != "source_id"}
         # 2m, not 1m: an event whose registrator is killed is finished by the other after the lease runs out, and
         # its first frames must still be there (1m leaves 6 s beyond max_event_duration, rolls and margin).
-        return rest | {"sources": json.dumps(cameras), "routing_rules": json.dumps(rules), "ttl_bucket": "2m"}
+        retention = {"event_storage_max_gb": str(PROOF_BUDGET_GB), "retention_interval": str(RETENTION_EVERY)}
+        return rest | retention | {"sources": json.dumps(cameras), "routing_rules": json.dumps(rules), "ttl_bucket": "2m"}
 
 
 def overlaps(events: list[Event]) -> list[tuple[str, str]]:
@@ -258,6 +297,8 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
         cycled_at: float | None = None
         seen_ttl: set[int] = set()
         victim, killed_at = None, None
+        store = EventStore(redis, RedisKeys(VigilSettings()))
+        ledger: dict[str, Event] = {}  # every event ever seen, in its latest state: retention removes the oldest
         try:
             while not any(p.service == "reader" for p in fleet.procs):  # the clock starts with the source
                 if run.done():
@@ -277,15 +318,19 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
                     killed_at = elapsed
                 if await sample(series, processes, redis, servers, data / "servers" / "weed", elapsed / 60, seen_ttl):
                     cycled_at = elapsed if cycled_at is None else cycled_at
+                ledger |= {e.id: e for e in await store.all()}
                 await asyncio.sleep(max(0.0, SAMPLE_EVERY - (time.monotonic() - started - elapsed)))
             # run_fleet returns early only when a service died.
             exited = [p.name for p in fleet.procs if p.process.returncode is not None] or (["(fleet)"] if run.done() else [])
             logs = exit_logs(fleet)  # before the fleet is stopped, when every exit is an error
             drops = await reader_drops(fleet)
+            redis_at_end = await redis_breakdown(redis)
             stop.set()
             stopped_at = time.time()
             report = await run
-            events = await EventStore(redis, RedisKeys(VigilSettings())).all()
+            kept = await store.all()
+            ledger |= {e.id: e for e in kept}
+            events = list(ledger.values())
         except RuntimeError as exc:  # a service died during start-up
             raise RuntimeError(f"{exc}\n{exit_logs(fleet)}") from exc
         finally:
@@ -307,28 +352,40 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
         "results": dict(progress.results),
         "error_results": dict(progress.errors),
         "events": len(report.events),
+        "events_seen": len(events),
+        "events_kept": len(kept),
         "states": {state.value: sum(e.state is state for e in events) for state in EventState},
         # Closed in the last minute: its proofs were being cut when the fleet stopped, which is no failure.
         "unfinished": [e.id for e in events if e.state is EventState.DONE and e.updated_at < stopped_at - 60],
         "doubled": overlaps(events),
         "error_reasons": error_reasons(events),
         "reader_drops": drops,
+        "redis_at_end": redis_at_end,
         "killed_registrator_at_s": killed_at,
     }
 
 
-def verdicts(series: dict[str, Series], duration: float, cycled_at: float | None) -> list[dict[str, Any]]:
+def judged_from(duration: float, killed_at: float | None) -> float:
+    """Seconds into the run from which growth is judged: the second half, or the settled run after a kill when that
+    leaves at least a quarter of the run (a short run cannot wait for the takeover to settle)."""
+    if killed_at is not None and duration - (killed_at + TAKEOVER_SETTLE) >= duration / 4:
+        return killed_at + TAKEOVER_SETTLE
+    return duration / 2
+
+
+def verdicts(series: dict[str, Series], start: float, cycled_at: float | None) -> list[dict[str, Any]]:
+    """Each series' slopes and whether it grew, judged from `start` seconds into the run."""
     out = []
     for s in series.values():
-        whole, half = s.slopes()
+        whole, half = s.slopes(start / 60)
         gated = bool(s.kind)
         note = ""
-        if s.kind == "frames_disk" and (cycled_at is None or cycled_at > duration / 2):
+        if s.kind == "frames_disk" and (cycled_at is None or cycled_at > start):
             gated = False
-            note = "TTLs had not cycled by the second half" if cycled_at is None else f"TTLs first cycled at {cycled_at:.0f} s"
-        half_minutes = s.points[-1][0] / 2
-        limit = max(THRESHOLDS[s.kind], MIN_GROWTH_MB[s.kind] / half_minutes) if s.kind and half_minutes else None
-        floor = s.floor_slope()
+            note = "TTLs had not cycled by the judged span" if cycled_at is None else f"TTLs first cycled at {cycled_at:.0f} s"
+        span_minutes = s.points[-1][0] - start / 60
+        limit = max(THRESHOLDS[s.kind], MIN_GROWTH_MB[s.kind] / span_minutes) if s.kind and span_minutes > 0 else None
+        floor = s.floor_slope(start / 60)
         grew = gated and limit is not None and half > limit and floor > limit
         out.append(
             {
@@ -337,8 +394,8 @@ def verdicts(series: dict[str, Series], duration: float, cycled_at: float | None
                 "end_mb": s.points[-1][1],
                 "max_mb": max(mb for _, mb in s.points),
                 "slope_whole_mb_per_min": whole,
-                "slope_second_half_mb_per_min": half,
-                "floor_slope_second_half_mb_per_min": floor,
+                "slope_judged_mb_per_min": half,
+                "floor_slope_judged_mb_per_min": floor,
                 "threshold_mb_per_min": limit if gated else None,
                 "grew": grew,
                 "note": note,
@@ -350,20 +407,22 @@ def verdicts(series: dict[str, Series], duration: float, cycled_at: float | None
 async def main(duration: float, echo: bool, shape: Shape = Shape(), log_path: Path | None = None) -> int:
     got = await soak(duration, echo, shape, log_path)
     series: dict[str, Series] = got["series"]
-    rows = verdicts(series, duration, got["cycled_at"])
+    start = judged_from(duration, got["killed_registrator_at_s"])
+    rows = verdicts(series, start, got["cycled_at"])
     order = sorted(rows, key=lambda r: (r["series"].startswith("RSS") and is_server(r["series"][4:]), r["series"]))
     print_table(
         f"fleet soak, {VIDEO.name} looped at 10 fps as {shape.sources} source(s), {shape.registrators} registrator(s)"
         f"{', one killed half-way' if shape.kill_registrator else ''}, for {duration:.0f} s, sampled every {SAMPLE_EVERY:.0f} s "
-        f"(ttl_bucket {shape.settings()['ttl_bucket']}, {shape.volume_mb} MB volumes); slopes by least squares",
+        f"(ttl_bucket {shape.settings()['ttl_bucket']}, {shape.volume_mb} MB volumes); slopes by least squares, "
+        f"judged from {start:.0f} s",
         [
             "series",
             "start MB",
             "end MB",
             "max MB",
             "slope whole MB/min",
-            "slope 2nd half MB/min",
-            "floor slope 2nd half",
+            "slope judged MB/min",
+            "floor slope judged",
             "fails above (both)",
             "verdict",
         ],
@@ -374,8 +433,8 @@ async def main(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
                 r["end_mb"],
                 r["max_mb"],
                 r["slope_whole_mb_per_min"],
-                r["slope_second_half_mb_per_min"],
-                r["floor_slope_second_half_mb_per_min"],
+                r["slope_judged_mb_per_min"],
+                r["floor_slope_judged_mb_per_min"],
                 "-" if r["threshold_mb_per_min"] is None else r["threshold_mb_per_min"],
                 "GROWS" if r["grew"] else (r["note"] or ("flat" if r["threshold_mb_per_min"] is not None else "reported")),
             ]
@@ -388,8 +447,12 @@ async def main(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
         f"{got['error_results'] or 0}, events {got['events']}; frames' TTL volumes first cycled at "
         f"{'-' if cycled is None else f'{cycled:.0f} s'}"
     )
-    print(f"events by state {got['states']}; doubled occurrences {len(got['doubled'])}")
+    print(
+        f"events by state {got['states']} ({got['events_seen']} seen over the run, {got['events_kept']} kept at the "
+        f"end); doubled occurrences {len(got['doubled'])}"
+    )
     print(f"frames the readers dropped, by reason: {got['reader_drops'] or 'none'}")
+    print(f"Redis at the end, MB by key family: {got['redis_at_end']}")
     for reason, count in got["error_reasons"].items():
         print(f"ERROR x{count}: {reason}")
     failures = [r["series"] for r in rows if r["grew"]]
@@ -399,6 +462,10 @@ async def main(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
             failures.append(f"events not FINISHED: {states}, {len(got['unfinished'])} closed over a minute before the end")
         if got["doubled"]:
             failures.append(f"{len(got['doubled'])} occurrence(s) recorded twice: {got['doubled'][:5]}")
+        redis_slope = next(r["slope_judged_mb_per_min"] for r in rows if r["series"] == "Redis used_memory")
+        print(f"Redis used_memory over the judged span: {redis_slope:.3f} MB/min (goal: under {REDIS_GOAL_MANY})")
+        if redis_slope >= REDIS_GOAL_MANY:
+            failures.append(f"Redis used_memory grows {redis_slope:.3f} MB/min (goal: under {REDIS_GOAL_MANY})")
     if got["exited"]:
         failures.append(f"services exited during the run: {', '.join(got['exited'])}")
         print(got["exit_logs"], file=sys.stderr)
@@ -417,10 +484,14 @@ async def main(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
             "sources": shape.sources,
             "registrators": shape.registrators,
             "killed_registrator_at_s": got["killed_registrator_at_s"],
+            "judged_from_s": start,
+            "events_seen": got["events_seen"],
+            "events_kept": got["events_kept"],
             "event_states": got["states"],
             "doubled": got["doubled"],
             "error_reasons": got["error_reasons"],
             "reader_drops": got["reader_drops"],
+            "redis_at_end": got["redis_at_end"],
             "thresholds_mb_per_min": THRESHOLDS,
             "min_growth_mb": MIN_GROWTH_MB,
             "ttl_first_cycled_s": cycled,
