@@ -1,5 +1,6 @@
 """The whole fleet end to end (real servers, one process per service, `run_fleet`) next to a bare sequential
-loop over the same frames with the same ONNX Runtime threads, in the same run.
+loop over the same frames, in the same run (ONNX Runtime threads: `--threads` per worker, `--bare-threads` in the
+bare loop; both default to ONNX Runtime's own choice).
 
 Cases: the sample video as fast as possible with both models on every frame; the same with classification on
 every 5th frame (router `routing_rules`); the reader paced at the file's 10 fps for --realtime-seconds (40)
@@ -83,6 +84,23 @@ FAST = [Case("both models, every frame", 1), Case("classification every 5th fram
 REALTIME = Case("real time (10 fps), both models", 1, realtime=True)
 MULTI = Case(f"{MULTI_SOURCES} sources at 10 fps, both models", 1, realtime=True, sources=MULTI_SOURCES)
 TIMED = [REALTIME, MULTI]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the cases run: ONNX Runtime threads per worker and in the bare loop (each at its own best; 0 lets ONNX
+    Runtime choose), the real-time cases' length, extra settings for every service (an A/B of one knob), and
+    which cases (all by default; a subset writes e2e_subset.json, so it never overwrites the full run's)."""
+
+    threads: int
+    bare_threads: int
+    realtime_seconds: float
+    echo: bool = False
+    settings: tuple[tuple[str, str], ...] = ()
+    only: tuple[str, ...] = ()  # parts of case names; empty: every case
+
+    def wants(self, case: Case) -> bool:
+        return not self.only or any(part in case.name for part in self.only)
 
 
 @dataclass
@@ -242,9 +260,10 @@ def source_settings(case: Case) -> dict[str, str]:
     return {"sources": json.dumps(sources)}
 
 
-async def fleet_case(case: Case, threads: int, realtime_seconds: float, echo: bool) -> dict[str, Any]:
+async def fleet_case(case: Case, plan: Plan) -> dict[str, Any]:
+    realtime_seconds, echo = plan.realtime_seconds, plan.echo
     detector, classifier = load_spec(DETECTOR).name, load_spec(CLASSIFIER).name
-    settings = source_settings(case) | {"intra_op_threads": str(threads)}
+    settings = source_settings(case) | {"intra_op_threads": str(plan.threads)} | dict(plan.settings)
     load_before = os.getloadavg()[0]
     if case.every_nth > 1:
         settings["routing_rules"] = json.dumps({classifier: {"every_nth": case.every_nth}})
@@ -343,7 +362,7 @@ def video_frames() -> Any:
 
 
 def bare_loop(every_nth: int, threads: int) -> dict[str, Any]:
-    # Session options as the workers': same intra-op threads, no spinning (WorkerSettings.ort_allow_spinning).
+    # Session options as the workers' (no spinning: WorkerSettings.ort_allow_spinning); threads: the plan's bare_threads.
     ssd = load_model(DETECTOR, intra_op_threads=threads, allow_spinning=False)
     eff = load_model(CLASSIFIER, intra_op_threads=threads, allow_spinning=False)
     warm = decode_jpeg(encode_jpeg(next(video_frames()).to_ndarray(format="bgr24"), JPEG_QUALITY))
@@ -404,11 +423,11 @@ def goal(name: str, case: str, value: float, target: float, higher_is_better: bo
 Runs = dict[Case, dict[str, list[dict[str, Any]]]]  # case -> "fleet" / "bare" -> one dict per repeat
 
 
-async def collect_once(runs: Runs, i: int, repeats: int, threads: int, realtime_seconds: float, echo: bool) -> None:
+async def collect_once(runs: Runs, i: int, repeats: int, plan: Plan) -> None:
     """One run of every case, added to `runs`. Fleet and bare loop alternate so that machine noise hits both alike."""
-    for case in FAST:
-        fleet = await fleet_case(case, threads, realtime_seconds, echo)
-        bare = await asyncio.to_thread(bare_loop, case.every_nth, threads)
+    for case in filter(plan.wants, FAST):
+        fleet = await fleet_case(case, plan)
+        bare = await asyncio.to_thread(bare_loop, case.every_nth, plan.bare_threads)
         bare["load_average_1m"] = os.getloadavg()[0]
         fleet["ratio"] = fleet["fps"] / bare["fps"]
         runs[case]["fleet"].append(fleet)
@@ -418,8 +437,8 @@ async def collect_once(runs: Runs, i: int, repeats: int, threads: int, realtime_
             f"frames/s, ratio {fleet['ratio']:.2f}, p99 {fleet['latency_ms']['p99']:.0f} ms",
             flush=True,
         )
-    for case in TIMED:
-        rt = await fleet_case(case, threads, realtime_seconds, echo)
+    for case in filter(plan.wants, TIMED):
+        rt = await fleet_case(case, plan)
         runs[case]["fleet"].append(rt)
         print(
             f"run {i + 1}/{repeats}, {case.name}: {rt['frames']} frames, p99 {rt['latency_ms']['p99']:.0f} ms, "
@@ -457,7 +476,7 @@ def case_goals(case: Case, s: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def print_cases(summaries: dict[Case, dict[str, Any]], threads: int, repeats: int) -> None:
+def print_cases(summaries: dict[Case, dict[str, Any]], plan: Plan, repeats: int) -> None:
     rows = []
     for case, s in summaries.items():
         lat = s["latency_ms"]
@@ -480,7 +499,8 @@ def print_cases(summaries: dict[Case, dict[str, Any]], threads: int, repeats: in
         )
     print_table(
         f"fleet end to end on {VIDEO.name} (795 frames, 768x576, 10 fps) vs bare loop, ONNX Runtime intra-op threads "
-        f"{threads} (0: its choice) per worker and in the bare loop; medians of {repeats} run(s)",
+        f"{plan.threads} per worker and {plan.bare_threads} in the bare loop (0: its choice)"
+        f"{''.join(f', {k}={v}' for k, v in plan.settings)}; medians of {repeats} run(s)",
         [
             "case",
             "frames done",
@@ -549,18 +569,20 @@ def print_latency_parts(runs: Runs) -> None:
         print(f"where the latency goes (p50/p99 ms), {case.name}: {text}")
 
 
-async def main(repeats: int, threads: int, realtime_seconds: float, echo: bool) -> None:
-    runs: Runs = {c: {"fleet": [], "bare": []} for c in [*FAST, *TIMED]}
+async def main(repeats: int, plan: Plan) -> None:
+    runs: Runs = {c: {"fleet": [], "bare": []} for c in [*FAST, *TIMED] if plan.wants(c)}
+    if not runs:
+        raise SystemExit(f"no case matches {list(plan.only)}: the cases are {[c.name for c in [*FAST, *TIMED]]}")
     for i in range(repeats):
-        await collect_once(runs, i, repeats, threads, realtime_seconds, echo)
+        await collect_once(runs, i, repeats, plan)
         # Reported after every repeat: a long run stopped early still leaves its medians so far.
-        report(runs, i + 1, threads, realtime_seconds)
+        report(runs, i + 1, plan)
 
 
-def report(runs: Runs, repeats: int, threads: int, realtime_seconds: float) -> None:
+def report(runs: Runs, repeats: int, plan: Plan) -> None:
     summaries = {case: summary(case, got["fleet"], got["bare"]) for case, got in runs.items()}
     goals = [g for case, s in summaries.items() for g in case_goals(case, s)]
-    print_cases(summaries, threads, repeats)
+    print_cases(summaries, plan, repeats)
     print_processes(runs)
     print_latency_parts(runs)
     print_table(
@@ -590,12 +612,14 @@ def report(runs: Runs, repeats: int, threads: int, realtime_seconds: float) -> N
         for c, got in runs.items()
     ]
     write_result(
-        "e2e",
+        "e2e_subset" if plan.only else "e2e",
         {
             "video": VIDEO.name,
             "repeats": repeats,
-            "intra_op_threads": threads,
-            "realtime_seconds": realtime_seconds,
+            "intra_op_threads": plan.threads,
+            "bare_intra_op_threads": plan.bare_threads,
+            "settings": dict(plan.settings),
+            "realtime_seconds": plan.realtime_seconds,
             "goals": goals,
             "cases": cases,
         },
@@ -611,12 +635,23 @@ def cli() -> None:
         "--threads",
         type=int,
         default=WorkerSettings.model_fields["intra_op_threads"].default,
-        help="ONNX Runtime intra-op threads per worker and in the bare loop (default: the workers')",
+        help="ONNX Runtime intra-op threads per worker (default: the workers')",
     )
+    parser.add_argument(
+        "--bare-threads", type=int, default=0, help="ONNX Runtime intra-op threads in the bare loop (default 0: its choice)"
+    )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every service")
+    parser.add_argument("--case", action="append", default=[], help="run only the cases whose names contain this")
     parser.add_argument("--realtime-seconds", type=float, default=40.0, help="length of the real-time case")
     parser.add_argument("--echo", action="store_true", help="show the services' log lines")
     args = parser.parse_args()
-    asyncio.run(main(args.repeats, args.threads, args.realtime_seconds, args.echo))
+    pairs = [item.partition("=") for item in args.set]
+    if bad := [item for item, (_, eq, _) in zip(args.set, pairs, strict=True) if not eq]:
+        parser.error(f"--set takes KEY=VALUE, not {bad}")
+    plan = Plan(
+        args.threads, args.bare_threads, args.realtime_seconds, args.echo, tuple((k, v) for k, _, v in pairs), tuple(args.case)
+    )
+    asyncio.run(main(args.repeats, plan))
 
 
 if __name__ == "__main__":
