@@ -19,7 +19,11 @@ class WorkerSettings(TaskQueueSettings):
     model_dir: Path = Field(description="the model's folder (model.onnx, labels.txt, model.yaml)")
     task_subject: str = Field(description="the subject of the model's tasks")
     batch_size: int = Field(default=1, ge=1, le=64, description="tasks fetched and inferred together")
-    intra_op_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 lets it choose")
+    # One thread each: a fleet scales a model by replicas (`make scale-workers`), and two workers that each took every
+    # core of a 2-core machine spent 10 % more CPU per frame on their pools' hand-offs (docs/performance.md).
+    intra_op_threads: int = Field(
+        default=1, ge=0, description="onnxruntime threads per worker; 0 lets it take every core (a worker alone on its machine)"
+    )
     ort_allow_spinning: bool = Field(default=False, description="let idle onnxruntime threads spin (faster only on idle cores)")
     providers: list[str] = Field(default_factory=list, description="onnxruntime providers in order; empty = best available")
     task_queue_cap: int = Field(default=1000, ge=1, description="most tasks queued for this model; the oldest go first")
@@ -46,6 +50,10 @@ class DetectionSettings(WorkerSettings):
     service_name: str = "detection"
     model_dir: Path = _role_default("model_dir", Path("models/ssd_mobilenet_v2_coco"))
     task_subject: str = _role_default("task_subject", "DetectionInference")
+    # The SSD's batch dimension is fixed, so a batch runs frame by frame; but when frames queue, one pull, one
+    # publish round trip and one thread hand-off serve 4 of them (docs/performance.md). An idle queue still
+    # answers each frame at once: a pull returns what is there.
+    batch_size: int = _role_default("batch_size", 4)
 
 
 class ClassificationSettings(WorkerSettings):

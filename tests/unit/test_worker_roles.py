@@ -20,7 +20,7 @@ def test_each_role_has_its_own_model_subject_and_batch() -> None:
         "detection",
         "ssd_mobilenet_v2_coco",
         "DetectionInference",
-        1,
+        4,  # a fixed batch of 1 in the model, but one pull and one publish for the frames that queue
     )
     assert (classification.service_name, classification.model_dir.name, classification.task_subject) == (
         "classification",
