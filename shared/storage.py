@@ -72,6 +72,9 @@ class RefusedDownload(Unfetchable):
 
 
 _CHUNK = 64 * 1024
+# Seconds between two readings of the master's topology (which volume servers exist): a volume server joins a
+# cluster long before it can die with frames that a client has not looked up yet.
+TOPOLOGY_EVERY = 30.0
 # A stream to a slow client may take long as a whole; only a silent server is an error.
 _STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
 
@@ -127,6 +130,12 @@ class SeaweedStorage:
         # while the master names it as holding that volume, asking again after named_host_seconds.
         self.named_host_seconds = named_host_seconds
         self._named: dict[tuple[str, str], float] = {}  # (host, volume) -> until when the master's answer holds
+        # Every volume server the master has named, for a volume or in its topology (read with the first lookup and
+        # again every TOPOLOGY_EVERY s): a URL naming one of them that the master names no more is a server that left
+        # (HostGone: the file is read from the volume's other servers), even for a volume this client never looked up
+        # while it was alive; a host the master never named stays foreign.
+        self._servers: set[str] = set()
+        self._topology_at = -float("inf")
         self.volume_lookups = 0
         self.replica_reads = 0  # files read from another volume server than their URL names (download)
         self.allowed_hosts = {_netloc(settings.volume_url), _netloc(settings.filer_url)} | {
@@ -193,20 +202,40 @@ class SeaweedStorage:
                 self._named[(named, volume)] = now + self.named_host_seconds
             if host in hosts:
                 return
-            if (host, volume) in self._named:  # kept, expired: the master named it once
-                raise HostGone(f"URL host {parts.netloc!r} held volume {volume} and the master names it no more")
+            if (host, volume) in self._named or host in self._servers:  # the master named it once
+                raise HostGone(
+                    f"URL host {parts.netloc!r} was a volume server and the master names it no more for volume {volume}"
+                )
         raise ForbiddenURL(f"URL host {parts.netloc!r} is not a configured SeaweedFS host, nor one the master names")
 
     async def _volume_hosts(self, volume: str) -> set[str]:
         """The hosts the master says hold a volume; none when it knows no such volume."""
         self.volume_lookups += 1
+        if time.monotonic() - self._topology_at >= TOPOLOGY_EVERY:
+            await self._read_topology()
         async with self.session.get(f"{self.master_url}/dir/lookup", params={"volumeId": volume}) as resp:
             if resp.status == 404:
                 return set()
             if resp.status != 200:
                 raise StorageError(f"volume lookup answered {resp.status}")
             doc: dict[str, Any] = await resp.json(content_type=None)
-        return {_netloc(loc[key]) for loc in doc.get("locations") or [] for key in ("url", "publicUrl") if loc.get(key)}
+        hosts = {_netloc(loc[key]) for loc in doc.get("locations") or [] for key in ("url", "publicUrl") if loc.get(key)}
+        self._servers |= hosts
+        return hosts
+
+    async def _read_topology(self) -> None:
+        """Every volume server the master knows now, remembered (see _servers). Best effort: without it a URL naming
+        a server that left is refused rather than read from a replica, as before."""
+        self._topology_at = time.monotonic()
+        try:
+            async with self.session.get(f"{self.master_url}/dir/status") as resp:
+                doc: dict[str, Any] = await resp.json(content_type=None) if resp.status == 200 else {}
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self.log.warning("could not read the SeaweedFS topology: %r", exc)
+            return
+        centres = (doc.get("Topology") or {}).get("DataCenters") or []
+        nodes = [node for centre in centres for rack in centre.get("Racks") or [] for node in rack.get("DataNodes") or []]
+        self._servers |= {_netloc(node[key]) for node in nodes for key in ("Url", "PublicUrl") if node.get(key)}
 
     async def _next_fid(self, ttl: str) -> _Fid:
         pool = self._pools.setdefault(ttl, _FidPool())

@@ -39,9 +39,23 @@ def replicated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         servers.stop()
 
 
-def _storage(servers: ServerSet, role: Role, tmp_path: Path, named_host_seconds: float = 60.0) -> SeaweedStorage:
-    """A storage client holding `role`'s SeaweedFS keys and nothing more (the reader none, a worker the read key)."""
+def _volume(url: str) -> str:
+    return urlsplit(url).path.lstrip("/").split(",", 1)[0]
+
+
+async def _dropped(storage: SeaweedStorage, volume: str, host: str) -> bool:
+    """Whether the master has dropped `host` from the volume's answer (the case where a URL naming it is judged)."""
+    return host not in await storage._volume_hosts(volume)
+
+
+def _storage(
+    servers: ServerSet, role: Role, tmp_path: Path, named_host_seconds: float = 60.0, volume_url: str | None = None
+) -> SeaweedStorage:
+    """A storage client holding `role`'s SeaweedFS keys and nothing more (the reader none, a worker the read key).
+    volume_url: instead of the first volume server's (the seed names the filer there: no volume server is configured)."""
     env = servers.env(storage_keys=storage_keys(role)) | {"startup_timeout": "20"}
+    if volume_url is not None:
+        env["volume_url"] = volume_url
     settings = settings_from(VigilSettings, env, TMP_PATH=tmp_path)
     return SeaweedStorage(settings, named_host_seconds=named_host_seconds)
 
@@ -50,12 +64,15 @@ async def test_frames_stay_readable_when_a_volume_server_is_killed(replicated: L
     servers = replicated.servers
     volume_servers = len(servers.volume_urls)
     assert volume_servers >= 2
-    # Two workers: one still trusts the volumes' hosts the master named when the server dies (a download finds it
-    # dead), one whose trust has lapsed (it asks the master again, which names the dead server no more).
+    # Three workers: one still trusts the volumes' hosts the master named when the server dies (a download finds it
+    # dead), one whose trust has lapsed (it asks the master again, which names the dead server no more), and one that
+    # read a single frame before the kill: it never asked where the other volumes live while the server was alive.
     async with (
         _storage(servers, Role.READER, tmp_path) as reader,
         _storage(servers, Role.WORKER, tmp_path) as worker,
         _storage(servers, Role.WORKER, tmp_path, named_host_seconds=0) as lapsed,
+        # No volume server configured: each one is trusted only as the master names it.
+        _storage(servers, Role.WORKER, tmp_path, volume_url=servers.filer_url) as newcomer,
     ):
         await reader.wait_ready()
         frames = {await reader.upload(f"frame {i}".encode(), ttl=TTL): f"frame {i}".encode() for i in range(FRAMES)}
@@ -71,6 +88,8 @@ async def test_frames_stay_readable_when_a_volume_server_is_killed(replicated: L
         for client in (worker, lapsed):
             assert all([await client.download(url) == data for url, data in frames.items()])
             assert client.replica_reads == 0
+        first = next(iter(frames))
+        assert await newcomer.download(first) == frames[first]
 
         # The volume server that the most frames' URLs name goes: every copy is on two servers, so with two the
         # holdings tie, and only a server the URLs name makes reads fall over.
@@ -92,6 +111,16 @@ async def test_frames_stay_readable_when_a_volume_server_is_killed(replicated: L
         for url, data in frames.items():
             assert await lapsed.download(url) == data, url
         assert lapsed.replica_reads == len(named_victim)
+        # Frames on volumes the newcomer never looked up, named by the dead server: it was in the master's topology
+        # when the newcomer first asked, so they are read from their replicas, not refused as a foreign host's.
+        seen_volume = _volume(first)
+        unseen = [url for url in named_victim if _volume(url) != seen_volume]
+        assert victim_host not in newcomer.allowed_hosts
+        assert unseen, "every frame of the dead server is on the one volume the newcomer knew: the test proves nothing"
+        await wait_until(lambda: _dropped(lapsed, _volume(unseen[0]), victim_host), 30, "the master to drop the server")
+        for url in unseen:
+            assert await newcomer.download(url) == frames[url], url
+        assert newcomer.replica_reads == len(unseen)
 
         async def uploads() -> bool:
             try:
