@@ -46,16 +46,19 @@ FPS = 10
 TRIAL_S, WARMUP_S = 40.0, 10.0
 P99_LIMIT_S = 1.0
 LADDER = [2, 4, 6, 8, 12, 16, 24, 32]
-POOL = 20  # distinct 720p frames, reused
+POOL = 20  # distinct 720p frames, reused; each source has its own copies (see frame_pools)
 WIDTH, HEIGHT = 1280, 720
 
 
-async def frame_pool(settings: VigilSettings) -> list[str]:
+async def frame_pools(settings: VigilSettings, sources: int) -> list[list[str]]:
+    """POOL frames for each source, each stored under its own URL. Sources sharing URLs at the same ticks would share
+    their proofs' segments (the segment cache keys them by frame URL and tick): one replica would encode them once for
+    all its sources, two replicas once each, and the benchmark would measure that cache, not the replicas."""
     cap = cv2.VideoCapture(str(ROOT / "video" / "vtest.mp4"))
-    images = [cv2.resize(cap.read()[1], (WIDTH, HEIGHT)) for _ in range(POOL)]
+    jpegs = [encode_jpeg(cv2.resize(cap.read()[1], (WIDTH, HEIGHT))) for _ in range(POOL)]
     cap.release()
     async with SeaweedStorage(settings) as storage:
-        return [await storage.upload(encode_jpeg(image), ttl="30m") for image in images]
+        return [[await storage.upload(jpeg, ttl="30m") for jpeg in jpegs] for _ in range(sources)]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -63,14 +66,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else 0.0
 
 
-async def feed(bus: Bus, sources: list[str], urls: list[str], stop: asyncio.Event, late: list[float]) -> None:
+async def feed(bus: Bus, sources: list[str], pools: list[list[str]], stop: asyncio.Event, late: list[float]) -> None:
     """Every source's frame and result for each tick, paced at FPS; `late` gets how far behind schedule each tick was."""
     det = Detection.on_image("person", 0, 0.9, BBox(x1=0.3, y1=0.2, x2=0.5, y2=0.9), WIDTH, HEIGHT)
     started, tick = time.monotonic(), 0
     while not stop.is_set():
         now = time.time()
         items = []
-        for source_id in sources:
+        for source_id, urls in zip(sources, pools, strict=False):
             ref = FrameRef(
                 source_id=source_id, seq=tick, pts=tick / FPS, wall_time=now, url=urls[tick % POOL], width=WIDTH, height=HEIGHT
             )
@@ -92,7 +95,7 @@ async def feed(bus: Bus, sources: list[str], urls: list[str], stop: asyncio.Even
             await asyncio.sleep(-behind)
 
 
-async def trial(servers: ServerSet, urls: list[str], replicas: int, n: int, replica_cpu: float | None) -> dict[str, Any]:
+async def trial(servers: ServerSet, pools: list[list[str]], replicas: int, n: int, replica_cpu: float | None) -> dict[str, Any]:
     prefix = f"s{secrets.token_hex(3)}"
     settings = VigilSettings(_env_file=None, **servers.env(), subject_prefix=prefix)  # type: ignore[arg-type]
     bus = Bus(settings, "bench", "bench", Metrics("bench"))
@@ -122,7 +125,7 @@ async def trial(servers: ServerSet, urls: list[str], replicas: int, n: int, repl
             for proc in procs:
                 proc.check_running()
             await asyncio.sleep(0.1)
-        feeder = asyncio.create_task(feed(bus, sources, urls, stop, late))
+        feeder = asyncio.create_task(feed(bus, sources, pools, stop, late))
         started = time.monotonic()
         # CPU from the start of feeding: the replicas' own (x264's threads included), and the machine's busy share.
         watched = [psutil.Process(proc.pid) for proc in procs]
@@ -194,11 +197,11 @@ async def main(ladder: list[int], replica_cpu: float | None) -> int:
         server_set = await asyncio.to_thread(servers.start)
         try:
             settings = VigilSettings(_env_file=None, **server_set.env())  # type: ignore[arg-type]
-            urls = await frame_pool(settings)
+            pools = await frame_pools(settings, max(ladder))
             for replicas in (1, 2):
                 best[replicas] = 0
                 for n in ladder:
-                    step = await trial(server_set, urls, replicas, n, replica_cpu)
+                    step = await trial(server_set, pools, replicas, n, replica_cpu)
                     steps.append(step)
                     if not step["held"]:
                         break
