@@ -153,6 +153,7 @@ async def sample(
     series: dict[str, Series],
     processes: FleetProcesses,
     redis: Redis,
+    keys: RedisKeys,
     servers: LocalServers,
     weed_dir: Path,
     minutes: float,
@@ -170,7 +171,7 @@ async def sample(
     memory = await redis.info("memory")
     add("Redis used_memory", "redis", memory["used_memory"] / MB)
     add("Redis used_memory_dataset", "", memory["used_memory_dataset"] / MB)
-    add("Redis, registrator sessions", "redis", await sessions_mb(redis))
+    add("Redis, registrator sessions", "redis", await sessions_mb(redis, keys))
     ids = await asyncio.to_thread(ttl_volume_ids, servers.servers.volume_url, servers.servers.ssl_context())
     total = await asyncio.to_thread(folder_mb, weed_dir)
     frames = await asyncio.to_thread(volume_files_mb, weed_dir, ids)
@@ -182,12 +183,11 @@ async def sample(
     return cycled
 
 
-async def sessions_mb(redis: Redis) -> float:
+async def sessions_mb(redis: Redis, keys: RedisKeys) -> float:
     """What the registrators' saved sessions take in Redis (MEMORY USAGE of every session hash): their own state,
     apart from the event records that retention bounds."""
-    prefix = RedisKeys(VigilSettings()).registrator_session_prefix
     total = 0
-    async for key in redis.scan_iter(match=f"{prefix}*", count=200):
+    async for key in redis.scan_iter(match=f"{keys.registrator_session_prefix}*", count=200):
         total += await redis.memory_usage(key) or 0
     return total / MB
 
@@ -297,7 +297,8 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
         cycled_at: float | None = None
         seen_ttl: set[int] = set()
         victim, killed_at = None, None
-        store = EventStore(redis, RedisKeys(VigilSettings()))
+        keys = RedisKeys(VigilSettings())
+        store = EventStore(redis, keys)
         ledger: dict[str, Event] = {}  # every event ever seen, in its latest state: retention removes the oldest
         try:
             while not any(p.service == "reader" for p in fleet.procs):  # the clock starts with the source
@@ -316,7 +317,7 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
                 if victim is not None and killed_at is None and elapsed >= duration / 2:
                     await victim.kill()
                     killed_at = elapsed
-                if await sample(series, processes, redis, servers, data / "servers" / "weed", elapsed / 60, seen_ttl):
+                if await sample(series, processes, redis, keys, servers, data / "servers" / "weed", elapsed / 60, seen_ttl):
                     cycled_at = elapsed if cycled_at is None else cycled_at
                 ledger |= {e.id: e for e in await store.all()}
                 await asyncio.sleep(max(0.0, SAMPLE_EVERY - (time.monotonic() - started - elapsed)))

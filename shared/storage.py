@@ -202,7 +202,7 @@ class SeaweedStorage:
                 self._named[(named, volume)] = now + self.named_host_seconds
             if host in hosts:
                 return
-            if (host, volume) in self._named or host in self._servers:  # the master named it once
+            if host in self._servers:  # the master named it once (every host in _named came from it too)
                 raise HostGone(
                     f"URL host {parts.netloc!r} was a volume server and the master names it no more for volume {volume}"
                 )
