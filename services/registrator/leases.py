@@ -6,9 +6,9 @@ from redis.asyncio import Redis
 
 from shared import leases
 from shared.keys import RedisKeys
-from shared.leases import LeaseLost, plan_moves, rendezvous_owner
+from shared.leases import LeaseLost, assign, plan_moves
 
-__all__ = ["LeaseLost", "SourceLeases", "plan_moves", "rendezvous_owner"]
+__all__ = ["LeaseLost", "SourceLeases", "assign", "plan_moves"]
 
 ROLE = "registrator"
 

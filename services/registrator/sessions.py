@@ -1,8 +1,8 @@
 """The session manager: which sources this replica holds, and their consumers.
 
 A replica holds a source only through its lease (`shared/leases.py`). Every third of the lease's TTL it
-heartbeats, renews what it holds (dropping what it lost), takes what rendezvous hashing gives it and gives up what
-hashing now gives another replica. Taking reads back what was saved (recovery) before the source's results and
+heartbeats, renews what it holds (dropping what it lost), takes what the assignment gives it and gives up what
+the assignment now gives another replica. Taking reads back what was saved (recovery) before the source's results and
 frames are consumed; giving up stops the consumers, lets the proofs finish and only then releases the lease, so the
 next holder reads back everything this one wrote. Each source's consumers run in the service's task group.
 """

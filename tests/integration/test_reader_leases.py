@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from services.reader.settings import ReaderSettings
 from shared.bus import Bus
 from shared.contracts import FrameRef, SourceState
 from shared.keys import RedisKeys
-from shared.leases import rendezvous_owner
+from shared.leases import assign
 from tests.integration.helpers import wait_for, wait_until
 from tests.integration.test_reader import read_stream
 from tests.support.settings import MakeSettings, settings_from
@@ -29,15 +30,11 @@ LEASE_TTL = 3.0
 
 
 def sources_split_between_replicas(per_replica: int) -> list[str]:
-    """Source ids that rendezvous hashing gives `per_replica` to each replica, so that both read and one kill moves."""
-    chosen: dict[str, list[str]] = {r: [] for r in REPLICAS}
-    for i in range(100):
-        source_id = f"cam{i}"
-        owner = rendezvous_owner(source_id, REPLICAS)
-        assert owner is not None
-        if len(chosen[owner]) < per_replica:
-            chosen[owner].append(source_id)
-    return sorted(s for shares in chosen.values() for s in shares)
+    """Sources the assignment gives `per_replica` to each replica (as it does any multiple of the replicas), so that
+    both read and one kill moves."""
+    sources = [f"cam{i}" for i in range(per_replica * len(REPLICAS))]
+    assert sorted(Counter(assign(sources, REPLICAS).values()).values()) == [per_replica] * len(REPLICAS)
+    return sources
 
 
 class FrameLog:
@@ -102,14 +99,14 @@ async def test_each_source_is_read_by_one_replica_and_a_killed_ones_move_within_
 
             async def split() -> bool:
                 held = await holders(redis, keys, sources)
-                return held == {s: rendezvous_owner(s, REPLICAS) for s in sources}
+                return held == assign(sources, REPLICAS)
 
             await wait_until(split, 60, "each replica holding its share")
             steady = time.monotonic()
             await wait_for(
                 lambda: all(any(t > steady for t, _ in log.frames.get(s, [])) for s in sources), 30, "frames of every source"
             )
-            of_a = sorted(s for s in sources if rendezvous_owner(s, REPLICAS) == "reader-a")
+            of_a = sorted(s for s, owner in assign(sources, REPLICAS).items() if owner == "reader-a")
             runs_before = {s: set(log.runs(s)) for s in sources}
             await a.kill()
             killed_at = time.monotonic()
