@@ -67,7 +67,7 @@ bench-router: install
 bench-registrator: install
 	$(PY) -m bench.registrator $(or $(REPEATS),3)
 
-# Issue 17: the most 10-fps sources one registrator replica keeps up with (p99 under 1 s), then two, in one run.
+# Issue 17: the most 10-fps sources one registrator replica keeps up with (results and proofs), then two, in one run.
 bench-registrator-scaling: install
 	$(PY) -m bench.registrator_scaling $(if $(LADDER),--ladder $(LADDER)) $(if $(REPLICA_CPU),--replica-cpu $(REPLICA_CPU))
 
