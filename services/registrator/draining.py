@@ -100,5 +100,9 @@ class Drainer:
         await self.bus.publish_core(self.bus.subjects.drained(source_id), drained)
         self.life.log.info("source drained: %d event(s), results %s", progress.events, results, extra={"source_id": source_id})
         self.book.forget_drained(feed, progress.ended_at)
+        # A copy of a result lives at most results_stream_max_age in RESULTS, and the last came within drain_timeout
+        # of the run's end: runs that ended longer ago than both need no end time to tell their copies.
+        horizon = time.time() - self.settings.results_stream_max_age - self.settings.drain_timeout
+        expired = self.book.expire_ended(source_id, horizon)
         with contextlib.suppress(Stopping):  # its saved state stays: the next start drains it again, and finds nothing left to do
-            await self.life.redis_must("drained source", lambda: self.state.forget_run(feed, list(results)))
+            await self.life.redis_must("drained source", lambda: self.state.forget_run(feed, list(results), expired))

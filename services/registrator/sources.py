@@ -117,3 +117,11 @@ class SourceBook:
             del self.last_result[key]
         self.drained_until[feed] = ended_at
         del self.sources[feed]
+
+    def expire_ended(self, source_id: str, before: float) -> list[str]:
+        """The source's drained runs that ended before `before`, forgotten: no copy of their results can come any
+        more, so their end times need not tell one apart (a camera reconnecting for months starts a run each time)."""
+        expired = [f for f, t in self.drained_until.items() if t < before and split_feed(f)[0] == source_id]
+        for feed in expired:
+            del self.drained_until[feed]
+        return expired

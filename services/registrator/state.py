@@ -9,7 +9,8 @@ whatever the number of sources, and forgetting a run is one HDEL. Its fields:
 - `summary:<feed>`: the run's routing summary;
 - `ended:<feed>`: the run ended, at this wall time (removed when it drains);
 - `ended-at:<feed>`: the wall time of the run's end, kept after the drain: it tells a late copy of a drained run's
-  result from a result of the run after it.
+  result from a result of the run after it; removed at a later drain of the source once no copy can come any more
+  (`results_stream_max_age` + `drain_timeout` after the end).
 
 Written in the same Redis pipeline as the event records, before the results behind it are acked, so a
 registrator killed at any moment resumes where the acked results left it: nothing lost, nothing twice.
@@ -126,10 +127,10 @@ class RegistratorState:
         mapping = {f"{ENDED}{feed}": repr(wall_time), f"{ENDED_AT}{feed}": repr(wall_time)}
         await self.redis.hset(self._feed_key(feed), mapping=mapping)  # type: ignore[arg-type]
 
-    async def forget_run(self, feed: str, models: list[str]) -> None:
+    async def forget_run(self, feed: str, models: list[str], expired: list[str]) -> None:
         """A drained run: its fields go, one HDEL; its end time stays (ENDED_AT), and its events went with their
-        proofs."""
-        fields = [f"{SUMMARY}{feed}", f"{ENDED}{feed}"]
+        proofs. The end times of the source's `expired` runs (SourceBook.expire_ended) go with them."""
+        fields = [f"{SUMMARY}{feed}", f"{ENDED}{feed}", *(f"{ENDED_AT}{old}" for old in expired)]
         fields += [_per_model(kind, feed, model) for model in models for kind in (WINDOW, TRACKER)]
         await self.redis.hdel(self._feed_key(feed), *fields)
 

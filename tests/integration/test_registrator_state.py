@@ -84,11 +84,16 @@ async def test_a_sources_saved_state_is_one_key_restored_with_one_read(redis: Re
 
     # The run r1 drains: its fields go, its end time stays; its event went with its proofs.
     await state.drop(open_event("cam7-r1", "cam7", "r1"))
-    await state.forget_run("cam7@r1", MODELS)
+    await state.forget_run("cam7@r1", MODELS, [])
     after = await state.load_source("cam7")
     assert [e.id for e in after.open_events] == ["cam7-r2"]
     assert {feed for feed, _ in after.windows} == {feed for feed, _ in after.trackers} == {"cam7@r2"}
     assert not after.summaries and not after.ended and after.ended_at == {"cam7@r1": 300.0}
+
+    # A later run drains once no copy of r1's results can come: r1's end time goes with r2's fields.
+    await state.mark_ended("cam7@r2", 400.0)
+    await state.forget_run("cam7@r2", MODELS, ["cam7@r1"])
+    assert (await state.load_source("cam7")).ended_at == {"cam7@r2": 400.0}
     assert [e.id for e in (await state.load_source("cam70")).open_events] == ["cam70-r1"]
     assert not await state.load_source("cam8")  # a source never seen: nothing saved
 

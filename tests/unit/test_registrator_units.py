@@ -105,6 +105,15 @@ def remember(book: SourceBook, source_id: str) -> None:
     book.finalising[f"{source_id}-e"] = event(source_id, f"{source_id}-e")
 
 
+def test_end_times_of_runs_long_drained_expire_per_source() -> None:
+    """A camera that reconnects starts a run each time: the end times kept to tell late copies must not pile up."""
+    book = book_of(SoleHolder(FakeRedis()))
+    book.drained_until |= {"cam0@r0": 100.0, "cam0@r1": 200.0, "cam0@r2": 900.0, "cam1@r0": 100.0}
+    assert book.expire_ended("cam0", before=500.0) == ["cam0@r0", "cam0@r1"]
+    assert book.drained_until == {"cam0@r2": 900.0, "cam1@r0": 100.0}  # another source's wait for its own drain
+    assert book.expire_ended("cam0", before=500.0) == []
+
+
 def test_forgetting_a_source_leaves_nothing_of_it_and_keeps_the_others() -> None:
     book = book_of(SoleHolder(FakeRedis()))
     remember(book, "cam0")
