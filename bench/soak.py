@@ -64,6 +64,8 @@ from fleet.clients import redis_client
 from fleet.processes import start_service
 from fleet.run import Fleet, FleetOptions, run_fleet
 from fleet.servers import LocalServers, free_ports
+from services.registrator.leases import ROLE as REGISTRATOR
+from services.registrator.settings import RegistratorSettings
 from shared.contracts import Event, EventState
 from shared.event_store import EventStore
 from shared.keys import RedisKeys
@@ -84,10 +86,13 @@ DETECT_FPS, CLASSIFY_EVERY, TAKE_FPS = 2.0, 10, 2.0
 # 8 cameras' proofs take about 100 MB a minute, so retention by disk budget starts after about 5 minutes, well
 # before the kill, and sweeps every RETENTION_EVERY seconds from then on.
 PROOF_BUDGET_GB, RETENTION_EVERY = 0.5, 15
-# After a kill the survivor takes the victim's sources within the lease (10 s), reads back their frames, and fills
+# After a kill the survivor takes the victim's sources within the lease (lease_ttl, 6 s), reads back their frames, and fills
 # their frame buffers (ttl_bucket, 2 minutes), trackers and segment caches: the last soak's survivor stepped from
 # 264 to about 350 MB over the 5 minutes after the kill, flat before and after.
 TAKEOVER_SETTLE = 300.0
+VICTIM = "registrator-victim"
+# Issue 17: a killed registrator's sources move within the lease's TTL + 2 s.
+TAKEOVER_LIMIT = RegistratorSettings.model_fields["lease_ttl"].default + 2.0
 SHORT_RUN = 900.0
 SETTINGS = {
     "video_source": str(VIDEO),
@@ -237,6 +242,23 @@ class Shape:
         return rest | retention | {"sources": json.dumps(cameras), "routing_rules": json.dumps(rules), "ttl_bucket": "2m"}
 
 
+async def watch_takeover(redis: Redis, keys: RedisKeys, sources: list[str]) -> dict[str, float | None]:
+    """Started at the kill: each source the victim held, and the seconds until another replica held its lease (None:
+    not within 10 times TAKEOVER_LIMIT)."""
+    started = time.monotonic()
+
+    async def holder(source_id: str) -> bytes:
+        return (await redis.get(keys.lease(REGISTRATOR, source_id)) or b"").split(b" ")[0]
+
+    taken: dict[str, float | None] = {s: None for s in sources if await holder(s) == VICTIM.encode()}
+    while None in taken.values() and time.monotonic() - started < 10 * TAKEOVER_LIMIT:
+        for source_id in [s for s, at in taken.items() if at is None]:
+            if await holder(source_id) not in (b"", VICTIM.encode()):
+                taken[source_id] = time.monotonic() - started
+        await asyncio.sleep(0.2)
+    return taken
+
+
 def overlaps(events: list[Event]) -> list[tuple[str, str]]:
     """Pairs of events of one occurrence whose spans overlap: it was recorded twice. An occurrence is a tracked
     object (source, run, model, track id) in object mode, and a label in view (source, run, model, label) in scene
@@ -297,6 +319,7 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
         cycled_at: float | None = None
         seen_ttl: set[int] = set()
         victim, killed_at = None, None
+        takeover: asyncio.Task[dict[str, float | None]] | None = None
         keys = RedisKeys(VigilSettings())
         store = EventStore(redis, keys)
         ledger: dict[str, Event] = {}  # every event ever seen, in its latest state: retention removes the oldest
@@ -317,6 +340,8 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
                 if victim is not None and killed_at is None and elapsed >= duration / 2:
                     await victim.kill()
                     killed_at = elapsed
+                    source_ids = [f"{SOURCE_ID}{i}" for i in range(shape.sources)]
+                    takeover = asyncio.create_task(watch_takeover(redis, keys, source_ids))
                 if await sample(series, processes, redis, keys, servers, data / "servers" / "weed", elapsed / 60, seen_ttl):
                     cycled_at = elapsed if cycled_at is None else cycled_at
                 ledger |= {e.id: e for e in await store.all()}
@@ -326,6 +351,7 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
             logs = exit_logs(fleet)  # before the fleet is stopped, when every exit is an error
             drops = await reader_drops(fleet)
             redis_at_end = await redis_breakdown(redis)
+            taken = await takeover if takeover is not None else {}
             stop.set()
             stopped_at = time.time()
             report = await run
@@ -363,6 +389,7 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
         "reader_drops": drops,
         "redis_at_end": redis_at_end,
         "killed_registrator_at_s": killed_at,
+        "takeover_s": taken,
     }
 
 
@@ -463,6 +490,12 @@ async def main(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
             failures.append(f"events not FINISHED: {states}, {len(got['unfinished'])} closed over a minute before the end")
         if got["doubled"]:
             failures.append(f"{len(got['doubled'])} occurrence(s) recorded twice: {got['doubled'][:5]}")
+        if shape.kill_registrator:
+            taken = got["takeover_s"]
+            print(f"the killed replica's sources, seconds from the kill to another replica's lease: {taken}")
+            late = {s: at for s, at in taken.items() if at is None or at > TAKEOVER_LIMIT}
+            if late or not taken:
+                failures.append(f"sources not taken within {TAKEOVER_LIMIT:g} s of the kill: {late or 'none held'}")
         redis_slope = next(r["slope_judged_mb_per_min"] for r in rows if r["series"] == "Redis used_memory")
         print(f"Redis used_memory over the judged span: {redis_slope:.3f} MB/min (goal: under {REDIS_GOAL_MANY})")
         if redis_slope >= REDIS_GOAL_MANY:
@@ -485,6 +518,8 @@ async def main(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
             "sources": shape.sources,
             "registrators": shape.registrators,
             "killed_registrator_at_s": got["killed_registrator_at_s"],
+            "takeover_s": got["takeover_s"],
+            "takeover_limit_s": TAKEOVER_LIMIT,
             "judged_from_s": start,
             "events_seen": got["events_seen"],
             "events_kept": got["events_kept"],
