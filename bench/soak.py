@@ -86,9 +86,9 @@ DETECT_FPS, CLASSIFY_EVERY, TAKE_FPS = 2.0, 10, 2.0
 # 8 cameras' proofs take about 100 MB a minute, so retention by disk budget starts after about 5 minutes, well
 # before the kill, and sweeps every RETENTION_EVERY seconds from then on.
 PROOF_BUDGET_GB, RETENTION_EVERY = 0.5, 15
-# After a kill the survivor takes the victim's sources within the lease (lease_ttl, 6 s), reads back their frames, and fills
-# their frame buffers (ttl_bucket, 2 minutes), trackers and segment caches: the last soak's survivor stepped from
-# 264 to about 350 MB over the 5 minutes after the kill, flat before and after.
+# After a kill the survivor takes the victim's sources within the lease (lease_ttl, 6 s), reads back their frames,
+# and fills their frame buffers (ttl_bucket, 2 minutes), trackers and segment caches: the last soak's survivor
+# stepped from 264 to about 350 MB over the 5 minutes after the kill, flat before and after.
 TAKEOVER_SETTLE = 300.0
 VICTIM = "registrator-victim"
 # Issue 17: a killed registrator's sources move within the lease's TTL + 2 s.
@@ -330,7 +330,7 @@ async def soak(duration: float, echo: bool, shape: Shape = Shape(), log_path: Pa
                 await asyncio.sleep(0.2)
             started = time.monotonic()
             if shape.kill_registrator:
-                env = fleet.env_base | fleet.logins["registrator"] | {"instance": "registrator-victim"}
+                env = fleet.env_base | fleet.logins["registrator"] | {"instance": VICTIM}
                 victim = await start_service(
                     "services.registrator",
                     env | {"metrics_port": str(free_ports(1)[0])},

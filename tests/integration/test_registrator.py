@@ -162,8 +162,13 @@ async def test_disorder_duplicates_and_a_stranger_make_no_duplicate_event(servic
 
 
 @pytest.mark.timeout(90)
-async def test_a_copy_of_a_result_after_the_drain_opens_no_phantom_event(service_env: dict[str, str], repo_root: Path) -> None:
+async def test_a_copy_of_a_result_after_the_drain_opens_no_phantom_event(
+    redis: Redis, service_env: dict[str, str], repo_root: Path
+) -> None:
     refs = await store_frames(service_env, repo_root)
+    # The end of a run that drained days ago, beyond any copy of its results: the next drain of the source forgets it.
+    session = RedisKeys(settings_from(RegistratorSettings, service_env)).registrator_session("cam0")
+    await redis.hset(session, "ended-at:cam0@days-ago", repr(time.time() - 3 * 86400))
     reg = registrator(service_env)
     async with running(reg, lambda s: s.storage is not None) as service:
         bus = service.bus
@@ -172,6 +177,12 @@ async def test_a_copy_of_a_result_after_the_drain_opens_no_phantom_event(service
         await feed(bus, refs, shuffle=False)
         await end_source(bus)
         await drained.next_msg(timeout=60)
+
+        async def old_end_forgotten() -> bool:
+            return not await redis.hexists(session, "ended-at:cam0@days-ago")
+
+        await wait_until(old_end_forgotten, 10, "the old run's end time to go with the drain")
+        assert await redis.hexists(session, "ended-at:cam0")  # this run's stays, to tell its late copies
         # The same result again: with its message id the stream drops it...
         late = result(refs[PERSON[0]], True)
         before = (await bus.js.stream_info(results_stream_name(bus.settings))).state.messages
