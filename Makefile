@@ -13,7 +13,7 @@ CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 TEST_JOBS ?= 4
 
-.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-clips bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-cascade bench-e2e soak soak-sources soak-reader lint format check up down logs ps scale-workers test-compose clean
+.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-clips bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-cascade bench-reduced-decode bench-e2e soak soak-sources soak-reader lint format check up down logs ps scale-workers test-compose clean
 
 install: $(STAMP)
 
@@ -56,7 +56,7 @@ test-e2e: install
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # Benchmarks print a table and write JSON under bench/results/.
-bench: bench-reader bench-router bench-workers bench-clips bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-cascade bench-e2e
+bench: bench-reader bench-router bench-workers bench-clips bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-cascade bench-reduced-decode bench-e2e
 
 bench-reader: install
 	$(PY) -m bench.reader $(or $(REPEATS),3)
@@ -86,6 +86,10 @@ bench-tracking: install
 # Offline: the cascade's per-crop CPU cost (decode, cut, classify) on video/cars.mp4, and each car's crop classes.
 bench-cascade: install
 	$(PY) -m bench.cascade
+
+# Offline: the workers' reduced JPEG decode next to the whole one, its CPU and the models' answers from each.
+bench-reduced-decode: install
+	$(PY) -m bench.reduced_decode
 
 bench-workers: install
 	$(PY) -m bench.workers $(or $(REPEATS),2)

@@ -57,7 +57,9 @@ def test_what_is_not_a_jpeg_gets_a_clear_error(data: bytes, message: str) -> Non
 
 def test_the_largest_reduction_that_still_gives_the_pixels_needed() -> None:
     assert reduction_for((768, 576), (341, 256)) == 2  # EfficientNet's short side of 256: 384x288 is enough
-    assert reduction_for((768, 576), (300, 300)) == 1  # SSD's 300x300 is more than 288 rows
+    assert reduction_for((768, 576), (300, 300)) == 2  # 288 rows for SSD's 300: within UPSCALE_SLACK
+    assert reduction_for((640, 480), (300, 300)) == 1  # 240 rows would be enlarged by a quarter
+    assert reduction_for((768, 560), (300, 300)) == 1  # 280 rows: 7 % short, past the slack
     assert reduction_for((3840, 2160), (300, 300)) == 4  # 960x540; 1/8 would be 480x270
     assert reduction_for((2400, 2400), (300, 300)) == 8
     assert reduction_for((100, 100), (300, 300)) == 1  # upscaled anyway: never reduced further

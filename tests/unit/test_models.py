@@ -135,17 +135,20 @@ def _iou(a: Detection, b: Detection) -> float:
     return inter / (area - inter)
 
 
-def test_reduced_decode_finds_the_full_decodes_boxes_in_frame_pixels(ssd: LoadedModel) -> None:
-    # The sample video's frames at twice their size (1536x1152): half of that is still at least SSD's 300x300, so
-    # the worker decodes them at 1/2. The boxes must come out in the full frame's pixels, as from the full decode:
-    # same labels, and corners within a pixel or two of the model's input (one input pixel is 5.1 frame pixels).
-    input_px = 1536 / ssd.spec.input.width
+@pytest.mark.parametrize("scale", [2, 1])
+def test_reduced_decode_finds_the_full_decodes_boxes_in_frame_pixels(ssd: LoadedModel, scale: int) -> None:
+    # The sample video's frames at their own size (768x576) and at twice it: each is decoded at 384x288 for SSD's
+    # 300x300 (1/2 and 1/4), 288 rows being within the decoder's upscale slack. The boxes must come out in the full
+    # frame's pixels, as from the full decode: same labels, and corners within a pixel or two of the model's input
+    # (one input pixel is 2.6 or 5.1 frame pixels).
+    width, height = 768 * scale, 576 * scale
+    input_px = width / ssd.spec.input.width
     gaps: list[float] = []
     for frame in _sample_frames(every=100):
-        jpeg = encode_jpeg(cv2.resize(frame, (1536, 1152), interpolation=cv2.INTER_LINEAR), 85)
+        jpeg = encode_jpeg(cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR), 85)
         image, size = decode_for(jpeg, ssd.pixels_needed)
-        assert image.shape == (576, 768, 3) and size == (1536, 1152)
-        [reduced] = ssd.postprocess(ssd.run(ssd.preprocess([image])), [size], [(768, 576)])
+        assert image.shape == (288, 384, 3) and size == (width, height)
+        [reduced] = ssd.postprocess(ssd.run(ssd.preprocess([image])), [size], [(384, 288)])
         [full] = ssd.infer([decode_jpeg(jpeg)])
         sure = [d for d in full if isinstance(d, Detection) and d.score >= 0.6]  # not those at the threshold's edge
         assert sure, "the sample frames have people in them"
@@ -168,7 +171,7 @@ def test_reduced_decode_keeps_a_clear_classification(effnet: LoadedModel) -> Non
     [reduced] = effnet.postprocess(effnet.run(effnet.preprocess([image])), [size], [(image.shape[1], image.shape[0])])
     [full] = effnet.infer([decode_jpeg(jpeg)])
     assert reduced[0].label == full[0].label == "fox squirrel" and reduced[0].score > 0.8
-    # SSD's 300x300 is more than half of a 768x576 frame: those frames are decoded whole for it.
+    # Half of this 535x426 photo has 213 rows, far short of SSD's 300: it is decoded whole for it.
     assert decode_for(encode_jpeg(photo), lambda s: (300, 300))[0].shape == photo.shape
 
 
