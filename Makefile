@@ -13,7 +13,7 @@ CLASSIFICATION ?= 1
 PYTEST_ARGS ?=
 TEST_JOBS ?= 4
 
-.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-clips bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-cascade bench-reduced-decode bench-e2e soak soak-sources soak-reader lint format check up down logs ps scale-workers test-compose clean
+.PHONY: install lock config-docs secrets run test test-deps test-unit test-integration test-e2e check-config bench bench-reader bench-router bench-workers bench-clips bench-registrator bench-registrator-scaling bench-notifier bench-bounded-state bench-tracking bench-cascade bench-reduced-decode bench-gpu bench-e2e soak soak-sources soak-reader lint format check up down logs ps scale-workers test-compose clean
 
 install: $(STAMP)
 
@@ -90,6 +90,11 @@ bench-cascade: install
 # Offline: the workers' reduced JPEG decode next to the whole one, its CPU and the models' answers from each.
 bench-reduced-decode: install
 	$(PY) -m bench.reduced_decode
+
+# Issue 19's GPU part: the worker's stages against bare onnxruntime on CUDA (docs/development.md says how to
+# bring onnxruntime-gpu to the team's GPU machine); PROVIDER=CPUExecutionProvider runs it anywhere.
+bench-gpu: install
+	$(PY) -m bench.gpu $(if $(PROVIDER),--provider $(PROVIDER))
 
 bench-workers: install
 	$(PY) -m bench.workers $(or $(REPEATS),2)
