@@ -20,7 +20,8 @@ def test_worker_stages_and_bare_runs_are_timed_on_the_same_frames() -> None:
     assert [len(b) for b in gpu.batches(images, 2)] == [2, 2]  # cycled: every batch full
     figures = gpu.bare_and_worker(model, images, sizes, 2, 0.05)
     assert figures["bare_fps"] > 0 and figures["worker_fps"] > 0
-    assert 0 < figures["ratio"] < 2  # the worker's stages add to the bare run, never take from it much
+    # Same frames counted per call on both sides: the same order of frames/s (wide: a loaded machine's timings swing).
+    assert 0.2 < figures["ratio"] < 5
 
 
 def test_a_process_group_sums_its_members() -> None:
