@@ -24,3 +24,4 @@ grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exc
 tar -C .gpu -cf - site | xz -T0 -6 | split -b "${PART_MB}M" - .gpu/site.tar.xz.part-
 rm -rf .gpu/site
 ls -l .gpu
+echo "$(find .gpu -name 'site.tar.xz.part-*' | wc -l) parts: on the device, PARTS=<that> scripts/gpu_device_run.sh (8 by default)"
