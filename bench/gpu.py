@@ -180,7 +180,12 @@ def preload_cuda() -> str:
     try:
         preload()
     except Exception as exc:  # noqa: BLE001 - reported: the session's own error then says what is missing
-        return f"preload_dlls failed: {exc!r}"
+        # ONNX Runtime's documented fallback: a PyTorch built for the same CUDA loads the libraries on import.
+        try:
+            import torch  # type: ignore[import-not-found]  # noqa: F401 - only where the device has it
+        except ImportError:
+            return f"preload_dlls failed: {exc!r}"
+        return f"preload_dlls failed ({exc!r}); loaded through PyTorch"
     return "preloaded from the NVIDIA pip packages"
 
 
