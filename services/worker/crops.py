@@ -43,8 +43,9 @@ def region_size(region: Region) -> Size:
 
 def pixels_needed_for_crops(frame: Size, boxes: Sequence[BBox], needed: Callable[[Size], Size]) -> Size:
     """The smallest (width, height) the frame may be decoded at so that every crop of it still has the pixels the
-    model needs (`needed`, of a crop's size in the full frame): a reduced JPEG decode then only ever shrinks a crop
-    less than the preprocess would. Crops small against the model's input need the full frame."""
+    model needs (`needed`, of a crop's size in the full frame): a reduced JPEG decode then shrinks a crop no more
+    than the preprocess would, less shared.jpeg.UPSCALE_SLACK. Crops small against the model's input need the full
+    frame."""
     width, height = frame
     need_w = need_h = 1
     for box in boxes:

@@ -91,8 +91,8 @@ class LoadedModel:
         return [np.concatenate([r[k] for r in runs], axis=0) for k in range(len(runs[0]))]
 
     def pixels_needed(self, frame_size: Size) -> Size:
-        """The smallest (width, height) a frame of `frame_size` may be decoded at for this model (see
-        shared.jpeg.decode_for): the preprocess then only shrinks it, as it would the full frame."""
+        """The (width, height) a frame of `frame_size` is resized to for this model: a reduced decode must give
+        this, less shared.jpeg.UPSCALE_SLACK (see decode_for); the preprocess then shrinks it, or barely enlarges it."""
         return pixels_needed(frame_size, self.spec.input)
 
     def postprocess(

@@ -48,8 +48,8 @@ class InferenceModel(Protocol):
     def version(self) -> str: ...
 
     def pixels_needed(self, frame_size: Size) -> Size:
-        """The smallest (width, height) a frame of this size may be decoded at: a JPEG is decoded at 1/2, 1/4 or 1/8
-        where that still gives these (shared.jpeg.decode_for). The frame's own size: always the full decode."""
+        """The (width, height) a frame of this size needs: a JPEG is decoded at 1/2, 1/4 or 1/8 where that still gives
+        these, less shared.jpeg.UPSCALE_SLACK (decode_for). The frame's own size: always the full decode."""
         ...
 
     def preprocess(self, images: Sequence[np.ndarray]) -> Any: ...
