@@ -33,7 +33,7 @@ from shared.lifecycle import Stopping
 from shared.metrics import Metrics
 from shared.storage import SeaweedStorage
 
-FRAME_WAIT_SECONDS = 10.0  # how long a live source's post-roll frames are waited for
+FRAME_WAIT_SECONDS = 10.0  # how long an event's frames, and a live source's post-roll, are waited for
 HANDOVER_SECONDS = 20.0  # proofs being cut when a source is given up (or the service stops) get this long
 
 
@@ -185,13 +185,15 @@ class ProofPool:
         while not held.ring_ready.is_set():
             if await self.life.pause(0.2):
                 raise Stopping("frames for proofs")
-        # Live sources: the post-roll frames may not have arrived yet.
+        # The event's own frames, up to its last sighting, were published before their results, but this replica's
+        # frames consumer can run behind its results consumer (a loaded machine): they are waited for, whatever closed
+        # the event. Live sources: so are the post-roll frames (not from a dark camera: it sends no more).
         deadline = time.monotonic() + FRAME_WAIT_SECONDS
-        waits = not progress.ended and event.closed_by is not EventClose.NO_FRAMES  # a dark camera sends no more
-        while waits and (ring.latest_pts(event.feed) or 0.0) < end and time.monotonic() < deadline:
+        post_roll = not progress.ended and event.closed_by is not EventClose.NO_FRAMES
+        wanted = end if post_roll else min(end, event.end)
+        while ((latest := ring.latest_pts(event.feed)) is None or latest < wanted) and time.monotonic() < deadline:
             if await self.life.pause(0.2):
-                raise Stopping("post-roll frames")
-        latest = ring.latest_pts(event.feed)
+                raise Stopping("the event's frames")
         if latest is None:
             raise RuntimeError("no frames of the source are buffered")
         end = min(end, latest)

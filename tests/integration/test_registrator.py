@@ -52,12 +52,12 @@ FRAMES = 40  # 4 s of vtest at 10 fps
 PERSON = range(5, 31)  # frames with a person: 0.5 s to 3.0 s
 
 
-def registrator(env: dict[str, str]) -> RegistratorService:
+def registrator(env: dict[str, str], event_gap: float = 1.0) -> RegistratorService:
     # The seed's events (one per label in view): these tests count frames and spans exactly; object mode has its own
     # (tests/unit/test_objects.py, and the restart below in both modes).
     return RegistratorService(
         settings_from(
-            RegistratorSettings, env, pre_roll=1.0, post_roll=1.0, event_gap=1.0, finalise_retries=20, event_mode="scene"
+            RegistratorSettings, env, pre_roll=1.0, post_roll=1.0, event_gap=event_gap, finalise_retries=20, event_mode="scene"
         )
     )
 
@@ -282,7 +282,9 @@ async def test_storage_outage_during_finalisation_gives_error_then_finished(
     service_env: dict[str, str], repo_root: Path, local_servers: LocalServers
 ) -> None:
     refs = await store_frames(service_env, repo_root)
-    reg = registrator(service_env)
+    # One event, closed by the source's end: on a loaded machine a second-long stall of the registrator would
+    # otherwise close it for want of results (event_gap) before storage goes away, and split it in two.
+    reg = registrator(service_env, event_gap=60.0)
     try:
         async with running(reg, lambda s: s.storage is not None) as service:
             bus = service.bus

@@ -26,7 +26,7 @@ from services.registrator.proof_pool import ProofMetrics, ProofPool
 from services.registrator.settings import RegistratorSettings
 from services.registrator.sources import HeldSource, SourceBook
 from services.registrator.state import RegistratorState
-from shared.contracts import Event, EventState, FrameRef
+from shared.contracts import Event, EventClose, EventState, FrameRef
 from shared.event_store import EventStore
 from shared.keys import RedisKeys
 from shared.metrics import Metrics
@@ -176,7 +176,10 @@ async def test_a_proof_job_gets_the_handover_at_stop_then_is_cancelled(monkeypat
     assert "e1" in book.finalising  # still owed its proofs: DONE in the saved state, the next holder cuts them
 
 
-async def test_a_proof_job_that_fails_is_logged_and_the_task_group_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_proof_job_that_fails_is_logged_and_the_task_group_goes_on(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(proof_pool, "FRAME_WAIT_SECONDS", 0.2)  # its frames never come: not worth the full wait
     life, book = Life(), book_of(SoleHolder(FakeRedis()))
     book.held["cam0"] = HeldSource("cam0")
     book.held["cam0"].ring_ready.set()
@@ -193,6 +196,42 @@ async def test_a_proof_job_that_fails_is_logged_and_the_task_group_goes_on(caplo
         life.stop_event.set()
     assert await sibling  # it ran to its end, not cancelled
     assert "proof job of event e1 failed" in caplog.text and "NOPERM" in caplog.text
+
+
+class WatchedLife(Life):
+    """Says when a proof job first pauses, waiting for frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = asyncio.Event()
+
+    async def pause(self, seconds: float) -> bool:
+        self.waiting.set()
+        return await super().pause(seconds)
+
+
+@pytest.mark.parametrize("ended", [False, True])
+async def test_an_event_waits_for_its_own_frames_when_they_lag_its_results(ended: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a loaded machine the frames consumer can run behind the results consumer: an event closed for want of
+    # results (NO_FRAMES: no post-roll to wait for), or at its source's end, finds only some of its frames buffered.
+    # Its clip waits for the rest, up to its last sighting (pts 1.0), instead of being cut short or failing for good.
+    monkeypatch.setattr(proof_pool, "HANDOVER_SECONDS", 0.3)  # the stuck download is cancelled at the end
+    life, book, storage = WatchedLife(), book_of(SoleHolder(FakeRedis())), StuckStorage()
+    book.held["cam0"] = HeldSource("cam0")
+    book.held["cam0"].ring_ready.set()
+    book.sources["cam0@r1"].ended = ended
+    for seq in range(4):  # up to pts 0.3
+        book.ring.add(frame("cam0", seq))
+    closed = event("cam0")
+    closed.state, closed.closed_by = EventState.DONE, EventClose.NO_FRAMES
+    async with pool_in_a_group(life, book, EventStore(FakeRedis(), RedisKeys(SETTINGS)), storage) as pool:  # type: ignore[arg-type]
+        pool.submit(closed)
+        await asyncio.wait_for(life.waiting.wait(), 5)
+        assert not storage.asked.is_set()  # nothing cut from the frames to pts 0.3
+        for seq in range(4, 12):
+            book.ring.add(frame("cam0", seq))
+        await asyncio.wait_for(storage.asked.wait(), 5)  # now cutting
+        life.stop_event.set()
 
 
 def test_frames_are_read_back_as_far_as_their_jpegs_last() -> None:
