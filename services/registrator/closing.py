@@ -90,10 +90,15 @@ class EventCloser:
             await self.store.save_in(pipe, event.record())
             self.state.keep(pipe, event)
 
+        closing = self.book.sources[event.feed].closing
+        closing.add(event.id)
         try:
-            await self.life.redis_must("closed event", lambda: self.leases.write_fenced(event.source_id, fill))
-        except LeaseLost:
-            self.book.drop(event.source_id)  # the next holder read it back open, and closes it itself
-            raise
-        await self.notices.publish(event.record())
-        self.pool.submit(event)
+            try:
+                await self.life.redis_must("closed event", lambda: self.leases.write_fenced(event.source_id, fill))
+            except LeaseLost:
+                self.book.drop(event.source_id)  # the next holder read it back open, and closes it itself
+                raise
+            await self.notices.publish(event.record())
+            self.pool.submit(event)
+        finally:
+            closing.discard(event.id)

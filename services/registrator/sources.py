@@ -33,6 +33,9 @@ class SourceProgress:
     windows: dict[str, SeenWindow] = field(default_factory=dict)  # per model: which results were absorbed
     result_pts: dict[str, float] = field(default_factory=dict)
     finalising: set[asyncio.Task[None]] = field(default_factory=set)  # its proof jobs: a drain waits for them
+    # Events taken out of the tracker (closed quiet, or by a result) whose DONE record is being saved: not yet
+    # proof jobs, but a drain waits for them too, or it would forget the frames their proofs are about to need.
+    closing: set[str] = field(default_factory=set)
     events: int = 0
     draining: bool = False
 

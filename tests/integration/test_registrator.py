@@ -282,8 +282,9 @@ async def test_storage_outage_during_finalisation_gives_error_then_finished(
     service_env: dict[str, str], repo_root: Path, local_servers: LocalServers
 ) -> None:
     refs = await store_frames(service_env, repo_root)
-    # One event, closed by the source's end: on a loaded machine a second-long stall of the registrator would
-    # otherwise close it for want of results (event_gap) before storage goes away, and split it in two.
+    # One event, closed by the source's end while storage is away. All results are in at once, so the source is
+    # quiet from then on; on a loaded machine stopping weed can outlast a short event_gap, and the event would close
+    # for want of results first, with its proofs perhaps cut before the outage.
     reg = registrator(service_env, event_gap=60.0)
     try:
         async with running(reg, lambda s: s.storage is not None) as service:

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import pytest
 
 from services.registrator import proof_pool, recovery
+from services.registrator.closing import EventCloser
+from services.registrator.draining import Drainer
 from services.registrator.events import EventRules, EventTracker, OpenEvent
 from services.registrator.frames import FrameRing
 from services.registrator.notices import Notices
@@ -232,6 +234,62 @@ async def test_an_event_waits_for_its_own_frames_when_they_lag_its_results(ended
             book.ring.add(frame("cam0", seq))
         await asyncio.wait_for(storage.asked.wait(), 5)  # now cutting
         life.stop_event.set()
+
+
+class Unnoticed:
+    """Notices go nowhere: the fake bus has no JetStream for them."""
+
+    async def publish(self, record: Event) -> None:
+        return None
+
+
+class SlowHolder(SoleHolder):
+    """Holds every fenced write (an event's DONE record) until the test lets it through."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        super().__init__(redis)
+        self.gate = asyncio.Event()
+        self.held = asyncio.Event()
+
+    async def write_fenced(self, source_id: str, fill: Callable[[Any], Awaitable[None]]) -> None:
+        self.held.set()
+        await self.gate.wait()
+        await super().write_fenced(source_id, fill)
+
+
+async def test_a_drain_waits_for_an_event_whose_record_is_being_saved(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found beside CPU burners: an event closed quiet was out of the tracker but not yet a proof job while its DONE
+    # record was saved; the source's drain, running meanwhile, saw nothing to wait for, said drained and forgot the
+    # frames, and the proofs then failed for good ("no frames of the source are buffered").
+    monkeypatch.setattr(proof_pool, "HANDOVER_SECONDS", 0.3)
+    life, redis = WatchedLife(), FakeRedis()
+    leases = SlowHolder(redis)
+    book, storage = book_of(leases), StuckStorage()
+    book.held["cam0"] = HeldSource("cam0")
+    book.held["cam0"].ring_ready.set()
+    feed = "cam0@r1"
+    book.sources[feed].ended = True
+    for seq in range(20):
+        book.ring.add(frame("cam0", seq))
+    bus = FakeBus(SETTINGS, "registrator")
+    keys = RedisKeys(SETTINGS)
+    store = EventStore(redis, keys)  # type: ignore[arg-type]
+    async with pool_in_a_group(life, book, store, storage) as pool:
+        state = RegistratorState(redis, keys)  # type: ignore[arg-type]
+        closer = EventCloser(life, book, store, state, leases, Unnoticed(), pool)  # type: ignore[arg-type]
+        drainer = Drainer(life, SETTINGS, bus, book, state, closer, pool.group)  # type: ignore[arg-type]
+        quiet = event("cam0")  # as close_quiet has it: out of the tracker, being closed
+        closing = asyncio.create_task(closer.close(quiet))
+        await asyncio.wait_for(leases.held.wait(), 5)  # its record is being saved
+        drain = asyncio.create_task(drainer._drain(feed, timed_out=False))
+        await asyncio.wait({drain, asyncio.ensure_future(life.waiting.wait())}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        assert not drain.done() and feed in book.sources  # waiting, the frames kept
+        leases.gate.set()
+        await closing
+        await asyncio.wait_for(storage.asked.wait(), 5)  # its proofs are being cut from the frames kept
+        assert not drain.done()  # and the drain waits for them
+        life.stop_event.set()
+    drain.cancel()
 
 
 def test_frames_are_read_back_as_far_as_their_jpegs_last() -> None:
