@@ -7,6 +7,7 @@ way, here, so what a restart reads back is always what the records say.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 from redis.asyncio.client import Pipeline
@@ -90,8 +91,11 @@ class EventCloser:
             await self.store.save_in(pipe, event.record())
             self.state.keep(pipe, event)
 
-        closing = self.book.sources[event.feed].closing
-        closing.add(event.id)
+        # Out of the tracker and not yet a proof job: a drain meanwhile waits for this instead.
+        closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pending = self.book.sources[event.feed].finalising
+        pending.add(closing)
+        closing.add_done_callback(pending.discard)
         try:
             try:
                 await self.life.redis_must("closed event", lambda: self.leases.write_fenced(event.source_id, fill))
@@ -101,4 +105,5 @@ class EventCloser:
             await self.notices.publish(event.record())
             self.pool.submit(event)
         finally:
-            closing.discard(event.id)
+            if not closing.done():  # a drop cancels it
+                closing.set_result(None)

@@ -22,9 +22,6 @@ from shared.bus import Bus
 from shared.contracts import SourceDrained, split_feed
 from shared.lifecycle import Stopping
 
-# How often a drain looks again for an event whose DONE record is being saved (a Redis round trip or a few).
-CLOSING_POLL_SECONDS = 0.05
-
 
 class Drainer:
     def __init__(
@@ -89,13 +86,10 @@ class Drainer:
                 await self.closer.close(event)
         except (Stopping, LeaseLost):
             return  # the source's saved state stays: the next start, or the next holder, drains it
-        # A first try that fails starts a retry before it ends; an event closed elsewhere meanwhile (quiet, or by a
-        # result) becomes a proof job only once its record is saved.
-        while progress.finalising or progress.closing:
-            if progress.finalising:
-                await asyncio.wait(set(progress.finalising))
-            elif await self.life.pause(CLOSING_POLL_SECONDS):
-                return  # stopping: the source's saved state stays, and the next start drains it
+        # A first try that fails starts a retry before it ends, and an event being closed elsewhere (quiet, or by a
+        # result) becomes a proof job once its record is saved.
+        while progress.finalising:
+            await asyncio.wait(set(progress.finalising))
         drained = SourceDrained(
             source_id=source_id,
             run=run,

@@ -32,10 +32,9 @@ class SourceProgress:
     summary_at: float = 0.0
     windows: dict[str, SeenWindow] = field(default_factory=dict)  # per model: which results were absorbed
     result_pts: dict[str, float] = field(default_factory=dict)
-    finalising: set[asyncio.Task[None]] = field(default_factory=set)  # its proof jobs: a drain waits for them
-    # Events taken out of the tracker (closed quiet, or by a result) whose DONE record is being saved: not yet
-    # proof jobs, but a drain waits for them too, or it would forget the frames their proofs are about to need.
-    closing: set[str] = field(default_factory=set)
+    # What a drain waits for: its proof jobs, and the events being closed (their DONE record being saved, a proof job
+    # once it is), without which a drain would forget the frames their proofs are about to need.
+    finalising: set[asyncio.Future[None]] = field(default_factory=set)
     events: int = 0
     draining: bool = False
 
@@ -80,7 +79,7 @@ class SourceBook:
     def feeds_of(self, source_id: str) -> list[str]:
         return [feed for feed in self.sources if split_feed(feed)[0] == source_id]
 
-    def proof_jobs(self, source_id: str) -> list[asyncio.Task[None]]:
+    def proof_jobs(self, source_id: str) -> list[asyncio.Future[None]]:
         return [task for feed in self.feeds_of(source_id) for task in self.sources[feed].finalising]
 
     def drop(self, source_id: str) -> None:
