@@ -36,18 +36,10 @@ EVERY = 3
 IOU = 0.7
 
 
-def _iou(a: Detection, b: Detection) -> float:
-    ax1, ay1, ax2, ay2 = a.box.x1, a.box.y1, a.box.x2, a.box.y2
-    bx1, by1, bx2, by2 = b.box.x1, b.box.y1, b.box.x2, b.box.y2
-    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def matched(first: list[Detection], second: list[Detection]) -> int:
     """Detections of `first` with one of `second` of the same label at IoU > 0.7, each used once (greedy by IoU)."""
     pairs = sorted(
-        ((_iou(a, b), i, j) for i, a in enumerate(first) for j, b in enumerate(second) if a.label == b.label),
+        ((a.box.iou(b.box), i, j) for i, a in enumerate(first) for j, b in enumerate(second) if a.label == b.label),
         reverse=True,
     )
     used_a: set[int] = set()

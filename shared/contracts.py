@@ -229,6 +229,17 @@ class BBox(BaseModel):
     def to_pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
         return (round(self.x1 * width), round(self.y1 * height), round(self.x2 * width), round(self.y2 * height))
 
+    def area(self) -> float:
+        return max(0.0, self.x2 - self.x1) * max(0.0, self.y2 - self.y1)
+
+    def iou(self, other: BBox) -> float:
+        """Intersection over union: 0 apart, 1 the same box."""
+        w = min(self.x2, other.x2) - max(self.x1, other.x1)
+        h = min(self.y2, other.y2) - max(self.y1, other.y1)
+        inter = max(0.0, w) * max(0.0, h)
+        union = self.area() + other.area() - inter
+        return inter / union if union > 0 else 0.0
+
 
 # Boxes of one frame a second model classifies in one task: the router bounds them per frame (max_crops).
 MAX_CROPS = 32

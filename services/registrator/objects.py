@@ -109,10 +109,6 @@ class TrackState:
 _TRACKS = TypeAdapter(list[TrackState])
 
 
-def area(box: BBox) -> float:
-    return max(0.0, box.x2 - box.x1) * max(0.0, box.y2 - box.y1)
-
-
 class ObjectEventTracker:
     """Open events per tracked object; feed it results, it tells what opened, changed and closed."""
 
@@ -212,7 +208,7 @@ class ObjectEventTracker:
         zones = geometry.zones_of(det.box)
         self._update_motion(track, position, det.box, pts)
         threshold = rules.events.threshold(model, frame.source_id, det.label)
-        if threshold is not None and det.score >= threshold and area(det.box) >= rules.min_area:
+        if threshold is not None and det.score >= threshold and det.box.area() >= rules.min_area:
             track.confirming += 1
 
         key = self.key(feed, model, track_id)
@@ -293,7 +289,7 @@ class ObjectEventTracker:
         event.frames += candidate.frames
         event.label_counts.update(candidate.label_counts)
         if candidate.best_box is not None and (
-            event.best_box is None or candidate.best_score * area(candidate.best_box) > event.best_score * area(event.best_box)
+            event.best_box is None or candidate.best_score * candidate.best_box.area() > event.best_score * event.best_box.area()
         ):
             event.best_score, event.best_frame_seq, event.best_frame_url = (
                 candidate.best_score,
@@ -349,8 +345,8 @@ class ObjectEventTracker:
         event.label_counts[det.label] += 1
         if not event.label:
             event.label = det.label
-        rank = det.score * area(det.box)
-        if event.best_box is None or rank > event.best_score * area(event.best_box):
+        rank = det.score * det.box.area()
+        if event.best_box is None or rank > event.best_score * event.best_box.area():
             event.best_score, event.best_frame_seq, event.best_frame_url = det.score, frame.seq, frame.url
             event.best_detections, event.best_box = [det], det.box
         for zone in zones:
@@ -419,8 +415,8 @@ class ObjectEventTracker:
         """The track of the detection with this box in frame `seq` (a recent one), if any."""
         for frame_seq, boxes in reversed(self._recent.get((feed, model), ())):
             if frame_seq == seq:
-                best = max(boxes, key=lambda tb: _iou(tb[1], box), default=None)
-                return best[0] if best is not None and _iou(best[1], box) >= 0.5 else None
+                best = max(boxes, key=lambda tb: tb[1].iou(box), default=None)
+                return best[0] if best is not None and best[1].iou(box) >= 0.5 else None
         return None
 
     def attach_sub_label(self, feed: str, model: str, track_id: int, label: str, score: float) -> OpenEvent | None:
@@ -569,11 +565,3 @@ class ObjectEventTracker:
         self.trackers[(feed, model)] = tracker
         self.tracks[(feed, model)] = {t.track_id: t for t in tracks}
         self.stitched[(feed, model)] = stitched
-
-
-def _iou(a: BBox, b: BBox) -> float:
-    w = min(a.x2, b.x2) - max(a.x1, b.x1)
-    h = min(a.y2, b.y2) - max(a.y1, b.y1)
-    inter = max(0.0, w) * max(0.0, h)
-    union = area(a) + area(b) - inter
-    return inter / union if union > 0 else 0.0

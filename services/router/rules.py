@@ -59,10 +59,6 @@ def check_cascades(rules: dict[str, ModelRule]) -> None:
             )
 
 
-def area(box: BBox) -> float:
-    return max(0.0, box.x2 - box.x1) * max(0.0, box.y2 - box.y1)
-
-
 class RoutingRules:
     """Decides per (frame, model). Sampling by `seq` is the same on every router replica; the rate limit
     keeps its schedule per replica, so with R replicas a model sees at most R x max_fps."""
@@ -99,11 +95,11 @@ class RoutingRules:
         if rule is None or crop is None or result.model != crop.model or result.kind is not ModelKind.DETECTION or result.error:
             return []
         chosen = [
-            d for d in result.detections if d.label in crop.labels and d.score >= crop.min_score and area(d.box) >= crop.min_area
+            d for d in result.detections if d.label in crop.labels and d.score >= crop.min_score and d.box.area() >= crop.min_area
         ]
         if not chosen or not self._sampled(model, rule, result.frame):
             return []
-        chosen.sort(key=lambda d: (area(d.box), d.score), reverse=True)
+        chosen.sort(key=lambda d: (d.box.area(), d.score), reverse=True)
         return [d.box for d in chosen[: crop.max_crops]]
 
     def _sampled(self, model: str, rule: ModelRule, frame: FrameRef) -> bool:

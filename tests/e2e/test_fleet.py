@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from fleet.servers import ServerSet
 from services.registrator.clips import SEGMENT_SECONDS
 from services.worker.onnx_model import load_model
-from shared.contracts import BBox, Detection, EventState
+from shared.contracts import Detection, EventState
 from shared.event_store import EventStore
 from shared.keys import RedisKeys
 from shared.settings import VigilSettings
@@ -22,13 +22,6 @@ from tests.support.settings import settings_from
 
 LAST_PTS = 79.4  # vtest: 795 frames at 10 fps; with one frame in two kept, frame 794 is the last
 PERSON_EVENTS = (32, 50)
-
-
-def iou(a: BBox, b: BBox) -> float:
-    w, h = min(a.x2, b.x2) - max(a.x1, b.x1), min(a.y2, b.y2) - max(a.y1, b.y1)
-    inter = max(0.0, w) * max(0.0, h)
-    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @pytest.mark.timeout(400)
@@ -79,7 +72,7 @@ async def test_sample_video_gives_finished_person_events_with_proofs(
             assert key is not None and key.shape == (576, 768, 3)
             # The snapshot shows the person: the detector, run again on it, finds a person where the event says.
             people = [d.box for d in detector.infer([key])[0] if isinstance(d, Detection) and d.label == "person"]
-            assert event.best_box is not None and max((iou(event.best_box, box) for box in people), default=0) >= 0.5, event.id
+            assert event.best_box is not None and max((event.best_box.iou(box) for box in people), default=0) >= 0.5, event.id
             assert (clip.parent / f"{event.id}_boxes.jpg").stat().st_size > 0
 
             # The copies in SeaweedFS, without TTL (read with the admin's keys: the filer wants a signed read).
