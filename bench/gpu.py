@@ -20,6 +20,7 @@ back to the CPU for some operators shows it (an int8 graph's QLinear operators, 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing as mp
 import statistics
@@ -36,7 +37,7 @@ import onnxruntime as ort
 
 from bench.common import ROOT, print_table, write_result
 from services.worker.onnx_model import LoadedModel, load_model
-from shared.jpeg import decode_for, encode_jpeg
+from shared.jpeg import Size, decode_for, encode_jpeg
 
 VIDEO = ROOT / "video" / "vtest.mp4"
 MODELS = {"ssd_mobilenet_v2_coco": "detection", "efficientnet_lite0": "classification"}
@@ -64,17 +65,26 @@ def load(name: str, provider: str, threads: int) -> LoadedModel:
     return load_model(ROOT / "models" / name, providers=providers_for(provider), intra_op_threads=threads)
 
 
-def decoded(model: LoadedModel, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+Frame = tuple[np.ndarray, Size]  # as the worker has it: the decoded image, and the frame's own (width, height)
+
+
+def decoded(model: LoadedModel, images: Sequence[np.ndarray]) -> list[Frame]:
     """The frames as the worker has them: JPEG-encoded as the reader stores them, decoded no larger than needed."""
-    pairs = [decode_for(encode_jpeg(image), model.pixels_needed) for image in images]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+    return [decode_for(encode_jpeg(image), model.pixels_needed) for image in images]
 
 
-def batches(images: list[np.ndarray], size: int) -> list[list[np.ndarray]]:
-    """Full batches of `size` covering every image at least once (cycling through them)."""
-    total = -(-max(size, len(images)) // size) * size
-    cycled = (images * (-(-total // len(images))))[:total]
+def batches(frames: list[Frame], size: int) -> list[list[Frame]]:
+    """Full batches of `size` covering every frame at least once (cycling through them)."""
+    total = -(-max(size, len(frames)) // size) * size
+    cycled = (frames * (-(-total // len(frames))))[:total]
     return [cycled[i : i + size] for i in range(0, total, size)]
+
+
+def worker_stages(model: LoadedModel, batch: list[Frame]) -> None:
+    """What InferenceWorker._infer runs on a batch: preprocess, run, postprocess into the frames' pixels."""
+    images = [image for image, _ in batch]
+    outputs = model.run(model.preprocess(images))
+    model.postprocess(outputs, [size for _, size in batch], [(i.shape[1], i.shape[0]) for i in images])
 
 
 def timed(step: Any, seconds: float, per_call: int) -> float:
@@ -88,18 +98,13 @@ def timed(step: Any, seconds: float, per_call: int) -> float:
     return calls * per_call / elapsed
 
 
-def bare_and_worker(
-    model: LoadedModel, images: list[np.ndarray], sizes: list[tuple[int, int]], size: int, seconds: float
-) -> dict[str, float]:
-    groups = batches(images, size)
-    frame_sizes = (sizes * (-(-size // len(sizes))))[:size]
-    tensor = model.preprocess(groups[0])
+def bare_and_worker(model: LoadedModel, frames: list[Frame], size: int, seconds: float) -> dict[str, float]:
+    groups = itertools.cycle(batches(frames, size))
+    tensor = model.preprocess([image for image, _ in next(groups)])
     # A model with a fixed batch of 1 takes a batch frame by frame (LoadedModel.run); the bare loop does the same.
-    turn = iter(range(1 << 62))
 
     def worker_step() -> None:
-        group = groups[next(turn) % len(groups)]
-        model.postprocess(model.run(model.preprocess(group)), frame_sizes, [(i.shape[1], i.shape[0]) for i in group])
+        worker_stages(model, next(groups))
 
     # Three rounds, bare and worker in turn, each a third of `seconds`: medians, and the median of the rounds' ratios.
     rounds = [(timed(lambda: model.run(tensor), seconds / 3, size), timed(worker_step, seconds / 3, size)) for _ in range(3)]
@@ -110,9 +115,9 @@ def bare_and_worker(
     }
 
 
-def placement(name: str, provider: str) -> dict[str, Any]:
-    """Nodes and their run time per provider, from ONNX Runtime's profile of a few runs of one batch-1 input."""
-    model = load(name, provider, 0)
+def placement(model: LoadedModel, provider: str) -> dict[str, Any]:
+    """Nodes and their run time per provider, from ONNX Runtime's profile (a session of its own) of a few runs of
+    one batch-1 input."""
     options = ort.SessionOptions()
     options.enable_profiling = True
     with tempfile.TemporaryDirectory() as folder:
@@ -143,15 +148,12 @@ def placement(name: str, provider: str) -> dict[str, Any]:
 
 def _group_member(name: str, provider: str, size: int, seconds: float, start: Any, out: Any) -> None:
     model = load(name, provider, 1)
-    images, sizes = decoded(model, frames())
-    groups = batches(images, size)
-    frame_sizes = (sizes * (-(-size // len(sizes))))[:size]
-    model.run(model.preprocess(groups[0]))  # the first run allocates
+    groups = itertools.cycle(batches(decoded(model, frames()), size))
+    worker_stages(model, next(groups))  # the first run allocates
     start.wait()
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        group = groups[done // size % len(groups)]
-        model.postprocess(model.run(model.preprocess(group)), frame_sizes, [(i.shape[1], i.shape[0]) for i in group])
+        worker_stages(model, next(groups))
         done += size
     out.put(done / (time.perf_counter() - started))
 
@@ -196,11 +198,11 @@ def run(provider: str, sizes: list[int], groups: list[int], seconds: float, thre
     preloaded = preload_cuda() if provider != "CPUExecutionProvider" else "not needed"
     cases, placements, group_rows = [], {}, []
     for name, role in MODELS.items():
-        placements[name] = placement(name, provider)
         model = load(name, provider, threads)
-        images, frame_sizes = decoded(model, frames())
+        placements[name] = placement(model, provider)
+        decoded_frames = decoded(model, frames())
         for size in sizes:
-            figures = bare_and_worker(model, images, frame_sizes, size, seconds)
+            figures = bare_and_worker(model, decoded_frames, size, seconds)
             cases.append({"model": name, "role": role, "batch": size, "batching": model.supports_batching} | figures)
             print(f"{name} batch {size}: worker {figures['worker_fps']:.0f} frames/s, bare {figures['bare_fps']:.0f}", flush=True)
         best = max((c for c in cases if c["model"] == name), key=lambda c: c["worker_fps"])["batch"]
