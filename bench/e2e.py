@@ -54,7 +54,7 @@ from services.worker.manifest import load_spec
 from services.worker.onnx_model import load_model
 from shared.contracts import Event, InferenceResult, SourceHealth
 from shared.jpeg import decode_jpeg, encode_jpeg
-from shared.keys import RedisKeys
+from shared.keys import ROUTED_SHED, RedisKeys
 from shared.settings import VigilSettings
 from shared.subjects import Subjects
 
@@ -236,6 +236,16 @@ def record_latency(
     return {"events": len(events), "measured": len(lags), "latency_ms": percentiles_ms(lags)}
 
 
+async def shed_by_model(redis: Redis, keys: RedisKeys, source_ids: list[str]) -> dict[str, int]:
+    """Live frames the router gave a model no task, its queue holding live_backlog_seconds of work: its totals."""
+    shed: Counter[str] = Counter()
+    for source_id in source_ids:
+        for name, value in (await redis.hgetall(keys.totals(source_id))).items():
+            if _text(name).startswith(ROUTED_SHED):
+                shed[_text(name)[len(ROUTED_SHED) :]] += int(value)
+    return dict(sorted(shed.items()))
+
+
 def cpu_per_frame(probe: Probe, frames: int) -> dict[str, Any]:
     """CPU ms per frame by service (replicas summed) and server, and the bus+storage share of the total."""
     by: dict[str, float] = defaultdict(float)
@@ -299,6 +309,7 @@ async def fleet_case(case: Case, plan: Plan) -> dict[str, Any]:
                 report = await run_fleet(servers, FleetOptions(data, settings=settings), stop, fleet)
             except RuntimeError as exc:  # a service died during start-up
                 raise RuntimeError(f"{case.name}: {exc}\n{exit_logs(fleet)}") from exc
+            shed = await shed_by_model(redis, RedisKeys(fleet_settings), case.source_ids)
         finally:
             if timer:
                 timer.cancel()
@@ -330,6 +341,7 @@ async def fleet_case(case: Case, plan: Plan) -> dict[str, Any]:
         "published": published,
         "dropped_by_reader": dropped,
         "dropped_by_reason": dict(by_reason),
+        "shed_by_router": shed,
         "drained_results": drained or None,
         "result_to_record": record_latency(probe.results, detector, report.events, probe.recorded) if case.realtime else None,
         "cpu": cpu_per_frame(probe, outcome["frames"]),
@@ -448,6 +460,7 @@ async def collect_once(runs: Runs, i: int, repeats: int, plan: Plan) -> None:
 
 
 def summary(case: Case, fleet: list[dict[str, Any]], bare: list[dict[str, Any]]) -> dict[str, Any]:
+    shed_models = sorted({m for run in fleet for m in run.get("shed_by_router", {})})
     return {
         "frames": med(fleet, "frames"),
         "fleet_fps": med(fleet, "fps"),
@@ -461,6 +474,8 @@ def summary(case: Case, fleet: list[dict[str, Any]], bare: list[dict[str, Any]])
         "cpu_ms_per_frame": med(fleet, "cpu", "total_ms"),
         "bus_storage_share": med(fleet, "cpu", "bus_storage_share"),
         "dropped": med(fleet, "dropped_by_reader"),
+        "published": med(fleet, "published"),
+        "shed": {m: median([run.get("shed_by_router", {}).get(m, 0) for run in fleet]) for m in shed_models},
     }
 
 
@@ -474,6 +489,13 @@ def case_goals(case: Case, s: dict[str, Any]) -> list[dict[str, Any]]:
         goal("fleet/bare frames/s", case.name, s["ratio"], GOAL_RATIO, True),
         goal("nats+redis+weed share of CPU per frame", case.name, s["bus_storage_share"], GOAL_BUS_SHARE, False),
     ]
+
+
+def shed_cell(s: dict[str, Any]) -> str:
+    shed = {m: n for m, n in s["shed"].items() if n}
+    if not shed:
+        return "0"
+    return ", ".join(f"{m.split('_')[0]} {n:.0f} ({100 * n / s['published']:.0f} %)" for m, n in shed.items())
 
 
 def print_cases(summaries: dict[Case, dict[str, Any]], plan: Plan, repeats: int) -> None:
@@ -495,6 +517,7 @@ def print_cases(summaries: dict[Case, dict[str, Any]], plan: Plan, repeats: int)
                 s["cpu_ms_per_frame"],
                 f"{100 * s['bus_storage_share']:.1f} %",
                 round(s["dropped"]),
+                shed_cell(s),
             ]
         )
     print_table(
@@ -515,6 +538,7 @@ def print_cases(summaries: dict[Case, dict[str, Any]], plan: Plan, repeats: int)
             "CPU ms/frame (all)",
             "nats+redis+weed share",
             "dropped",
+            "shed (router)",
         ],
         rows,
     )
@@ -524,6 +548,8 @@ def print_cases(summaries: dict[Case, dict[str, Any]], plan: Plan, repeats: int)
         "  first uses: the TTL's first SeaweedFS volumes, each worker's first inference).\n"
         "  result->record: from the detection result that opens an event, received here, to the event's record in Redis.\n"
         "  frames/s: frames with every result, from the first frame read to the last result.\n"
+        "  dropped: by the reader; shed: live frames the router gave a model no task (its queue held\n"
+        "  live_backlog_seconds of work), per model, of the frames published.\n"
         "  CPU: every service and server, from the first frame published until the fleet stops (drained; real time: stopped)."
     )
 

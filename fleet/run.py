@@ -400,7 +400,10 @@ def print_report(report: FleetReport, data: Path) -> None:
             f"{status.frames_published}, dropped {status.frames_dropped}" + (f" ({status.error})" if status.error else "")
         )
     for source_id, d in report.drained.items():
-        print(f"source {source_id}: routed {d.frames_routed} frames, tasks {d.tasks}, results {d.results}, events {d.events}")
+        shed = f", shed {d.shed}" if d.shed else ""
+        print(
+            f"source {source_id}: routed {d.frames_routed} frames, tasks {d.tasks}{shed}, results {d.results}, events {d.events}"
+        )
     print(
         f"error results {report.error_results or 0}; wall time {report.wall_seconds:.1f} s; "
         f"logs, clips and summary.json under {data}"

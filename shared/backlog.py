@@ -1,5 +1,6 @@
 """One backlog gate: how producers of files wait for room in a consumer's queue (the reader for the router, the
-router for each model's workers), so that nothing is dropped and no queue grows without bound."""
+router for each model's workers), so that nothing is dropped and no queue grows without bound; and how the router
+tells that a live frame would only join a queue too long to answer it in time (`admits`)."""
 
 from __future__ import annotations
 
@@ -23,16 +24,31 @@ class BacklogGate:
         self.limit, self.fresh_for, self.poll = limit, fresh_for, poll
         self.last: int | None = None  # the last reading, for metrics
         self._estimate = 0  # the last reading plus what passed since
-        self._fresh_until = 0.0
+        self._read_at = float("-inf")  # when (monotonic) the last reading was taken
 
     async def read(self) -> int | None:
         self.last = await self.bus.backlog(self.stream, self.durable)
         self._estimate = self.limit if self.last is None else self.last
-        self._fresh_until = time.monotonic() + self.fresh_for
+        self._read_at = time.monotonic()
         return self.last
 
     def _open(self) -> bool:
-        return self._estimate < self.limit and time.monotonic() < self._fresh_until
+        return self._estimate < self.limit and time.monotonic() < self._read_at + self.fresh_for
+
+    async def admits(self, limit: int, fresh_for: float) -> bool:
+        """Without waiting: whether one more fits under `limit` (a live frame's), counting it in if so.
+
+        The estimate only over-counts between readings (what passed may have been answered since), so a reading
+        that leaves room serves for `fresh_for` seconds; one that is full is read again, at most every `poll`.
+        While NATS cannot say, yes: the publish that follows finds out, and gives the frame back."""
+        now = time.monotonic()
+        stale = (self._estimate >= limit and now >= self._read_at + self.poll) or now >= self._read_at + fresh_for
+        if stale and await self.read() is None:
+            return True
+        if self._estimate >= limit:
+            return False
+        self._estimate += 1
+        return True
 
     async def wait_open(self, give_up: Callable[[], bool], on_wait: Callable[[], None] = lambda: None) -> bool:
         """Until the gate lets one more through, or `give_up()`; calls `on_wait` once if it has to wait, and says

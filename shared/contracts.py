@@ -342,6 +342,7 @@ class RoutingSummary(Contract):
     run: str = Field(default="", pattern=RUN_ID_PATTERN)
     frames_routed: int = Field(ge=0)
     tasks: dict[str, int]
+    shed: dict[str, int] = Field(default_factory=dict, description="per model: live frames given no task, its queue full")
     wall_time: float
 
     @property
@@ -433,6 +434,7 @@ class SourceDrained(Contract):
     run: str = Field(default="", pattern=RUN_ID_PATTERN)
     frames_routed: int = Field(ge=0)
     tasks: dict[str, int]
+    shed: dict[str, int] = Field(default_factory=dict, description="per model: live frames the router gave no task")
     results: dict[str, int]
     events: int = Field(ge=0)
     wall_time: float

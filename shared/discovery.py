@@ -10,7 +10,6 @@ from redis.asyncio import Redis
 
 from shared.contracts import ContractError, Heartbeat
 from shared.keys import RedisKeys
-from shared.pause import sleep_unless_stopped
 
 
 class HeartbeatPublisher:
@@ -22,6 +21,12 @@ class HeartbeatPublisher:
         self.ttl = ttl
         self.beat = beat
         self.log = logging.getLogger("vigil.discovery")
+        self._soon = asyncio.Event()
+
+    def soon(self) -> None:
+        """Publish at once, not at the next third of the ttl: what the heartbeat says has just changed in a way the
+        router acts on (a worker's first measured rate)."""
+        self._soon.set()
 
     def _key(self, hb: Heartbeat) -> str:
         return self.keys.heartbeat(hb.model, hb.instance)
@@ -42,7 +47,17 @@ class HeartbeatPublisher:
                 if not failing:
                     self.log.warning("heartbeat failed (Redis unreachable?): %r", exc)
                 failing = True
-            await sleep_unless_stopped(stop, self.ttl / 3)
+            await self._wait(stop)
+
+    async def _wait(self, stop: asyncio.Event) -> None:
+        """Until the next beat is due, `soon()` is called, or `stop` is set."""
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._soon.wait())}
+        try:
+            await asyncio.wait(waits, timeout=self.ttl / 3, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        self._soon.clear()
 
     async def remove(self) -> None:
         """Graceful shutdown: stop receiving work now rather than after the TTL."""

@@ -9,6 +9,7 @@ from shared.settings import VigilSettings
 # which the api reads.
 ROUTED_FRAMES = "frames"
 ROUTED_TASKS = "task:"  # + model
+ROUTED_SHED = "shed:"  # + model: live frames given no task, its queue being full (router live_backlog_seconds)
 TOTAL_INFERRED = "inferred:"  # + model
 TOTAL_ERRORS = "errors:"  # + model
 TOTAL_EVENTS = "events"

@@ -77,6 +77,7 @@ class Services(Answer):
 
 class ModelTotals(Answer):
     routed: int = Field(ge=0)
+    shed: int = Field(ge=0, description="live frames given no task: the model's queue held live_backlog_seconds of work")
     inferred: int = Field(ge=0)
     errors: int = Field(ge=0)
 

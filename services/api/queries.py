@@ -13,7 +13,16 @@ from redis.asyncio import Redis
 from shared.contracts import Contract, ContractError, Event, EventState, SourceHealth
 from shared.discovery import live_instances
 from shared.event_store import EventStore
-from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, TOTAL_ERRORS, TOTAL_EVENTS, TOTAL_INFERRED, TOTAL_LINE, RedisKeys
+from shared.keys import (
+    ROUTED_FRAMES,
+    ROUTED_SHED,
+    ROUTED_TASKS,
+    TOTAL_ERRORS,
+    TOTAL_EVENTS,
+    TOTAL_INFERRED,
+    TOTAL_LINE,
+    RedisKeys,
+)
 
 log = logging.getLogger("vigil.api.queries")
 # How many of a source's newest events a search for a recent key frame reads: past that, none is "recent".
@@ -165,7 +174,9 @@ class FleetView:
         for source_id in sorted(ids):
             counted = _decode_hash(cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.totals(source_id))))
             h = health.get(source_id)
-            models = sorted({k[len(p) :] for p in (ROUTED_TASKS, TOTAL_INFERRED) for k in counted if k.startswith(p)})
+            models = sorted(
+                {k[len(p) :] for p in (ROUTED_TASKS, ROUTED_SHED, TOTAL_INFERRED) for k in counted if k.startswith(p)}
+            )
             out[source_id] = {
                 "frames_read": h.frames_read if h else None,
                 "frames_published": h.frames_published if h else None,
@@ -175,6 +186,7 @@ class FleetView:
                 "models": {
                     m: {
                         "routed": counted.get(ROUTED_TASKS + m, 0),
+                        "shed": counted.get(ROUTED_SHED + m, 0),
                         "inferred": counted.get(TOTAL_INFERRED + m, 0),
                         "errors": counted.get(TOTAL_ERRORS + m, 0),
                     }

@@ -95,6 +95,7 @@ class Drainer:
             run=run,
             frames_routed=summary.frames_routed if summary else 0,
             tasks=summary.tasks if summary else {},
+            shed=summary.shed if summary else {},
             results=results,
             events=progress.events,
             wall_time=time.time(),

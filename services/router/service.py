@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -38,7 +39,7 @@ from shared.contracts import (
     SourceStatus,
 )
 from shared.discovery import live_instances
-from shared.keys import ROUTED_FRAMES, ROUTED_TASKS, RedisKeys
+from shared.keys import ROUTED_FRAMES, ROUTED_SHED, ROUTED_TASKS, RedisKeys
 from shared.lifecycle import Service, Stopping
 from shared.subjects import (
     ROUTER_CROPS_DURABLE,
@@ -51,6 +52,10 @@ from shared.subjects import (
 )
 
 Routed = tuple[Msg, FrameRef | SourceStatus]  # a message of the frames stream, parsed
+
+# A backlog reading that left room for live frames serves this long (it only over-counts meanwhile, see
+# BacklogGate.admits): at 10 fps a camera's frames need about two readings a second, not ten.
+_LIVE_READING_SECONDS = 0.25
 
 
 class RouterService(Service[RouterSettings]):
@@ -65,6 +70,9 @@ class RouterService(Service[RouterSettings]):
         # gone stays here for model_grace, its tasks queued for the restart (issue 15: a worker restart was a gap).
         self.live: dict[str, Heartbeat] = {}
         self._last_seen: dict[str, float] = {}  # model -> when (monotonic) an instance of it was last live
+        # model -> (live instances, their summed frames/s as their heartbeats report it): how much queued work is
+        # live_backlog_seconds of it. A model in its grace has none here: its live frames wait for the restart.
+        self.capacity: dict[str, tuple[int, float]] = {}
         self._gates: dict[str, BacklogGate] = {}  # model -> the gate WAIT frames wait at
         self._summaries: set[asyncio.Task[None]] = set()  # ended sources waiting to be summarised, off the routing path
         self.lanes = SourceLanes[Routed](self._route_lane, self._spawn_lane)
@@ -74,6 +82,11 @@ class RouterService(Service[RouterSettings]):
         self.m_tasks = self.metrics.counter("tasks_routed", "tasks published", ("source_id", "model"))
         self.m_unrouted = self.metrics.counter("frames_without_models", "frames seen while no model was live", ("source_id",))
         self.m_skipped = self.metrics.counter("frames_skipped_by_rule", "frames a routing rule kept from a model", ("model",))
+        self.m_shed = self.metrics.counter(
+            "frames_shed",
+            "live frames (and crops) given no task: the model's queue held live_backlog_seconds of work",
+            ("source_id", "model"),
+        )
         self.m_failed = self.metrics.counter("tasks_failed", "tasks that could not be published", ("model",))
         self.m_waits = self.metrics.counter("backpressure_waits", "times a WAIT frame waited for a model's backlog", ("model",))
         self.m_backlog = self.metrics.gauge("task_backlog", "tasks queued or in flight for a model", ("model",))
@@ -110,8 +123,10 @@ class RouterService(Service[RouterSettings]):
             if model not in self.live or self._last_seen.get(model, 0.0) < now - self._refresh_slack:
                 self.log.info("model %s is live (%d instance(s))", model, len(instances), extra={"model": model})
             self.live[model], self._last_seen[model] = instances[0], now
+            self.capacity[model] = (len(instances), sum(hb.fps for hb in instances))
         self._check_cascades()
         for model in self.live.keys() - found.keys():
+            self.capacity.pop(model, None)
             since = now - self._last_seen.get(model, 0.0)
             if since > self.settings.model_grace:
                 del self.live[model]
@@ -238,6 +253,9 @@ class RouterService(Service[RouterSettings]):
                     continue
                 if frame.policy is DropPolicy.WAIT:
                     await self._wait_for_room(model)
+                elif not await self._room_for_live(model):
+                    count.fields.append(ROUTED_SHED + model)
+                    continue
                 task = InferenceTask.encode(msg.data, model, now)
                 subject = self.bus.subjects.task(hb.subject)
                 plans.append((model, count, Outgoing(subject, task, InferenceTask.id_for(frame, model))))
@@ -303,6 +321,9 @@ class RouterService(Service[RouterSettings]):
                     continue
                 if result.frame.policy is DropPolicy.WAIT:
                     await self._wait_for_room(model)
+                elif not await self._room_for_live(model):
+                    self.m_shed.labels(source_id=result.frame.source_id, model=model).inc()
+                    continue
                 task = InferenceTask(
                     frame=result.frame, model=model, routed_at=now, crop=CropRequest(of=result.model, boxes=boxes)
                 )
@@ -348,14 +369,20 @@ class RouterService(Service[RouterSettings]):
         # Per batch, not per frame: the labels lookup is a measurable share of routing.
         frames: Counter[str] = Counter()
         tasks: Counter[tuple[str, str]] = Counter()
+        shed: Counter[tuple[str, str]] = Counter()
         for c in counted:
             frames[c.source_id] += 1
             for f in c.fields[1:]:
-                tasks[(c.source_id, f[len(ROUTED_TASKS) :])] += 1
+                if f.startswith(ROUTED_TASKS):
+                    tasks[(c.source_id, f[len(ROUTED_TASKS) :])] += 1
+                else:
+                    shed[(c.source_id, f[len(ROUTED_SHED) :])] += 1
         for source_id, n in frames.items():
             self.m_frames.labels(source_id=source_id).inc(n)
         for (source_id, model), n in tasks.items():
             self.m_tasks.labels(source_id=source_id, model=model).inc(n)
+        for (source_id, model), n in shed.items():
+            self.m_shed.labels(source_id=source_id, model=model).inc(n)
         for model, n in skipped.items():
             self.m_skipped.labels(model=model).inc(n)
 
@@ -365,6 +392,19 @@ class RouterService(Service[RouterSettings]):
             stream, durable = task_stream_name(self.settings, model), worker_durable(model)
             gate = self._gates[model] = BacklogGate(self.bus, stream, durable, self.settings.task_backlog_limit, 0.05)
         return gate
+
+    async def _room_for_live(self, model: str) -> bool:
+        """Whether a live frame's task for `model` would join at most live_backlog_seconds of queued work (tasks
+        queued or in the workers' hands, at their summed reported rate). Shedding the frame that would wait, not
+        an older one, wastes nothing: a queued task that is dropped has cost its wait, and its answer was due first."""
+        instances, fps = self.capacity.get(model, (0, 0.0))
+        if not instances or fps <= 0 or not self.settings.live_backlog_seconds:
+            # Restarting (its frames wait for it, issue 15), started but not yet measured (it says at its next
+            # heartbeat), or shedding turned off.
+            return True
+        # Two per instance at least, one in hand and one ready, whatever the rate says.
+        limit = max(2 * instances, math.ceil(self.settings.live_backlog_seconds * fps))
+        return await self._gate(model).admits(limit, _LIVE_READING_SECONDS)
 
     async def _wait_for_room(self, model: str) -> None:
         """A file in as-fast-as-possible mode waits here instead of overflowing the capped task queue. Only its own
@@ -409,12 +449,17 @@ class RouterService(Service[RouterSettings]):
             run=status.run,
             frames_routed=counts.get(ROUTED_FRAMES, 0),
             tasks={k[len(ROUTED_TASKS) :]: v for k, v in counts.items() if k.startswith(ROUTED_TASKS)},
+            shed={k[len(ROUTED_SHED) :]: v for k, v in counts.items() if k.startswith(ROUTED_SHED)},
             wall_time=time.time(),
         )
         await self.bus.publish(self.bus.subjects.routed(status.source_id), summary)
         await self.redis_must("routed counts", lambda: self.counts.forget(status.feed))
         self.log.info(
-            "source routed: %d frames, tasks %s", summary.frames_routed, summary.tasks, extra={"source_id": status.source_id}
+            "source routed: %d frames, tasks %s, shed %s",
+            summary.frames_routed,
+            summary.tasks,
+            summary.shed,
+            extra={"source_id": status.source_id},
         )
 
 

@@ -13,6 +13,14 @@ class RouterSettings(VigilSettings):
 
     live_refresh_seconds: float = Field(default=1.0, gt=0, description="how often the live-model view is re-read")
     task_backlog_limit: int = Field(default=32, ge=1, description="WAIT frames: most tasks queued per model before routing waits")
+    # Live frames (DROP_OLDEST) are shed here rather than queued behind work a model's workers cannot answer in time:
+    # a live camera on a machine that cannot keep up gets fresh answers for some frames, not late ones for all.
+    live_backlog_seconds: float = Field(
+        default=0.1,
+        ge=0,
+        description="live frames: most queued work per model, in seconds at its workers' measured rate, before a "
+        "frame is shed for it (counted); 0 queues every live frame (the task queue's cap and max age still shed)",
+    )
     route_batch: int = Field(default=64, ge=1, le=1024, description="frame references fetched and routed together")
     # Per model, e.g. {"efficientnet_lite0": {"sources": ["cam1"], "every_nth": 5, "max_fps": 2}}; others see every frame.
     # A cascade: {"efficientnet_lite0": {"on": {"model": "ssd_mobilenet_v2_coco", "labels": ["car", "truck", "bus"]}}}.

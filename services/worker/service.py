@@ -91,6 +91,7 @@ class InferenceWorker(Service[WorkerSettings]):
         self.processed = 0
         self.in_flight = 0
         self._fps = 0.0
+        self._beats: HeartbeatPublisher | None = None
         labels = ("model",)
         self.m_results = self.metrics.counter("results", "results published", labels)
         self.m_errors = self.metrics.counter("error_results", "error results (download, decode, inference)", ("model", "reason"))
@@ -159,7 +160,7 @@ class InferenceWorker(Service[WorkerSettings]):
         sub = await self.bus.durable_pull(
             stream, worker_durable(self.model_name), ack_wait=s.ack_wait, max_deliver=s.task_max_deliver, max_ack_pending=256
         )
-        beats = HeartbeatPublisher(self.redis, self.keys, s.routing_ttl, self.heartbeat)
+        self._beats = beats = HeartbeatPublisher(self.redis, self.keys, s.routing_ttl, self.heartbeat)
         await beats.publish_once()  # live at once: the router may route to us now
         # Three stages: the next batch downloads and decodes, and the last one's results publish, while
         # this one infers. One batch waits between stages at most, so a worker holds at most five
@@ -283,7 +284,12 @@ class InferenceWorker(Service[WorkerSettings]):
                     job.error = f"inference failed: {exc!r}"
         elapsed = time.perf_counter() - started
         if elapsed > 0:
-            self._fps = 0.8 * self._fps + 0.2 * (len(jobs) / elapsed)
+            # The router turns this rate into how much queued work is live_backlog_seconds: from the first batch, not
+            # an average that starts at 0 and takes a dozen batches to reach it.
+            rate = len(jobs) / elapsed
+            if not self._fps and self._beats is not None:
+                self._beats.soon()
+            self._fps = rate if not self._fps else 0.8 * self._fps + 0.2 * rate
         return timings
 
     async def _fetch_image(self, job: _Job) -> None:

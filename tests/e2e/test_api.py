@@ -282,8 +282,9 @@ async def test_sources_totals_and_live_workers(api: str, servers: ServerSet, sam
         totals = (await get_json(http, f"{api}/api/v1/totals"))["sources"]["cam0"]
         assert totals["frames_read"] == 398 and totals["frames_dropped"] == 0
         assert totals["frames_routed"] == drained.frames_routed == 398
-        assert {m: (t["routed"], t["inferred"], t["errors"]) for m, t in totals["models"].items()} == {
-            m: (n, drained.results[m], 0) for m, n in drained.tasks.items()
+        # A file waits for its models: none of its frames is shed.
+        assert {m: (t["routed"], t["shed"], t["inferred"], t["errors"]) for m, t in totals["models"].items()} == {
+            m: (n, 0, drained.results[m], 0) for m, n in drained.tasks.items()
         }
         assert totals["events"] == len(sample_run.report.events)
 

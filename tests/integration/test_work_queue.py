@@ -315,7 +315,9 @@ async def test_overload_sheds_the_oldest_tasks_and_keeps_latency_bounded(
     env = worker_env(service_env, "slow", noop_delay_ms=100, task_queue_cap=cap, task_max_age=age, ack_wait=1)
     backlog: list[int] = []
     async with Rig(service_env) as rig:
-        router = RouterService(make_settings(RouterSettings))
+        # The router's own shedding off (test_a_live_camera_faster_than_its_worker_is_shed_at_the_router): this is the
+        # line behind it, for a rate the heartbeats overstate.
+        router = RouterService(make_settings(RouterSettings, live_backlog_seconds=0))
         async with worker_process(env), running(router, lambda r: "slow" in r.live, timeout=30):
             stream, durable = task_stream_name(rig.settings, "slow"), worker_durable("slow")
             feeder = asyncio.create_task(rig.publish_frames(320, DropPolicy.DROP_OLDEST, fps=40))  # 4x what it can do
@@ -343,6 +345,47 @@ async def test_overload_sheds_the_oldest_tasks_and_keeps_latency_bounded(
     # ...so what is answered is fresh: a task older than task_max_age is gone from the queue, not answered late
     # (about (cap + 2) x 0.1 s on a quiet machine; the bound leaves room for a loaded one).
     assert latencies[-1] < age + 2.0
+
+
+@pytest.mark.timeout(120)
+async def test_a_live_camera_faster_than_its_worker_is_shed_at_the_router(
+    service_env: dict[str, str], make_settings: MakeSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A worker answering 10 tasks a second, and a camera at 40 frames a second: the router gives the worker what it can
+    # answer within live_backlog_seconds (0.2 s, so 2 tasks at 10/s) and sheds the rest, counted; nothing waits long.
+    env = worker_env(service_env, "slow", noop_delay_ms=100)
+    backlog: list[int] = []
+    async with Rig(service_env) as rig:
+        router = RouterService(make_settings(RouterSettings, live_backlog_seconds=0.2))
+        async with worker_process(env), running(router, lambda r: "slow" in r.live, timeout=30):
+            stream, durable = task_stream_name(rig.settings, "slow"), worker_durable("slow")
+            # The rate is measured at the worker's first batch, and its heartbeat says so at once.
+            await rig.bus.publish(rig.bus.subjects.frames("cam1"), rig.frame(0).model_copy(update={"source_id": "cam1"}))
+            await wait_for(lambda: router.capacity.get("slow", (0, 0.0))[1] > 0, 30, "the worker's rate measured")
+            feeder = asyncio.create_task(rig.publish_frames(320, DropPolicy.DROP_OLDEST, fps=40))
+            while not feeder.done():
+                backlog.append(await rig.bus.backlog(stream, durable))
+                await asyncio.sleep(0.2)
+            counts = lambda: [counter_value(m, source_id="cam0", model="slow") for m in (router.m_tasks, router.m_shed)]  # noqa: E731 - a named reading
+            await wait_for(lambda: sum(counts()) == 320, 30, "every frame routed or shed")
+            routed, shed = counts()
+            await wait_for(lambda: sum(r.frame.source_id == "cam0" for r in rig.results) >= routed, 30, "every task answered")
+            await rig.flush()
+    answered = [r for r in rig.results if r.frame.source_id == "cam0"]
+    latencies = sorted(r.finished_at - r.frame.wall_time for r in answered)
+    p50, p95 = statistics.median(latencies), latencies[int(0.95 * (len(latencies) - 1))]
+    rate = router.capacity["slow"][1]
+    with capsys.disabled():
+        print(
+            f"\nlive overload: 320 frames at 40/s to a {rate:.1f}/s worker; routed {routed:.0f}, shed {shed:.0f}, "
+            f"answered {len(answered)}; backlog max {max(backlog)}; latency p50 {p50:.2f} s, p95 {p95:.2f} s, "
+            f"max {latencies[-1]:.2f} s"
+        )
+    assert shed > 150 and len(answered) == routed  # shed at the router, and every task it gave out answered
+    assert max(backlog) <= 4  # about 2 tasks: what 0.2 s holds at 10/s (a reading's estimate may lag by one or two)
+    # Answered fresh: about 0.3 s from read to answer on a quiet machine, against 10 s and more with every frame
+    # queued (or up to task_max_age, 45 s, with the queue's cap shedding); the bound leaves room for a loaded one.
+    assert latencies[-1] < 2.0
 
 
 async def test_router_replicas_route_each_frame_once_and_summarise_together(

@@ -11,6 +11,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import pytest
+
+from services.router import service as router_service
 from services.router.rules import ModelRule
 from shared.contracts import (
     DropPolicy,
@@ -131,3 +134,57 @@ async def test_a_wait_frame_holds_while_its_models_queue_is_full() -> None:
         bus.backlogs[stream] = 0  # the worker caught up
         await until(lambda: held.acked, "the frame routed")
     assert len(tasks_for(bus, "ssd")) == 1
+
+
+async def test_live_frames_are_shed_while_their_models_queue_holds_its_live_backlog_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One reading serves the whole test, so that the fixed backlog below is the only one the router sees.
+    monkeypatch.setattr(router_service, "_LIVE_READING_SECONDS", 3600.0)
+    async with offline_router(["ssd", "cls"], live_backlog_seconds=0.1) as (router, bus):
+        # ssd: one instance at 40 frames/s, so 0.1 s of work is 4 tasks, and 1 is queued. cls: two instances at
+        # 5 frames/s together, so 2 each at least (not 1), and its queue is full.
+        router.capacity.update({"ssd": (1, 40.0), "cls": (2, 5.0)})
+        bus.backlogs[task_stream_name(router.settings, "ssd")] = 1
+        bus.backlogs[task_stream_name(router.settings, "cls")] = 4
+        live = frame_msgs(bus, "cam0", 5)
+        (waits,) = frame_msgs(bus, "file", 1, DropPolicy.WAIT)  # a file's frame is never shed
+        status = SourceStatus(
+            source_id="cam0", state=SourceState.ENDED, wall_time=time.time(), frames_read=5, frames_published=5, last_seq=4
+        )
+        ended = FakeMsg.of(bus.subjects.source_status("cam0"), status)
+        bus.deliver(ROUTER_DURABLE, *live, ended, waits)
+        await until(lambda: ended.acked and waits.acked, "the summary and the file's frame")
+    assert all(m.acked for m in live)  # shed frames are routed frames: counted, acked, never given back
+    assert [(t.frame.source_id, t.frame.seq) for t in tasks_for(bus, "ssd")] == [
+        ("cam0", 0),
+        ("cam0", 1),
+        ("cam0", 2),
+        ("file", 0),
+    ]
+    assert [t.frame.source_id for t in tasks_for(bus, "cls")] == ["file"]
+    assert counter_value(router.m_shed, source_id="cam0", model="ssd") == 2
+    assert counter_value(router.m_shed, source_id="cam0", model="cls") == 5
+    (summary,) = bus.sent(bus.subjects.routed("cam0"), RoutingSummary)
+    assert (summary.frames_routed, summary.tasks, summary.shed) == (5, {"ssd": 3}, {"ssd": 2, "cls": 5})
+
+
+@pytest.mark.parametrize(
+    ("why", "capacity", "seconds"),
+    [
+        ("restarting: its frames wait for it (issue 15)", None, 0.1),
+        ("just started: no rate measured yet", (1, 0.0), 0.1),
+        ("shedding turned off", (1, 40.0), 0.0),
+    ],
+)
+async def test_live_frames_are_queued_for_a_model_without_a_measured_rate_or_with_shedding_off(
+    why: str, capacity: tuple[int, float] | None, seconds: float
+) -> None:
+    async with offline_router(["ssd"], live_backlog_seconds=seconds) as (router, bus):
+        if capacity is not None:
+            router.capacity["ssd"] = capacity
+        bus.backlogs[task_stream_name(router.settings, "ssd")] = 500
+        msgs = frame_msgs(bus, "cam0", 5)
+        bus.deliver(ROUTER_DURABLE, *msgs)
+        await until(lambda: all(m.acked for m in msgs), "the frames acked")
+    assert len(tasks_for(bus, "ssd")) == 5 and counter_value(router.m_shed, source_id="cam0", model="ssd") == 0
