@@ -71,6 +71,7 @@ def drive_dashboard(url: str, expected_ids: list[str], chosen: str, zone: str, i
         )
         wait_until(driver, "document.querySelector('#sources tbody tr') !== null", "the live panel")
         panel = driver.execute_script("return document.querySelector('#sources tbody tr').innerText;")
+        totals = driver.execute_script("return document.querySelector('#totals').textContent;")
         details = driver.execute_script("return document.querySelector('#details').innerText;")
         filters = driver.execute_script(
             "return Object.fromEntries(['zone', 'sub_label', 'stationary'].map(n => "
@@ -101,6 +102,7 @@ def drive_dashboard(url: str, expected_ids: list[str], chosen: str, zone: str, i
             "listed": shown,
             "video": video,
             "panel": panel,
+            "totals": totals,
             "details": details,
             "scene": scene,
             "snapshot": snapshot,
@@ -138,6 +140,8 @@ async def test_dashboard_lists_events_and_plays_the_chosen_clip(api: str, sample
     for shown in ("sub-label", "stationary", ", ".join(chosen.zones)):
         assert shown in seen["details"], shown
     assert seen["panel"].split()[:2] == ["cam0", "ended"]
+    # A file waits for its models: nothing shed, and the line says so beside what was inferred.
+    assert " · 0 shed · " in seen["totals"] and " inferences · " in seen["totals"], seen["totals"]
     configured = SAMPLE_ZONES["cam0"]
     # The snapshot is the best frame with the object's box; the path and every zone drawn over the key frame.
     assert seen["snapshot"] == f"/api/v1/events/{chosen.id}/keyframe?annotated=true"

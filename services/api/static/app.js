@@ -203,9 +203,10 @@ function renderLive(sources, services, totals) {
     el("td", {}, String(beats.reduce((a, b) => a + b.processed, 0))))));
   const all = Object.values(totals.sources);
   const sum = (f) => all.reduce((a, s) => a + (f(s) || 0), 0);
-  const inferred = sum((s) => Object.values(s.models).reduce((a, m) => a + m.inferred, 0));
+  const perModel = (f) => sum((s) => Object.values(s.models).reduce((a, m) => a + f(m), 0));
   $("#totals").textContent = `${all.length} sources · ${sum((s) => s.frames_read)} frames read · `
-    + `${sum((s) => s.frames_dropped)} dropped · ${inferred} inferences · ${sum((s) => s.events)} events`;
+    + `${sum((s) => s.frames_dropped)} dropped · ${perModel((m) => m.inferred)} inferences · `
+    + `${perModel((m) => m.shed)} shed · ${sum((s) => s.events)} events`;
   state.totals = totals;
   for (const id of Object.keys(totals.sources)) state.sources.add(id);
   fillOptions($("#filters [name=source]"), state.sources);
