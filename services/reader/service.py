@@ -79,8 +79,11 @@ class ReaderService(Service[ReaderSettings]):
         self.redis: Redis | None = None
         self.finished: FinishedFiles | None = None
         self.stream_name = frames_stream_name(settings)
-        # One reading serves every source for a moment: the backlog moves slowly next to frame rates.
-        self.router_gate = BacklogGate(self.bus, self.stream_name, ROUTER_DURABLE, settings.frames_ahead + 1, 0.1, poll=0.05)
+        # One reading serves every source for a moment: the backlog moves slowly next to frame rates. frames_ahead
+        # (100) frames are seconds of the router's work, so a full gate looked at five times a second never lets it
+        # run dry; each look is a consumer info request, which cost nats-server and the reader 0.2-0.4 ms a frame
+        # at 20 a second (docs/performance.md).
+        self.router_gate = BacklogGate(self.bus, self.stream_name, ROUTER_DURABLE, settings.frames_ahead + 1, 0.5, poll=0.2)
         self.counters = ReaderCounters.create(self.metrics)
         self.m_fps = self.metrics.gauge("fps", "frames read per second", ("source_id",))
         self.m_held = self.metrics.gauge("sources_held", "sources whose lease this replica holds")
