@@ -28,7 +28,7 @@ from shared.contracts import (
     ModelKind,
 )
 from shared.metrics import counter_value
-from shared.subjects import ROUTER_CROPS_DURABLE, ROUTER_DURABLE
+from shared.subjects import ROUTER_CROPS_DURABLE, ROUTER_DURABLE, task_stream_name
 from tests.integration.helpers import wait_for
 from tests.support.fake_bus import FakeMsg
 from tests.support.offline_router import heartbeat, offline_router
@@ -199,6 +199,17 @@ async def test_the_router_sends_crops_of_detection_results_and_no_whole_frames_t
     ]  # the frame, to ssd only
     assert counter_value(router.m_crop_tasks, source_id="cam0", model="cls") == 1
     assert counter_value(router.m_crops, model="cls") == 1
+
+
+async def test_a_live_frames_crops_are_shed_while_the_classifiers_queue_is_full() -> None:
+    async with offline_router(MODELS, classifiers={"cls"}, routing_rules=TO_CLS) as (router, bus):
+        router.capacity["cls"] = (1, 20.0)  # 0.1 s of its work: 2 tasks, and 2 are queued
+        bus.backlogs[task_stream_name(router.settings, "cls")] = 2
+        live = FakeMsg.of(bus.subjects.results("cam0"), detections(("car", 0.9, box(0.1, 0.1, 0.4, 0.5))))
+        bus.deliver(ROUTER_CROPS_DURABLE, live)
+        await wait_for(lambda: live.acked, 10, "the result acked")
+    assert bus.sent(bus.subjects.task(heartbeat("cls").subject), InferenceTask) == []
+    assert counter_value(router.m_shed, source_id="cam0", model="cls") == 1
 
 
 async def test_a_result_whose_crop_task_cannot_be_published_is_given_back() -> None:
