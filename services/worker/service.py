@@ -91,6 +91,7 @@ class InferenceWorker(Service[WorkerSettings]):
         self.processed = 0
         self.in_flight = 0
         self._fps = 0.0
+        self._announced_fps = 0.0  # the rate when a heartbeat was last asked for at once (see _run_batch)
         self._beats: HeartbeatPublisher | None = None
         labels = ("model",)
         self.m_results = self.metrics.counter("results", "results published", labels)
@@ -285,11 +286,14 @@ class InferenceWorker(Service[WorkerSettings]):
         elapsed = time.perf_counter() - started
         if elapsed > 0:
             # The router turns this rate into how much queued work is live_backlog_seconds: from the first batch, not
-            # an average that starts at 0 and takes a dozen batches to reach it.
+            # an average that starts at 0 and takes a dozen batches to reach it. The first batch pays for first uses,
+            # so its rate is low: the heartbeat goes out at once whenever the rate has doubled or halved since it
+            # last did, not only at the next third of routing_ttl.
             rate = len(jobs) / elapsed
-            if not self._fps and self._beats is not None:
-                self._beats.soon()
             self._fps = rate if not self._fps else 0.8 * self._fps + 0.2 * rate
+            if self._beats is not None and not self._announced_fps / 2 <= self._fps <= 2 * self._announced_fps:
+                self._announced_fps = self._fps
+                self._beats.soon()
         return timings
 
     async def _fetch_image(self, job: _Job) -> None:

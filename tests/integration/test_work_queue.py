@@ -204,7 +204,9 @@ async def test_seaweedfs_away_for_5_s_costs_no_result(
     # with a final error (issue 15: a SeaweedFS blip was a permanent miss).
     env = worker_env(service_env, "blip", batch_size=4)
     async with Rig(service_env) as rig:
-        router = RouterService(make_settings(RouterSettings))
+        # Every live frame becomes a task, so that every one is answered: the router's shedding of what would wait
+        # behind the outage is test_a_live_camera_faster_than_its_worker_is_shed_at_the_router's.
+        router = RouterService(make_settings(RouterSettings, live_backlog_seconds=0))
         worker = NoopWorker(settings_from(NoopSettings, env))
         async with running(worker), running(router, lambda r: "blip" in r.live):
             feeder = asyncio.create_task(rig.publish_frames(150, DropPolicy.DROP_OLDEST, fps=10))
@@ -285,7 +287,9 @@ async def test_a_restarting_model_has_its_tasks_queued(
     # routing_ttl 2 s, so that the killed instance's heartbeat is gone at once; the router's default model_grace.
     env = worker_env(service_env, "phoenix", routing_ttl=2)
     async with Rig(service_env) as rig:
-        router = RouterService(make_settings(RouterSettings))
+        # Every live frame becomes a task (no shedding): the new instance starts behind what was queued for it, and
+        # a router that sheds would rightly give it none of the frames that came meanwhile.
+        router = RouterService(make_settings(RouterSettings, live_backlog_seconds=0))
         tasks = lambda: counter_value(router.m_tasks, source_id="cam0", model="phoenix")  # noqa: E731 - a named condition, read inline where it is used
         async with running(router):
             async with worker_process(env | {"instance": "first"}) as first:
