@@ -35,14 +35,15 @@ class BacklogGate:
     def _open(self) -> bool:
         return self._estimate < self.limit and time.monotonic() < self._read_at + self.fresh_for
 
-    async def admits(self, limit: int, fresh_for: float) -> bool:
+    async def admits(self, limit: int, fresh_for: float, full_for: float) -> bool:
         """Without waiting: whether one more fits under `limit` (a live frame's), counting it in if so.
 
         The estimate only over-counts between readings (what passed may have been answered since), so a reading
-        that leaves room serves for `fresh_for` seconds; one that is full is read again, at most every `poll`.
-        While NATS cannot say, yes: the publish that follows finds out, and gives the frame back."""
+        that leaves room serves for `fresh_for` seconds; one that is full is read again after `full_for` (about
+        the time one task takes, after which one may have left). While NATS cannot say, yes: the publish that
+        follows finds out, and gives the frame back."""
         now = time.monotonic()
-        stale = (self._estimate >= limit and now >= self._read_at + self.poll) or now >= self._read_at + fresh_for
+        stale = (self._estimate >= limit and now >= self._read_at + full_for) or now >= self._read_at + fresh_for
         if stale and await self.read() is None:
             return True
         if self._estimate >= limit:

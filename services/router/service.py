@@ -402,12 +402,14 @@ class RouterService(Service[RouterSettings]):
         an older one, wastes nothing: a queued task that is dropped has cost its wait, and its answer was due first."""
         instances, fps = self.capacity.get(model, (0, 0.0))
         if not instances or fps <= 0 or not self.settings.live_backlog_seconds:
-            # Restarting (its frames wait for it, issue 15), started but not yet measured (it says at its next
-            # heartbeat), or shedding turned off.
+            # Restarting (its frames wait for it, issue 15), started but not yet measured (its heartbeat says so
+            # after its first batch), or shedding turned off.
             return True
         # Two per instance at least, one in hand and one ready, whatever the rate says.
         limit = max(2 * instances, math.ceil(self.settings.live_backlog_seconds * fps))
-        return await self._gate(model).admits(limit, _LIVE_READING_SECONDS)
+        # A full queue is asked again once one task's time has passed: sooner finds it full still, later leaves
+        # the workers idle while frames are shed.
+        return await self._gate(model).admits(limit, _LIVE_READING_SECONDS, full_for=1 / fps)
 
     async def _wait_for_room(self, model: str) -> None:
         """A file in as-fast-as-possible mode waits here instead of overflowing the capped task queue. Only its own

@@ -76,13 +76,14 @@ async def test_admits_sheds_while_full_and_counts_what_it_admits(monkeypatch: py
     clock = Clock()
     monkeypatch.setattr(backlog.time, "monotonic", clock)
     bus = CountingBus(1)
-    g = gate(bus, limit=8, poll=0.02)
-    assert [await g.admits(3, fresh_for=60.0) for _ in range(3)] == [True, True, False]  # 1 queued, room for 2
-    assert bus.reads == 1  # full within the poll: not asked again
+    g = gate(bus, limit=8)
+    admits = lambda: g.admits(3, fresh_for=60.0, full_for=0.02)  # noqa: E731 - the one call this test repeats
+    assert [await admits() for _ in range(3)] == [True, True, False]  # 1 queued, room for 2
+    assert bus.reads == 1  # full within full_for: not asked again
     clock.now += 0.03
-    bus.answer = 0  # answered meanwhile: a full reading past its poll is read again
-    assert await g.admits(3, fresh_for=60.0)
+    bus.answer = 0  # answered meanwhile: a full reading past full_for is read again
+    assert await admits()
     assert bus.reads == 2
     clock.now += 61
     bus.answer = None  # NATS cannot say: admitted, the publish that follows finds out
-    assert await g.admits(3, fresh_for=60.0)
+    assert await admits()
