@@ -25,7 +25,7 @@ class HeartbeatPublisher:
 
     def soon(self) -> None:
         """Publish at once, not at the next third of the ttl: what the heartbeat says has just changed in a way the
-        router acts on (a worker's first measured rate)."""
+        router acts on (a worker's rate, first measured, or doubled or halved since)."""
         self._soon.set()
 
     def _key(self, hb: Heartbeat) -> str:

@@ -195,7 +195,7 @@ class SessionManager:
             held.stop.set()
             if held.consumers:
                 await asyncio.wait(set(held.consumers))
-            proofs = self.book.proof_jobs(source_id)
+            proofs = self.book.finalising_of(source_id)
             # At stop, the proof pool gives every proof the same time once, for all sources together; a proof cut
             # short stays DONE in the saved state and the next holder cuts it.
             if proofs and not self.life.stop_event.is_set():

@@ -79,7 +79,8 @@ class SourceBook:
     def feeds_of(self, source_id: str) -> list[str]:
         return [feed for feed in self.sources if split_feed(feed)[0] == source_id]
 
-    def proof_jobs(self, source_id: str) -> list[asyncio.Future[None]]:
+    def finalising_of(self, source_id: str) -> list[asyncio.Future[None]]:
+        """Its feeds' proof jobs and events being closed (SourceProgress.finalising)."""
         return [task for feed in self.feeds_of(source_id) for task in self.sources[feed].finalising]
 
     def drop(self, source_id: str) -> None:
@@ -89,7 +90,7 @@ class SourceBook:
         if held is None:
             return
         held.stop.set()
-        for task in self.proof_jobs(source_id):
+        for task in self.finalising_of(source_id):
             task.cancel()
         self.forget_source(source_id)
         self.leases.forget(source_id)

@@ -7,6 +7,7 @@ import signal
 import statistics
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -77,9 +78,18 @@ class Rig:
             source_id="cam0", seq=seq, pts=seq / 10, wall_time=time.time(), url=self.url, width=64, height=48, policy=policy
         )
 
-    async def publish_frames(self, count: int, policy: DropPolicy = DropPolicy.WAIT, fps: float = 0.0) -> None:
+    async def publish_frames(
+        self,
+        count: int,
+        policy: DropPolicy = DropPolicy.WAIT,
+        fps: float = 0.0,
+        after: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        """`after(seq)` runs once each frame is out: a reading taken in step with the feed."""
         for seq in range(count):
             await self.bus.publish(self.bus.subjects.frames("cam0"), self.frame(seq, policy))
+            if after is not None:
+                await after(seq)
             if fps:
                 await asyncio.sleep(1 / fps)
 
@@ -366,10 +376,12 @@ async def test_a_live_camera_faster_than_its_worker_is_shed_at_the_router(
             # The rate is measured at the worker's first batch, and its heartbeat says so at once.
             await rig.bus.publish(rig.bus.subjects.frames("cam1"), rig.frame(0).model_copy(update={"source_id": "cam1"}))
             await wait_for(lambda: router.capacity.get("slow", (0, 0.0))[1] > 0, 30, "the worker's rate measured")
-            feeder = asyncio.create_task(rig.publish_frames(320, DropPolicy.DROP_OLDEST, fps=40))
-            while not feeder.done():
-                backlog.append(await rig.bus.backlog(stream, durable))
-                await asyncio.sleep(0.2)
+
+            async def read_backlog(seq: int) -> None:
+                if seq % 8 == 7:  # five readings a second at 40 frames a second
+                    backlog.append(await rig.bus.backlog(stream, durable))
+
+            await rig.publish_frames(320, DropPolicy.DROP_OLDEST, fps=40, after=read_backlog)
             counts = lambda: [counter_value(m, source_id="cam0", model="slow") for m in (router.m_tasks, router.m_shed)]  # noqa: E731 - a named reading
             await wait_for(lambda: sum(counts()) == 320, 30, "every frame routed or shed")
             routed, shed = counts()

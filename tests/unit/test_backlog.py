@@ -16,9 +16,11 @@ class CountingBus:
     def __init__(self, backlog: int | None) -> None:
         self.answer = backlog
         self.reads = 0
+        self.asked = asyncio.Event()  # set at every reading
 
     async def backlog(self, stream: str, durable: str) -> int | None:
         self.reads += 1
+        self.asked.set()
         return self.answer
 
 
@@ -42,7 +44,8 @@ async def test_a_full_gate_waits_reading_every_poll_until_there_is_room() -> Non
     g = gate(bus)
     waiting = asyncio.create_task(g.wait_open(lambda: False))
     while bus.reads < 3:
-        await asyncio.sleep(0.005)
+        bus.asked.clear()
+        await asyncio.wait_for(bus.asked.wait(), 5)
     assert not waiting.done()
     bus.answer = 2
     assert await asyncio.wait_for(waiting, 5) is True  # it waited, and is open now
