@@ -179,6 +179,10 @@ class SeaweedStorage:
                     raise StorageError(f"master answered {resp.status}")
 
         await retry_until("SeaweedFS master", probe, timeout=self.startup_timeout, log=self.log)
+        # The volume servers alive now are ours from the start: a client whose frames so far were all on configured
+        # hosts never looked one up, and a server that dies before it does would be judged a foreign host, its frames
+        # refused instead of read from their replicas.
+        await self._read_topology()
 
     async def check_url(self, url: str) -> None:
         """Refuse a URL outside SeaweedFS: its host must be configured, or named by the master for its volume (an
