@@ -91,6 +91,7 @@ class InferenceWorker(Service[WorkerSettings]):
         self.processed = 0
         self.in_flight = 0
         self._fps = 0.0
+        self._warmed = False  # the first batch ran (its rate is not counted)
         self._announced_fps = 0.0  # the rate when a heartbeat was last asked for at once (see _run_batch)
         self._beats: HeartbeatPublisher | None = None
         labels = ("model",)
@@ -284,11 +285,14 @@ class InferenceWorker(Service[WorkerSettings]):
                 for job in ready:
                     job.error = f"inference failed: {exc!r}"
         elapsed = time.perf_counter() - started
-        if elapsed > 0:
-            # The router turns this rate into how much queued work is live_backlog_seconds: from the first batch, not
-            # an average that starts at 0 and takes a dozen batches to reach it. The first batch pays for first uses,
-            # so its rate is low: the heartbeat goes out at once whenever the rate has doubled or halved since it
-            # last did, not only at the next third of routing_ttl.
+        if elapsed > 0 and not self._warmed:
+            # The first batch pays for first uses (ONNX Runtime's allocations: 4-5 times a later batch): its rate
+            # would make the router shed live frames the worker can answer. Until a second batch, no rate at all.
+            self._warmed = True
+        elif elapsed > 0:
+            # The router turns this rate into how much queued work is live_backlog_seconds: from one batch, not an
+            # average that starts at 0 and takes a dozen batches to reach it. The heartbeat goes out at once whenever
+            # the rate has doubled or halved since it last did, not only at the next third of routing_ttl.
             rate = len(jobs) / elapsed
             self._fps = rate if not self._fps else 0.8 * self._fps + 0.2 * rate
             if self._beats is not None and not self._announced_fps / 2 <= self._fps <= 2 * self._announced_fps:

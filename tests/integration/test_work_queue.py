@@ -373,8 +373,10 @@ async def test_a_live_camera_faster_than_its_worker_is_shed_at_the_router(
         router = RouterService(make_settings(RouterSettings, live_backlog_seconds=0.2))
         async with worker_process(env), running(router, lambda r: "slow" in r.live, timeout=30):
             stream, durable = task_stream_name(rig.settings, "slow"), worker_durable("slow")
-            # The rate is measured at the worker's first batch, and its heartbeat says so at once.
-            await rig.bus.publish(rig.bus.subjects.frames("cam1"), rig.frame(0).model_copy(update={"source_id": "cam1"}))
+            # The rate is measured from the worker's second batch (the first pays for first uses), and its heartbeat
+            # says so at once.
+            for seq in range(2):
+                await rig.bus.publish(rig.bus.subjects.frames("cam1"), rig.frame(seq).model_copy(update={"source_id": "cam1"}))
             await wait_for(lambda: router.capacity.get("slow", (0, 0.0))[1] > 0, 30, "the worker's rate measured")
 
             async def read_backlog(seq: int) -> None:
