@@ -54,6 +54,7 @@ class IntakeMetrics:
     stale: MetricCounter
     past: MetricCounter
     crossings: MetricCounter
+    batches: MetricCounter
 
     @classmethod
     def register(cls, metrics: Metrics) -> IntakeMetrics:
@@ -66,6 +67,10 @@ class IntakeMetrics:
             ),
             crossings=metrics.counter(
                 "line_crossings", "tracked objects crossing a configured line", ("source_id", "line", "label", "direction")
+            ),
+            # With results_total: the results a batch shares its work among (absorb_interval).
+            batches=metrics.counter(
+                "result_batches", "batches of results absorbed, each in one Redis transaction", ("source_id",)
             ),
         )
 
@@ -179,6 +184,7 @@ class Intake:
         # One transaction, only while this replica holds the source: written whole or not at all, so a retry after
         # Redis came back counts nothing twice, and a replica that lost the source writes nothing (LeaseLost).
         await self.life.redis_must("results", lambda: self.leases.write_fenced(source_id, fill), hold=msgs)
+        self.metrics.batches.labels(source_id=source_id).inc()
         await self.notices.publish_all(event.record() for event in records)
         for msg in msgs:
             await msg.ack()

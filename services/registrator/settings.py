@@ -92,6 +92,13 @@ class RegistratorSettings(TaskQueueSettings):
     drain_timeout: float = Field(
         default=90.0, gt=0, description="seconds an ended source waits for missing results (> task_max_age)"
     )
+    absorb_interval: float = Field(
+        default=0.1,
+        ge=0,
+        le=2.0,
+        description="seconds between a source's batches of results: a live camera's results share one batch's work "
+        "(the tracker's saved state, one Redis transaction); 0: each batch as soon as it arrives",
+    )
     results_lag_max_pending: int = Field(
         default=10_000, ge=1, description="/healthz is unhealthy while more results than this wait for the registrator"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import time
@@ -159,6 +160,27 @@ async def test_disorder_duplicates_and_a_stranger_make_no_duplicate_event(servic
     boxed = cv2.imread((event.image_proof_path or "").replace(".jpg", "_boxes.jpg"))
     x1, y1 = round(0.4 * 768), round(0.5 * 576)
     assert abs(int(boxed[y1 + 20, x1, 1]) - int(raw[y1 + 20, x1, 1])) > 60  # the green edge of the box
+
+
+@pytest.mark.timeout(90)
+async def test_results_arriving_during_the_absorb_interval_share_one_batch(service_env: dict[str, str], repo_root: Path) -> None:
+    """After a batch, the registrator waits out absorb_interval: the results that came meanwhile are absorbed
+    together (one Redis transaction, one saved tracker state), not one batch each as they arrive."""
+    refs = (await store_frames(service_env, repo_root))[:20]
+    reg = RegistratorService(settings_from(RegistratorSettings, service_env, absorb_interval=2.0, event_mode="scene"))
+    async with running(reg, lambda s: s.storage is not None) as service:
+        bus = service.bus
+        await bus.ensure_stream(frames_stream(bus.settings))  # the reader's stream
+        for ref in refs:
+            await bus.publish(bus.subjects.frames(ref.source_id), ref)
+        absorbed = functools.partial(counter_value, service.intake_metrics.results, source_id="cam0", model="ssd")
+        await bus.publish(bus.subjects.results("cam0"), result(refs[0], True))
+        await wait_for(lambda: absorbed() == 1, 30, "the first result absorbed")
+        # The registrator now waits out its interval; the rest come one by one meanwhile, as a camera's do.
+        for ref in refs[1:]:
+            await bus.publish(bus.subjects.results("cam0"), result(ref, True))
+        await wait_for(lambda: absorbed() == len(refs), 30, "every result absorbed")
+        assert counter_value(service.intake_metrics.batches, source_id="cam0") == 2
 
 
 @pytest.mark.timeout(90)
