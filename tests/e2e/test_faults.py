@@ -269,8 +269,11 @@ async def test_malformed_and_oversized_messages_on_every_subject(
         try:
             js = nc.jetstream()
             for r in range(1, rounds + 1):
-                for subject in consumers:  # each round's messages in flight together: acks awaited at once
-                    await asyncio.gather(*(js.publish(subject, garbage(i)) for i in range(per_round)))
+                # Each round's messages in flight together, acks awaited at once. The flood is the test's, not the
+                # fleet's: on a machine loaded past its cores, 500 acks (a third of them for 66 KB messages) can
+                # outlast nats-py's 5-s default (seen once beside two CPU burners), so they get 30 s.
+                for subject in consumers:
+                    await asyncio.gather(*(js.publish(subject, garbage(i), timeout=30) for i in range(per_round)))
                 expected = {name: r * per_round * sum(name in names for names in consumers.values()) for name in services}
                 for _ in range(240):
                     dead = {name: await live.metric(name, "dead_letters_total") - before[name] for name in services}
