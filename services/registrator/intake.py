@@ -70,7 +70,7 @@ class IntakeMetrics:
             ),
             # With results_total: the results a batch shares its work among (absorb_interval).
             batches=metrics.counter(
-                "result_batches", "batches of results absorbed, each in one Redis transaction", ("source_id",)
+                "result_batches", "batches of results taken to absorb, each in one Redis transaction", ("source_id",)
             ),
         )
 
@@ -146,6 +146,8 @@ class Intake:
         seen: set[tuple[str, str]] = set()  # (feed, model) whose window changed
         summaries: list[RoutingSummary] = []
         tally: Counter[tuple[str, str]] = Counter()
+        # Counted as taken, before any of its results: whoever sees a result counted sees its batch counted too.
+        self.metrics.batches.labels(source_id=source_id).inc()
         for msg in msgs:
             if self.bus.subjects.is_routed(msg.subject):
                 summary = await self.bus.decode(msg, RoutingSummary)
@@ -184,7 +186,6 @@ class Intake:
         # One transaction, only while this replica holds the source: written whole or not at all, so a retry after
         # Redis came back counts nothing twice, and a replica that lost the source writes nothing (LeaseLost).
         await self.life.redis_must("results", lambda: self.leases.write_fenced(source_id, fill), hold=msgs)
-        self.metrics.batches.labels(source_id=source_id).inc()
         await self.notices.publish_all(event.record() for event in records)
         for msg in msgs:
             await msg.ack()

@@ -180,6 +180,7 @@ async def test_results_arriving_during_the_absorb_interval_share_one_batch(servi
         for ref in refs[1:]:
             await bus.publish(bus.subjects.results("cam0"), result(ref, True))
         await wait_for(lambda: absorbed() == len(refs), 30, "every result absorbed")
+        # A batch is counted before its results: every batch that absorbed one is in the count by now.
         assert counter_value(service.intake_metrics.batches, source_id="cam0") == 2
 
 
